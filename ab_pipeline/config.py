@@ -1,0 +1,363 @@
+"""The experiment config contract (DESIGN.md), as strict pydantic models.
+
+Unknown fields are errors so a typo cannot pass silently. Loading is cheap (pydantic and yaml
+only) because the DAG factory calls it at parse time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ab_pipeline.errors import ConfigError, ConfigProblem
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def parse_duration(text: Any) -> timedelta:
+    """`10m`, `36h`, `7d`, `2w` -> timedelta. Raises ValueError naming the bad text."""
+    if isinstance(text, timedelta):
+        return text
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; write e.g. 10m, 36h or 7d")
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount <= 0:
+        raise ValueError(f"{text!r}: a duration must be positive")
+    return timedelta(seconds=amount * _UNIT_SECONDS[unit])
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    Field(json_schema_extra={"type": "string", "pattern": _DURATION.pattern}),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError(f"{value!r} is not an email address")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hypothesis(_Strict):
+    change: str = Field(min_length=1)
+    metric: str
+    direction: Literal["increase", "decrease"]
+    mechanism: str | None = None
+
+
+class Source(_Strict):
+    conn_id: str = "ab_warehouse"
+    exposures: str = "exposures"
+    events: str = "events"
+
+    @field_validator("exposures", "events")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        # Table names are interpolated into SQL: allow only (schema.)identifier.
+        if not all(_IDENT.match(part) for part in value.split(".")) or value.count(".") > 1:
+            raise ValueError(f"{value!r} is not a table name ([schema.]identifier)")
+        return value
+
+
+class Audience(_Strict):
+    exclude_internal: bool = True
+    exclude_bots: bool = True
+
+
+class Unless(_Strict):
+    event: str = Field(min_length=1)
+    within: Duration
+
+
+class _MetricBase(_Strict):
+    event: str | None = None
+    sql: str | None = None
+    window: Duration | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _event_or_sql(self) -> _MetricBase:
+        if (self.event is None) == (self.sql is None):
+            raise ValueError("give exactly one of `event` or `sql`")
+        if self.sql is not None and self.window is not None:
+            raise ValueError("`window` applies to `event` metrics; a `sql` metric defines its own")
+        return self
+
+
+class ProportionMetric(_MetricBase):
+    """Share of units with at least one matching event in the window (optionally `unless`)."""
+
+    type: Literal["proportion"]
+    unless: Unless | None = None
+
+    @model_validator(mode="after")
+    def _unless_needs_event(self) -> ProportionMetric:
+        if self.unless is not None and self.sql is not None:
+            raise ValueError("`unless` applies to `event` metrics only")
+        return self
+
+
+class MeanMetric(_MetricBase):
+    """Per-unit sum (or count) of `value` in the window, averaged over units."""
+
+    type: Literal["mean"]
+    aggregate: Literal["sum", "count"] = "sum"
+
+
+class QuantileMetric(_Strict):
+    """A quantile of `value` over all matching events of enrolled units."""
+
+    type: Literal["quantile"]
+    event: str = Field(min_length=1)
+    quantile: float = Field(gt=0, lt=1)
+    window: Duration | None = None
+    description: str | None = None
+
+
+Metric = Annotated[
+    ProportionMetric | MeanMetric | QuantileMetric, Field(discriminator="type")
+]
+
+
+class Guardrail(_Strict):
+    """A budget on treatment - control. Exactly one budget kind."""
+
+    max_increase: float | None = Field(default=None, ge=0)
+    max_decrease: float | None = Field(default=None, ge=0)
+    max_relative_increase: float | None = Field(default=None, ge=0)
+    max_relative_decrease: float | None = Field(default=None, ge=0)
+    evidence: Literal["point", "interval"] = "point"
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> Guardrail:
+        given = [name for name, value in self.budgets().items() if value is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of max_increase, max_decrease, max_relative_increase, "
+                f"max_relative_decrease (got {', '.join(given) or 'none'})"
+            )
+        return self
+
+    def budgets(self) -> dict[str, float | None]:
+        return {
+            "max_increase": self.max_increase,
+            "max_decrease": self.max_decrease,
+            "max_relative_increase": self.max_relative_increase,
+            "max_relative_decrease": self.max_relative_decrease,
+        }
+
+    @property
+    def budget_kind(self) -> str:
+        return next(name for name, value in self.budgets().items() if value is not None)
+
+    @property
+    def budget(self) -> float:
+        value = self.budgets()[self.budget_kind]
+        assert value is not None
+        return value
+
+    @property
+    def harmful_direction(self) -> Literal["increase", "decrease"]:
+        return "increase" if self.budget_kind.endswith("increase") else "decrease"
+
+    @property
+    def relative(self) -> bool:
+        return self.budget_kind.startswith("max_relative")
+
+
+class Plan(_Strict):
+    baseline: float = Field(gt=0, lt=1)
+    mde: float = Field(gt=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    power: float = Field(default=0.8, gt=0, lt=1)
+
+
+class DecisionRule(_Strict):
+    min_lift: float = Field(default=0.0, ge=0)
+    srm_alpha: float = Field(default=0.001, gt=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
+class ExperimentConfig(_Strict):
+    key: str
+    version: int = Field(ge=1)
+    title: str = Field(min_length=1)
+    owner: str
+    recipients: list[str] = Field(min_length=1)
+    hypothesis: Hypothesis
+    unit: str = Field(min_length=1)
+    arms: dict[str, float]
+    control: str
+    start: date
+    end: date
+    schedule: str | None = "@daily"
+    source: Source = Source()
+    audience: Audience = Audience()
+    receipt: list[str] = []
+    metrics: dict[str, Metric] = Field(min_length=1)
+    primary: str
+    guardrails: dict[str, Guardrail] = {}
+    plan: Plan | None = None
+    decision: DecisionRule = DecisionRule()
+    risks: list[str] = []
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not _KEY.match(value):
+            raise ValueError(
+                f"{value!r}: use lowercase letters, digits and '-' (at most 63), starting with a "
+                "letter or digit"
+            )
+        return value
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value: str) -> str:
+        return _email(value)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        return [_email(v) for v in value]
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: dict[str, float]) -> dict[str, float]:
+        if len(arms) < 2:
+            raise ValueError("an experiment needs at least two arms")
+        for name, share in arms.items():
+            if not _IDENT.match(name):
+                raise ValueError(f"arm {name!r}: use letters, digits and '_'")
+            if not 0 < share < 1:
+                raise ValueError(f"arm {name!r}: allocation {share} must be between 0 and 1")
+        total = sum(arms.values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"allocations must sum to 1 (they sum to {total:g})")
+        return arms
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        for name in metrics:
+            if not _IDENT.match(name):
+                raise ValueError(f"metric {name!r}: use letters, digits and '_'")
+        return metrics
+
+    @field_validator("receipt")
+    @classmethod
+    def _receipt(cls, fields: list[str]) -> list[str]:
+        for name in fields:
+            if not _IDENT.match(name):
+                raise ValueError(f"receipt field {name!r}: use letters, digits and '_'")
+        return fields
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> ExperimentConfig:
+        problems = []
+        if self.control not in self.arms:
+            problems.append(f"control {self.control!r} is not one of the arms {sorted(self.arms)}")
+        if self.end < self.start:
+            problems.append(f"end {self.end} is before start {self.start}")
+        if self.primary not in self.metrics:
+            problems.append(f"primary {self.primary!r} is not a defined metric")
+        elif isinstance(self.metrics[self.primary], QuantileMetric):
+            problems.append("the primary metric must be a proportion or a mean")
+        if self.hypothesis.metric != self.primary:
+            problems.append(
+                f"hypothesis.metric {self.hypothesis.metric!r} differs from primary {self.primary!r}"
+            )
+        for name in self.guardrails:
+            if name not in self.metrics:
+                problems.append(f"guardrail {name!r} is not a defined metric")
+            elif name == self.primary:
+                problems.append(f"guardrail {name!r} is the primary metric")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def dag_id(self) -> str:
+        return f"ab_{self.key.replace('-', '_')}"
+
+    @property
+    def treatments(self) -> list[str]:
+        return [arm for arm in self.arms if arm != self.control]
+
+
+def _problems_from(error: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for item in error.errors():
+        # Drop the union tag pydantic inserts for discriminated metrics (metrics.x.proportion.y).
+        loc = [str(p) for p in item["loc"] if p not in ("proportion", "mean", "quantile")]
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; see the JSON Schema)"
+        problems.append(ConfigProblem(".".join(loc) or "(top level)", message))
+    return problems
+
+
+def parse_config(data: Any, path: str = "<config>") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(path, [ConfigProblem("(top level)", "expected a mapping of fields")])
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(path, _problems_from(error)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate one YAML config. Raises ConfigError naming the file and fields."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(str(path), [ConfigProblem("(file)", str(error))]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(str(path), [ConfigProblem("(yaml)", str(error))]) from None
+    return parse_config(data, str(path))
+
+
+def config_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ExperimentConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ab-pipeline experiment config"
+    return schema
