@@ -1,0 +1,198 @@
+"""`ab-pipeline`: validate configs, simulate data, plan sample sizes, run an experiment's DAG.
+
+`run` executes the experiment's real Airflow DAG (`dag.test()`, SQLite metadata under a
+project-local AIRFLOW_HOME unless one is set) and exits 0 when a brief was produced, RERUN
+included, non-zero when the pipeline itself broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from ab_pipeline.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VAR = REPO_ROOT / "var"
+DEFAULT_WAREHOUSE = f"duckdb:///{VAR / 'warehouse.duckdb'}"
+EXIT_INVALID, EXIT_BROKEN = 2, 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ab_pipeline.config import load_config
+
+    failed = 0
+    for path in args.files:
+        try:
+            config = load_config(path)
+        except ConfigError as error:
+            failed += 1
+            for problem in error.problems:
+                print(f"{path}: {problem.field}: {problem.reason}")
+            continue
+        print(f"{path}: ok ({config.key}, DAG {config.dag_id})")
+    return EXIT_INVALID if failed else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ab_pipeline.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ab_pipeline.statistics import sample_size_two_proportions
+
+    try:
+        size = sample_size_two_proportions(
+            args.baseline, args.mde, args.alpha, args.power, args.formula
+        )
+    except ValueError as error:
+        print(f"plan: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        f"{size.per_arm:,} units per arm (baseline {args.baseline:g}, MDE {args.mde:g}, "
+        f"alpha {args.alpha:g}, power {args.power:g})\nformula: {size.formula}"
+    )
+    return 0
+
+
+def airflow_environment(warehouse: str, out: Path, conn_id: str) -> dict[str, str]:
+    """The environment a local `dag.test()` run needs; an existing AIRFLOW_HOME is respected."""
+    from ab_pipeline.warehouse import connection_env_value
+
+    env = {
+        "AIRFLOW_HOME": os.environ.get("AIRFLOW_HOME", str(VAR / "airflow")),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AB_PIPELINE_BRIEFS_DIR": str(out),
+        f"AIRFLOW_CONN_{conn_id.upper()}": connection_env_value(warehouse),
+    }
+    return env
+
+
+def ensure_metadata_db(env: dict[str, str]) -> None:
+    """`airflow db migrate` once per AIRFLOW_HOME (a SQLite file for local runs)."""
+    home = Path(env["AIRFLOW_HOME"])
+    marker = home / ".ab-pipeline-migrated"
+    if marker.exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run(
+        [str(airflow), "db", "migrate"],
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    marker.write_text("migrated\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ab_pipeline.config import load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID
+    run_date = args.date
+    out = Path(args.out).resolve()
+    env = airflow_environment(args.warehouse, out, config.source.conn_id)
+    os.environ.update(env)
+    ensure_metadata_db(env)
+    run_dir = out / config.key / run_date.isoformat()
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a stale brief must not pass for this run's
+
+    from ab_pipeline.dag_factory import build_dag
+
+    dag = build_dag(Path(args.config).resolve(), config)
+    logical = datetime(run_date.year, run_date.month, run_date.day) + timedelta(days=1)
+    dag_run = dag.test(logical_date=logical, run_conf={"run_date": run_date.isoformat()})
+    results_path = run_dir / "results.json"
+    if not results_path.exists():
+        state = getattr(dag_run, "state", "unknown")
+        print(f"{config.key} {run_date}: the pipeline broke (run {state}); no brief", file=sys.stderr)
+        return EXIT_BROKEN
+    results = json.loads(results_path.read_text())
+    print(f"{config.key} {run_date}: {results['decision']} ({results['status']})")
+    print(f"  brief: {run_dir / 'brief.html'}")
+    print(f"  results: {results_path}")
+    eml = run_dir / "brief.eml"
+    if eml.exists():
+        print(f"  email: {eml}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ab_pipeline.simulate import main_simulate
+
+    return main_simulate(args.rest)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="ab-pipeline", description=__doc__.splitlines()[0])
+    sub = root.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="validate experiment configs")
+    validate.add_argument("files", nargs="+", help="YAML config files")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema (for editors)")
+    schema.add_argument("-o", "--output", help="write to this file instead of stdout")
+    schema.set_defaults(func=cmd_schema)
+
+    plan = sub.add_parser("plan", help="sample size per arm for a two-proportion test")
+    plan.add_argument("--baseline", type=float, required=True, help="control rate, e.g. 0.38")
+    plan.add_argument("--mde", type=float, required=True, help="absolute lift, e.g. 0.02")
+    plan.add_argument("--alpha", type=float, default=0.05)
+    plan.add_argument("--power", type=float, default=0.8)
+    plan.add_argument(
+        "--formula",
+        choices=["pooled", "unpooled"],
+        default="pooled",
+        help="pooled: 2p(1-p) at the baseline; unpooled: p1q1 + p2q2",
+    )
+    plan.set_defaults(func=cmd_plan)
+
+    run = sub.add_parser("run", help="run an experiment's DAG for one readout date")
+    run.add_argument("config", help="experiment YAML")
+    run.add_argument("--date", type=_date, required=True, help="readout date YYYY-MM-DD")
+    run.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="SQLAlchemy URL")
+    run.add_argument("--out", default=str(VAR / "briefs"), help="briefs directory")
+    run.set_defaults(func=cmd_run)
+
+    simulate = sub.add_parser("simulate", help="write simulated data (see --help)", add_help=False)
+    simulate.add_argument("rest", nargs=argparse.REMAINDER)
+    simulate.set_defaults(func=cmd_simulate)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

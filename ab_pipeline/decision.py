@@ -1,0 +1,247 @@
+"""The decision rule, written down before the data arrives (DESIGN.md vocabulary).
+
+RERUN when a validity gate failed; CONTINUE before the planned end; STOP when a guardrail is
+breached or the primary moved the wrong way; SHIP when every launch check passes; ITERATE
+otherwise. Every check behind the decision is returned with its numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+from ab_pipeline.config import ExperimentConfig, Guardrail
+
+GATE_NAMES = ("data_quality", "srm", "receipt")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    metric: str | None = None
+    arm: str | None = None
+    observed: float | None = None
+    bound: float | None = None
+    budget: float | None = None
+    budget_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision: str
+    reason: str
+    status: str
+    checks: tuple[Check, ...]
+
+    def checks_as_dicts(self) -> list[dict[str, Any]]:
+        return [asdict(check) for check in self.checks]
+
+
+def fmt(value: float, kind: str) -> str:
+    """Numbers the way the brief says them: pp for proportion differences."""
+    if kind == "proportion":
+        return f"{value * 100:+.1f} pp"
+    if kind == "relative":
+        return f"{value * 100:+.1f}%"
+    return f"{value:+,.4g}"
+
+
+def failed_gates(gates: dict[str, dict[str, Any] | None]) -> list[str]:
+    return [name for name in GATE_NAMES if gates.get(name) and not gates[name]["passed"]]
+
+
+def traffic_integrity(gates: dict[str, dict[str, Any] | None]) -> Check:
+    failed = failed_gates(gates)
+    srm = gates.get("srm")
+    srm_text = (
+        f"SRM chi-square p = {srm['p_value']:.3g} (threshold {srm['alpha']:g})"
+        if srm and srm.get("p_value") is not None
+        else "SRM not computed"
+    )
+    ran = [name for name in GATE_NAMES if gates.get(name) is not None]
+    if failed:
+        return Check("traffic_integrity", False, f"gate(s) failed: {', '.join(failed)}; {srm_text}")
+    return Check("traffic_integrity", True, f"gates passed: {', '.join(ran)}; {srm_text}")
+
+
+def _effect(comparison: dict[str, Any], direction: str) -> tuple[float, float, float]:
+    """(estimate, worst CI end, best CI end) signed so that 'good' is positive."""
+    sign = 1.0 if direction == "increase" else -1.0
+    low, high = comparison["ci"]
+    ends = sorted((sign * low, sign * high))
+    return sign * comparison["absolute"], ends[0], ends[1]
+
+
+def primary_checks(
+    config: ExperimentConfig, metric: dict[str, Any], arm: str
+) -> list[Check]:
+    comparison = metric["comparisons"][arm]
+    kind = metric["type"]
+    direction = config.hypothesis.direction
+    estimate, worst, best = _effect(comparison, direction)
+    low, high = comparison["ci"]
+    interval = f"95% CI {fmt(low, kind)} to {fmt(high, kind)}"
+    name = config.primary
+    min_lift = config.decision.min_lift
+    return [
+        Check(
+            "positive_lift_interval",
+            worst > 0,
+            f"{name} {arm}: {fmt(comparison['absolute'], kind)} ({interval}) "
+            + ("excludes zero in the intended direction" if worst > 0 else "includes zero or harm"),
+            metric=name,
+            arm=arm,
+            observed=comparison["absolute"],
+            bound=low if direction == "increase" else high,
+        ),
+        Check(
+            "observed_lift_threshold",
+            estimate >= min_lift,
+            f"{name} {arm}: observed {fmt(comparison['absolute'], kind)} vs required "
+            f"{fmt(min_lift if direction == 'increase' else -min_lift, kind)} (min_lift)",
+            metric=name,
+            arm=arm,
+            observed=comparison["absolute"],
+            budget=min_lift,
+            budget_kind="min_lift",
+        ),
+        Check(
+            "primary_not_harmed",
+            best >= 0,
+            f"{name} {arm}: "
+            + ("the interval lies wholly on the harmful side" if best < 0 else "no proven harm"),
+            metric=name,
+            arm=arm,
+            observed=comparison["absolute"],
+        ),
+    ]
+
+
+def _one_sided_bound(comparison: dict[str, Any], relative: bool, harmful_up: bool, alpha: float) -> float:
+    """The (1 - alpha) one-sided bound on harm: estimate +/- z_{1-alpha} * SE."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - alpha))
+    if relative:
+        low, high = comparison["relative_ci"]
+        se = (high - low) / (2 * float(norm.ppf(1 - alpha / 2)))
+        estimate = comparison["relative"]
+    else:
+        se, estimate = comparison["se"], comparison["absolute"]
+    return estimate + z * se if harmful_up else estimate - z * se
+
+
+def guardrail_check(
+    config: ExperimentConfig, name: str, guardrail: Guardrail, metric: dict[str, Any], arm: str
+) -> Check:
+    comparison = metric["comparisons"][arm]
+    relative = guardrail.relative
+    kind = "relative" if relative else metric["type"]
+    observed = comparison["relative"] if relative else comparison["absolute"]
+    if observed is None:
+        return Check(f"guardrail:{name}", False, f"{name} {arm}: relative change undefined (control is 0)", metric=name, arm=arm)
+    harmful_up = guardrail.harmful_direction == "increase"
+    if guardrail.evidence == "interval":
+        bound = _one_sided_bound(comparison, relative, harmful_up, config.decision.alpha)
+        evidence = f"one-sided {1 - config.decision.alpha:.0%} bound"
+    else:
+        bound = observed
+        evidence = "point estimate"
+    harm = bound if harmful_up else -bound
+    passed = harm <= guardrail.budget
+    limit = guardrail.budget if harmful_up else -guardrail.budget
+    return Check(
+        f"guardrail:{name}",
+        passed,
+        f"{name} {arm}: observed {fmt(observed, kind)}, {evidence} {fmt(bound, kind)}, budget "
+        f"{fmt(limit, kind)} ({guardrail.budget_kind})",
+        metric=name,
+        arm=arm,
+        observed=observed,
+        bound=bound,
+        budget=guardrail.budget,
+        budget_kind=guardrail.budget_kind,
+    )
+
+
+def _missing(name: str, arm: str) -> Check:
+    return Check(f"guardrail:{name}", False, f"{name} {arm}: no comparison (no data in an arm)", metric=name, arm=arm)
+
+
+def decide(
+    config: ExperimentConfig,
+    run_date: date,
+    gates: dict[str, dict[str, Any] | None],
+    metrics: dict[str, dict[str, Any]],
+) -> Decision:
+    status = "interim" if run_date < config.end else "final"
+    integrity = traffic_integrity(gates)
+    if not integrity.passed:
+        return Decision(
+            "RERUN",
+            f"A validity gate failed ({', '.join(failed_gates(gates))}): nothing was analysed; "
+            "fix the data or pipeline and re-run.",
+            status,
+            (integrity,),
+        )
+    per_arm = {arm: _arm_checks(config, metrics, arm) for arm in config.treatments}
+    checks = (integrity,) + tuple(c for arm_checks in per_arm.values() for c in arm_checks)
+    if status == "interim":
+        return Decision(
+            "CONTINUE",
+            f"Interim readout on {run_date} before the planned end {config.end}: no launch call "
+            "yet; the estimates below are provisional.",
+            status,
+            checks,
+        )
+    harmed = {arm: [c for c in cs if not c.passed and c.name.startswith(("guardrail:", "primary_not_harmed"))] for arm, cs in per_arm.items()}
+    if any(harmed.values()):
+        arm, failures = next((a, f) for a, f in harmed.items() if f)
+        names = ", ".join(c.metric or c.name for c in failures)
+        return Decision("STOP", f"{arm}: {names} breached its limit; roll back.", status, checks)
+    winners = [arm for arm, cs in per_arm.items() if all(c.passed for c in cs)]
+    if winners:
+        arm = max(winners, key=lambda a: _primary_estimate(metrics, config, a))
+        return Decision("SHIP", _ship_reason(config, metrics, arm), status, checks)
+    return Decision(
+        "ITERATE",
+        "Valid and safe, but the primary effect is not proven or is below min_lift.",
+        status,
+        checks,
+    )
+
+
+def _arm_checks(config: ExperimentConfig, metrics: dict[str, dict[str, Any]], arm: str) -> list[Check]:
+    primary = metrics.get(config.primary, {})
+    if arm not in primary.get("comparisons", {}):
+        checks = [Check("positive_lift_interval", False, f"{config.primary} {arm}: no comparison (no data)", metric=config.primary, arm=arm)]
+    else:
+        checks = primary_checks(config, primary, arm)
+    for name, guardrail in config.guardrails.items():
+        metric = metrics.get(name, {})
+        if arm not in metric.get("comparisons", {}):
+            checks.append(_missing(name, arm))
+        else:
+            checks.append(guardrail_check(config, name, guardrail, metric, arm))
+    return checks
+
+
+def _primary_estimate(metrics: dict[str, dict[str, Any]], config: ExperimentConfig, arm: str) -> float:
+    sign = 1 if config.hypothesis.direction == "increase" else -1
+    return sign * metrics[config.primary]["comparisons"][arm]["absolute"]
+
+
+def _ship_reason(config: ExperimentConfig, metrics: dict[str, dict[str, Any]], arm: str) -> str:
+    metric = metrics[config.primary]
+    comparison = metric["comparisons"][arm]
+    kind = metric["type"]
+    low, high = comparison["ci"]
+    guardrails = " and every guardrail is within budget" if config.guardrails else ""
+    return (
+        f"{arm}: {config.primary} moved {fmt(comparison['absolute'], kind)} (95% CI "
+        f"{fmt(low, kind)} to {fmt(high, kind)}), at least the required "
+        f"{fmt(config.decision.min_lift, kind).lstrip('+')}{guardrails}."
+    )

@@ -1,0 +1,227 @@
+"""Extraction in the warehouse: exposures and events -> one row per enrolled unit.
+
+One `CREATE TABLE ... AS SELECT` builds the run's units table (first exposure, arm, exclusions,
+one column per unit-level metric). Raw events never leave the warehouse; the SQL is plain enough
+for DuckDB and PostgreSQL alike (bound parameters, `INTERVAL 'N seconds'`, window functions).
+
+Metric semantics (DESIGN.md):
+- enrollment = first exposure in [start, end] up to the run date; arm = that exposure's arm;
+  a unit with any internal/bot exposure is excluded (when the audience says so);
+- proportion: 1 when a matching event falls in [first exposure, first exposure + window), and
+  (with `unless`) no `unless` event follows it within `within`; 0 otherwise;
+- mean: per-unit sum (or count) of matching events' `value` in the window, 0 when none;
+- a windowed metric is NULL for a unit whose window has not fully elapsed by the run date, so
+  interim readouts never count half-observed windows as failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from ab_pipeline.config import ExperimentConfig, MeanMetric, ProportionMetric, QuantileMetric
+from ab_pipeline.warehouse import Warehouse, quote_ident
+
+
+@dataclass(frozen=True)
+class RunWindow:
+    """The data a run may see: exposures in [start, end], nothing after the run date."""
+
+    start: datetime
+    end_exclusive: datetime
+    run_end: datetime
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, run_date: date) -> RunWindow:
+        def midnight(day: date) -> datetime:
+            return datetime(day.year, day.month, day.day)
+
+        return cls(
+            start=midnight(config.start),
+            end_exclusive=midnight(config.end) + timedelta(days=1),
+            run_end=midnight(run_date) + timedelta(days=1),
+        )
+
+
+def units_table_name(config: ExperimentConfig, run_date: date) -> str:
+    """`ab_units__<key>__<yyyymmdd>`, shortened with a hash to fit PostgreSQL's 63 characters."""
+    stem = f"ab_units__{config.key.replace('-', '_')}"
+    suffix = f"__{run_date:%Y%m%d}"
+    if len(stem) + len(suffix) > 63:
+        digest = hashlib.sha256(config.key.encode()).hexdigest()[:8]
+        stem = f"{stem[: 63 - len(suffix) - 9]}_{digest}"
+    return stem + suffix
+
+
+def metric_column(name: str) -> str:
+    return f"m_{name}"
+
+
+def _seconds(delta: timedelta) -> int:
+    return int(delta.total_seconds())
+
+
+def _interval(delta: timedelta) -> str:
+    return f"INTERVAL '{_seconds(delta)} seconds'"
+
+
+class _Params:
+    """Collects bound parameters so every value from a config reaches SQL as a parameter."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return f":{name}"
+
+
+def _event_metrics(config: ExperimentConfig) -> dict[str, ProportionMetric | MeanMetric]:
+    return {
+        name: metric
+        for name, metric in config.metrics.items()
+        if isinstance(metric, ProportionMetric | MeanMetric) and metric.event is not None
+    }
+
+
+def _in_window(metric: ProportionMetric | MeanMetric) -> str:
+    if metric.window is None:
+        return "TRUE"
+    return f"ev.occurred_at < ev.first_exposed_at + {_interval(metric.window)}"
+
+
+def _aggregate(metric: ProportionMetric | MeanMetric, params: _Params, unless_col: str | None) -> str:
+    match = f"ev.event_name = {params.bind(metric.event)} AND {_in_window(metric)}"
+    if isinstance(metric, ProportionMetric):
+        if metric.unless is not None and unless_col is not None:
+            spoiled = f"ev.{unless_col} <= ev.occurred_at + {_interval(metric.unless.within)}"
+            match += f" AND NOT COALESCE({spoiled}, FALSE)"
+        return f"MAX(CASE WHEN {match} THEN 1 ELSE 0 END)"
+    if metric.aggregate == "count":
+        return f"SUM(CASE WHEN {match} THEN 1 ELSE 0 END)"
+    return f"SUM(CASE WHEN {match} THEN COALESCE(ev.value, 0) ELSE 0 END)"
+
+
+def _window_complete(metric: ProportionMetric | MeanMetric) -> str:
+    if metric.window is None:
+        return "TRUE"
+    return f"u.first_exposed_at + {_interval(metric.window)} <= :run_end"
+
+
+def build_units_sql(config: ExperimentConfig, run_date: date, table: str) -> tuple[list[str], dict[str, Any]]:
+    """Statements (drop, create) and parameters that build the units table."""
+    window = RunWindow.of(config, run_date)
+    params = _Params()
+    params.values.update(
+        key=config.key,
+        start=window.start,
+        end_exclusive=window.end_exclusive,
+        run_end=window.run_end,
+        exclude_internal=config.audience.exclude_internal,
+        exclude_bots=config.audience.exclude_bots,
+    )
+    exposures = quote_ident(config.source.exposures)
+    events = quote_ident(config.source.events)
+    metrics = _event_metrics(config)
+    unless_events = sorted(
+        {m.unless.event for m in metrics.values() if isinstance(m, ProportionMetric) and m.unless}
+    )
+    unless_cols = {event: f"next_unless_{i}" for i, event in enumerate(unless_events)}
+    wanted = sorted({m.event for m in metrics.values() if m.event} | set(unless_events))
+    wanted_sql = ", ".join(params.bind(name) for name in wanted) or "NULL"
+    next_unless = "".join(
+        f",\n      MIN(CASE WHEN e.event_name = {params.bind(event)} THEN e.occurred_at END) OVER ("
+        f"PARTITION BY e.unit_id ORDER BY e.occurred_at "
+        f"RANGE BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS {col}"
+        for event, col in unless_cols.items()
+    )
+    aggregates = "".join(
+        f",\n      {_aggregate(m, params, unless_cols.get(m.unless.event) if isinstance(m, ProportionMetric) and m.unless else None)} AS {metric_column(name)}"
+        for name, m in metrics.items()
+    )
+    columns = "".join(
+        f",\n  CASE WHEN {_window_complete(m)} THEN COALESCE(a.{metric_column(name)}, 0) END"
+        f" AS {metric_column(name)}"
+        for name, m in metrics.items()
+    )
+    select = f"""
+WITH exp AS (
+  SELECT unit_id, arm, exposed_at, is_internal, is_bot
+  FROM {exposures}
+  WHERE experiment_key = :key
+    AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
+),
+per_unit AS (
+  SELECT unit_id,
+         MIN(exposed_at) AS first_exposed_at,
+         COUNT(*) AS exposures,
+         COUNT(DISTINCT arm) AS arms_seen,
+         MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) AS any_internal,
+         MAX(CASE WHEN is_bot THEN 1 ELSE 0 END) AS any_bot
+  FROM exp GROUP BY unit_id
+),
+enrolled AS (
+  SELECT p.unit_id, MIN(x.arm) AS arm, p.first_exposed_at, p.exposures, p.arms_seen
+  FROM per_unit p
+  JOIN exp x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
+  WHERE NOT (:exclude_internal AND p.any_internal = 1)
+    AND NOT (:exclude_bots AND p.any_bot = 1)
+  GROUP BY p.unit_id, p.first_exposed_at, p.exposures, p.arms_seen
+),
+ev AS (
+  SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at{next_unless}
+  FROM {events} e
+  JOIN enrolled u ON u.unit_id = e.unit_id
+  WHERE e.event_name IN ({wanted_sql})
+    AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end
+),
+agg AS (
+  SELECT ev.unit_id{aggregates}
+  FROM ev GROUP BY ev.unit_id
+)
+SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.arms_seen{columns}
+FROM enrolled u
+LEFT JOIN agg a ON a.unit_id = u.unit_id
+"""
+    target = quote_ident(table)
+    return [f"DROP TABLE IF EXISTS {target}", f"CREATE TABLE {target} AS {select}"], params.values
+
+
+def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
+    """`sql:` metrics: the user's query (unit_id, value) joined onto the units table."""
+    statements = []
+    target = quote_ident(table)
+    for name, metric in config.metrics.items():
+        if isinstance(metric, ProportionMetric | MeanMetric) and metric.sql is not None:
+            column = metric_column(name)
+            statements += [
+                f"ALTER TABLE {target} ADD COLUMN {column} DOUBLE PRECISION",
+                f"UPDATE {target} SET {column} = COALESCE((SELECT CAST(s.value AS DOUBLE PRECISION) "
+                f"FROM ({metric.sql}) s WHERE s.unit_id = {target}.unit_id), 0)",
+            ]
+    return statements
+
+
+def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
+    """Build (or rebuild) the run's units table in one transaction; returns its name."""
+    table = units_table_name(config, run_date)
+    statements, params = build_units_sql(config, run_date, table)
+    warehouse.execute(statements + _sql_metric_statements(config, table), params)
+    return table
+
+
+def quantile_events_sql(
+    config: ExperimentConfig, metric: QuantileMetric, units_table: str, run_date: date
+) -> tuple[str, dict[str, Any]]:
+    """FROM-clause body: the quantile metric's event values of enrolled units, with their arm."""
+    window = f"AND e.occurred_at < u.first_exposed_at + {_interval(metric.window)}" if metric.window else ""
+    sql = f"""
+FROM {quote_ident(config.source.events)} e
+JOIN {quote_ident(units_table)} u ON u.unit_id = e.unit_id
+WHERE e.event_name = :event AND e.value IS NOT NULL
+  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end {window}
+"""
+    return sql, {"event": metric.event, "run_end": RunWindow.of(config, run_date).run_end}

@@ -1,0 +1,56 @@
+"""Sample-ratio-mismatch gate: a hard gate, not a warning.
+
+Counts enrolled units per arm in the units table (after exclusions) and tests them against the
+planned allocation with a chi-square goodness-of-fit test; fails below `decision.srm_alpha`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ab_pipeline.config import ExperimentConfig
+from ab_pipeline.statistics import srm_test
+from ab_pipeline.warehouse import Warehouse, quote_ident
+
+
+def arm_counts(warehouse: Warehouse, units_table: str) -> dict[str, int]:
+    rows = warehouse.query(
+        f"SELECT arm, COUNT(*) AS units FROM {quote_ident(units_table)} GROUP BY arm ORDER BY arm"
+    )
+    return {str(row["arm"]): int(row["units"]) for row in rows}
+
+
+def evaluate_srm(counts: dict[str, int], config: ExperimentConfig) -> dict[str, Any]:
+    """The SRM gate outcome as it appears in results.json."""
+    alpha = config.decision.srm_alpha
+    planned = {arm: counts.get(arm, 0) for arm in config.arms}
+    if sum(planned.values()) == 0:
+        return {
+            "passed": False,
+            "p_value": None,
+            "statistic": None,
+            "alpha": alpha,
+            "counts": planned,
+            "expected": dict(config.arms),
+            "detail": "no enrolled units: nothing to test",
+        }
+    result = srm_test(planned, config.arms)
+    passed = result.p_value >= alpha
+    verdict = "consistent with" if passed else "does not match"
+    return {
+        "passed": passed,
+        "p_value": result.p_value,
+        "statistic": result.statistic,
+        "alpha": alpha,
+        "counts": result.counts,
+        "expected": result.expected,
+        "detail": (
+            f"arm counts {', '.join(f'{a} {n:,}' for a, n in result.counts.items())} "
+            f"{verdict} the planned split (chi-square {result.statistic:.2f}, "
+            f"p = {result.p_value:.3g}, threshold {alpha:g})"
+        ),
+    }
+
+
+def run_srm_gate(warehouse: Warehouse, config: ExperimentConfig, units_table: str) -> dict[str, Any]:
+    return evaluate_srm(arm_counts(warehouse, units_table), config)

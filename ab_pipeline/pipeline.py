@@ -1,0 +1,250 @@
+"""The pipeline's stages as plain functions: config -> extract -> gates -> analysis -> decision
+-> brief -> delivery. The DAG factory wires them as tasks; tests and the CLI can call them
+without a scheduler.
+
+Stages hand each other small things only: the units table's name, and JSON files in the run
+directory (`<briefs root>/<experiment>/<run date>/`). The brief stage reads whatever exists, so a
+failed gate still produces a brief.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import date
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+from ab_pipeline import __version__
+from ab_pipeline.config import ExperimentConfig, config_sha256, load_config
+from ab_pipeline.errors import GateFailed, PipelineError
+from ab_pipeline.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GATES = ("data_quality", "srm", "receipt")
+
+
+def briefs_root() -> Path:
+    """Where briefs are archived: $AB_PIPELINE_BRIEFS_DIR, else $AIRFLOW_HOME/briefs."""
+    configured = os.environ.get("AB_PIPELINE_BRIEFS_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "briefs"
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit the code came from, when known."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short=10", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}" if sha else __version__
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a stage needs to find its inputs and outputs."""
+
+    config_path: Path
+    run_date: date
+    warehouse_url: str
+    out_root: Path
+
+    @cached_property
+    def config(self) -> ExperimentConfig:
+        return load_config(self.config_path)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_root / self.config.key / self.run_date.isoformat()
+
+    @property
+    def warehouse(self) -> Warehouse:
+        return Warehouse(self.warehouse_url)
+
+    def write_json(self, relative: str, payload: Any) -> Path:
+        path = self.run_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        tmp.replace(path)  # atomic: a reader never sees half a file
+        return path
+
+    def read_json(self, relative: str) -> Any | None:
+        path = self.run_dir / relative
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def stage_extract(ctx: RunContext) -> str:
+    """Start the run afresh (re-running a date replaces its outputs) and build the units table."""
+    from ab_pipeline.extract import build_units_table
+
+    if ctx.run_dir.exists():
+        shutil.rmtree(ctx.run_dir)
+    ctx.run_dir.mkdir(parents=True)
+    try:
+        table = build_units_table(ctx.warehouse, ctx.config, ctx.run_date)
+    except Exception as error:
+        raise PipelineError(
+            f"extraction failed: {error}", experiment=ctx.config.key, run_date=str(ctx.run_date)
+        ) from error
+    log.info("[experiment=%s run_date=%s] units table %s built", ctx.config.key, ctx.run_date, table)
+    return table
+
+
+def stage_gate(ctx: RunContext, gate: str, units_table: str) -> bool:
+    """Run one validity gate and record its outcome; a failed gate is a finding, not an error."""
+    outcome: dict[str, Any] | None
+    if gate == "data_quality":
+        from ab_pipeline.gates.data_quality import run_data_quality
+
+        outcome = run_data_quality(ctx.warehouse_url, ctx.config, ctx.run_date, units_table)
+    elif gate == "srm":
+        from ab_pipeline.gates.srm import run_srm_gate
+
+        outcome = run_srm_gate(ctx.warehouse, ctx.config, units_table)
+    elif gate == "receipt":
+        from ab_pipeline.gates.receipt import run_receipt_gate
+
+        outcome = run_receipt_gate(ctx.warehouse, ctx.config, units_table, ctx.run_date)
+    else:
+        raise ValueError(f"unknown gate {gate!r}")
+    ctx.write_json(f"gates/{gate}.json", outcome)
+    passed = outcome is None or bool(outcome["passed"])
+    log.info("[experiment=%s run_date=%s] gate %s: %s", ctx.config.key, ctx.run_date, gate,
+             "PASS" if passed else "FAIL")
+    return passed
+
+
+def recorded_gates(ctx: RunContext) -> dict[str, dict[str, Any] | None]:
+    return {gate: ctx.read_json(f"gates/{gate}.json") for gate in GATES}
+
+
+def stage_validity(ctx: RunContext) -> None:
+    """Stop here (raise GateFailed) when any gate failed or did not record an outcome."""
+    missing = [g for g in GATES if not (ctx.run_dir / "gates" / f"{g}.json").exists()]
+    if missing:
+        raise PipelineError(f"gate outcome(s) missing: {', '.join(missing)}",
+                            experiment=ctx.config.key, run_date=str(ctx.run_date))
+    failed = [g for g, outcome in recorded_gates(ctx).items() if outcome and not outcome["passed"]]
+    if failed:
+        raise GateFailed(ctx.config.key, failed)
+
+
+def stage_analyse(ctx: RunContext, units_table: str) -> None:
+    from ab_pipeline.analysis import analyse
+
+    ctx.write_json("metrics.json", analyse(ctx.warehouse, ctx.config, units_table, ctx.run_date))
+
+
+def assemble_results(ctx: RunContext) -> dict[str, Any]:
+    """results.json from what the run recorded; raises when there is nothing honest to say."""
+    from ab_pipeline.decision import decide, failed_gates
+    from ab_pipeline.statistics import sample_size_two_proportions
+
+    config = ctx.config
+    gates = recorded_gates(ctx)
+    gate_failures = failed_gates(gates)
+    metrics = ctx.read_json("metrics.json")
+    tags = {"experiment": config.key, "run_date": str(ctx.run_date)}
+    if not gate_failures and (metrics is None or any(
+        not (ctx.run_dir / "gates" / f"{g}.json").exists() for g in GATES
+    )):
+        raise PipelineError("the pipeline broke before a decision could be made; no brief", **tags)
+    decision = decide(config, ctx.run_date, gates, {} if gate_failures else metrics)
+    plan = None
+    if config.plan:
+        size = sample_size_two_proportions(
+            config.plan.baseline, config.plan.mde, config.plan.alpha, config.plan.power
+        )
+        plan = {**config.plan.model_dump(), "required_per_arm": size.per_arm, "formula": size.formula}
+    return {
+        "experiment": config.key,
+        "version": config.version,
+        "title": config.title,
+        "owner": config.owner,
+        "recipients": list(config.recipients),
+        "unit": config.unit,
+        "arms": dict(config.arms),
+        "control": config.control,
+        "start": config.start.isoformat(),
+        "end": config.end.isoformat(),
+        "run_date": ctx.run_date.isoformat(),
+        "status": decision.status,
+        "decision": decision.decision,
+        "decision_reason": decision.reason,
+        "config_sha256": config_sha256(ctx.config_path),
+        "config_path": _display_path(ctx.config_path),
+        "code_version": code_version(),
+        "hypothesis": config.hypothesis.model_dump(),
+        "plan": plan,
+        "risks": list(config.risks),
+        "gates": gates,
+        "gate_failures": gate_failures,
+        "metrics": {} if gate_failures else metrics,
+        "checks": decision.checks_as_dicts(),
+    }
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def stage_brief(ctx: RunContext) -> dict[str, Any]:
+    """Decide, then write results.json and the brief (HTML and text) into the run directory."""
+    from ab_pipeline.brief import write_brief
+
+    results = assemble_results(ctx)
+    ctx.write_json("results.json", results)
+    write_brief(results, ctx.run_dir)
+    log.info("[experiment=%s run_date=%s] decision %s, brief %s", ctx.config.key, ctx.run_date,
+             results["decision"], ctx.run_dir / "brief.html")
+    return {"decision": results["decision"], "brief": str(ctx.run_dir / "brief.html")}
+
+
+def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[str, Any]:
+    from ab_pipeline.brief import render_brief
+    from ab_pipeline.delivery import build_message, deliver
+
+    results = ctx.read_json("results.json")
+    if results is None:
+        raise PipelineError("no results.json to deliver", experiment=ctx.config.key,
+                            run_date=str(ctx.run_date))
+    sender = os.environ.get("AB_PIPELINE_SENDER", "ab-pipeline@localhost")
+    message = build_message(results, render_brief(results), sender)
+    outcome = deliver(message, ctx.run_dir, smtp_conn_id)
+    return {"sent": outcome.sent, "eml": str(outcome.eml_path), "detail": outcome.detail}
+
+
+def run_pipeline(ctx: RunContext, deliver: bool = True) -> dict[str, Any]:
+    """All stages in this process, in DAG order (for tests, benchmarks and debugging)."""
+    table = stage_extract(ctx)
+    for gate in GATES:
+        stage_gate(ctx, gate, table)
+    try:
+        stage_validity(ctx)
+    except GateFailed:
+        pass
+    else:
+        stage_analyse(ctx, table)
+    summary = stage_brief(ctx)
+    if deliver:
+        stage_deliver(ctx)
+    return summary

@@ -1,0 +1,34 @@
+"""Shared fixtures: real DuckDB files and a throwaway schema on the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ab_pipeline.warehouse import Warehouse, dispose_all
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("AB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def duckdb_warehouse(tmp_path: Path) -> Iterator[Warehouse]:
+    yield Warehouse(f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    dispose_all()
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[tuple[Warehouse, str]]:
+    """A fresh schema in the real PostgreSQL, dropped afterwards."""
+    warehouse = Warehouse(POSTGRES_URL)
+    schema = f"ab_test_{uuid.uuid4().hex[:10]}"
+    warehouse.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield warehouse, schema
+    finally:
+        warehouse.execute(f"DROP SCHEMA {schema} CASCADE")
+        dispose_all()

@@ -1,0 +1,187 @@
+"""The units table matches an independent per-unit computation of the metric semantics."""
+
+from __future__ import annotations
+
+import random
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ab_pipeline.config import ExperimentConfig, parse_config
+from ab_pipeline.extract import build_units_table, units_table_name
+from ab_pipeline.warehouse import Warehouse
+from tests.warehouse_fixtures import (
+    Event,
+    Exposure,
+    create_contract_tables,
+    insert_rows,
+    rows_by_unit,
+)
+
+START, END = date(2026, 5, 4), date(2026, 5, 31)
+KEY = "extract-check"
+
+
+def make_config(schema: str = "", **overrides: Any) -> ExperimentConfig:
+    prefix = f"{schema}." if schema else ""
+    data: dict[str, Any] = {
+        "key": KEY,
+        "version": 1,
+        "title": "extraction semantics",
+        "owner": "o@example.com",
+        "recipients": ["r@example.com"],
+        "hypothesis": {"change": "c", "metric": "solved", "direction": "increase"},
+        "unit": "account",
+        "arms": {"control": 0.5, "treatment": 0.5},
+        "control": "control",
+        "start": START,
+        "end": END,
+        "source": {"exposures": f"{prefix}exposures", "events": f"{prefix}events"},
+        "metrics": {
+            "solved": {
+                "type": "proportion",
+                "event": "solved",
+                "window": "1d",
+                "unless": {"event": "ticket", "within": "10m"},
+            },
+            "clicks": {"type": "mean", "event": "click", "window": "2d", "aggregate": "count"},
+            "revenue": {"type": "mean", "event": "purchase", "window": "3d"},
+            "ever_bought": {"type": "proportion", "event": "purchase"},
+            "latency": {"type": "quantile", "event": "served", "quantile": 0.95},
+        },
+        "primary": "solved",
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+def random_data(seed: int, units: int = 300) -> tuple[list[Exposure], list[Event]]:
+    rng = random.Random(seed)
+    base = datetime(2026, 5, 4)
+    exposures: list[Exposure] = []
+    events: list[Event] = []
+    for i in range(units):
+        unit = f"u{i:04d}"
+        arm = rng.choice(["control", "treatment"])
+        first = base + timedelta(minutes=rng.randrange(0, 30 * 24 * 60))  # some after END
+        internal, bot = rng.random() < 0.05, rng.random() < 0.05
+        for k in range(rng.choice([1, 1, 2, 3])):
+            exposures.append(
+                (KEY, unit, arm, first + timedelta(hours=5 * k), internal and k == 1, bot, None)
+            )
+        exposures.append(("other-exp", unit, "x", first, False, False, None))
+        for _ in range(rng.randrange(0, 8)):
+            name = rng.choice(["solved", "ticket", "click", "purchase", "served", "noise"])
+            at = first + timedelta(minutes=rng.randrange(-600, 4 * 24 * 60))
+            value = round(rng.uniform(1, 100), 2) if name in ("purchase", "served") else None
+            events.append((unit, name, at, value, KEY))
+            if name == "solved" and rng.random() < 0.4:  # a ticket just inside or outside 10m
+                gap = timedelta(minutes=rng.choice([0, 5, 10, 11, 30]))
+                events.append((unit, "ticket", at + gap, None, KEY))
+    return exposures, events
+
+
+def expected_units(
+    exposures: list[Exposure], events: list[Event], run_date: date
+) -> dict[str, dict[str, Any]]:
+    """The metric semantics of DESIGN.md, computed row by row in Python."""
+    run_end = datetime(run_date.year, run_date.month, run_date.day) + timedelta(days=1)
+    end_excl = datetime(END.year, END.month, END.day) + timedelta(days=1)
+    mine = [e for e in exposures if e[0] == KEY and START.isoformat() <= e[3].isoformat()
+            and e[3] < end_excl and e[3] < run_end]
+    units: dict[str, dict[str, Any]] = {}
+    for _, unit, arm, at, internal, bot, _ in sorted(mine, key=lambda e: e[3]):
+        entry = units.setdefault(unit, {"arm": arm, "first": at, "excluded": False})
+        entry["excluded"] |= internal or bot
+    result = {}
+    for unit, entry in units.items():
+        if entry["excluded"]:
+            continue
+        first = entry["first"]
+        own = [e for e in events if e[0] == unit and first <= e[2] < run_end]
+
+        def within(name: str, days: int | None, own: list[Event] = own, first: datetime = first) -> list[Event]:
+            return [e for e in own if e[1] == name and (days is None or e[2] < first + timedelta(days=days))]
+
+        def complete(days: int, first: datetime = first) -> bool:
+            return first + timedelta(days=days) <= run_end
+
+        tickets = [e[2] for e in own if e[1] == "ticket"]
+        solved = any(
+            not any(s[2] <= t <= s[2] + timedelta(minutes=10) for t in tickets)
+            for s in within("solved", 1)
+        )
+        result[unit] = {
+            "arm": entry["arm"],
+            "m_solved": int(solved) if complete(1) else None,
+            "m_clicks": len(within("click", 2)) if complete(2) else None,
+            "m_revenue": sum(e[3] or 0 for e in within("purchase", 3)) if complete(3) else None,
+            "m_ever_bought": int(bool(within("purchase", None))),
+        }
+    return result
+
+
+def assert_units_match(warehouse: Warehouse, table: str, expected: dict[str, dict[str, Any]]) -> None:
+    actual = rows_by_unit(warehouse.query(f'SELECT * FROM "{table}"'))
+    assert set(actual) == set(expected)
+    for unit, want in expected.items():
+        got = actual[unit]
+        assert got["arm"] == want["arm"], unit
+        for column in ("m_solved", "m_clicks", "m_ever_bought"):
+            assert (None if got[column] is None else int(got[column])) == want[column], (unit, column)
+        if want["m_revenue"] is None:
+            assert got["m_revenue"] is None, unit
+        else:
+            assert float(got["m_revenue"]) == pytest.approx(want["m_revenue"]), unit
+
+
+@pytest.mark.parametrize("run_date", [date(2026, 5, 10), END])
+def test_units_table_matches_independent_computation_on_duckdb(
+    duckdb_warehouse: Warehouse, run_date: date
+) -> None:
+    exposures, events = random_data(seed=7)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    table = build_units_table(duckdb_warehouse, make_config(), run_date)
+    assert table == units_table_name(make_config(), run_date)
+    assert_units_match(duckdb_warehouse, table, expected_units(exposures, events, run_date))
+
+
+def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> None:
+    warehouse, schema = postgres_schema
+    exposures, events = random_data(seed=11, units=150)
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    config = make_config(schema)
+    table = build_units_table(warehouse, config, END)
+    assert_units_match(warehouse, table, expected_units(exposures, events, END))
+    warehouse.execute(f'DROP TABLE "{table}"')
+
+
+def test_rebuilding_a_run_date_replaces_the_units_table(duckdb_warehouse: Warehouse) -> None:
+    exposures, events = random_data(seed=3, units=40)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    config = make_config()
+    table = build_units_table(duckdb_warehouse, config, END)
+    first = duckdb_warehouse.query(f'SELECT COUNT(*) AS n FROM "{table}"')[0]["n"]
+    build_units_table(duckdb_warehouse, config, END)
+    assert duckdb_warehouse.query(f'SELECT COUNT(*) AS n FROM "{table}"')[0]["n"] == first
+
+
+def test_internal_and_bot_units_are_kept_when_the_audience_says_so(duckdb_warehouse: Warehouse) -> None:
+    exposures, events = random_data(seed=5, units=80)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    config = make_config(audience={"exclude_internal": False, "exclude_bots": False})
+    table = build_units_table(duckdb_warehouse, config, END)
+    enrolled = {e[1] for e in exposures if e[0] == KEY and e[3] < datetime(2026, 6, 1)}
+    rows = duckdb_warehouse.query(f'SELECT unit_id FROM "{table}"')
+    assert {r["unit_id"] for r in rows} == enrolled
+
+
+def test_long_keys_give_table_names_postgresql_accepts() -> None:
+    config = make_config(key="k" * 63)
+    name = units_table_name(config, END)
+    assert len(name) <= 63 and name.endswith("__20260531")
