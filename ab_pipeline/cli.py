@@ -21,6 +21,7 @@ from ab_pipeline.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VAR = REPO_ROOT / "var"
 DEFAULT_WAREHOUSE = f"duckdb:///{VAR / 'warehouse.duckdb'}"
+EXPERIMENTS = REPO_ROOT / "dags" / "experiments"
 EXIT_INVALID, EXIT_BROKEN = 2, 1
 
 
@@ -101,17 +102,17 @@ def ensure_metadata_db(env: dict[str, str]) -> None:
     marker.write_text("migrated\n")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def run_experiment(config_path: Path, run_date: date, warehouse: str, out: Path) -> int:
+    """Run the experiment's real DAG for one date; print the decision and where the brief is."""
     from ab_pipeline.config import load_config
 
     try:
-        config = load_config(args.config)
+        config = load_config(config_path)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
-    run_date = args.date
-    out = Path(args.out).resolve()
-    env = airflow_environment(args.warehouse, out, config.source.conn_id)
+    out = out.resolve()
+    env = airflow_environment(warehouse, out, config.source.conn_id)
     os.environ.update(env)
     ensure_metadata_db(env)
     run_dir = out / config.key / run_date.isoformat()
@@ -120,22 +121,57 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from ab_pipeline.dag_factory import build_dag
 
-    dag = build_dag(Path(args.config).resolve(), config)
+    dag = build_dag(config_path.resolve(), config)
     logical = datetime(run_date.year, run_date.month, run_date.day) + timedelta(days=1)
     dag_run = dag.test(logical_date=logical, run_conf={"run_date": run_date.isoformat()})
     results_path = run_dir / "results.json"
     if not results_path.exists():
         state = getattr(dag_run, "state", "unknown")
-        print(f"{config.key} {run_date}: the pipeline broke (run {state}); no brief", file=sys.stderr)
+        print(
+            f"{config.key} {run_date}: the pipeline broke (run {state}); no brief", file=sys.stderr
+        )
         return EXIT_BROKEN
     results = json.loads(results_path.read_text())
     print(f"{config.key} {run_date}: {results['decision']} ({results['status']})")
-    print(f"  brief: {run_dir / 'brief.html'}")
+    print(f"  brief:   {run_dir / 'brief.html'}")
     print(f"  results: {results_path}")
     eml = run_dir / "brief.eml"
     if eml.exists():
-        print(f"  email: {eml}")
+        print(f"  email:   {eml}")
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return run_experiment(Path(args.config), args.date, args.warehouse, Path(args.out))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate every sample experiment into the embedded DuckDB and run each DAG."""
+    from ab_pipeline.config import load_config
+    from ab_pipeline.simulate import main_simulate
+
+    warehouse, out = args.warehouse, Path(args.out)
+    Path(VAR).mkdir(exist_ok=True)
+    if main_simulate(["--warehouse", warehouse]) != 0:
+        return EXIT_BROKEN
+    runs: list[tuple[Path, date]] = []
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        runs.append((path, load_config(path).end))
+    first = runs[0][0]
+    runs.append((first, load_config(first).start + timedelta(days=10)))  # an interim look
+    codes = [run_experiment(path, day, warehouse, out) for path, day in runs]
+    print("\nDemo readouts:")
+    for path, day in runs:
+        results = out.resolve() / load_config(path).key / day.isoformat() / "results.json"
+        if results.exists():
+            data = json.loads(results.read_text())
+            print(
+                f"  {data['experiment']:<24} {day}  {data['decision']:<9} "
+                f"{results.parent / 'brief.html'}"
+            )
+        else:
+            print(f"  {path.stem:<24} {day}  BROKEN")
+    return max(codes)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -182,6 +218,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="SQLAlchemy URL")
     run.add_argument("--out", default=str(VAR / "briefs"), help="briefs directory")
     run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="simulate the sample experiments and run every DAG")
+    demo.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="SQLAlchemy URL")
+    demo.add_argument("--out", default=str(VAR / "briefs"), help="briefs directory")
+    demo.set_defaults(func=cmd_demo)
 
     simulate = sub.add_parser("simulate", help="write simulated data (see --help)", add_help=False)
     simulate.add_argument("rest", nargs=argparse.REMAINDER)

@@ -148,9 +148,7 @@ class QuantileMetric(_Strict):
     description: str | None = None
 
 
-Metric = Annotated[
-    ProportionMetric | MeanMetric | QuantileMetric, Field(discriminator="type")
-]
+Metric = Annotated[ProportionMetric | MeanMetric | QuantileMetric, Field(discriminator="type")]
 
 
 class Guardrail(_Strict):
@@ -299,7 +297,7 @@ class ExperimentConfig(_Strict):
             problems.append("the primary metric must be a proportion or a mean")
         if self.hypothesis.metric != self.primary:
             problems.append(
-                f"hypothesis.metric {self.hypothesis.metric!r} differs from primary {self.primary!r}"
+                f"hypothesis.metric {self.hypothesis.metric!r} is not the primary {self.primary!r}"
             )
         for name in self.guardrails:
             if name not in self.metrics:

@@ -75,9 +75,7 @@ def _effect(comparison: dict[str, Any], direction: str) -> tuple[float, float, f
     return sign * comparison["absolute"], ends[0], ends[1]
 
 
-def primary_checks(
-    config: ExperimentConfig, metric: dict[str, Any], arm: str
-) -> list[Check]:
+def primary_checks(config: ExperimentConfig, metric: dict[str, Any], arm: str) -> list[Check]:
     comparison = metric["comparisons"][arm]
     kind = metric["type"]
     direction = config.hypothesis.direction
@@ -120,7 +118,9 @@ def primary_checks(
     ]
 
 
-def _one_sided_bound(comparison: dict[str, Any], relative: bool, harmful_up: bool, alpha: float) -> float:
+def _one_sided_bound(
+    comparison: dict[str, Any], relative: bool, harmful_up: bool, alpha: float
+) -> float:
     """The (1 - alpha) one-sided bound on harm: estimate +/- z_{1-alpha} * SE."""
     from scipy.stats import norm
 
@@ -142,7 +142,13 @@ def guardrail_check(
     kind = "relative" if relative else metric["type"]
     observed = comparison["relative"] if relative else comparison["absolute"]
     if observed is None:
-        return Check(f"guardrail:{name}", False, f"{name} {arm}: relative change undefined (control is 0)", metric=name, arm=arm)
+        return Check(
+            f"guardrail:{name}",
+            False,
+            f"{name} {arm}: relative change undefined (control is 0)",
+            metric=name,
+            arm=arm,
+        )
     harmful_up = guardrail.harmful_direction == "increase"
     if guardrail.evidence == "interval":
         bound = _one_sided_bound(comparison, relative, harmful_up, config.decision.alpha)
@@ -168,7 +174,13 @@ def guardrail_check(
 
 
 def _missing(name: str, arm: str) -> Check:
-    return Check(f"guardrail:{name}", False, f"{name} {arm}: no comparison (no data in an arm)", metric=name, arm=arm)
+    return Check(
+        f"guardrail:{name}",
+        False,
+        f"{name} {arm}: no comparison (no data in an arm)",
+        metric=name,
+        arm=arm,
+    )
 
 
 def decide(
@@ -197,7 +209,14 @@ def decide(
             status,
             checks,
         )
-    harmed = {arm: [c for c in cs if not c.passed and c.name.startswith(("guardrail:", "primary_not_harmed"))] for arm, cs in per_arm.items()}
+    harmed = {
+        arm: [
+            c
+            for c in cs
+            if not c.passed and c.name.startswith(("guardrail:", "primary_not_harmed"))
+        ]
+        for arm, cs in per_arm.items()
+    }
     if any(harmed.values()):
         arm, failures = next((a, f) for a, f in harmed.items() if f)
         names = ", ".join(c.metric or c.name for c in failures)
@@ -214,10 +233,20 @@ def decide(
     )
 
 
-def _arm_checks(config: ExperimentConfig, metrics: dict[str, dict[str, Any]], arm: str) -> list[Check]:
+def _arm_checks(
+    config: ExperimentConfig, metrics: dict[str, dict[str, Any]], arm: str
+) -> list[Check]:
     primary = metrics.get(config.primary, {})
     if arm not in primary.get("comparisons", {}):
-        checks = [Check("positive_lift_interval", False, f"{config.primary} {arm}: no comparison (no data)", metric=config.primary, arm=arm)]
+        checks = [
+            Check(
+                "positive_lift_interval",
+                False,
+                f"{config.primary} {arm}: no comparison (no data)",
+                metric=config.primary,
+                arm=arm,
+            )
+        ]
     else:
         checks = primary_checks(config, primary, arm)
     for name, guardrail in config.guardrails.items():
@@ -229,7 +258,9 @@ def _arm_checks(config: ExperimentConfig, metrics: dict[str, dict[str, Any]], ar
     return checks
 
 
-def _primary_estimate(metrics: dict[str, dict[str, Any]], config: ExperimentConfig, arm: str) -> float:
+def _primary_estimate(
+    metrics: dict[str, dict[str, Any]], config: ExperimentConfig, arm: str
+) -> float:
     sign = 1 if config.hypothesis.direction == "increase" else -1
     return sign * metrics[config.primary]["comparisons"][arm]["absolute"]
 

@@ -50,7 +50,11 @@ class PipelineError(AbPipelineError):
         self.run_date = run_date
         tags = [
             f"{name}={value}"
-            for name, value in (("experiment", experiment), ("metric", metric), ("run_date", run_date))
+            for name, value in (
+                ("experiment", experiment),
+                ("metric", metric),
+                ("run_date", run_date),
+            )
             if value
         ]
         prefix = f"[{' '.join(tags)}] " if tags else ""

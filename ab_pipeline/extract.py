@@ -93,7 +93,9 @@ def _in_window(metric: ProportionMetric | MeanMetric) -> str:
     return f"ev.occurred_at < ev.first_exposed_at + {_interval(metric.window)}"
 
 
-def _aggregate(metric: ProportionMetric | MeanMetric, params: _Params, unless_col: str | None) -> str:
+def _aggregate(
+    metric: ProportionMetric | MeanMetric, params: _Params, unless_col: str | None
+) -> str:
     match = f"ev.event_name = {params.bind(metric.event)} AND {_in_window(metric)}"
     if isinstance(metric, ProportionMetric):
         if metric.unless is not None and unless_col is not None:
@@ -105,13 +107,21 @@ def _aggregate(metric: ProportionMetric | MeanMetric, params: _Params, unless_co
     return f"SUM(CASE WHEN {match} THEN COALESCE(ev.value, 0) ELSE 0 END)"
 
 
+def _unless_column(metric: ProportionMetric | MeanMetric, columns: dict[str, str]) -> str | None:
+    if isinstance(metric, ProportionMetric) and metric.unless is not None:
+        return columns[metric.unless.event]
+    return None
+
+
 def _window_complete(metric: ProportionMetric | MeanMetric) -> str:
     if metric.window is None:
         return "TRUE"
     return f"u.first_exposed_at + {_interval(metric.window)} <= :run_end"
 
 
-def build_units_sql(config: ExperimentConfig, run_date: date, table: str) -> tuple[list[str], dict[str, Any]]:
+def build_units_sql(
+    config: ExperimentConfig, run_date: date, table: str
+) -> tuple[list[str], dict[str, Any]]:
     """Statements (drop, create) and parameters that build the units table."""
     window = RunWindow.of(config, run_date)
     params = _Params()
@@ -139,7 +149,7 @@ def build_units_sql(config: ExperimentConfig, run_date: date, table: str) -> tup
         for event, col in unless_cols.items()
     )
     aggregates = "".join(
-        f",\n      {_aggregate(m, params, unless_cols.get(m.unless.event) if isinstance(m, ProportionMetric) and m.unless else None)} AS {metric_column(name)}"
+        f",\n      {_aggregate(m, params, _unless_column(m, unless_cols))} AS {metric_column(name)}"
         for name, m in metrics.items()
     )
     columns = "".join(
@@ -199,8 +209,9 @@ def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
             column = metric_column(name)
             statements += [
                 f"ALTER TABLE {target} ADD COLUMN {column} DOUBLE PRECISION",
-                f"UPDATE {target} SET {column} = COALESCE((SELECT CAST(s.value AS DOUBLE PRECISION) "
-                f"FROM ({metric.sql}) s WHERE s.unit_id = {target}.unit_id), 0)",
+                f"UPDATE {target} SET {column} = COALESCE(("
+                f"SELECT CAST(s.value AS DOUBLE PRECISION) FROM ({metric.sql}) s "
+                f"WHERE s.unit_id = {target}.unit_id), 0)",
             ]
     return statements
 
@@ -217,7 +228,11 @@ def quantile_events_sql(
     config: ExperimentConfig, metric: QuantileMetric, units_table: str, run_date: date
 ) -> tuple[str, dict[str, Any]]:
     """FROM-clause body: the quantile metric's event values of enrolled units, with their arm."""
-    window = f"AND e.occurred_at < u.first_exposed_at + {_interval(metric.window)}" if metric.window else ""
+    window = (
+        f"AND e.occurred_at < u.first_exposed_at + {_interval(metric.window)}"
+        if metric.window
+        else ""
+    )
     sql = f"""
 FROM {quote_ident(config.source.events)} e
 JOIN {quote_ident(units_table)} u ON u.unit_id = e.unit_id

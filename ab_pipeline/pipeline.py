@@ -102,7 +102,9 @@ def stage_extract(ctx: RunContext) -> str:
         raise PipelineError(
             f"extraction failed: {error}", experiment=ctx.config.key, run_date=str(ctx.run_date)
         ) from error
-    log.info("[experiment=%s run_date=%s] units table %s built", ctx.config.key, ctx.run_date, table)
+    log.info(
+        "[experiment=%s run_date=%s] units table %s built", ctx.config.key, ctx.run_date, table
+    )
     return table
 
 
@@ -125,8 +127,13 @@ def stage_gate(ctx: RunContext, gate: str, units_table: str) -> bool:
         raise ValueError(f"unknown gate {gate!r}")
     ctx.write_json(f"gates/{gate}.json", outcome)
     passed = outcome is None or bool(outcome["passed"])
-    log.info("[experiment=%s run_date=%s] gate %s: %s", ctx.config.key, ctx.run_date, gate,
-             "PASS" if passed else "FAIL")
+    log.info(
+        "[experiment=%s run_date=%s] gate %s: %s",
+        ctx.config.key,
+        ctx.run_date,
+        gate,
+        "PASS" if passed else "FAIL",
+    )
     return passed
 
 
@@ -138,8 +145,11 @@ def stage_validity(ctx: RunContext) -> None:
     """Stop here (raise GateFailed) when any gate failed or did not record an outcome."""
     missing = [g for g in GATES if not (ctx.run_dir / "gates" / f"{g}.json").exists()]
     if missing:
-        raise PipelineError(f"gate outcome(s) missing: {', '.join(missing)}",
-                            experiment=ctx.config.key, run_date=str(ctx.run_date))
+        raise PipelineError(
+            f"gate outcome(s) missing: {', '.join(missing)}",
+            experiment=ctx.config.key,
+            run_date=str(ctx.run_date),
+        )
     failed = [g for g, outcome in recorded_gates(ctx).items() if outcome and not outcome["passed"]]
     if failed:
         raise GateFailed(ctx.config.key, failed)
@@ -161,9 +171,9 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
     gate_failures = failed_gates(gates)
     metrics = ctx.read_json("metrics.json")
     tags = {"experiment": config.key, "run_date": str(ctx.run_date)}
-    if not gate_failures and (metrics is None or any(
-        not (ctx.run_dir / "gates" / f"{g}.json").exists() for g in GATES
-    )):
+    if not gate_failures and (
+        metrics is None or any(not (ctx.run_dir / "gates" / f"{g}.json").exists() for g in GATES)
+    ):
         raise PipelineError("the pipeline broke before a decision could be made; no brief", **tags)
     decision = decide(config, ctx.run_date, gates, {} if gate_failures else metrics)
     plan = None
@@ -171,7 +181,11 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
         size = sample_size_two_proportions(
             config.plan.baseline, config.plan.mde, config.plan.alpha, config.plan.power
         )
-        plan = {**config.plan.model_dump(), "required_per_arm": size.per_arm, "formula": size.formula}
+        plan = {
+            **config.plan.model_dump(),
+            "required_per_arm": size.per_arm,
+            "formula": size.formula,
+        }
     return {
         "experiment": config.key,
         "version": config.version,
@@ -214,8 +228,13 @@ def stage_brief(ctx: RunContext) -> dict[str, Any]:
     results = assemble_results(ctx)
     ctx.write_json("results.json", results)
     write_brief(results, ctx.run_dir)
-    log.info("[experiment=%s run_date=%s] decision %s, brief %s", ctx.config.key, ctx.run_date,
-             results["decision"], ctx.run_dir / "brief.html")
+    log.info(
+        "[experiment=%s run_date=%s] decision %s, brief %s",
+        ctx.config.key,
+        ctx.run_date,
+        results["decision"],
+        ctx.run_dir / "brief.html",
+    )
     return {"decision": results["decision"], "brief": str(ctx.run_dir / "brief.html")}
 
 
@@ -225,8 +244,9 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
 
     results = ctx.read_json("results.json")
     if results is None:
-        raise PipelineError("no results.json to deliver", experiment=ctx.config.key,
-                            run_date=str(ctx.run_date))
+        raise PipelineError(
+            "no results.json to deliver", experiment=ctx.config.key, run_date=str(ctx.run_date)
+        )
     sender = os.environ.get("AB_PIPELINE_SENDER", "ab-pipeline@localhost")
     message = build_message(results, render_brief(results), sender)
     outcome = deliver(message, ctx.run_dir, smtp_conn_id)

@@ -152,9 +152,7 @@ def compare_means(control: MeanSummary, treatment: MeanSummary, alpha: float = 0
     if se == 0:
         p_value, half = (1.0 if diff == 0 else 0.0), 0.0
     else:
-        dof = (var_c + var_t) ** 2 / (
-            var_c**2 / (control.n - 1) + var_t**2 / (treatment.n - 1)
-        )
+        dof = (var_c + var_t) ** 2 / (var_c**2 / (control.n - 1) + var_t**2 / (treatment.n - 1))
         p_value = float(2 * student_t.sf(abs(diff / se), dof))
         half = float(student_t.ppf(1 - alpha / 2, dof)) * se
     relative, relative_ci = _relative_interval(treatment.mean, var_t, control.mean, var_c, alpha)

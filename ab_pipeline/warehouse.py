@@ -73,7 +73,9 @@ class Warehouse:
             result = connection.execute(text(sql), dict(params or {}))
             return [dict(row._mapping) for row in result]
 
-    def execute(self, statements: str | Sequence[str], params: Mapping[str, Any] | None = None) -> None:
+    def execute(
+        self, statements: str | Sequence[str], params: Mapping[str, Any] | None = None
+    ) -> None:
         """Run statements in one transaction: all of them take effect, or none."""
         from sqlalchemy import text
 

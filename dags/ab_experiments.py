@@ -1,4 +1,7 @@
-"""Airflow DAG file: one DAG per experiment config in dags/experiments/*.yaml (see ab_pipeline.dag_factory)."""
+"""Airflow DAG file: one DAG per experiment config in dags/experiments/*.yaml.
+
+The work is in ab_pipeline.dag_factory; this file stays thin and fast to parse.
+"""
 
 from pathlib import Path
 

@@ -53,7 +53,9 @@ def test_design_config_loads_with_its_durations() -> None:
     assert config.guardrails["p95_latency_ms"].budget_kind == "max_increase"
 
 
-@pytest.mark.parametrize("text,seconds", [("10m", 600), ("36h", 129600), ("7d", 604800), ("2w", 1209600)])
+@pytest.mark.parametrize(
+    "text,seconds", [("10m", 600), ("36h", 129600), ("7d", 604800), ("2w", 1209600)]
+)
 def test_durations_parse(text: str, seconds: int) -> None:
     assert parse_duration(text).total_seconds() == seconds
 
@@ -82,14 +84,28 @@ def test_unknown_nested_field_is_an_error(tmp_path: Path) -> None:
         ({"recipients": []}, "recipients", "at least 1"),
         ({"end": "2026-05-01"}, "(top level)", "before start"),
         ({"start": "yesterday"}, "start", "date"),
-        ({"hypothesis": {"change": "x", "metric": "resolution_rate", "direction": "up"}}, "hypothesis.direction", "increase"),
-        ({"guardrails": {"escalation_rate": {"max_increase": 0.1, "max_decrease": 0.1}}}, "guardrails.escalation_rate", "exactly one"),
-        ({"guardrails": {"unknown_metric": {"max_increase": 0.1}}}, "(top level)", "unknown_metric"),
+        (
+            {"hypothesis": {"change": "x", "metric": "resolution_rate", "direction": "up"}},
+            "hypothesis.direction",
+            "increase",
+        ),
+        (
+            {"guardrails": {"escalation_rate": {"max_increase": 0.1, "max_decrease": 0.1}}},
+            "guardrails.escalation_rate",
+            "exactly one",
+        ),
+        (
+            {"guardrails": {"unknown_metric": {"max_increase": 0.1}}},
+            "(top level)",
+            "unknown_metric",
+        ),
         ({"source": {"exposures": "exposures; drop table x"}}, "source.exposures", "table name"),
         ({"plan": {"baseline": 1.5, "mde": 0.02}}, "plan.baseline", "less than 1"),
     ],
 )
-def test_bad_fields_are_named(tmp_path: Path, change: dict[str, Any], field: str, words: str) -> None:
+def test_bad_fields_are_named(
+    tmp_path: Path, change: dict[str, Any], field: str, words: str
+) -> None:
     found = problems(tmp_path, refund_data() | change)
     assert field in found, found
     assert words in found[field]
@@ -131,7 +147,9 @@ def test_json_schema_accepts_the_samples_and_rejects_typos() -> None:
         jsonschema.validate(refund_data() | {"titel": "x"}, schema)
 
 
-def test_cli_validate_prints_file_field_reason_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_validate_prints_file_field_reason_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = refund_data()
     data["metrics"]["resolution_rate"]["window"] = "soon"
     bad = write(tmp_path, data)

@@ -18,7 +18,9 @@ from ab_pipeline.statistics import (
     quantile_bracket,
 )
 
-REFUND = Path(__file__).resolve().parent.parent / "dags" / "experiments" / "refund-query-rewrite.yaml"
+REFUND = (
+    Path(__file__).resolve().parent.parent / "dags" / "experiments" / "refund-query-rewrite.yaml"
+)
 FINAL = date(2026, 5, 31)
 
 
@@ -37,7 +39,10 @@ def proportion_metric(role: str, xc: int, nc: int, xt: int, nt: int) -> dict[str
     return {
         "role": role,
         "type": "proportion",
-        "arms": {"control": {"units": nc, "value": xc / nc}, "treatment": {"units": nt, "value": xt / nt}},
+        "arms": {
+            "control": {"units": nc, "value": xc / nc},
+            "treatment": {"units": nt, "value": xt / nt},
+        },
         "comparisons": {"treatment": compare_proportions(xc, nc, xt, nt).as_dict()},
     }
 
@@ -48,7 +53,12 @@ def latency_metric(shift_ms: float) -> dict[str, Any]:
         return QuantileSummary(n, p95, p95 - 20, p95 + 20, z)
 
     comparison = compare_quantiles(summary(1500), summary(1500 + shift_ms))
-    return {"role": "guardrail", "type": "quantile", "arms": {}, "comparisons": {"treatment": comparison.as_dict()}}
+    return {
+        "role": "guardrail",
+        "type": "quantile",
+        "arms": {},
+        "comparisons": {"treatment": comparison.as_dict()},
+    }
 
 
 def refund_metrics(latency_shift: float = 80) -> dict[str, dict[str, Any]]:
@@ -124,7 +134,9 @@ def test_primary_moving_the_wrong_way_stops() -> None:
 
 
 def test_guardrail_with_interval_evidence_fails_when_the_bound_exceeds_the_budget() -> None:
-    config = refund_config(**{"guardrails.escalation_rate": {"max_increase": 0.005, "evidence": "interval"}})
+    config = refund_config(
+        **{"guardrails.escalation_rate": {"max_increase": 0.005, "evidence": "interval"}}
+    )
     decision = decide(config, FINAL, passing_gates(config), refund_metrics())
     check = checks_by_name(decision)["guardrail:escalation_rate"]
     assert check.observed == pytest.approx(0.002)
@@ -136,7 +148,9 @@ def test_relative_budget_compares_the_relative_change() -> None:
     config = refund_config(**{"guardrails.escalation_rate": {"max_relative_increase": 0.05}})
     metrics = refund_metrics()
     metrics["escalation_rate"] = proportion_metric("guardrail", 100, 2000, 110, 2000)  # +10%
-    check = checks_by_name(decide(config, FINAL, passing_gates(config), metrics))["guardrail:escalation_rate"]
+    check = checks_by_name(decide(config, FINAL, passing_gates(config), metrics))[
+        "guardrail:escalation_rate"
+    ]
     assert check.observed == pytest.approx(0.10) and not check.passed
 
 
@@ -154,7 +168,12 @@ def test_three_arm_experiment_checks_each_treatment() -> None:
     config = parse_config(data)
     metrics = refund_metrics()
     for metric in metrics.values():
-        metric["comparisons"] = {"a": metric["comparisons"]["treatment"], "b": metric["comparisons"]["treatment"]}
-    decision = decide(config, FINAL, passing_gates(config, {"control": 340, "a": 330, "b": 330}), metrics)
+        metric["comparisons"] = {
+            "a": metric["comparisons"]["treatment"],
+            "b": metric["comparisons"]["treatment"],
+        }
+    decision = decide(
+        config, FINAL, passing_gates(config, {"control": 340, "a": 330, "b": 330}), metrics
+    )
     assert {c.arm for c in decision.checks if c.arm} == {"a", "b"}
     assert decision.decision == "SHIP"

@@ -88,8 +88,14 @@ def expected_units(
     """The metric semantics of DESIGN.md, computed row by row in Python."""
     run_end = datetime(run_date.year, run_date.month, run_date.day) + timedelta(days=1)
     end_excl = datetime(END.year, END.month, END.day) + timedelta(days=1)
-    mine = [e for e in exposures if e[0] == KEY and START.isoformat() <= e[3].isoformat()
-            and e[3] < end_excl and e[3] < run_end]
+    mine = [
+        e
+        for e in exposures
+        if e[0] == KEY
+        and START.isoformat() <= e[3].isoformat()
+        and e[3] < end_excl
+        and e[3] < run_end
+    ]
     units: dict[str, dict[str, Any]] = {}
     for _, unit, arm, at, internal, bot, _ in sorted(mine, key=lambda e: e[3]):
         entry = units.setdefault(unit, {"arm": arm, "first": at, "excluded": False})
@@ -101,8 +107,14 @@ def expected_units(
         first = entry["first"]
         own = [e for e in events if e[0] == unit and first <= e[2] < run_end]
 
-        def within(name: str, days: int | None, own: list[Event] = own, first: datetime = first) -> list[Event]:
-            return [e for e in own if e[1] == name and (days is None or e[2] < first + timedelta(days=days))]
+        def within(
+            name: str, days: int | None, own: list[Event] = own, first: datetime = first
+        ) -> list[Event]:
+            return [
+                e
+                for e in own
+                if e[1] == name and (days is None or e[2] < first + timedelta(days=days))
+            ]
 
         def complete(days: int, first: datetime = first) -> bool:
             return first + timedelta(days=days) <= run_end
@@ -122,14 +134,19 @@ def expected_units(
     return result
 
 
-def assert_units_match(warehouse: Warehouse, table: str, expected: dict[str, dict[str, Any]]) -> None:
+def assert_units_match(
+    warehouse: Warehouse, table: str, expected: dict[str, dict[str, Any]]
+) -> None:
     actual = rows_by_unit(warehouse.query(f'SELECT * FROM "{table}"'))
     assert set(actual) == set(expected)
     for unit, want in expected.items():
         got = actual[unit]
         assert got["arm"] == want["arm"], unit
         for column in ("m_solved", "m_clicks", "m_ever_bought"):
-            assert (None if got[column] is None else int(got[column])) == want[column], (unit, column)
+            assert (None if got[column] is None else int(got[column])) == want[column], (
+                unit,
+                column,
+            )
         if want["m_revenue"] is None:
             assert got["m_revenue"] is None, unit
         else:
@@ -170,7 +187,9 @@ def test_rebuilding_a_run_date_replaces_the_units_table(duckdb_warehouse: Wareho
     assert duckdb_warehouse.query(f'SELECT COUNT(*) AS n FROM "{table}"')[0]["n"] == first
 
 
-def test_internal_and_bot_units_are_kept_when_the_audience_says_so(duckdb_warehouse: Warehouse) -> None:
+def test_internal_and_bot_units_are_kept_when_the_audience_says_so(
+    duckdb_warehouse: Warehouse,
+) -> None:
     exposures, events = random_data(seed=5, units=80)
     create_contract_tables(duckdb_warehouse)
     insert_rows(duckdb_warehouse, exposures, events)

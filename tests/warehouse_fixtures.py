@@ -53,12 +53,8 @@ def insert_rows(
     event_rows = [{"u": u, "n": n, "t": t, "v": v, "k": k} for u, n, t, v, k in events]
     with warehouse.connect() as connection:
         if exposure_rows:
-            connection.execute(
-                text(
-                    f"INSERT INTO {prefix}exposures VALUES (:k, :u, :a, :t, :i, :b, CAST(:p AS JSON))"
-                ),
-                exposure_rows,
-            )
+            values = "(:k, :u, :a, :t, :i, :b, CAST(:p AS JSON))"
+            connection.execute(text(f"INSERT INTO {prefix}exposures VALUES {values}"), exposure_rows)
         if event_rows:
             connection.execute(
                 text(f"INSERT INTO {prefix}events VALUES (:u, :n, :t, :v, :k)"), event_rows

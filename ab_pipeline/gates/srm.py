@@ -52,5 +52,7 @@ def evaluate_srm(counts: dict[str, int], config: ExperimentConfig) -> dict[str, 
     }
 
 
-def run_srm_gate(warehouse: Warehouse, config: ExperimentConfig, units_table: str) -> dict[str, Any]:
+def run_srm_gate(
+    warehouse: Warehouse, config: ExperimentConfig, units_table: str
+) -> dict[str, Any]:
     return evaluate_srm(arm_counts(warehouse, units_table), config)

@@ -42,7 +42,17 @@ def exposures(counts: dict[str, int], properties: dict[str, dict[str, Any]]) -> 
     at = datetime(2026, 5, 5, 9)
     for arm, n in counts.items():
         for i in range(n):
-            rows.append(("gate-check", f"{arm}-{i}", arm, at + timedelta(minutes=i), False, False, properties[arm]))
+            rows.append(
+                (
+                    "gate-check",
+                    f"{arm}-{i}",
+                    arm,
+                    at + timedelta(minutes=i),
+                    False,
+                    False,
+                    properties[arm],
+                )
+            )
     return rows
 
 
@@ -56,7 +66,10 @@ def load(warehouse: Warehouse, rows: list[Exposure], schema: str = "") -> str:
 
 
 def test_srm_passes_on_the_textbook_split_and_records_counts(duckdb_warehouse: Warehouse) -> None:
-    table = load(duckdb_warehouse, exposures({"control": 3328, "treatment": 3460}, {"control": SAME, "treatment": SAME}))
+    table = load(
+        duckdb_warehouse,
+        exposures({"control": 3328, "treatment": 3460}, {"control": SAME, "treatment": SAME}),
+    )
     outcome = run_srm_gate(duckdb_warehouse, config(), table)
     assert outcome["passed"]
     assert outcome["counts"] == {"control": 3328, "treatment": 3460}
@@ -64,7 +77,10 @@ def test_srm_passes_on_the_textbook_split_and_records_counts(duckdb_warehouse: W
 
 
 def test_srm_fails_on_the_broken_split(duckdb_warehouse: Warehouse) -> None:
-    table = load(duckdb_warehouse, exposures({"control": 3050, "treatment": 3738}, {"control": SAME, "treatment": SAME}))
+    table = load(
+        duckdb_warehouse,
+        exposures({"control": 3050, "treatment": 3738}, {"control": SAME, "treatment": SAME}),
+    )
     outcome = run_srm_gate(duckdb_warehouse, config(), table)
     assert not outcome["passed"]
     assert outcome["p_value"] < 0.001
@@ -78,34 +94,52 @@ def test_srm_fails_when_nobody_enrolled(duckdb_warehouse: Warehouse) -> None:
 
 
 def test_receipt_passes_when_every_arm_ran_the_same_system(duckdb_warehouse: Warehouse) -> None:
-    table = load(duckdb_warehouse, exposures({"control": 20, "treatment": 20}, {"control": SAME, "treatment": SAME}))
+    table = load(
+        duckdb_warehouse,
+        exposures({"control": 20, "treatment": 20}, {"control": SAME, "treatment": SAME}),
+    )
     outcome = run_receipt_gate(duckdb_warehouse, config(), table, RUN)
     assert outcome is not None and outcome["passed"] and outcome["mismatches"] == []
 
 
 def test_receipt_names_the_field_and_values_per_arm(duckdb_warehouse: Warehouse) -> None:
-    rows = exposures({"control": 20, "treatment": 20}, {"control": SAME, "treatment": {"index": "kb-6", "decoder": "v2"}})
+    rows = exposures(
+        {"control": 20, "treatment": 20},
+        {"control": SAME, "treatment": {"index": "kb-6", "decoder": "v2"}},
+    )
     table = load(duckdb_warehouse, rows)
     outcome = run_receipt_gate(duckdb_warehouse, config(), table, RUN)
     assert outcome is not None and not outcome["passed"]
-    assert outcome["mismatches"] == [{"field": "index", "values": {"control": ["kb-5"], "treatment": ["kb-6"]}}]
+    assert outcome["mismatches"] == [
+        {"field": "index", "values": {"control": ["kb-5"], "treatment": ["kb-6"]}}
+    ]
 
 
 def test_receipt_flags_a_missing_field(duckdb_warehouse: Warehouse) -> None:
-    rows = exposures({"control": 5, "treatment": 5}, {"control": SAME, "treatment": {"index": "kb-5"}})
+    rows = exposures(
+        {"control": 5, "treatment": 5}, {"control": SAME, "treatment": {"index": "kb-5"}}
+    )
     outcome = run_receipt_gate(duckdb_warehouse, config(), load(duckdb_warehouse, rows), RUN)
     assert outcome is not None
-    assert outcome["mismatches"] == [{"field": "decoder", "values": {"control": ["v2"], "treatment": ["(missing)"]}}]
+    assert outcome["mismatches"] == [
+        {"field": "decoder", "values": {"control": ["v2"], "treatment": ["(missing)"]}}
+    ]
 
 
 def test_receipt_gate_does_not_run_without_receipt_fields(duckdb_warehouse: Warehouse) -> None:
-    table = load(duckdb_warehouse, exposures({"control": 5, "treatment": 5}, {"control": SAME, "treatment": SAME}))
+    table = load(
+        duckdb_warehouse,
+        exposures({"control": 5, "treatment": 5}, {"control": SAME, "treatment": SAME}),
+    )
     assert run_receipt_gate(duckdb_warehouse, config(receipt=[]), table, RUN) is None
 
 
 def test_gates_agree_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> None:
     warehouse, schema = postgres_schema
-    rows = exposures({"control": 300, "treatment": 330}, {"control": SAME, "treatment": {"index": "kb-6", "decoder": "v2"}})
+    rows = exposures(
+        {"control": 300, "treatment": 330},
+        {"control": SAME, "treatment": {"index": "kb-6", "decoder": "v2"}},
+    )
     table = load(warehouse, rows, schema)
     srm = run_srm_gate(warehouse, config(schema), table)
     receipt = run_receipt_gate(warehouse, config(schema), table, RUN)
