@@ -54,7 +54,8 @@ def insert_rows(
     with warehouse.connect() as connection:
         if exposure_rows:
             values = "(:k, :u, :a, :t, :i, :b, CAST(:p AS JSON))"
-            connection.execute(text(f"INSERT INTO {prefix}exposures VALUES {values}"), exposure_rows)
+            insert = text(f"INSERT INTO {prefix}exposures VALUES {values}")
+            connection.execute(insert, exposure_rows)
         if event_rows:
             connection.execute(
                 text(f"INSERT INTO {prefix}events VALUES (:u, :n, :t, :v, :k)"), event_rows
