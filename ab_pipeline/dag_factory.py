@@ -157,15 +157,19 @@ def build_dags(experiments_dir: Path) -> dict[str, DAG]:
     """Every valid config's DAG, plus one InvalidExperimentConfigs DAG listing the bad files."""
     dags: dict[str, DAG] = {}
     errors: list[str] = []
+    sources: dict[str, Path] = {}
     for config_path in sorted(experiments_dir.glob("*.yaml")):
         try:
             config = load_config(config_path)
         except ConfigError as error:
             errors.append(str(error))
             continue
-        if config.dag_id in dags:
-            errors.append(f"{config_path}: key: {config.key!r} is used by another config")
+        if config.dag_id in sources:
+            errors.append(
+                f"{config_path}: key: {config.key!r} is already used by {sources[config.dag_id]}"
+            )
             continue
+        sources[config.dag_id] = config_path
         dags[config.dag_id] = build_dag(config_path, config)
     if errors:
         invalid = InvalidExperimentConfigs(

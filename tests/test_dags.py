@@ -1,0 +1,119 @@
+"""DAG integrity: the factory loads every sample, isolates a broken config, parses light.
+
+Each check parses the dags folder in a fresh interpreter, as Airflow's dag-processor does, so
+nothing imported by the test process can hide a parse-time import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DAGS = REPO / "dags"
+SAMPLE_DAG_IDS = {
+    "ab_refund_query_rewrite",
+    "ab_onboarding_checklist",
+    "ab_delivery_estimate",
+    "ab_search_ranking_v2",
+}
+HEAVY = ["great_expectations", "pandas", "statsmodels", "duckdb", "scipy", "numpy", "matplotlib"]
+
+PARSE = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(sys.argv[1])
+dags = {
+    dag_id: {"tasks": sorted(t.task_id for t in dag.tasks), "schedule": str(dag.schedule),
+             "start": str(dag.start_date), "end": str(dag.end_date), "owner": dag.owner}
+    for dag_id, dag in bag.dags.items()
+}
+print(json.dumps({"dags": dags, "errors": bag.import_errors}))
+"""
+
+
+def parse(folder: Path, tmp_path: Path) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_sample_configs_load_with_zero_import_errors(tmp_path: Path) -> None:
+    result = parse(DAGS, tmp_path)
+    assert result["errors"] == {}
+    assert set(result["dags"]) == SAMPLE_DAG_IDS
+    refund = result["dags"]["ab_refund_query_rewrite"]
+    assert refund["tasks"] == [
+        "analyse",
+        "brief",
+        "extract",
+        "gate_data_quality",
+        "gate_receipt",
+        "gate_srm",
+        "run_failed_watcher",
+        "send_email",
+        "validity",
+    ]
+    assert refund["start"].startswith("2026-05-05") and refund["end"].startswith("2026-06-01")
+    assert refund["owner"] == "support-ml@example.com"
+
+
+def test_a_broken_config_is_one_import_error_and_the_others_still_load(tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    shutil.copytree(DAGS, folder)
+    bad = yaml.safe_load((DAGS / "experiments" / "refund-query-rewrite.yaml").read_text())
+    bad["key"] = "refund-broken"
+    bad["metrics"]["resolution_rate"]["window"] = "one day"
+    (folder / "experiments" / "refund-broken.yaml").write_text(yaml.safe_dump(bad))
+    result = parse(folder, tmp_path)
+    assert set(result["dags"]) == SAMPLE_DAG_IDS
+    [(path, message)] = result["errors"].items()
+    assert path.endswith("ab_experiments.py")
+    assert "refund-broken.yaml" in message
+    assert "metrics.resolution_rate.window" in message and "not a duration" in message
+
+
+def test_duplicate_keys_are_reported_not_silently_merged(tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    shutil.copytree(DAGS, folder)
+    shutil.copy(
+        folder / "experiments" / "onboarding-checklist.yaml", folder / "experiments" / "copy.yaml"
+    )
+    result = parse(folder, tmp_path)
+    assert set(result["dags"]) == SAMPLE_DAG_IDS
+    [message] = result["errors"].values()
+    assert "copy.yaml" in message and "onboarding-checklist.yaml" in message
+    assert "already used by" in message
+
+
+def test_parsing_the_dags_imports_nothing_heavy(tmp_path: Path) -> None:
+    script = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]); import ab_experiments; "
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(DAGS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
