@@ -176,3 +176,12 @@ def test_cli_schema_writes_the_schema(tmp_path: Path) -> None:
     target = tmp_path / "schema.json"
     assert main(["schema", "-o", str(target)]) == 0
     assert '"additionalProperties": false' in target.read_text()
+
+
+def test_published_schema_matches_the_model() -> None:
+    published = json.loads(
+        (EXPERIMENTS.parent.parent / "docs" / "experiment.schema.json").read_text()
+    )
+    assert published == json_schema(), (
+        "run: .venv/bin/ab-pipeline schema -o docs/experiment.schema.json"
+    )
