@@ -1,0 +1,238 @@
+"""The decision brief: every decision kind renders, shows its numbers, and escapes hostile text."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+from ab_pipeline.brief import (
+    TEMPLATES_ENV,
+    RenderedBrief,
+    fmt_num,
+    fmt_p,
+    fmt_pct,
+    fmt_pp,
+    render_brief,
+    write_brief,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+KINDS = ["ship", "iterate", "stop", "rerun", "continue"]
+SIGNED_EFFECT = re.compile(r"[+-]\d+(\.\d+)? ?(pp|%)")  # "+4.0 pp", "-0.20 pp", "+10.5%"
+
+
+class TagCollector(HTMLParser):
+    """Every start tag of an HTML document, with its attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    @classmethod
+    def of(cls, html: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+        parser = cls()
+        parser.feed(html)
+        return parser.tags
+
+
+def load(kind: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"results_{kind}.json").read_text())
+
+
+def render(kind: str) -> RenderedBrief:
+    return render_brief(load(kind))
+
+
+def both(brief: RenderedBrief) -> list[str]:
+    return [brief.html, brief.text]
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("results_*.json")), ids=lambda p: p.stem)
+def test_every_fixture_renders_self_contained(path: Path) -> None:
+    results = json.loads(path.read_text())
+    brief = render_brief(results)
+    assert brief.subject == (
+        f"[ab-pipeline] {results['experiment']}: {results['decision']} "
+        f"({results['status']}, {results['run_date']})"
+    )
+    for body in both(brief):
+        assert results["decision"] in body
+        assert results["config_sha256"] in body
+        assert results["code_version"] in body
+    tags = TagCollector.of(brief.html)
+    # Inline CSS only: no scripts, no stylesheets or images fetched from elsewhere.
+    assert not {name for name, _ in tags} & {"script", "link", "img", "iframe", "object"}
+    attributes = {key: value or "" for _, attrs in tags for key, value in attrs}
+    assert not {"src", "href"} & set(attributes)
+    assert all("url(" not in value for value in attributes.values())
+
+
+def test_every_decision_kind_has_a_fixture() -> None:
+    assert {load(kind)["decision"] for kind in KINDS} == {
+        "SHIP",
+        "ITERATE",
+        "STOP",
+        "RERUN",
+        "CONTINUE",
+    }
+
+
+def test_ship_states_the_primary_metric_in_plain_language() -> None:
+    brief = render("ship")
+    assert brief.subject == "[ab-pipeline] refund-query-rewrite: SHIP (final, 2026-05-31)"
+    for body in both(brief):
+        assert "840 of 2,000 customer_accounts (42.0%) vs 760 of 2,000 (38.0%)" in body
+        assert "Absolute lift" in body and "+4.0 pp" in body
+        assert "[+1.0 pp, +7.0 pp]" in body  # the 95% interval of the difference
+        assert "Relative lift" in body and "+10.5%" in body
+        assert "95% interval" in body
+        assert "standard error 1.55 pp" in body
+        assert "INTERIM" not in body
+
+
+def test_ship_shows_gates_with_their_numbers() -> None:
+    for body in both(render("ship")):
+        assert "Sample ratio (SRM)" in body
+        assert "2,000" in body and "50.0%" in body  # counts and expected split
+        assert "p = 1" in body
+        assert "events.experiment_key tagged" in body and "231" in body and "evt-88121" in body
+        assert "index, generator, decoder" in body  # receipt fields compared
+
+
+def test_ship_shows_checks_guardrails_plan_and_receipt() -> None:
+    results = load("ship")
+    for body in both(render("ship")):
+        for check in results["checks"]:
+            assert check["name"] in body
+            assert check["detail"] in body.replace("&#39;", "'")
+        assert "-0.20 pp" in body and "+0.86 pp" in body and "max increase 1.00 pp" in body
+        assert "+49.0" in body and "+85.7" in body and "max increase 150.0" in body
+        assert "1,827 per arm" in body and "2p(1-p)" in body
+        assert "novelty effect" in body and "support-ml@example.com" in body
+        assert "dags/experiments/refund-query-rewrite.yaml" in body
+        assert "2026-05-04 to 2026-05-31" in body
+
+
+def test_iterate_shows_an_interval_that_crosses_zero() -> None:
+    for body in both(render("iterate")):
+        assert "3,890 of 10,000 customer_accounts (38.9%) vs 3,800 of 10,000 (38.0%)" in body
+        assert "+0.9 pp" in body and "[-0.4 pp, +2.2 pp]" in body
+        assert "ITERATE" in body
+
+
+def test_stop_names_the_breached_guardrail() -> None:
+    brief = render("stop")
+    assert re.search(r"\[FAIL\] guardrail:p95_latency_ms", brief.text)
+    assert "[FAIL] p95_latency_ms (treatment): observed +212.0, bound +259.4" in brief.text
+    assert "max increase 150.0" in brief.html
+    assert "FAIL" in brief.html
+
+
+def test_rerun_leads_with_what_failed_and_shows_no_effects() -> None:
+    brief = render("rerun")
+    assert "RERUN" in brief.subject
+    for body in both(brief):
+        assert body.lower().index("what failed") < body.index("Can we trust the data?")
+        assert "3,050" in body and "3,738" in body  # SRM counts
+        assert "69.7" in body and "6.8e-17" in body  # chi-square and its p-value
+        assert "v3" in body and "v4" in body and "index" in body  # receipt mismatch
+        assert "treatmnet" in body and "12" in body  # data-quality examples and count
+        assert "Absolute lift" not in body and "Relative lift" not in body
+        assert not SIGNED_EFFECT.search(body), SIGNED_EFFECT.search(body)
+        assert "Not analysed" in body
+
+
+def test_rerun_hides_effects_even_if_metrics_are_present() -> None:
+    results = load("rerun")
+    results["metrics"] = load("ship")["metrics"]
+    for body in both(render_brief(results)):
+        assert "840 of 2,000" not in body and not SIGNED_EFFECT.search(body)
+
+
+def test_continue_is_clearly_an_interim_look() -> None:
+    brief = render("continue")
+    assert brief.subject == "[ab-pipeline] refund-query-rewrite: CONTINUE (interim, 2026-05-12)"
+    for body in both(brief):
+        assert "INTERIM LOOK" in body and "not a launch call" in body
+        assert "interim" in body
+        assert "2,000 per arm (22% of plan)" in body
+        assert body.index("INTERIM LOOK") < body.index("Can we trust the data?")
+
+
+def test_hostile_text_is_escaped_in_html_and_verbatim_in_text() -> None:
+    brief = render("hostile")
+    html = brief.html.lower()
+    assert "<script" not in html and "<img" not in html and "<b>ctl" not in html
+    assert "</td></tr></table>" not in html
+    assert "&lt;script&gt;alert(" in brief.html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in brief.html
+    assert "<script>alert('x')</script>" in brief.text
+    assert "&lt;" not in brief.text and "&amp;" not in brief.text
+
+
+def test_subject_never_spans_lines() -> None:
+    results = load("ship")
+    results["experiment"] = "evil\r\nBcc: victim@example.com"
+    assert "\n" not in render_brief(results).subject
+
+
+def test_missing_key_fails_loudly() -> None:
+    results = load("ship")
+    del results["owner"]
+    with pytest.raises(jinja2.UndefinedError):
+        render_brief(results)
+
+
+def test_two_treatment_arms_each_get_a_comparison() -> None:
+    results = load("ship")
+    primary = results["metrics"]["resolution_rate"]
+    primary["arms"]["bold"] = {"units": 2000, "value": 0.36, "successes": 720}
+    primary["comparisons"]["bold"] = {**primary["comparisons"]["treatment"], "absolute": -0.02}
+    text = render_brief(results).text
+    assert "treatment vs control: 840 of 2,000" in text
+    assert "bold vs control: 720 of 2,000 customer_accounts (36.0%)" in text
+    assert "-2.0 pp" in text
+
+
+def test_write_brief_writes_html_and_text(tmp_path: Path) -> None:
+    results = load("ship")
+    paths = write_brief(results, tmp_path / "out")
+    brief = render_brief(results)
+    assert paths["html"].read_text(encoding="utf-8") == brief.html
+    assert paths["text"].read_text(encoding="utf-8") == brief.text
+    assert {p.name for p in paths.values()} == {"brief.html", "brief.txt"}
+
+
+def test_templates_dir_can_be_overridden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "brief.html.j2").write_text("<p>{{ r.title }}</p>")
+    (tmp_path / "brief.txt.j2").write_text("{{ r.title }}")
+    results = copy.deepcopy(load("ship"))
+    results["title"] = "A & B"
+    assert render_brief(results, templates_dir=tmp_path).html == "<p>A &amp; B</p>"
+    monkeypatch.setenv(TEMPLATES_ENV, str(tmp_path))
+    brief = render_brief(results)
+    assert (brief.html, brief.text) == ("<p>A &amp; B</p>", "A & B")
+
+
+def test_number_formats() -> None:
+    assert fmt_pp(0.04) == "+4.0 pp"
+    assert fmt_pp(-0.00001) == "+0.0 pp"  # never "-0.0"
+    assert fmt_pp(0.0155, 2, signed=False) == "1.55 pp"
+    assert fmt_pct(0.42) == "42.0%"
+    assert fmt_pct(0.105263, signed=True) == "+10.5%"
+    assert fmt_num(1024.0) == "1,024"
+    assert fmt_num(48.71, signed=True) == "+48.7"
+    assert fmt_num(7.184) == "7.18"
+    assert fmt_num(None) == "—"
+    assert fmt_p(0.109122) == "0.109"
+    assert fmt_p(6.79e-17) == "6.8e-17"

@@ -1,0 +1,231 @@
+"""Email delivery against a real SMTP server (aiosmtpd on 127.0.0.1), through Airflow's SmtpHook."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from ab_pipeline import delivery
+from ab_pipeline.brief import render_brief
+from ab_pipeline.delivery import SENDER_ENV, build_message, default_sender, deliver
+from ab_pipeline.errors import PipelineError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parent.parent
+CONN_ENV = "AIRFLOW_CONN_SMTP_DEFAULT"
+SENDER = "ab-pipeline@localhost"
+
+
+class Recorder:
+    """aiosmtpd handler that keeps every envelope it accepts."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+
+class RejectRecipients(Recorder):
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        return "550 5.1.1 no such mailbox"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def point_smtp_default_at(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+    conn = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        # Plain SMTP: no SSL, no STARTTLS; fail fast; our own retry loop does the retrying.
+        "extra": {"disable_ssl": True, "disable_tls": True, "timeout": 5, "retry_limit": 0},
+    }
+    monkeypatch.setenv(CONN_ENV, json.dumps(conn))
+
+
+@contextmanager
+def serving(handler: Recorder) -> Iterator[Controller]:
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    handler = Recorder()
+    with serving(handler) as controller:
+        point_smtp_default_at(monkeypatch, controller.port)
+        yield handler
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery, "RETRY_DELAYS_SECONDS", (0.01, 0.01))
+
+
+def ship_message() -> tuple[dict[str, Any], EmailMessage]:
+    results = json.loads((FIXTURES / "results_ship.json").read_text())
+    return results, build_message(results, render_brief(results), SENDER)
+
+
+def parts(message: email.message.Message) -> dict[str, str]:
+    return {part.get_content_type(): part.get_content() for part in message.iter_parts()}
+
+
+def test_build_message_is_text_and_html_alternatives() -> None:
+    results, message = ship_message()
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["To"] == "support-leads@example.com, pm-refunds@example.com"
+    assert message["From"] == SENDER
+    assert message["Subject"] == "[ab-pipeline] refund-query-rewrite: SHIP (final, 2026-05-31)"
+    assert message["X-AB-Decision"] == "SHIP"
+    body = parts(message)
+    assert list(body) == ["text/plain", "text/html"]  # the last part is the preferred one
+    assert "840 of 2,000" in body["text/plain"] and "+4.0 pp" in body["text/html"]
+
+
+def test_default_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SENDER_ENV, raising=False)
+    assert default_sender() == "ab-pipeline@localhost"
+    monkeypatch.setenv(SENDER_ENV, "experiments@example.com")
+    assert default_sender() == "experiments@example.com"
+
+
+def test_deliver_sends_through_the_smtp_connection(smtp_server: Recorder, tmp_path: Path) -> None:
+    results, message = ship_message()
+    outcome = deliver(message, tmp_path)
+
+    assert outcome.sent and outcome.eml_path == tmp_path / "brief.eml"
+    [envelope] = smtp_server.envelopes
+    assert envelope.mail_from == SENDER
+    assert envelope.rcpt_tos == results["recipients"]
+    received = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    assert received["Subject"] == "[ab-pipeline] refund-query-rewrite: SHIP (final, 2026-05-31)"
+    assert received.get_content_type() == "multipart/alternative"
+    body = parts(received)
+    assert set(body) == {"text/plain", "text/html"}
+    html = body["text/html"]
+    assert "840 of 2,000 customer_accounts (42.0%) vs 760 of 2,000 (38.0%)" in html
+    assert "+4.0 pp" in html and "[+1.0 pp, +7.0 pp]" in html and "+10.5%" in html
+    assert "SHIP" in body["text/plain"]
+    saved = email.message_from_bytes(outcome.eml_path.read_bytes(), policy=email.policy.default)
+    assert saved["Subject"] == received["Subject"]
+
+
+def test_no_connection_writes_eml_and_does_not_fail(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_AB_PIPELINE_TEST_NOWHERE", raising=False)
+    _, message = ship_message()
+    with caplog.at_level(logging.WARNING, logger="ab_pipeline.delivery"):
+        outcome = deliver(message, tmp_path, smtp_conn_id="ab_pipeline_test_nowhere")
+
+    assert not outcome.sent
+    assert outcome.eml_path.is_file()
+    assert "no SMTP connection" in outcome.detail and str(outcome.eml_path) in outcome.detail
+    assert "no SMTP connection" in caplog.text
+
+
+def test_server_down_raises_pipeline_error_and_keeps_eml(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    point_smtp_default_at(monkeypatch, free_port())  # nothing listens there
+    _, message = ship_message()
+    with (
+        caplog.at_level(logging.WARNING, logger="ab_pipeline.delivery"),
+        pytest.raises(PipelineError, match="after 3 attempt"),
+    ):
+        deliver(message, tmp_path)
+
+    assert (tmp_path / "brief.eml").is_file()
+    assert caplog.text.count("retrying") == 2
+
+
+def test_permanent_rejection_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with serving(RejectRecipients()) as controller:
+        point_smtp_default_at(monkeypatch, controller.port)
+        _, message = ship_message()
+        with pytest.raises(PipelineError, match="after 1 attempt"):
+            deliver(message, tmp_path)
+    assert (tmp_path / "brief.eml").is_file()
+
+
+PROBE_DAG = """
+import json
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import dag, task
+
+
+@dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False)
+def brief_delivery_probe():
+    @task
+    def send() -> str:
+        from ab_pipeline.brief import render_brief
+        from ab_pipeline.delivery import build_message, deliver
+
+        results = json.loads(Path({fixture!r}).read_text())
+        message = build_message(results, render_brief(results), "ab-pipeline@localhost")
+        outcome = deliver(message, Path({out!r}))
+        assert outcome.sent, outcome
+        return outcome.detail
+
+    send()
+
+
+brief_delivery_probe()
+"""
+
+
+@pytest.mark.slow
+def test_deliver_inside_a_running_airflow_task(smtp_server: Recorder, tmp_path: Path) -> None:
+    """In a task the connection comes through the task SDK, not straight from the env var."""
+    dags, out = tmp_path / "dags", tmp_path / "out"
+    dags.mkdir()
+    fixture = str(FIXTURES / "results_ship.json")
+    (dags / "probe.py").write_text(PROBE_DAG.format(fixture=fixture, out=str(out)))
+    env = {
+        **os.environ,  # carries AIRFLOW_CONN_SMTP_DEFAULT from the smtp_server fixture
+        "AIRFLOW_HOME": str(tmp_path / "home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(REPO),
+    }
+    airflow = str(Path(sys.executable).parent / "airflow")
+    for command in (["db", "migrate"], ["dags", "test", "brief_delivery_probe"]):
+        done = subprocess.run(
+            [airflow, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    [envelope] = smtp_server.envelopes
+    assert envelope.rcpt_tos == ["support-leads@example.com", "pm-refunds@example.com"]
+    assert (out / "brief.eml").is_file()
