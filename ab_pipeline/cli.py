@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from ab_pipeline.errors import ConfigError
@@ -119,10 +119,10 @@ def run_experiment(config_path: Path, run_date: date, warehouse: str, out: Path)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a stale brief must not pass for this run's
 
-    from ab_pipeline.dag_factory import build_dag
+    from ab_pipeline.dag_factory import build_dag, midnight_utc
 
     dag = build_dag(config_path.resolve(), config)
-    logical = datetime(run_date.year, run_date.month, run_date.day) + timedelta(days=1)
+    logical = midnight_utc(run_date) + timedelta(days=1)
     dag_run = dag.test(logical_date=logical, run_conf={"run_date": run_date.isoformat()})
     results_path = run_dir / "results.json"
     if not results_path.exists():
@@ -132,7 +132,8 @@ def run_experiment(config_path: Path, run_date: date, warehouse: str, out: Path)
         )
         return EXIT_BROKEN
     results = json.loads(results_path.read_text())
-    print(f"{config.key} {run_date}: {results['decision']} ({results['status']})")
+    state = getattr(dag_run, "state", "unknown")
+    print(f"{config.key} {run_date}: {results['decision']} ({results['status']}); DAG run {state}")
     print(f"  brief:   {run_dir / 'brief.html'}")
     print(f"  results: {results_path}")
     eml = run_dir / "brief.eml"
@@ -235,5 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args))
 
 
+def entry_point() -> None:
+    """Console script. Exits without interpreter teardown after flushing: DuckDB's bindings
+    (nanobind) print pages of harmless "leaked instance" warnings at teardown once GX and
+    SQLAlchemy have touched them, burying the decision lines a user looks for."""
+    import logging
+
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -8,7 +8,7 @@ Airflow lists it among the import errors (file and field) and bags the rest of t
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,11 @@ class InvalidExperimentConfigs(DAG):
 
     def validate(self) -> None:
         raise ExperimentConfigsInvalid(self.config_errors)
+
+
+def midnight_utc(day: date) -> datetime:
+    """Airflow refuses naive datetimes: experiment dates are UTC days."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _run_date(context: dict[str, Any]) -> date:
@@ -66,8 +71,8 @@ def _context_for(config_path: str, conn_id: str) -> Any:
 
 def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
     path, conn_id = str(config_path), config.source.conn_id
-    start = datetime(config.start.year, config.start.month, config.start.day) + timedelta(days=1)
-    end = datetime(config.end.year, config.end.month, config.end.day) + timedelta(days=1)
+    start = midnight_utc(config.start) + timedelta(days=1)
+    end = midnight_utc(config.end) + timedelta(days=1)
     with DAG(
         dag_id=config.dag_id,
         description=config.title,
@@ -173,7 +178,9 @@ def build_dags(experiments_dir: Path) -> dict[str, DAG]:
         dags[config.dag_id] = build_dag(config_path, config)
     if errors:
         invalid = InvalidExperimentConfigs(
-            dag_id="ab_invalid_experiment_configs", schedule=None, start_date=datetime(2026, 1, 1)
+            dag_id="ab_invalid_experiment_configs",
+            schedule=None,
+            start_date=datetime(2026, 1, 1, tzinfo=UTC),
         )
         invalid.config_errors = "\n".join(errors)
         dags[invalid.dag_id] = invalid
