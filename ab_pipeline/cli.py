@@ -175,12 +175,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return max(codes)
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from ab_pipeline.simulate import main_simulate
-
-    return main_simulate(args.rest)
-
-
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -225,13 +219,17 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=str(VAR / "briefs"), help="briefs directory")
     demo.set_defaults(func=cmd_demo)
 
-    simulate = sub.add_parser("simulate", help="write simulated data (see --help)", add_help=False)
-    simulate.add_argument("rest", nargs=argparse.REMAINDER)
-    simulate.set_defaults(func=cmd_simulate)
+    # Listed for --help only: main() hands `simulate ...` to the simulator's own parser.
+    sub.add_parser("simulate", help="write seeded simulated data (ab-pipeline simulate --help)")
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # the simulator owns its own options
+        from ab_pipeline.simulate import main_simulate
+
+        return main_simulate(argv[1:])
     args = parser().parse_args(argv)
     return int(args.func(args))
 
