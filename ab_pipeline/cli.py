@@ -234,18 +234,5 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args))
 
 
-def entry_point() -> None:
-    """Console script. Exits without interpreter teardown after flushing: DuckDB's bindings
-    (nanobind) print pages of harmless "leaked instance" warnings at teardown once GX and
-    SQLAlchemy have touched them, burying the decision lines a user looks for."""
-    import logging
-
-    code = main()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    entry_point()
+    sys.exit(main())

@@ -143,7 +143,7 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
 
             raise AirflowFailException("an upstream task failed (see the brief for gate failures)")
 
-        table = extract()
+        table: Any = extract()  # an XComArg: resolved to the table name when tasks run
         gates = [gate_task(g)(table) for g in ("data_quality", "srm", "receipt")]
         valid = validity()
         gates >> valid

@@ -50,7 +50,7 @@ def fmt(value: float, kind: str) -> str:
 
 
 def failed_gates(gates: dict[str, dict[str, Any] | None]) -> list[str]:
-    return [name for name in GATE_NAMES if gates.get(name) and not gates[name]["passed"]]
+    return [name for name in GATE_NAMES if (gate := gates.get(name)) and not gate["passed"]]
 
 
 def traffic_integrity(gates: dict[str, dict[str, Any] | None]) -> Check:
@@ -65,6 +65,23 @@ def traffic_integrity(gates: dict[str, dict[str, Any] | None]) -> Check:
     if failed:
         return Check("traffic_integrity", False, f"gate(s) failed: {', '.join(failed)}; {srm_text}")
     return Check("traffic_integrity", True, f"gates passed: {', '.join(ran)}; {srm_text}")
+
+
+def _gate_summary(name: str, gate: dict[str, Any]) -> str:
+    if gate.get("detail"):
+        return f"{name}: {gate['detail']}"
+    failed = [
+        c["name"]
+        for c in gate.get("checks", [])
+        if not c["passed"] and c.get("severity", "error") == "error"
+    ]
+    return f"{name}: failed check(s) {', '.join(failed)}"
+
+
+def _rerun_reason(gates: dict[str, dict[str, Any] | None]) -> str:
+    """Which gate failed and its numbers, so the first sentence already says what to fix."""
+    summaries = [_gate_summary(name, gates[name] or {}) for name in failed_gates(gates)]
+    return "Not analysed because a validity gate failed. " + "; ".join(summaries) + "."
 
 
 def _effect(comparison: dict[str, Any], direction: str) -> tuple[float, float, float]:
@@ -192,13 +209,7 @@ def decide(
     status = "interim" if run_date < config.end else "final"
     integrity = traffic_integrity(gates)
     if not integrity.passed:
-        return Decision(
-            "RERUN",
-            f"A validity gate failed ({', '.join(failed_gates(gates))}): nothing was analysed; "
-            "fix the data or pipeline and re-run.",
-            status,
-            (integrity,),
-        )
+        return Decision("RERUN", _rerun_reason(gates), status, (integrity,))
     per_arm = {arm: _arm_checks(config, metrics, arm) for arm in config.treatments}
     checks = (integrity,) + tuple(c for arm_checks in per_arm.values() for c in arm_checks)
     if status == "interim":

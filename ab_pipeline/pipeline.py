@@ -175,7 +175,7 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
         metrics is None or any(not (ctx.run_dir / "gates" / f"{g}.json").exists() for g in GATES)
     ):
         raise PipelineError("the pipeline broke before a decision could be made; no brief", **tags)
-    decision = decide(config, ctx.run_date, gates, {} if gate_failures else metrics)
+    decision = decide(config, ctx.run_date, gates, metrics if not gate_failures and metrics else {})
     plan = None
     if config.plan:
         size = sample_size_two_proportions(

@@ -157,7 +157,7 @@ def warehouse_for_connection(conn_id: str) -> Warehouse:
     conn = BaseHook.get_connection(conn_id)
     return Warehouse(
         url_from_connection_fields(
-            conn.conn_type,
+            conn.conn_type or "",
             conn.host,
             conn.login,
             conn.password,

@@ -131,8 +131,8 @@ def html_part(message: Message) -> str:
 def primary_counts_sentence(results: dict[str, Any]) -> str:
     """The plain-language counts the brief must contain, from results.json's own numbers."""
     arms = results["metrics"][results["hypothesis"]["metric"]]["arms"]
-    t, c = arms["treatment"], arms["control"]
-    return f"{t['successes']:,} of {t['units']:,}"
+    treated = arms["treatment"]
+    return f"{treated['successes']:,} of {treated['units']:,}"
 
 
 @pytest.mark.parametrize(

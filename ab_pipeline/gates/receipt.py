@@ -41,7 +41,7 @@ def receipt_values(
 
 
 def evaluate_receipt(values_by_field: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
-    mismatches = []
+    mismatches: list[dict[str, Any]] = []
     for field, per_arm in values_by_field.items():
         distinct = {value for values in per_arm.values() for value in values}
         if len(distinct) != 1 or MISSING in distinct:

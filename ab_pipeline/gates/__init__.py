@@ -1,0 +1,1 @@
+"""Validity gates: checks that must pass before any analysis runs."""

@@ -1,0 +1,355 @@
+"""The data-quality gate: Great Expectations suites run in the warehouse, never in Python.
+
+The suites are JSON files in `expectations/` (versioned with the code), one per batch:
+
+- `exposures.json`: this experiment's exposures (nulls, arms, window, one arm per unit);
+- `events.json`: events of enrolled units, plus unattributable events (no unit_id) in the
+  experiment's period (nulls, data from the future, experiment tags);
+- `units.json`: the run's units table (internal/bot traffic left after exclusion).
+
+Each batch is a GX query asset on a SQL datasource and each check an `UnexpectedRowsExpectation`
+whose query selects the offending rows; `_bounded()` wraps it so the warehouse returns only the
+exact count and a few examples. Column expectations are deliberately not used: on a query asset
+GX reads the column list by executing the bare batch query, and PostgreSQL's driver would then
+pull every row of the batch into Python.
+
+Per-experiment values enter in one place, `experiment_values()`, and reach the SQL text as
+`$name` placeholders filled with validated, quoted identifiers and dialect-escaped literals (GX
+query assets and `UnexpectedRowsExpectation` take SQL text, not bound parameters).
+
+`great_expectations` is imported inside functions only: it costs seconds to import and the DAG
+file imports the pipeline at parse time.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import re
+import string
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ab_pipeline.config import ExperimentConfig
+from ab_pipeline.errors import PipelineError
+from ab_pipeline.gates.gx_sql import prepare_gx_for
+from ab_pipeline.warehouse import normalize_url, quote_ident
+
+if TYPE_CHECKING:
+    from great_expectations.core import ExpectationValidationResult
+    from great_expectations.data_context import AbstractDataContext
+    from great_expectations.datasource.fluent import SQLDatasource
+    from sqlalchemy.engine import Dialect
+
+SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
+SUITE_FILES = ("exposures.json", "events.json", "units.json")
+MAX_EXAMPLES = 5
+# String values are written into SQL text that GX later passes through `str.format` (braces)
+# and SQLAlchemy `text()` (colons); config validation already limits keys and arms to this.
+_SAFE_TEXT = re.compile(r"^[A-Za-z0-9_.\- ]*$")
+
+Fill = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class ExperimentValues:
+    """Everything experiment-specific the suites see."""
+
+    identifiers: dict[str, str]  # $placeholder -> validated, quoted table name
+    values: dict[str, Any]  # $placeholder -> Python value, rendered as an SQL literal
+    words: dict[str, str]  # fields of the detail sentences
+
+
+def experiment_values(
+    config: ExperimentConfig, run_date: date, units_table: str
+) -> ExperimentValues:
+    """The single place where per-experiment values enter the data-quality suites."""
+    excluded = [
+        flag
+        for flag, on in (
+            ("internal", config.audience.exclude_internal),
+            ("bot", config.audience.exclude_bots),
+        )
+        if on
+    ]
+    return ExperimentValues(
+        identifiers={
+            "exposures": quote_ident(config.source.exposures),
+            "events": quote_ident(config.source.events),
+            "units": quote_ident(units_table),
+        },
+        values={
+            "experiment_key": config.key,
+            "arms": list(config.arms),
+            # Dates are inclusive: a timestamp belongs to day D iff it is < midnight of D + 1.
+            "window_start": _midnight(config.start),
+            "window_end": _midnight(config.end + timedelta(days=1)),
+            "run_end": _midnight(run_date + timedelta(days=1)),
+            "future_cutoff": future_cutoff(run_date),
+            "exclude_internal": config.audience.exclude_internal,
+            "exclude_bots": config.audience.exclude_bots,
+        },
+        words={
+            "key": config.key,
+            "arms": ", ".join(config.arms),
+            "start": config.start.isoformat(),
+            "end": config.end.isoformat(),
+            "run_date": run_date.isoformat(),
+            "future_cutoff": future_cutoff(run_date).isoformat(sep=" "),
+            "excluded": " or ".join(excluded),
+        },
+    )
+
+
+def run_data_quality(
+    warehouse_url: str, config: ExperimentConfig, run_date: date, units_table: str
+) -> dict:
+    """Run every data-quality check in the warehouse; a failed check is a finding, not an error.
+
+    Returns `{"passed", "checks": [{name, passed, detail, unexpected_count, examples,
+    severity}], "suite"}`; `passed` is False iff a check of severity "error" failed. Raises
+    PipelineError when a check could not run at all (bad SQL, unreachable warehouse).
+    """
+    values = experiment_values(config, run_date, units_table)
+    templates = load_suite_templates()
+    checks: list[dict[str, Any]] = []
+    try:
+        fill = _filler(values, _dialect(warehouse_url))
+        with _quiet_gx(), _datasource(warehouse_url) as datasource:
+            for template in templates:
+                checks += _run_suite(datasource, template, values, fill)
+    except Exception as error:  # a bad query, an unreachable warehouse, a check GX could not run
+        raise PipelineError(
+            f"data-quality gate could not run: {error}",
+            experiment=config.key,
+            run_date=run_date.isoformat(),
+        ) from error
+    return {
+        "passed": not any(c["severity"] == "error" and not c["passed"] for c in checks),
+        "checks": checks,
+        "suite": ", ".join(t["name"] for t in templates),
+    }
+
+
+def load_suite_templates(directory: Path = SUITES_DIR) -> list[dict[str, Any]]:
+    """The suites as stored, placeholders unfilled, in gate order."""
+    return [json.loads((directory / name).read_text()) for name in SUITE_FILES]
+
+
+# --- SQL text -------------------------------------------------------------------------------
+
+
+def future_cutoff(run_date: date) -> datetime:
+    """After this instant an event cannot have happened yet: the end of the run date, or now
+    (UTC) when the run is a backfill of an earlier date whose later data already exists."""
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    return max(_midnight(run_date + timedelta(days=1)), now)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min)
+
+
+def _dialect(url: str) -> Dialect:
+    from sqlalchemy.engine import make_url
+
+    # Loading the dialect class imports no driver and opens no connection.
+    return make_url(normalize_url(url)).get_dialect()()
+
+
+def _sql_literal(value: Any, dialect: Dialect) -> str:
+    """One value as an SQL literal of the warehouse's dialect; a list becomes `a, b, c`."""
+    from sqlalchemy import literal
+
+    if isinstance(value, list):
+        return ", ".join(_sql_literal(item, dialect) for item in value)
+    if isinstance(value, str) and not _SAFE_TEXT.match(value):
+        raise ValueError(f"{value!r} cannot be written into a data-quality query")
+    return str(literal(value).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
+    """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error."""
+    mapping = {name: _sql_literal(value, dialect) for name, value in values.values.items()}
+    mapping.update(values.identifiers)
+    return lambda template: string.Template(template).substitute(mapping)
+
+
+def _bounded(offending_rows_query: str) -> str:
+    """At most MAX_EXAMPLES rows, each carrying the exact count of offending rows.
+
+    GX fetches an UnexpectedRowsExpectation's rows into Python (and on DuckDB the adapter
+    buffers the whole result), so the count and the examples are reduced in the warehouse.
+    The CROSS JOIN also makes GX substitute `{batch}` as a bare `(subquery)` that the suite
+    queries alias themselves (`{batch} AS x`).
+    """
+    return (
+        f"WITH unexpected AS ({offending_rows_query}) "
+        "SELECT s.example, c.unexpected_count FROM "
+        f"(SELECT DISTINCT example FROM unexpected ORDER BY example LIMIT {MAX_EXAMPLES}) AS s "
+        "CROSS JOIN (SELECT COUNT(*) AS unexpected_count FROM unexpected) AS c"
+    )
+
+
+# --- GX -------------------------------------------------------------------------------------
+
+
+# GX's package logger, plus a module that pins its own logger to INFO when imported.
+_GX_LOGGERS = ("great_expectations", "great_expectations.data_context.types.base")
+
+
+@contextmanager
+def _quiet_gx() -> Iterator[None]:
+    """Silence GX's INFO chatter (hundreds of lines on import) and its datasource-type hint.
+
+    Only GX's own loggers change, and only for the duration of the gate.
+    """
+    loggers = [logging.getLogger(name) for name in _GX_LOGGERS]
+    previous = [logger.level for logger in loggers]
+    try:
+        loggers[0].setLevel(logging.WARNING)
+        import great_expectations  # noqa: F401  (its import-time INFO lines, now quiet)
+
+        for logger in loggers:  # again: the import set one of them back to INFO
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You are using a generic SQLDatasource")
+            yield
+    finally:
+        for logger, level in zip(loggers, previous, strict=True):
+            logger.setLevel(level)
+
+
+@functools.cache
+def _context() -> AbstractDataContext:
+    """One ephemeral (in-memory) GX context per process, without progress bars."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+@contextmanager
+def _datasource(warehouse_url: str) -> Iterator[SQLDatasource]:
+    """A throwaway SQL datasource; its engines are disposed so no DuckDB file stays locked."""
+    prepare_gx_for(warehouse_url)
+    context = _context()
+    name = f"warehouse_{uuid.uuid4().hex}"
+    datasource = context.data_sources.add_sql(
+        name=name, connection_string=normalize_url(warehouse_url)
+    )
+    try:
+        yield datasource
+    finally:
+        datasource.get_execution_engine().engine.dispose()
+        datasource.get_engine().dispose()
+        context.data_sources.delete(name)
+
+
+def _run_suite(
+    datasource: SQLDatasource, template: dict[str, Any], values: ExperimentValues, fill: Fill
+) -> list[dict[str, Any]]:
+    import great_expectations as gx
+
+    applicable = [e for e in template["expectations"] if _applies(e, values)]
+    skipped = [_skipped_check(e, values) for e in template["expectations"] if e not in applicable]
+    if not applicable:
+        return skipped
+    asset = datasource.add_query_asset(
+        name=template["name"], query=fill(template["meta"]["batch_query"])
+    )
+    batch = asset.add_batch_definition_whole_table("whole").get_batch()
+    suite = gx.ExpectationSuite(
+        name=template["name"], expectations=[_with_bounded_query(e, fill) for e in applicable]
+    )
+    # COMPLETE: only then does GX return an UnexpectedRowsExpectation's (bounded) rows.
+    outcome = batch.validate(suite, result_format="COMPLETE")
+    return [_check(result, values) for result in outcome.results] + skipped
+
+
+def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:
+    flags = expectation["meta"].get("only_if_any")
+    return flags is None or any(values.values[flag] for flag in flags)
+
+
+def _with_bounded_query(expectation: dict[str, Any], fill: Fill) -> dict[str, Any]:
+    expectation = copy.deepcopy(expectation)
+    kwargs = expectation["kwargs"]
+    kwargs["unexpected_rows_query"] = _bounded(fill(kwargs["unexpected_rows_query"]))
+    return expectation
+
+
+def _exception_message(info: Any) -> str | None:
+    """GX reports errors per expectation, or per metric (a dict of such reports)."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    nested = (_exception_message(v) for v in info.values() if isinstance(v, dict))
+    return next((m for m in nested if m), None)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def _check(result: ExpectationValidationResult, values: ExperimentValues) -> dict[str, Any]:
+    config = result.expectation_config
+    assert config is not None  # GX attaches the configuration to every suite result
+    meta = config.meta or {}
+    error = _exception_message(result.exception_info)
+    if error:
+        raise RuntimeError(f"check {meta['check']} could not run: {error}")
+    rows = result.result.get("details", {}).get("unexpected_rows", [])
+    count = int(rows[0]["unexpected_count"]) if rows else 0
+    examples = _distinct(row["example"] for row in rows)
+    passed = bool(result.success)
+    return {
+        "name": meta["check"],
+        "passed": passed,
+        "detail": _sentence(meta, passed, count, examples, values),
+        "unexpected_count": count,
+        "examples": examples,
+        "severity": _severity(str(config.severity.value)),
+    }
+
+
+def _skipped_check(expectation: dict[str, Any], values: ExperimentValues) -> dict[str, Any]:
+    meta = expectation["meta"]
+    return {
+        "name": meta["check"],
+        "passed": True,
+        "detail": meta["detail"]["skipped"].format(**values.words),
+        "unexpected_count": 0,
+        "examples": [],
+        "severity": _severity(expectation.get("severity", "critical")),
+    }
+
+
+def _severity(gx_severity: str) -> str:
+    # GX's levels are critical / warning / info; only critical fails the gate.
+    return "error" if gx_severity == "critical" else "warning"
+
+
+def _distinct(items: Any) -> list[str]:
+    seen = dict.fromkeys(str(item) for item in items if item is not None)
+    return list(seen)[:MAX_EXAMPLES]
+
+
+def _sentence(
+    meta: dict[str, Any], passed: bool, count: int, examples: list[str], values: ExperimentValues
+) -> str:
+    form = "passed" if passed else "one" if count == 1 else "other"
+    sentence = meta["detail"][form].format(count=count, **values.words)
+    if examples and not passed:
+        sentence += f" ({meta.get('examples_label', 'examples')}: {', '.join(examples)})"
+    return sentence

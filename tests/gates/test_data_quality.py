@@ -1,0 +1,421 @@
+"""The data-quality gate on real warehouses: a DuckDB file and a throwaway PostgreSQL schema.
+
+Each test loads a small clean dataset, breaks exactly one thing, and checks that exactly the
+matching check fails with the right count and an example id. The tables here are the contract's
+columns *without* NOT NULL, because the null checks exist for warehouses that do not enforce it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import pytest
+
+from ab_pipeline.config import Audience, ExperimentConfig, Source, load_config
+from ab_pipeline.errors import PipelineError
+from ab_pipeline.gates.data_quality import load_suite_templates, run_data_quality
+from ab_pipeline.warehouse import Warehouse
+from tests.conftest import REPO_ROOT
+
+KEY = "refund-query-rewrite"  # start 2026-05-04, end 2026-05-31, arms control/treatment
+RUN_DATE = date(2026, 5, 31)
+OTHER = "other-experiment"
+
+DDL = [
+    """CREATE TABLE {p}exposures (experiment_key TEXT, unit_id TEXT, arm TEXT,
+       exposed_at TIMESTAMP, is_internal BOOLEAN DEFAULT FALSE, is_bot BOOLEAN DEFAULT FALSE,
+       properties JSON)""",
+    """CREATE TABLE {p}events (unit_id TEXT, event_name TEXT, occurred_at TIMESTAMP,
+       value DOUBLE PRECISION, experiment_key TEXT)""",
+    "CREATE TABLE {p}units (unit_id TEXT, arm TEXT, first_exposed_at TIMESTAMP)",
+]
+
+
+def ts(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@dataclass
+class Dataset:
+    """A clean dataset: every check passes. Tests append one kind of bad row."""
+
+    # (experiment_key, unit_id, arm, exposed_at, is_internal, is_bot)
+    exposures: list[tuple[Any, ...]] = field(
+        default_factory=lambda: [
+            (KEY, "u1", "control", ts("2026-05-04 00:00:00"), False, False),  # window start
+            (KEY, "u1", "control", ts("2026-05-06 09:00:00"), False, False),  # repeat, same arm
+            (KEY, "u2", "treatment", ts("2026-05-05 10:00:00"), False, False),
+            (KEY, "u3", "control", ts("2026-05-31 23:59:59"), False, False),  # window end
+            (KEY, "u4", "treatment", ts("2026-05-10 12:00:00"), False, False),
+            (KEY, "u5", "control", ts("2026-05-11 12:00:00"), True, False),  # internal: excluded
+            (KEY, "u6", "treatment", ts("2026-05-11 12:00:00"), False, True),  # bot: excluded
+            (OTHER, "u2", "blue", ts("2026-04-01 00:00:00"), False, False),  # other experiment
+            (OTHER, "u9", "green", ts("2026-04-01 00:00:00"), True, True),  # not enrolled here
+        ]
+    )
+    # (unit_id, event_name, occurred_at, experiment_key)
+    events: list[tuple[Any, ...]] = field(
+        default_factory=lambda: [
+            ("u1", "marked_solved", ts("2026-05-04 00:10:00"), KEY),
+            ("u2", "answer_served", ts("2026-05-31 23:59:59"), KEY),  # last second of run date
+            ("u2", "checkout", ts("2026-05-06 00:00:00"), OTHER),  # u2 is exposed to OTHER
+            ("u4", "escalated", ts("2026-05-12 00:00:00"), KEY),
+            ("u9", None, ts("2026-07-01 00:00:00"), None),  # not enrolled: ignored
+            ("u9", "x", None, "unrelated"),  # not enrolled: ignored
+            (None, "page_view", ts("2026-04-30 23:59:59"), None),  # before the period: ignored
+        ]
+    )
+    # (unit_id, arm, first_exposed_at): enrolled, non-excluded units
+    units: list[tuple[Any, ...]] = field(
+        default_factory=lambda: [
+            ("u1", "control", ts("2026-05-04 00:00:00")),
+            ("u2", "treatment", ts("2026-05-05 10:00:00")),
+            ("u3", "control", ts("2026-05-31 23:59:59")),
+            ("u4", "treatment", ts("2026-05-10 12:00:00")),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A warehouse plus the prefix ('' or 'schema.') its test tables live under."""
+
+    warehouse: Warehouse
+    prefix: str
+
+    def load(self, data: Dataset) -> None:
+        from sqlalchemy import text
+
+        p = self.prefix
+        self.warehouse.execute([ddl.format(p=p) for ddl in DDL])
+        inserts = [
+            (
+                f"INSERT INTO {p}exposures (experiment_key, unit_id, arm, exposed_at, is_internal, "
+                "is_bot) VALUES (:a, :b, :c, :d, :e, :f)",
+                data.exposures,
+            ),
+            (
+                f"INSERT INTO {p}events (unit_id, event_name, occurred_at, experiment_key) "
+                "VALUES (:a, :b, :c, :d)",
+                data.events,
+            ),
+            (f"INSERT INTO {p}units VALUES (:a, :b, :c)", data.units),
+        ]
+        with self.warehouse.connect() as connection:
+            for sql, rows in inserts:
+                if rows:
+                    connection.execute(
+                        text(sql), [dict(zip("abcdef", r, strict=False)) for r in rows]
+                    )
+
+    def config(self, **audience: bool) -> ExperimentConfig:
+        base = load_config(REPO_ROOT / "dags" / "experiments" / f"{KEY}.yaml")
+        source = Source(exposures=f"{self.prefix}exposures", events=f"{self.prefix}events")
+        update: dict[str, Any] = {"source": source}
+        if audience:
+            update["audience"] = Audience(**audience)
+        return base.model_copy(update=update)
+
+    def gate(self, data: Dataset, **audience: bool) -> dict[str, Any]:
+        self.load(data)
+        return run_data_quality(
+            self.warehouse.url, self.config(**audience), RUN_DATE, f"{self.prefix}units"
+        )
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    if request.param == "duckdb":
+        yield Target(request.getfixturevalue("duckdb_warehouse"), "")
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+        yield Target(warehouse, f"{schema}.")
+
+
+def failed(outcome: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in outcome["checks"] if not c["passed"]}
+
+
+def only_failure(outcome: dict[str, Any], name: str) -> dict[str, Any]:
+    failures = failed(outcome)
+    assert list(failures) == [name], failures
+    return failures[name]
+
+
+# --- the clean dataset ----------------------------------------------------------------------
+
+
+def test_clean_dataset_passes_every_check(target: Target) -> None:
+    outcome = target.gate(Dataset())
+    assert outcome["passed"], failed(outcome)
+    assert failed(outcome) == {}
+    assert outcome["suite"] == "exposures, events, units"
+    assert len(outcome["checks"]) == 13
+    assert {c["severity"] for c in outcome["checks"]} == {"error", "warning"}
+    assert all(c["unexpected_count"] == 0 and c["examples"] == [] for c in outcome["checks"])
+    json.dumps(outcome)  # goes to results.json as is
+
+
+# --- 1. one arm per unit --------------------------------------------------------------------
+
+
+def test_unit_exposed_to_two_arms_fails(target: Target) -> None:
+    data = Dataset()
+    data.exposures += [
+        (KEY, "u2", "control", ts("2026-05-07 00:00:00"), False, False),
+        (KEY, "u4", "control", ts("2026-05-11 00:00:00"), False, False),
+    ]
+    outcome = target.gate(data)
+    check = only_failure(outcome, "one_arm_per_unit")
+    assert not outcome["passed"]
+    assert check["unexpected_count"] == 2
+    assert check["examples"] == ["u2", "u4"]
+    assert check["detail"] == "2 units were exposed to more than one arm (examples: u2, u4)"
+
+
+# --- 2. arms --------------------------------------------------------------------------------
+
+
+def test_unknown_arm_fails_with_the_unknown_values(target: Target) -> None:
+    data = Dataset()
+    data.exposures += [
+        (KEY, "u7", "ctrl", ts("2026-05-07 00:00:00"), False, False),
+        (KEY, "u8", "ctrl", ts("2026-05-07 00:00:00"), False, False),
+    ]
+    check = only_failure(target.gate(data), "exposures_arm_in_config")
+    assert check["unexpected_count"] == 2
+    assert check["examples"] == ["ctrl"]
+    assert "(control, treatment)" in check["detail"]
+
+
+# --- 3. nulls -------------------------------------------------------------------------------
+
+NULL_EXPOSURES = {
+    "exposures_unit_id_not_null": (KEY, None, "control", ts("2026-05-07 00:00:00"), False, False),
+    "exposures_arm_not_null": (KEY, "u7", None, ts("2026-05-07 00:00:00"), False, False),
+    "exposures_exposed_at_not_null": (KEY, "u7", "control", None, False, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NULL_EXPOSURES))
+def test_null_in_exposures_fails(target: Target, name: str) -> None:
+    data = Dataset()
+    data.exposures.append(NULL_EXPOSURES[name])
+    check = only_failure(target.gate(data), name)
+    assert check["unexpected_count"] == 1
+    assert check["examples"] == ([] if "unit_id" in name else ["u7"])
+
+
+def test_null_in_other_experiments_exposures_is_not_this_gates_business(target: Target) -> None:
+    data = Dataset()
+    data.exposures.append((OTHER, None, None, None, False, False))
+    assert target.gate(data)["passed"]
+
+
+NULL_EVENTS = {
+    "events_unit_id_not_null": (None, "page_view", ts("2026-05-31 12:00:00"), KEY),
+    "events_event_name_not_null": ("u3", None, ts("2026-05-31 12:00:00"), KEY),
+    "events_occurred_at_not_null": ("u3", "page_view", None, KEY),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NULL_EVENTS))
+def test_null_in_events_fails(target: Target, name: str) -> None:
+    data = Dataset()
+    data.events += [NULL_EVENTS[name]] * 2
+    check = only_failure(target.gate(data), name)
+    assert check["unexpected_count"] == 2
+    # An event without a unit has no id to show: its event name is the example.
+    assert check["examples"] == (["page_view"] if "unit_id" in name else ["u3"])
+
+
+# --- 4. the window --------------------------------------------------------------------------
+
+
+def test_exposures_outside_the_window_fail(target: Target) -> None:
+    data = Dataset()
+    data.exposures += [
+        (KEY, "u8", "control", ts("2026-06-01 00:00:00"), False, False),  # day after end
+        (KEY, "u7", "treatment", ts("2026-05-03 23:59:59"), False, False),  # day before start
+    ]
+    check = only_failure(target.gate(data), "exposures_within_window")
+    assert check["unexpected_count"] == 2
+    assert sorted(check["examples"]) == ["u7", "u8"]
+    assert "2026-05-04 to 2026-05-31" in check["detail"]
+
+
+# --- 5. data from the future ----------------------------------------------------------------
+
+
+def test_events_dated_in_the_future_fail(target: Target) -> None:
+    data = Dataset()
+    data.events += [
+        ("u1", "marked_solved", ts("2099-06-01 00:00:00"), KEY),
+        ("u1", "marked_solved", ts("2099-06-03 00:00:00"), KEY),
+    ]
+    check = only_failure(target.gate(data), "events_not_in_future")
+    assert check["unexpected_count"] == 2
+    assert check["examples"] == ["u1"]
+    assert "in the future" in check["detail"] and "run date 2026-05-31" in check["detail"]
+
+
+def test_later_data_seen_by_a_backfill_of_an_earlier_date_is_not_from_the_future(
+    target: Target,
+) -> None:
+    data = Dataset()
+    data.events.append(("u1", "marked_solved", ts("2026-06-03 00:00:00"), KEY))
+    outcome = target.gate(data)
+    assert outcome["passed"], failed(outcome)
+
+
+# --- 6. internal / bot traffic --------------------------------------------------------------
+
+
+def test_internal_or_bot_unit_left_in_the_units_table_fails(target: Target) -> None:
+    data = Dataset()
+    data.units += [
+        ("u5", "control", ts("2026-05-11 12:00:00")),
+        ("u6", "treatment", ts("2026-05-11 12:00:00")),
+    ]
+    check = only_failure(target.gate(data), "no_internal_or_bot_units")
+    assert check["unexpected_count"] == 2
+    assert check["examples"] == ["u5", "u6"]
+
+
+def test_flags_the_extraction_cannot_see_are_not_failures(target: Target) -> None:
+    data = Dataset()
+    data.exposures += [
+        ("other-experiment", "u1", "x", ts("2026-05-10 09:00:00"), True, True),
+        (KEY, "u2", "treatment", ts("2026-06-02 09:00:00"), False, True),  # after the run date
+    ]
+    outcome = target.gate(data)
+    check = next(c for c in outcome["checks"] if c["name"] == "no_internal_or_bot_units")
+    assert check["passed"], check
+
+
+def test_a_flag_the_audience_keeps_is_not_a_failure(target: Target) -> None:
+    data = Dataset()
+    data.units.append(("u5", "control", ts("2026-05-11 12:00:00")))  # internal only
+    outcome = target.gate(data, exclude_internal=False, exclude_bots=True)
+    assert outcome["passed"], failed(outcome)
+
+
+def test_check_is_skipped_when_the_audience_excludes_nothing(target: Target) -> None:
+    data = Dataset()
+    data.units.append(("u6", "treatment", ts("2026-05-11 12:00:00")))
+    outcome = target.gate(data, exclude_internal=False, exclude_bots=False)
+    check = next(c for c in outcome["checks"] if c["name"] == "no_internal_or_bot_units")
+    assert outcome["passed"] and check["passed"]
+    assert check["detail"].startswith("not applicable")
+
+
+# --- 7. experiment tags ---------------------------------------------------------------------
+
+
+def test_event_tagged_with_an_experiment_the_unit_never_saw_fails(target: Target) -> None:
+    data = Dataset()
+    data.events.append(("u1", "marked_solved", ts("2026-05-05 00:00:00"), OTHER))
+    check = only_failure(target.gate(data), "events_tagged_with_unexposed_experiment")
+    assert check["unexpected_count"] == 1
+    assert check["examples"] == ["u1"]
+    assert check["severity"] == "error"
+
+
+def test_missing_experiment_tag_is_a_warning_only(target: Target) -> None:
+    data = Dataset()
+    data.events += [
+        ("u3", "marked_solved", ts("2026-05-31 00:00:00"), None),
+        ("u4", "marked_solved", ts("2026-05-31 00:00:00"), None),
+        ("u4", "escalated", ts("2026-05-31 00:00:00"), None),
+    ]
+    outcome = target.gate(data)
+    check = only_failure(outcome, "events_experiment_tag_missing")
+    assert outcome["passed"]  # a warning does not fail the gate
+    assert check["severity"] == "warning"
+    assert check["unexpected_count"] == 3
+    assert check["examples"] == ["u3", "u4"]
+
+
+# --- errors and boundaries ------------------------------------------------------------------
+
+
+def test_every_query_returns_a_count_or_a_few_examples(target: Target) -> None:
+    """Raw rows never reach Python: each statement GX sends is a COUNT or the bounded wrapper.
+
+    Guards against a GX upgrade (or a column expectation on a query asset, which makes GX run
+    the bare batch query to learn its columns) fetching whole batches.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    target.load(Dataset())
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        run_data_quality(target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}units")
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert len(statements) == 26  # 13 checks x (examples, count)
+    for statement in statements:
+        assert statement.startswith(("WITH unexpected AS", "SELECT COUNT(*)")), statement
+        assert "LIMIT 5" in statement, statement
+
+
+def test_a_check_that_cannot_run_is_a_pipeline_error(target: Target) -> None:
+    target.load(Dataset())
+    with pytest.raises(PipelineError, match=KEY):
+        run_data_quality(
+            target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}no_such_table"
+        )
+
+
+def test_gx_stays_quiet(target: Target, caplog: pytest.LogCaptureFixture) -> None:
+    target.load(Dataset())
+    with caplog.at_level(logging.DEBUG):
+        run_data_quality(target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}units")
+    assert [r for r in caplog.records if r.name.startswith("great_expectations")] == []
+    assert logging.getLogger("great_expectations").level == logging.NOTSET  # restored
+
+
+def test_suites_are_well_formed() -> None:
+    templates = load_suite_templates()
+    names = [e["meta"]["check"] for t in templates for e in t["expectations"]]
+    assert len(names) == len(set(names)) == 13
+    for template in templates:
+        assert template["meta"]["batch_query"].startswith("SELECT ")
+        for expectation in template["expectations"]:
+            assert expectation["type"] == "unexpected_rows_expectation"
+            assert "{batch} AS " in expectation["kwargs"]["unexpected_rows_query"]
+            assert {"passed", "one", "other"} <= set(expectation["meta"]["detail"])
+
+
+def test_a_value_that_is_not_safe_sql_text_is_refused() -> None:
+    config = load_config(REPO_ROOT / "dags" / "experiments" / f"{KEY}.yaml")
+    forged = config.model_copy(update={"key": "x' OR '1'='1"})  # bypasses config validation
+    with pytest.raises(PipelineError, match="cannot be written into a data-quality query"):
+        run_data_quality("duckdb:///unused.duckdb", forged, RUN_DATE, "units")
+
+
+def test_unsafe_table_name_is_refused_before_any_sql() -> None:
+    config = load_config(REPO_ROOT / "dags" / "experiments" / f"{KEY}.yaml")
+    with pytest.raises(ValueError, match="not a safe SQL identifier"):
+        run_data_quality("duckdb:///unused.duckdb", config, RUN_DATE, 'units"; DROP TABLE x; --')
+
+
+def test_importing_the_gate_does_not_import_great_expectations() -> None:
+    code = (
+        "import sys, ab_pipeline.gates.data_quality\n"
+        "assert 'great_expectations' not in sys.modules, 'GX imported at module import'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)

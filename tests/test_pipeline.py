@@ -1,0 +1,140 @@
+"""The pipeline's stages in one process on exact simulated data: the DESIGN.md reference
+numbers come out of the warehouse, and each decision kind follows from the data."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ab_pipeline.config import load_config
+from ab_pipeline.pipeline import RunContext, run_pipeline
+from ab_pipeline.simulate import parse_scenario, simulate
+from ab_pipeline.warehouse import Warehouse
+
+REPO = Path(__file__).resolve().parent.parent
+REFUND_CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
+REFUND_SCENARIO = REPO / "simulations" / "refund-query-rewrite.yaml"
+FINAL = date(2026, 5, 31)
+
+
+def exact_refund_scenario(**changes: Any) -> dict[str, Any]:
+    """The textbook case: 2,000 customers per arm, exactly 760 vs 840 resolved."""
+    data = yaml.safe_load(REFUND_SCENARIO.read_text())
+    data.pop("units", None)
+    data.pop("assignment", None)
+    data.update(
+        counts={"control": 2000, "treatment": 2000}, exact=True, internal_share=0.0, bot_share=0.0
+    )
+    data.update(changes)
+    return dict(data)
+
+
+def run(
+    tmp_path: Path,
+    warehouse: Warehouse,
+    scenario: dict[str, Any],
+    config_changes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    config_data = yaml.safe_load(REFUND_CONFIG.read_text())
+    config_data.update(config_changes or {})
+    config_path = tmp_path / "refund-query-rewrite.yaml"
+    config_path.write_text(yaml.safe_dump(config_data))
+    config = load_config(config_path)
+    simulate(config, parse_scenario(scenario), warehouse.url)
+    ctx = RunContext(config_path, FINAL, warehouse.url, tmp_path / "briefs")
+    run_pipeline(ctx, deliver=False)
+    return dict(json.loads((ctx.run_dir / "results.json").read_text()))
+
+
+def checks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in results["checks"]}
+
+
+def test_reference_numbers_come_out_of_the_warehouse_and_ship(
+    tmp_path: Path, duckdb_warehouse: Warehouse
+) -> None:
+    results = run(tmp_path, duckdb_warehouse, exact_refund_scenario())
+    primary = results["metrics"]["resolution_rate"]
+    assert primary["arms"]["control"] | {"value": 0} == {
+        "units": 2000,
+        "successes": 760,
+        "value": 0,
+    }
+    assert primary["arms"]["treatment"]["successes"] == 840
+    comparison = primary["comparisons"]["treatment"]
+    assert comparison["absolute"] == pytest.approx(0.04)
+    assert comparison["se"] == pytest.approx(0.0155, abs=1e-4)
+    assert comparison["ci"] == pytest.approx([0.0097, 0.0703], abs=1e-4)
+    assert comparison["relative"] == pytest.approx(0.105, abs=5e-4)
+    assert comparison["p_value"] == pytest.approx(0.0098, abs=1e-4)
+    assert results["gates"]["srm"]["counts"] == {"control": 2000, "treatment": 2000}
+    assert results["decision"] == "SHIP"
+    latency = checks(results)["guardrail:p95_latency_ms"]
+    assert latency["passed"] and 40 < latency["observed"] < 120  # about +80 ms
+    brief = (tmp_path / "briefs" / "refund-query-rewrite" / "2026-05-31" / "brief.txt").read_text()
+    assert "840 of 2,000" in brief and "760 of 2,000" in brief and "+4.0 pp" in brief
+
+
+def test_latency_over_budget_stops(tmp_path: Path, duckdb_warehouse: Warehouse) -> None:
+    scenario = exact_refund_scenario()
+    # p95 = median * exp(1.645 * 0.35): a median of 900 -> 1,075 ms moves p95 by about +310 ms.
+    scenario["metrics"]["p95_latency_ms"]["value"]["median"] = {"control": 900, "treatment": 1075}
+    results = run(tmp_path, duckdb_warehouse, scenario)
+    latency = checks(results)["guardrail:p95_latency_ms"]
+    assert not latency["passed"] and latency["observed"] > 250
+    assert results["decision"] == "STOP"
+
+
+def test_a_higher_min_lift_iterates(tmp_path: Path, duckdb_warehouse: Warehouse) -> None:
+    results = run(
+        tmp_path,
+        duckdb_warehouse,
+        exact_refund_scenario(),
+        {"decision": {"min_lift": 0.05, "srm_alpha": 0.001}},
+    )
+    assert results["decision"] == "ITERATE"
+    assert not checks(results)["observed_lift_threshold"]["passed"]
+    assert checks(results)["positive_lift_interval"]["passed"]
+
+
+def test_a_changed_receipt_reruns_and_names_the_field(
+    tmp_path: Path, duckdb_warehouse: Warehouse
+) -> None:
+    scenario = exact_refund_scenario(arm_properties={"treatment": {"decoder": "v3"}})
+    results = run(tmp_path, duckdb_warehouse, scenario)
+    assert results["decision"] == "RERUN" and results["metrics"] == {}
+    receipt = results["gates"]["receipt"]
+    assert receipt["mismatches"] == [
+        {"field": "decoder", "values": {"control": ["v2"], "treatment": ["v3"]}}
+    ]
+
+
+def test_a_data_quality_failure_reruns_with_counts_and_examples(
+    tmp_path: Path, duckdb_warehouse: Warehouse
+) -> None:
+    scenario = exact_refund_scenario()
+    config = load_config(REFUND_CONFIG)
+    simulate(config, parse_scenario(scenario), duckdb_warehouse.url)
+    duckdb_warehouse.execute(
+        "UPDATE exposures SET arm = 'treatmnet' WHERE unit_id IN "
+        "(SELECT unit_id FROM exposures WHERE arm = 'treatment' ORDER BY unit_id LIMIT 3)"
+    )
+    ctx = RunContext(REFUND_CONFIG, FINAL, duckdb_warehouse.url, tmp_path / "briefs")
+    run_pipeline(ctx, deliver=False)
+    results = json.loads((ctx.run_dir / "results.json").read_text())
+    assert results["decision"] == "RERUN"
+    failed = [
+        c
+        for c in results["gates"]["data_quality"]["checks"]
+        if not c["passed"] and c["severity"] == "error"
+    ]
+    arm_check = next(c for c in failed if c["name"] == "exposures_arm_in_config")
+    assert arm_check["unexpected_count"] >= 3 and "treatmnet" in arm_check["examples"]
+    assert "data_quality" in results["gate_failures"]
+    brief = (ctx.run_dir / "brief.html").read_text()
+    assert "treatmnet" in brief and "exposures_arm_in_config" in brief
