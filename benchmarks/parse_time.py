@@ -58,7 +58,9 @@ def measure(folder: Path, home: Path) -> dict[str, float]:
 
 
 def main(sizes: list[int]) -> None:
-    print(f"{'configs':>8} {'dags':>6} {'errors':>6} {'import s':>9} {'parse s':>8} {'ms/config':>10}")
+    print(
+        f"{'configs':>8} {'dags':>6} {'errors':>6} {'import s':>9} {'parse s':>8} {'ms/config':>10}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for count in sizes:
