@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck clean
+.PHONY: install browser demo test test-fast lint typecheck clean
 
 install: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(BIN)/ab-pipeline demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# The brief's browser tests drive Debian's chromium; install it only when it is missing
+# (CI runs `make test` as root, so apt-get needs no sudo there).
+browser:
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 lint: install
 	$(BIN)/ruff check ab_pipeline dags plugins tests

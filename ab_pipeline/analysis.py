@@ -9,17 +9,30 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from ab_pipeline.config import ExperimentConfig, MeanMetric, ProportionMetric, QuantileMetric
+from ab_pipeline.config import (
+    ExperimentConfig,
+    MeanMetric,
+    ProportionMetric,
+    QuantileMetric,
+    RatioMetric,
+)
 from ab_pipeline.errors import PipelineError
-from ab_pipeline.extract import metric_column, quantile_events_sql
+from ab_pipeline.extract import covariate_column, metric_column, quantile_events_sql, ratio_columns
 from ab_pipeline.statistics import (
     Comparison,
+    CupedSummary,
     MeanSummary,
+    QuantileClusterSums,
     QuantileSummary,
+    RatioSummary,
+    adjust_p_values,
+    clustered_quantile_bracket,
     compare_means,
     compare_proportions,
     compare_quantiles,
-    quantile_bracket,
+    compare_ratios,
+    cuped_adjust,
+    sequential_look,
 )
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
@@ -34,7 +47,9 @@ def unit_level_sums(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str
 ) -> dict[str, dict[str, MeanSummary]]:
     """{metric: {arm: (n, sum, sum of squares)}} for every unit-level metric, in one scan."""
-    names = [n for n, m in config.metrics.items() if not isinstance(m, QuantileMetric)]
+    names = [
+        n for n, m in config.metrics.items() if not isinstance(m, QuantileMetric | RatioMetric)
+    ]
     select = ", ".join(
         f"COUNT({c}) AS n_{i}, SUM({c}) AS s_{i}, SUM({c} * {c}) AS q_{i}"
         for i, c in enumerate(metric_column(n) for n in names)
@@ -53,6 +68,58 @@ def unit_level_sums(
     return sums
 
 
+def ratio_sums(
+    warehouse: Warehouse, config: ExperimentConfig, units_table: str
+) -> dict[str, dict[str, RatioSummary]]:
+    """{ratio metric: {arm: n, sums, sums of squares and cross-product of num/den}}, one scan."""
+    names = [n for n, m in config.metrics.items() if isinstance(m, RatioMetric)]
+    if not names:
+        return {}
+    parts = []
+    for i, name in enumerate(names):
+        x, y = ratio_columns(name)
+        parts.append(
+            f"COUNT({x}) AS n_{i}, SUM({x}) AS x_{i}, SUM({y}) AS y_{i}, SUM({x} * {x}) AS xx_{i},"
+            f" SUM({y} * {y}) AS yy_{i}, SUM({x} * {y}) AS xy_{i}"
+        )
+    rows = warehouse.query(
+        f"SELECT arm, {', '.join(parts)} FROM {quote_ident(units_table)} GROUP BY arm ORDER BY arm"
+    )
+    sums: dict[str, dict[str, RatioSummary]] = {name: {} for name in names}
+    for row in rows:
+        for i, name in enumerate(names):
+            sx, sy, sxx, syy, sxy = (
+                float(row[f"{k}_{i}"] or 0.0) for k in ("x", "y", "xx", "yy", "xy")
+            )
+            sums[name][str(row["arm"])] = RatioSummary(
+                int(row[f"n_{i}"] or 0), sx, sy, sxx, syy, sxy
+            )
+    return sums
+
+
+def cuped_sums(
+    warehouse: Warehouse, config: ExperimentConfig, units_table: str, name: str
+) -> dict[str, CupedSummary]:
+    """Per arm: outcome sums and covariate sums/cross-products over units with an outcome."""
+    y, x = metric_column(name), covariate_column(name)
+    rows = warehouse.query(
+        f"""SELECT arm, COUNT({y}) AS n, SUM({y}) AS sy, SUM({y} * {y}) AS syy,
+                   SUM(CASE WHEN {y} IS NOT NULL THEN {x} END) AS sx,
+                   SUM(CASE WHEN {y} IS NOT NULL THEN {x} * {x} END) AS sxx,
+                   SUM({x} * {y}) AS sxy
+            FROM {quote_ident(units_table)} GROUP BY arm ORDER BY arm"""
+    )
+    return {
+        str(r["arm"]): CupedSummary(
+            y=MeanSummary(int(r["n"] or 0), float(r["sy"] or 0), float(r["syy"] or 0)),
+            x_total=float(r["sx"] or 0),
+            x_sq=float(r["sxx"] or 0),
+            xy=float(r["sxy"] or 0),
+        )
+        for r in rows
+    }
+
+
 def quantile_summaries(
     warehouse: Warehouse,
     config: ExperimentConfig,
@@ -63,13 +130,20 @@ def quantile_summaries(
 ) -> dict[str, QuantileSummary]:
     """Per arm: event count, the sample quantile and the order statistics bracketing it."""
     body, params = quantile_events_sql(config, metric, units_table, run_date)
-    counts = warehouse.query(f"SELECT u.arm AS arm, COUNT(*) AS n {body} GROUP BY u.arm", params)
+    q = metric.quantile
+    counts = warehouse.query(
+        f"SELECT u.arm AS arm, COUNT(*) AS n, percentile_cont({q!r}) WITHIN GROUP "
+        f"(ORDER BY e.value) AS estimate {body} GROUP BY u.arm",
+        params,
+    )
+    estimates = {str(r["arm"]): float(r["estimate"]) for r in counts if int(r["n"]) >= 2}
+    clusters = quantile_cluster_sums(warehouse, body, params, estimates)
     summaries = {}
     for row in counts:
         arm, n = str(row["arm"]), int(row["n"])
         if n < 2:
             continue
-        low, high, z = quantile_bracket(metric.quantile, n, config.decision.alpha)
+        low, high, z = clustered_quantile_bracket(q, clusters[arm], config.decision.alpha)
         [values] = warehouse.query(
             f"""SELECT
                   percentile_cont({metric.quantile!r}) WITHIN GROUP (ORDER BY e.value) AS estimate,
@@ -88,9 +162,51 @@ def quantile_summaries(
     return summaries
 
 
+def quantile_cluster_sums(
+    warehouse: Warehouse, body: str, params: dict[str, Any], estimates: dict[str, float]
+) -> dict[str, QuantileClusterSums]:
+    """Per arm, over units: sums of N_i (events), I_i (events <= the arm's quantile), their
+    squares and cross-product: the pieces of the Deng-Knoblich-Lu variance, in one scan."""
+    if not estimates:
+        return {}
+    arms = list(estimates)
+    cases = " ".join(f"WHEN :qa{i} THEN :qx{i}" for i in range(len(arms)))
+    bound: dict[str, Any] = {f"qa{i}": arm for i, arm in enumerate(arms)}
+    bound |= {f"qx{i}": estimates[arm] for i, arm in enumerate(arms)}
+    rows = warehouse.query(
+        f"""WITH per_unit AS (
+              SELECT u.arm AS arm, u.unit_id AS unit_id, COUNT(*) AS n_i,
+                     SUM(CASE WHEN e.value <= (CASE u.arm {cases} END) THEN 1 ELSE 0 END) AS i_i
+              {body} GROUP BY u.arm, u.unit_id)
+            SELECT arm, COUNT(*) AS units, SUM(n_i) AS sn, SUM(i_i) AS si,
+                   SUM(n_i * n_i) AS snn, SUM(i_i * i_i) AS sii, SUM(i_i * n_i) AS sin
+            FROM per_unit GROUP BY arm""",
+        {**params, **bound},
+    )
+    return {
+        str(r["arm"]): QuantileClusterSums(
+            units=int(r["units"]),
+            events=float(r["sn"]),
+            below=float(r["si"]),
+            events_sq=float(r["snn"]),
+            below_sq=float(r["sii"]),
+            cross=float(r["sin"]),
+        )
+        for r in rows
+    }
+
+
 def _arm_entry(metric: Any, summary: MeanSummary | QuantileSummary) -> dict[str, Any]:
     if isinstance(summary, QuantileSummary):
         return {"events": summary.n, "value": summary.estimate}
+    if isinstance(summary, RatioSummary):
+        value = summary.ratio if summary.den else None
+        return {
+            "units": summary.n,
+            "value": value,
+            "numerator": summary.num,
+            "denominator": summary.den,
+        }
     entry: dict[str, Any] = {"units": summary.n, "value": summary.mean if summary.n else None}
     if isinstance(metric, ProportionMetric):
         entry["successes"] = int(round(summary.total))
@@ -102,6 +218,8 @@ def _compare(metric: Any, c: Any, t: Any, alpha: float) -> Comparison:
         return compare_proportions(int(round(c.total)), c.n, int(round(t.total)), t.n, alpha)
     if isinstance(metric, MeanMetric):
         return compare_means(c, t, alpha)
+    if isinstance(metric, RatioMetric):
+        return compare_ratios(c, t, alpha)
     return compare_quantiles(c, t, alpha)
 
 
@@ -133,13 +251,100 @@ def analyse(
 ) -> dict[str, dict[str, Any]]:
     """Every metric's per-arm values and treatment-vs-control comparisons (results.json shape)."""
     sums = unit_level_sums(warehouse, config, units_table)
+    ratios = ratio_sums(warehouse, config, units_table)
     results = {}
     for name, metric in config.metrics.items():
         if isinstance(metric, QuantileMetric):
             per_arm: dict[str, Any] = quantile_summaries(
                 warehouse, config, name, metric, units_table, run_date
             )
+        elif isinstance(metric, RatioMetric):
+            per_arm = ratios[name]
         else:
             per_arm = sums[name]
         results[name] = _metric_result(config, name, metric, per_arm)
+        if getattr(metric, "cuped", None) is not None:
+            _apply_cuped(
+                config, name, results[name], cuped_sums(warehouse, config, units_table, name)
+            )
+    _apply_correction(config, results.get(config.primary))
+    _apply_sequential(config, results.get(config.primary), run_date)
     return results
+
+
+def _apply_cuped(
+    config: ExperimentConfig, name: str, result: dict[str, Any], arms: dict[str, CupedSummary]
+) -> None:
+    """Replace each comparison by its CUPED-adjusted one; keep the unadjusted SE for the brief."""
+    metric = config.metrics[name]
+    cuped = getattr(metric, "cuped", None)
+    assert cuped is not None
+    fit = cuped_adjust({arm: s for arm, s in arms.items() if arm in config.arms})
+    control = fit.adjusted.get(config.control)
+    for arm, unadjusted in list(result["comparisons"].items()):
+        treated = fit.adjusted.get(arm)
+        if control is None or treated is None:
+            continue
+        adjusted: dict[str, Any] = compare_means(control, treated, config.decision.alpha).as_dict()
+        se0 = float(unadjusted["se"])
+        adjusted["method"] = "CUPED-adjusted (pooled theta) " + adjusted["method"]
+        adjusted["cuped"] = {
+            "covariate": name if cuped.covariate == "same" else cuped.covariate,
+            "lookback": cuped.model_dump(mode="json")["lookback"],
+            "until": cuped.model_dump(mode="json")["until"],
+            "theta": fit.theta,
+            "variance_reduction": 1 - (adjusted["se"] / se0) ** 2 if se0 > 0 else 0.0,
+            "se_unadjusted": se0,
+            "absolute_unadjusted": unadjusted["absolute"],
+            "ci_unadjusted": unadjusted["ci"],
+        }
+        result["comparisons"][arm] = adjusted
+
+
+def _apply_correction(config: ExperimentConfig, primary: dict[str, Any] | None) -> None:
+    """Holm (default) or BH across the primary's treatment-vs-control comparisons."""
+    if not primary or not primary["comparisons"]:
+        return
+    arms = list(primary["comparisons"])
+    method = config.analysis.correction
+    adjusted = adjust_p_values([primary["comparisons"][a]["p_value"] for a in arms], method)
+    for arm, p in zip(arms, adjusted, strict=True):
+        primary["comparisons"][arm]["p_value_adjusted"] = p
+        primary["comparisons"][arm]["correction"] = {
+            "method": method,
+            "family": len(arms),
+            "alpha": config.decision.alpha,
+        }
+
+
+def current_look(config: ExperimentConfig, run_date: date) -> int:
+    """Which of the planned, equally spaced looks this readout is (the last on `end`)."""
+    import math
+
+    total = max((config.end - config.start).days, 1)
+    elapsed = min(max((run_date - config.start).days, 0), total)
+    return max(1, math.ceil(config.planned_looks * elapsed / total - 1e-9))
+
+
+def _apply_sequential(
+    config: ExperimentConfig, primary: dict[str, Any] | None, run_date: date
+) -> None:
+    if config.analysis.sequential == "none" or not primary:
+        return
+    look = current_look(config, run_date)
+    family = max(len(primary["comparisons"]), 1)
+    for comparison in primary["comparisons"].values():
+        se = comparison["se"]
+        z = comparison["absolute"] / se if se > 0 else 0.0
+        # Several arms: Bonferroni-split the alpha the boundaries spend (conservative, simple).
+        result = sequential_look(z, look, config.planned_looks, config.decision.alpha / family)
+        comparison["sequential"] = {
+            "method": result.method,
+            "look": result.look,
+            "planned_looks": result.planned_looks,
+            "information_fraction": result.information_fraction,
+            "alpha_spent": result.alpha_spent,
+            "boundary": result.boundary if result.boundary != float("inf") else None,
+            "z": result.z,
+            "crossed": result.crossed,
+        }

@@ -7,15 +7,23 @@ here, once, so the HTML and the text versions can never disagree.
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+if TYPE_CHECKING:
+    from ab_pipeline.charts import Chart, Panel
+
+log = logging.getLogger(__name__)
 
 TEMPLATES_ENV = "AB_PIPELINE_TEMPLATES"
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -27,6 +35,19 @@ GATE_TITLES = {
     "data_quality": "Data quality",
     "srm": "Sample ratio (SRM)",
     "receipt": "Receipt (same system in every arm)",
+    "assignment": "Assignment integrity",
+}
+# Gates every results.json has; the others are shown only when their key is present.
+CORE_GATES = ("data_quality", "srm", "receipt")
+
+# What to look at first when a gate fails (the RERUN brief leads with this).
+GATE_HINTS = {
+    "data_quality": "the failing checks' examples below: they are the offending rows' values.",
+    "srm": "where the imbalance concentrates (day and property breakdown below), redirects, "
+    "bot filtering and anything that triggers exposure differently per arm.",
+    "receipt": "the deployment: every arm must run the same system version.",
+    "assignment": "units whose logged arm differs from the recomputed one, and exposures "
+    "logged before the triggering event.",
 }
 
 DECISIONS = {
@@ -53,31 +74,56 @@ BUDGET_LABELS = {
 
 @dataclass(frozen=True)
 class RenderedBrief:
+    """`html` is self-contained (charts as data: URIs) for the archive and browsers;
+    `email_html` is the same document with charts referenced as `cid:` parts in `images`,
+    because mail clients block data: URIs."""
+
     subject: str
     html: str
     text: str
+    email_html: str = ""
+    images: tuple[Chart, ...] = field(default_factory=tuple)
 
 
-def render_brief(results: dict[str, Any], templates_dir: Path | None = None) -> RenderedBrief:
-    """Render subject, HTML and text of the brief. A missing contract key raises."""
+def render_brief(
+    results: dict[str, Any],
+    templates_dir: Path | None = None,
+    archive_root: Path | None = None,
+    charts: bool = True,
+) -> RenderedBrief:
+    """Render subject, HTML (archive and email) and text of the brief.
+
+    `archive_root` (`<briefs root>`) lets the brief read earlier readouts of the experiment
+    when results.json carries no `history`/`changes`. A missing contract key raises.
+    """
     env = _environment(templates_dir or Path(os.environ.get(TEMPLATES_ENV, DEFAULT_TEMPLATES_DIR)))
     subject = brief_subject(results)
-    context = {"r": results, "view": build_view(results), "subject": subject}
+    view = build_view(results, archive_root)
+    images = _cached_charts(results, view) if charts else ()
+    context: dict[str, Any] = {"r": results, "view": view, "subject": subject}
+    context["chart"] = {c.name: c for c in images}
+    html = env.get_template(HTML_TEMPLATE)
     return RenderedBrief(
         subject=subject,
-        html=env.get_template(HTML_TEMPLATE).render(context),
+        html=html.render(context, img={c.name: _data_uri(c) for c in images}),
         text=env.get_template(TEXT_TEMPLATE).render(context),
+        email_html=html.render(context, img={c.name: f"cid:{c.cid}" for c in images}),
+        images=images,
     )
 
 
 def write_brief(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write brief.html and brief.txt into `out_dir`; return their paths by kind."""
-    brief = render_brief(results)
+    """Write brief.html (self-contained) and brief.txt into `out_dir` (`<root>/<exp>/<date>`)."""
+    brief = render_brief(results, archive_root=out_dir.parent.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"html": out_dir / "brief.html", "text": out_dir / "brief.txt"}
     paths["html"].write_text(brief.html, encoding="utf-8")
     paths["text"].write_text(brief.text, encoding="utf-8")
     return paths
+
+
+def _data_uri(chart: Chart) -> str:
+    return "data:image/png;base64," + base64.b64encode(chart.png).decode("ascii")
 
 
 def brief_subject(results: Mapping[str, Any]) -> str:
@@ -89,6 +135,21 @@ def brief_subject(results: Mapping[str, Any]) -> str:
     return re.sub(r"\s+", " ", subject).strip()
 
 
+def _cached_charts(results: Mapping[str, Any], view: Mapping[str, Any]) -> tuple[Chart, ...]:
+    """Charts depend only on the data: the same readout rendered twice (the archive copy, then
+    the email; or many times in tests) draws them once."""
+    key = json.dumps([results, view["trajectory"]], sort_keys=True, default=str)
+    if key not in _CHART_CACHE:
+        if len(_CHART_CACHE) >= 16:
+            _CHART_CACHE.pop(next(iter(_CHART_CACHE)))
+        _CHART_CACHE[key] = tuple(build_charts(results, view))
+    return _CHART_CACHE[key]
+
+
+_CHART_CACHE: dict[str, tuple[Chart, ...]] = {}
+
+
+@lru_cache(maxsize=8)
 def _environment(templates_dir: Path) -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(templates_dir)),
@@ -189,12 +250,13 @@ def _clean(value: float, digits: int) -> float:
 # ---- view model -------------------------------------------------------------------------------
 
 
-def build_view(results: Mapping[str, Any]) -> dict[str, Any]:
+def build_view(results: Mapping[str, Any], archive_root: Path | None = None) -> dict[str, Any]:
     """Everything the templates show that needs computing or formatting."""
     decision = results["decision"]
     color, meaning = DECISIONS.get(decision, ("#57606a", ""))
     rerun = decision == "RERUN"
     primary = None if rerun else _primary_view(results)
+    history, previous = _earlier_readouts(results, archive_root)
     return {
         "decision": {"label": decision, "color": color, "meaning": meaning},
         "interim": results["status"] == "interim",
@@ -205,6 +267,15 @@ def build_view(results: Mapping[str, Any]) -> dict[str, Any]:
         "others": [] if rerun else _other_metrics(results),
         "guardrails": [] if rerun else _guardrail_rows(results),
         "plan": _plan_view(results, primary),
+        "progress": _progress_view(results.get("progress")),
+        "trajectory": _trajectory_view(results, history, rerun),
+        "history_decisions": [
+            {"run_date": h["run_date"], "decision": h["decision"], "status": h["status"]}
+            for h in history
+        ],
+        "changes": _changes_view(results, history, previous),
+        "extras": [] if rerun else _extras_view(results),
+        "human_decisions": results.get("human_decisions") or [],
         "ci_label": f"{results.get('ci_level', 0.95):.0%} interval",
     }
 
@@ -216,7 +287,7 @@ def _gate_failures(results: Mapping[str, Any]) -> list[str]:
     return [name for name, gate in gates.items() if gate is not None and not gate["passed"]]
 
 
-def _failure_lines(results: Mapping[str, Any]) -> list[dict[str, str]]:
+def _failure_lines(results: Mapping[str, Any]) -> list[dict[str, str | None]]:
     """One line per failed gate: its title and what, concretely, failed."""
     lines = []
     for name in _gate_failures(results):
@@ -226,13 +297,15 @@ def _failure_lines(results: Mapping[str, Any]) -> list[dict[str, str]]:
             for check in gate.get("checks", [])
             if not check["passed"]
         )
-        lines.append({"title": GATE_TITLES.get(name, name), "detail": detail})
+        lines.append(
+            {"title": GATE_TITLES.get(name, name), "detail": detail, "hint": GATE_HINTS.get(name)}
+        )
     return lines
 
 
 def _gates_view(gates: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for name in [*GATE_TITLES, *(g for g in gates if g not in GATE_TITLES)]:
+    for name in [*CORE_GATES, *(g for g in gates if g not in CORE_GATES)]:
         gate = gates.get(name)
         rows.append(
             {
@@ -241,6 +314,8 @@ def _gates_view(gates: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "state": fmt_passfail(None if gate is None else gate["passed"]),
                 "gate": gate,
                 "srm_arms": _srm_arms(gate) if name == "srm" and gate else [],
+                "diagnosis": _srm_diagnosis(gate) if name == "srm" and gate else None,
+                "assignment": _assignment_view(gate) if name == "assignment" and gate else None,
             }
         )
     return rows
@@ -275,11 +350,21 @@ def _primary_view(results: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     metric = results["metrics"][name]
     control = results["control"]
+    threshold = ship_threshold(results)
     rows = [
-        _comparison_row(metric, control, arm, comparison)
+        {
+            **_comparison_row(metric, control, arm, comparison),
+            "reading": interval_reading(comparison.get("ci"), threshold, metric["type"]),
+        }
         for arm, comparison in metric["comparisons"].items()
     ]
-    return {"name": name, "type": metric["type"], "rows": rows, "units": _min_units(metric)}
+    return {
+        "name": name,
+        "type": metric["type"],
+        "rows": rows,
+        "units": _min_units(metric),
+        "threshold": None if threshold is None else fmt_diff(threshold, metric["type"]),
+    }
 
 
 def _comparison_row(
@@ -418,3 +503,495 @@ def _plan_view(
         "enrolled": fmt_count(units) if units is not None else None,
         "progress": fmt_pct(units / required, digits=0) if units is not None and required else None,
     }
+
+
+# ---- validity details (the RERUN brief leads with these) ---------------------------------------
+
+
+def _srm_diagnosis(gate: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The SRM breakdown (`gates.srm.diagnosis`) as rows; suspicious slices first by p-value."""
+    diagnosis = gate.get("diagnosis")
+    if not diagnosis:
+        return None
+    alpha = gate.get("alpha") or 0.001
+
+    def row(label: Any, entry: Mapping[str, Any]) -> dict[str, Any]:
+        p = entry.get("p_value")
+        counts = entry.get("counts") or {}
+        return {
+            "label": str(label),
+            "counts": ", ".join(f"{arm} {fmt_count(n)}" for arm, n in counts.items()),
+            "p_value": fmt_p(p),
+            "suspicious": p is not None and p < alpha,
+        }
+
+    by_property = {
+        str(name): sorted(
+            (row(s.get("value"), s) for s in slices),
+            key=lambda r: (not r["suspicious"], r["label"]),
+        )[:8]
+        for name, slices in (diagnosis.get("by_property") or {}).items()
+    }
+    return {
+        "by_day": [row(d.get("day"), d) for d in diagnosis.get("by_day") or []],
+        "by_property": by_property,
+        "multiple_exposure_rate": _maybe_pct(diagnosis.get("multiple_exposure_rate"), 2),
+        "repeat_exposure_rate": _maybe_pct(diagnosis.get("repeat_exposure_rate"), 1),
+    }
+
+
+def _assignment_view(gate: Mapping[str, Any]) -> dict[str, Any]:
+    early = gate.get("early_exposures") or None
+    return {
+        "method": gate.get("method"),
+        "units": fmt_count(gate.get("units")),
+        "mismatches": fmt_count(gate.get("mismatches")),
+        "rate": _maybe_pct(gate.get("rate"), 2),
+        "examples": list(gate.get("examples") or [])[:10],
+        "early": None
+        if early is None
+        else {
+            "event": early.get("event"),
+            "units": fmt_count(early.get("units")),
+            "early": fmt_count(early.get("early")),
+            "rate": _maybe_pct(early.get("rate"), 2),
+            "examples": list(early.get("examples") or [])[:10],
+        },
+    }
+
+
+def _maybe_pct(x: float | None, digits: int) -> str | None:
+    return None if x is None else fmt_pct(x, digits)
+
+
+# ---- progress, trajectory, changes ------------------------------------------------------------
+
+
+def _progress_view(progress: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """`progress` (enrolment against the plan); None when the run did not report it."""
+    if not progress:
+        return None
+    fraction = progress.get("fraction")
+    days_left = progress.get("days_left")
+    return {
+        "planned": fmt_count(progress.get("planned_per_arm")),
+        "enrolled": [
+            {"arm": arm, "units": fmt_count(n)}
+            for arm, n in (progress.get("enrolled_per_arm") or {}).items()
+        ],
+        "fraction": fmt_pct(fraction, 0),
+        # Bar widths in whole percent, capped: an over-enrolled arm must not break the layout.
+        "bar": max(0, min(100, round((fraction or 0) * 100))),
+        "mde_now": fmt_pp(progress.get("mde_now"), 1, signed=False),
+        "mde_planned": fmt_pp(progress.get("mde_planned"), 1, signed=False),
+        "per_day": fmt_num(progress.get("enrolment_per_day"), digits=0),
+        "days_left": "unknown (no enrolment yet)" if days_left is None else fmt_count(days_left),
+        "days_to_end": fmt_count(progress.get("days_to_end")),
+        "reached": fraction is not None and fraction >= 1,
+    }
+
+
+def _earlier_readouts(
+    results: Mapping[str, Any], archive_root: Path | None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(history, the previous readout's full results.json or None).
+
+    `history` from results.json wins (the results tables); without it, the archive's earlier
+    run directories stand in, so the trajectory also works without a SQL warehouse.
+    """
+    earlier = archived_results(archive_root, results) if archive_root else []
+    previous = earlier[-1] if earlier else None
+    history = results.get("history")
+    if history is None:
+        history = [_history_entry(r) for r in earlier]
+    return [h for h in history if str(h.get("run_date")) < str(results["run_date"])], previous
+
+
+def archived_results(archive_root: Path, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Earlier readouts' results.json of this experiment in the archive, oldest first."""
+    experiment = str(results["experiment"])
+    if not SAFE_SEGMENT.fullmatch(experiment):  # never let a key walk out of the archive
+        return []
+    found = []
+    for path in sorted((archive_root / experiment).glob("*/results.json")):
+        day = path.parent.name
+        if not RUN_DATE.fullmatch(day) or day >= str(results["run_date"]):
+            continue
+        try:
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            log.warning("skipping unreadable earlier readout %s: %s", path, error)
+    return found
+
+
+SAFE_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+RUN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _history_entry(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The `history` item shape (docs/results.md) of one archived results.json."""
+    first = _first_comparison(results)
+    return {
+        "run_date": results["run_date"],
+        "decision": results["decision"],
+        "status": results.get("status"),
+        "primary": None if first is None else {"absolute": first["absolute"], "ci": first["ci"]},
+    }
+
+
+def _first_comparison(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The primary metric's first treatment comparison by arm name (as the results tables)."""
+    name = _primary_name(results) if results.get("metrics") else None
+    if name is None:
+        return None
+    comparisons = results["metrics"][name].get("comparisons") or {}
+    return comparisons[min(comparisons)] if comparisons else None
+
+
+def _primary_kind(results: Mapping[str, Any]) -> str:
+    name = _primary_name(results) if results.get("metrics") else None
+    return results["metrics"][name]["type"] if name else "proportion"
+
+
+def _trajectory_view(
+    results: Mapping[str, Any], history: list[dict[str, Any]], rerun: bool
+) -> dict[str, Any] | None:
+    """The primary estimate at each readout (earlier ones, then this one); never on RERUN."""
+    if rerun:
+        return None
+    kind = _primary_kind(results)
+    points = [
+        {"run_date": str(h["run_date"]), "interim": h.get("status") != "final", **h["primary"]}
+        for h in history
+        if h.get("primary") and h["primary"].get("absolute") is not None
+    ]
+    current = _first_comparison(results)
+    if current is not None:
+        points.append(
+            {
+                "run_date": str(results["run_date"]),
+                "interim": results["status"] != "final",
+                "absolute": current["absolute"],
+                "ci": current.get("ci"),
+            }
+        )
+    arm = min(
+        results["metrics"].get(_primary_name(results) or "", {}).get("comparisons") or {"": 0}
+    )
+    rows = [
+        {
+            "run_date": p["run_date"],
+            "estimate": fmt_diff(p["absolute"], kind),
+            "interval": fmt_interval(p.get("ci"), kind),
+            "label": "interim" if p["interim"] else "final",
+        }
+        for p in points
+    ]
+    return {"points": points, "rows": rows, "kind": kind, "arm": arm, "end": results["end"]}
+
+
+def _snapshot(results: Mapping[str, Any]) -> dict[str, Any]:
+    """What `changes` compares, from a full results.json."""
+    # A RERUN shows no effect estimates, whatever its metrics say.
+    analysed = results.get("metrics") and results["decision"] != "RERUN"
+    name = _primary_name(results) if analysed else None
+    comparisons = results["metrics"][name].get("comparisons", {}) if name else {}
+    return {
+        "run_date": str(results["run_date"]),
+        "decision": results["decision"],
+        "gates": set(_gate_failures(results)),
+        "primary": {arm: c for arm, c in comparisons.items()},
+        "checks": {_check_key(c) for c in results.get("checks", []) if c.get("passed") is False},
+        "kind": _primary_kind(results),
+    }
+
+
+def _history_snapshot(entry: Mapping[str, Any], arm: str | None) -> dict[str, Any]:
+    """A thinner snapshot from a `history` item: one comparison, no gate or check names."""
+    primary = entry.get("primary")
+    return {
+        "run_date": str(entry["run_date"]),
+        "decision": entry["decision"],
+        "gates": None,
+        "primary": {arm: primary} if primary and arm else {},
+        "checks": None,
+    }
+
+
+def _check_key(check: Mapping[str, Any]) -> str:
+    arm = check.get("arm")
+    return f"{check['name']} ({arm})" if arm else str(check["name"])
+
+
+def _changes_view(
+    results: Mapping[str, Any],
+    history: list[dict[str, Any]],
+    previous: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """`changes` when the run reported it; else computed from the previous readout."""
+    given = results.get("changes")
+    if given is not None:
+        against = history[-1]["run_date"] if history else None
+        return {
+            "items": [_change(c.get("kind"), c.get("detail")) for c in given],
+            "against": against,
+        }
+    current = _snapshot(results)
+    if previous is not None and (
+        not history or str(previous["run_date"]) >= str(history[-1]["run_date"])
+    ):
+        before = _snapshot(previous)
+    elif history:
+        first = min(current["primary"]) if current["primary"] else None
+        before = _history_snapshot(history[-1], first)
+    else:
+        return {"items": [], "against": None}
+    return {"items": compare_readouts(before, current), "against": before["run_date"]}
+
+
+def _change(kind: Any, detail: Any) -> dict[str, str]:
+    return {"kind": str(kind or "change"), "detail": str(detail or "")}
+
+
+def compare_readouts(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Newly (in)significant effects, sign flips, gates and checks that started failing."""
+    changes = []
+    if before["decision"] != now["decision"]:
+        changes.append(
+            _change(
+                "decision changed",
+                f"{before['decision']} on {before['run_date']}, now {now['decision']}",
+            )
+        )
+    changes += _gate_changes(before, now)
+    kind = now.get("kind", "proportion")
+    for arm, cur in now["primary"].items():
+        old = before["primary"].get(arm)
+        if not old or cur.get("ci") is None or old.get("ci") is None:
+            continue
+        was, is_ = _excludes_zero(old["ci"]), _excludes_zero(cur["ci"])
+        moved = f"{arm}: {_effect_text(old, kind)} then, {_effect_text(cur, kind)} now"
+        if is_ and not was:
+            changes.append(_change("newly significant", moved))
+        elif was and not is_:
+            changes.append(_change("no longer significant", moved))
+        if old["absolute"] * cur["absolute"] < 0:
+            changes.append(_change("sign flip", moved))
+    if before["checks"] is not None and now["checks"] is not None:
+        gate_checks = {"traffic_integrity"}
+        for name in sorted(now["checks"] - before["checks"] - gate_checks):
+            changes.append(_change("check started failing", name))
+    return changes
+
+
+def _gate_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[dict[str, str]]:
+    if before["gates"] is None:  # only the decision is known: RERUN means some gate failed
+        if now["gates"] and before["decision"] != "RERUN":
+            return [
+                _change("gate started failing", GATE_TITLES.get(g, g)) for g in sorted(now["gates"])
+            ]
+        if not now["gates"] and before["decision"] == "RERUN":
+            return [_change("gates pass again", "every validity gate passed this time")]
+        return []
+    started = [
+        _change("gate started failing", GATE_TITLES.get(g, g))
+        for g in sorted(now["gates"] - before["gates"])
+    ]
+    fixed = [
+        _change("gate passes again", GATE_TITLES.get(g, g))
+        for g in sorted(before["gates"] - now["gates"])
+    ]
+    return started + fixed
+
+
+def _effect_text(comparison: Mapping[str, Any], kind: str) -> str:
+    return f"{fmt_diff(comparison['absolute'], kind)} {fmt_interval(comparison['ci'], kind)}"
+
+
+def _excludes_zero(ci: Iterable[float]) -> bool:
+    low, high = ci
+    return low > 0 or high < 0
+
+
+# ---- other engineers' extension keys (shown when present) -------------------------------------
+
+
+def _extras_view(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One line each for corrections, CUPED, sequential looks and novelty, when reported."""
+    lines: list[dict[str, str]] = []
+    name = _primary_name(results)
+    comparisons = results["metrics"][name]["comparisons"] if name else {}
+    for arm, c in comparisons.items():
+        if c.get("p_value_adjusted") is not None:
+            method = c.get("correction") or "corrected"
+            text = f"{fmt_p(c['p_value_adjusted'])} ({method}; raw {fmt_p(c.get('p_value'))})"
+            lines.append({"label": f"Adjusted p-value ({arm})", "text": text})
+        if cuped := c.get("cuped"):
+            reduced = _maybe_pct(cuped.get("variance_reduction"), 0) or MISSING
+            text = f"covariate {cuped.get('covariate')}, variance reduced by {reduced}"
+            lines.append({"label": f"CUPED ({arm})", "text": text})
+        if seq := c.get("sequential"):
+            crossed = "crossed" if seq.get("crossed") else "not crossed"
+            text = (
+                f"{seq.get('method')}: look {seq.get('look')} of {seq.get('planned_looks')}, "
+                f"boundary {fmt_p(seq.get('boundary'))}, {crossed}"
+            )
+            lines.append({"label": f"Sequential ({arm})", "text": text})
+    novelty = results.get("novelty") or {}
+    if trend := novelty.get("trend") or {}:
+        flag = (
+            "flagged: the effect fades in later cohorts"
+            if novelty.get("flagged")
+            else "not flagged"
+        )
+        slope = fmt_num(trend.get("slope"), signed=True, digits=4)
+        p_value = fmt_p(trend.get("p_value"))
+        text = f"effect change per later exposure day {slope} (p = {p_value}), {flag}"
+        lines.append({"label": "Novelty", "text": text})
+    return lines
+
+
+# ---- charts -----------------------------------------------------------------------------------
+
+
+def ship_threshold(results: Mapping[str, Any]) -> float | None:
+    """The shipping threshold as a signed difference (min_lift in the intended direction)."""
+    sign = -1.0 if results["hypothesis"].get("direction") == "decrease" else 1.0
+    for check in results.get("checks", []):
+        if check.get("budget_kind") == "min_lift" and check.get("budget"):
+            return sign * float(check["budget"])
+        # Older readouts recorded the threshold as the lift check's bound.
+        if check["name"] == "observed_lift_threshold" and check.get("bound"):
+            return sign * abs(float(check["bound"]))
+    return None
+
+
+def interval_reading(ci: Iterable[float] | None, threshold: float | None, kind: str) -> str:
+    """What the chart shows, in words (the text part and screen readers get it too)."""
+    if not ci:
+        return "no interval was computed"
+    low, high = ci
+    where = "above zero" if low > 0 else "below zero" if high < 0 else "includes zero"
+    text = f"the interval {'lies ' if where != 'includes zero' else ''}{where}"
+    if threshold is not None:
+        label = fmt_diff(threshold, kind)
+        up = threshold > 0
+        clears = (low >= threshold) if up else (high <= threshold)
+        misses = (high < threshold) if up else (low > threshold)
+        state = "clears" if clears else "falls short of" if misses else "straddles"
+        text += f" and {state} the shipping threshold {label}"
+    return text
+
+
+def build_charts(results: Mapping[str, Any], view: Mapping[str, Any]) -> list[Chart]:
+    """The effects chart (primary and guardrails) and the trajectory chart, when there is data."""
+    from ab_pipeline.charts import TrajectoryPoint, forest_chart, trajectory_chart
+
+    charts = []
+    panels = _effect_panels(results) if view["primary"] else []
+    if panels:
+        alt = "; ".join(f"{p.title}: {', '.join(_row_text(p, r) for r in p.rows)}" for p in panels)
+        charts.append(forest_chart("effects", panels, "Intervals against zero: " + alt))
+    trajectory = view["trajectory"]
+    if trajectory and len(trajectory["points"]) >= 2:
+        kind = trajectory["kind"]
+        points = [
+            TrajectoryPoint(p["run_date"], p["absolute"], *_ci_pair(p.get("ci")), p["interim"])
+            for p in trajectory["points"]
+        ]
+        alt = "Estimate by readout: " + "; ".join(
+            f"{r['run_date']} {r['estimate']} {r['interval']} ({r['label']})"
+            for r in trajectory["rows"]
+        )
+        charts.append(
+            trajectory_chart(
+                "trajectory", points, _threshold_lines(results, kind), _tick(kind), alt
+            )
+        )
+    return charts
+
+
+def _ci_pair(ci: Iterable[float] | None) -> tuple[float | None, float | None]:
+    low, high = ci if ci else (None, None)
+    return low, high
+
+
+def _row_text(panel: Panel, row: Any) -> str:
+    show = panel.formatter
+    return f"{row.label} {show(row.estimate)} [{show(row.low)}, {show(row.high)}]"
+
+
+def _tick(kind: str) -> Callable[[float], str]:
+    return (
+        partial(fmt_diff, kind=kind, digits=1)
+        if kind == "proportion"
+        else partial(fmt_num, signed=True)
+    )
+
+
+def _threshold_lines(results: Mapping[str, Any], kind: str) -> list[tuple[float, str]]:
+    threshold = ship_threshold(results)
+    return [] if threshold is None else [(threshold, f"ship threshold {fmt_diff(threshold, kind)}")]
+
+
+def _effect_panels(results: Mapping[str, Any]) -> list[Panel]:
+    from ab_pipeline.charts import Panel
+
+    control = results["control"]
+    metrics = results["metrics"]
+    name = _primary_name(results)
+    panels = []
+    if name:
+        kind = metrics[name]["type"]
+        rows = _interval_rows(metrics[name], control)
+        if rows:
+            panels.append(
+                Panel(f"{name} (primary)", rows, _threshold_lines(results, kind), _tick(kind))
+            )
+    for metric, checks in _guardrail_checks(results).items():
+        entry = metrics.get(metric)
+        if not entry:
+            continue
+        kind = entry["type"]
+        rows = _interval_rows(entry, control)
+        lines = [line for c in checks if (line := _budget_line(c, entry, control, kind))]
+        if rows:
+            panels.append(Panel(f"{metric} (guardrail)", rows, lines, _tick(kind)))
+    return panels
+
+
+def _interval_rows(metric: Mapping[str, Any], control: str) -> list[Any]:
+    from ab_pipeline.charts import IntervalRow
+
+    return [
+        IntervalRow(f"{arm} vs {control}", c["absolute"], c["ci"][0], c["ci"][1])
+        for arm, c in metric.get("comparisons", {}).items()
+        if c.get("ci") and c.get("absolute") is not None
+    ]
+
+
+def _guardrail_checks(results: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for check in results.get("checks", []):
+        if check["name"].startswith("guardrail:"):
+            metric = check.get("metric") or check["name"].split(":", 1)[1]
+            grouped.setdefault(metric, []).append(check)
+    return grouped
+
+
+def _budget_line(
+    check: Mapping[str, Any], metric: Mapping[str, Any], control: str, kind: str
+) -> tuple[float, str] | None:
+    """A guardrail's budget as a difference in the metric's unit (relative ones scaled)."""
+    budget, budget_kind = check.get("budget"), check.get("budget_kind") or ""
+    if budget is None or not budget_kind:
+        return None
+    value = float(budget)
+    if "relative" in budget_kind:
+        base = metric.get("arms", {}).get(control, {}).get("value")
+        if base is None:
+            return None
+        value *= float(base)
+    if "decrease" in budget_kind:
+        value = -value
+    return value, f"budget {fmt_diff(value, kind)}"

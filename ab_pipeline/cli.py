@@ -27,7 +27,10 @@ EXIT_INVALID, EXIT_BROKEN = 2, 1
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ab_pipeline.config import load_config
+    from ab_pipeline.lint import lint_config
+    from ab_pipeline.warehouse import Warehouse
 
+    warehouse = Warehouse(args.warehouse) if args.warehouse else None
     failed = 0
     for path in args.files:
         try:
@@ -37,8 +40,69 @@ def cmd_validate(args: argparse.Namespace) -> int:
             for problem in error.problems:
                 print(f"{path}: {problem.field}: {problem.reason}")
             continue
+        # Checklist warnings: printed, not failing, unless --strict (CI).
+        warnings = lint_config(config, warehouse)
+        label = "error" if args.strict else "warning"
+        for warning in warnings:
+            print(f"{path}: {warning.field}: {label}: {warning.reason}")
+        if warnings and args.strict:
+            failed += 1
+            continue
         print(f"{path}: ok ({config.key}, DAG {config.dag_id})")
     return EXIT_INVALID if failed else 0
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    """Print `unit_id<TAB>arm` for each unit, by the config's deterministic assignment."""
+    from ab_pipeline.assignment import assign_many
+    from ab_pipeline.config import load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID
+    for unit_id, arm in zip(
+        args.units, assign_many(config.key, config.version, args.units, config.arms), strict=True
+    ):
+        print(f"{unit_id}\t{arm}")
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    """Record the owner's decision against the experiment's latest final brief."""
+    from ab_pipeline import decision_records as records
+    from ab_pipeline.warehouse import Warehouse
+
+    briefs = Path(args.out)
+    results = records.latest_final_results(briefs, args.experiment)
+    if results is None:
+        print(
+            f"decide: no final brief for {args.experiment} under {briefs}; run the final "
+            "readout (ab-pipeline run CONFIG --date END) first",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    warehouse = Warehouse(args.warehouse)
+    try:
+        record = records.record_decision(
+            warehouse, args.experiment, args.decision, args.by, args.note, args.follow_up, results
+        )
+    except ValueError as error:
+        print(f"decide: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    run_dir = briefs / args.experiment / record.run_date
+    records.annotate_archive(run_dir, records.load_decisions(warehouse, args.experiment))
+    verdict = (
+        f"DISAGREES with the pipeline's {record.pipeline_decision}"
+        if record.disagrees
+        else f"agrees with the pipeline's {record.pipeline_decision}"
+    )
+    print(
+        f"{args.experiment} {record.run_date}: {record.decision} by {record.by} "
+        f"(follow-up {record.follow_up}); {verdict}"
+    )
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -188,7 +252,28 @@ def parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="validate experiment configs")
     validate.add_argument("files", nargs="+", help="YAML config files")
+    validate.add_argument(
+        "--strict", action="store_true", help="checklist warnings are errors (exit 2), for CI"
+    )
+    validate.add_argument(
+        "--warehouse", help="SQLAlchemy URL: check the plan against the observed enrolment rate"
+    )
     validate.set_defaults(func=cmd_validate)
+
+    assign = sub.add_parser("assign", help="print the arm of each unit (deterministic hash)")
+    assign.add_argument("config", help="experiment YAML")
+    assign.add_argument("units", nargs="+", metavar="UNIT_ID")
+    assign.set_defaults(func=cmd_assign)
+
+    decide = sub.add_parser("decide", help="record the owner's decision after a final brief")
+    decide.add_argument("experiment", help="experiment key")
+    decide.add_argument("--decision", required=True, choices=["ship", "iterate", "stop", "rerun"])
+    decide.add_argument("--by", required=True, help="who decided")
+    decide.add_argument("--note", required=True, help="why")
+    decide.add_argument("--follow-up", type=_date, required=True, help="YYYY-MM-DD")
+    decide.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="SQLAlchemy URL")
+    decide.add_argument("--out", default=str(VAR / "briefs"), help="briefs directory")
+    decide.set_defaults(func=cmd_decide)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema (for editors)")
     schema.add_argument("-o", "--output", help="write to this file instead of stdout")

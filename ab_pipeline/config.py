@@ -83,6 +83,9 @@ class Source(_Strict):
     conn_id: str = "ab_warehouse"
     exposures: str = "exposures"
     events: str = "events"
+    # Where the run's scratch (units) table goes; default: the exposures table's schema, so a
+    # schema-qualified source stays self-contained.
+    work_schema: str | None = None
 
     @field_validator("exposures", "events")
     @classmethod
@@ -91,6 +94,18 @@ class Source(_Strict):
         if not all(_IDENT.match(part) for part in value.split(".")) or value.count(".") > 1:
             raise ValueError(f"{value!r} is not a table name ([schema.]identifier)")
         return value
+
+    @field_validator("work_schema")
+    @classmethod
+    def _schema_name(cls, value: str | None) -> str | None:
+        if value is not None and not _IDENT.match(value):
+            raise ValueError(f"{value!r} is not a schema name (identifier)")
+        return value
+
+    @property
+    def units_schema(self) -> str | None:
+        schema, _, _ = self.exposures.rpartition(".")
+        return self.work_schema or schema or None
 
 
 class Audience(_Strict):
@@ -103,11 +118,51 @@ class Unless(_Strict):
     within: Duration
 
 
+def _signed_offset(text: Any) -> timedelta:
+    """`0`, `-1d`, `+2h`: an offset from the unit's first exposure (sign allowed)."""
+    if isinstance(text, timedelta):
+        return text
+    raw = str(text).strip()
+    if raw in ("0", "0s", "0m", "0h", "0d"):
+        return timedelta(0)
+    sign = -1 if raw.startswith("-") else 1
+    return sign * parse_duration(raw.lstrip("+-"))
+
+
+class Cuped(_Strict):
+    """CUPED covariate: a metric counted over [exposure - lookback, exposure + until).
+
+    `until` defaults to 0 (the window ends at the first exposure); a positive `until` would let
+    the treatment move the covariate and bias the estimate, so it is a config error.
+    """
+
+    covariate: str = "same"
+    lookback: Duration
+    until: Annotated[
+        timedelta,
+        BeforeValidator(_signed_offset),
+        Field(json_schema_extra={"type": "string"}),
+        PlainSerializer(lambda v: "0" if not v else ("-" + format_duration(-v)), return_type=str),
+    ] = timedelta(0)
+
+    @model_validator(mode="after")
+    def _pre_exposure(self) -> Cuped:
+        if self.until > timedelta(0):
+            raise ValueError(
+                "the covariate window reaches past the first exposure (until > 0): a CUPED "
+                "covariate must be measured before exposure"
+            )
+        if -self.until >= self.lookback:
+            raise ValueError("the covariate window is empty: lookback must exceed -until")
+        return self
+
+
 class _MetricBase(_Strict):
     event: str | None = None
     sql: str | None = None
     window: Duration | None = None
     description: str | None = None
+    cuped: Cuped | None = None
 
     @model_validator(mode="after")
     def _event_or_sql(self) -> _MetricBase:
@@ -115,6 +170,8 @@ class _MetricBase(_Strict):
             raise ValueError("give exactly one of `event` or `sql`")
         if self.sql is not None and self.window is not None:
             raise ValueError("`window` applies to `event` metrics; a `sql` metric defines its own")
+        if self.sql is not None and self.cuped is not None and self.cuped.covariate == "same":
+            raise ValueError("`cuped.covariate: same` needs an `event` metric")
         return self
 
 
@@ -148,7 +205,26 @@ class QuantileMetric(_Strict):
     description: str | None = None
 
 
-Metric = Annotated[ProportionMetric | MeanMetric | QuantileMetric, Field(discriminator="type")]
+class RatioPart(_Strict):
+    """One side of a ratio: per-unit sum (or count) of an event's `value` in the window."""
+
+    event: str = Field(min_length=1)
+    aggregate: Literal["sum", "count"] = "count"
+
+
+class RatioMetric(_Strict):
+    """sum over units of numerator / sum over units of denominator (e.g. clicks per session)."""
+
+    type: Literal["ratio"]
+    numerator: RatioPart
+    denominator: RatioPart
+    window: Duration | None = None
+    description: str | None = None
+
+
+Metric = Annotated[
+    ProportionMetric | MeanMetric | QuantileMetric | RatioMetric, Field(discriminator="type")
+]
 
 
 class Guardrail(_Strict):
@@ -158,7 +234,8 @@ class Guardrail(_Strict):
     max_decrease: float | None = Field(default=None, ge=0)
     max_relative_increase: float | None = Field(default=None, ge=0)
     max_relative_decrease: float | None = Field(default=None, ge=0)
-    evidence: Literal["point", "interval"] = "point"
+    # Non-inferiority by default: the one-sided bound on harm must sit inside the budget.
+    evidence: Literal["point", "interval"] = "interval"
 
     @model_validator(mode="after")
     def _one_budget(self) -> Guardrail:
@@ -202,12 +279,39 @@ class Plan(_Strict):
     mde: float = Field(gt=0, lt=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     power: float = Field(default=0.8, gt=0, lt=1)
+    # Stated enrolment (units per day, all arms): lets the linter check the plan is reachable
+    # before any data exists.
+    expected_units_per_day: float | None = Field(default=None, gt=0)
+
+
+class AssignmentCheck(_Strict):
+    """What the assignment gate checks besides the hash (ab_pipeline/gates/assignment.py)."""
+
+    # The event that shows the unit could see the variant (e.g. the page the change is on): an
+    # exposure logged before the unit's first such event was logged too early.
+    first_event: str | None = Field(default=None, min_length=1)
+    # Fail the gate when more than this share of units was exposed early; None: report only.
+    max_early_rate: float | None = Field(default=None, ge=0, le=1)
 
 
 class DecisionRule(_Strict):
     min_lift: float = Field(default=0.0, ge=0)
     srm_alpha: float = Field(default=0.001, gt=0, lt=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
+class Analysis(_Strict):
+    """Pre-declared analysis settings (docs/statistics.md).
+
+    correction: across the primary comparisons of several treatment arms (guardrails do not
+    spend the primary's alpha). sequential: `none` makes every interim readout CONTINUE;
+    `obrien_fleming` allows an interim SHIP/STOP when the Lan-DeMets O'Brien-Fleming-type
+    boundary is crossed at one of `looks` equally spaced looks (default: one per day).
+    """
+
+    correction: Literal["holm", "bh", "none"] = "holm"
+    sequential: Literal["none", "obrien_fleming"] = "none"
+    looks: int | None = Field(default=None, ge=1, le=400)
 
 
 class ExperimentConfig(_Strict):
@@ -231,7 +335,12 @@ class ExperimentConfig(_Strict):
     guardrails: dict[str, Guardrail] = {}
     plan: Plan | None = None
     decision: DecisionRule = DecisionRule()
+    analysis: Analysis = Analysis()
     risks: list[str] = []
+    # `hash`: arms come from ab_pipeline.assignment (the gate recomputes them); `external`: another
+    # system assigns, nothing to recompute.
+    assignment: Literal["hash", "external"] = "external"
+    assignment_check: AssignmentCheck | None = None
 
     @field_validator("key")
     @classmethod
@@ -294,7 +403,7 @@ class ExperimentConfig(_Strict):
         if self.primary not in self.metrics:
             problems.append(f"primary {self.primary!r} is not a defined metric")
         elif isinstance(self.metrics[self.primary], QuantileMetric):
-            problems.append("the primary metric must be a proportion or a mean")
+            problems.append("the primary metric must be a proportion, a mean or a ratio")
         if self.hypothesis.metric != self.primary:
             problems.append(
                 f"hypothesis.metric {self.hypothesis.metric!r} is not the primary {self.primary!r}"
@@ -304,9 +413,29 @@ class ExperimentConfig(_Strict):
                 problems.append(f"guardrail {name!r} is not a defined metric")
             elif name == self.primary:
                 problems.append(f"guardrail {name!r} is the primary metric")
+        problems += self._cuped_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _cuped_problems(self) -> list[str]:
+        problems = []
+        for name, metric in self.metrics.items():
+            cuped = getattr(metric, "cuped", None)
+            if cuped is None or cuped.covariate == "same":
+                continue
+            other = self.metrics.get(cuped.covariate)
+            if not isinstance(other, ProportionMetric | MeanMetric) or other.event is None:
+                problems.append(
+                    f"metric {name!r}: cuped.covariate {cuped.covariate!r} is not an event "
+                    "proportion or mean metric"
+                )
+        return problems
+
+    @property
+    def planned_looks(self) -> int:
+        """Looks the sequential rule plans for: `analysis.looks`, else one per day."""
+        return self.analysis.looks or max((self.end - self.start).days, 1)
 
     @property
     def dag_id(self) -> str:
@@ -321,7 +450,7 @@ def _problems_from(error: ValidationError) -> list[ConfigProblem]:
     problems = []
     for item in error.errors():
         # Drop the union tag pydantic inserts for discriminated metrics (metrics.x.proportion.y).
-        loc = [str(p) for p in item["loc"] if p not in ("proportion", "mean", "quantile")]
+        loc = [str(p) for p in item["loc"] if p not in ("proportion", "mean", "quantile", "ratio")]
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see the JSON Schema)"
@@ -338,11 +467,16 @@ def parse_config(data: Any, path: str = "<config>") -> ExperimentConfig:
         raise ConfigError(path, _problems_from(error)) from None
 
 
+# libyaml's safe loader parses ~8x faster than the pure-Python one: the dag-processor loads
+# every config on every parse. Same safety (no arbitrary objects); pure Python if absent.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate one YAML config. Raises ConfigError naming the file and fields."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except OSError as error:
         raise ConfigError(str(path), [ConfigProblem("(file)", str(error))]) from None
     except yaml.YAMLError as error:

@@ -16,6 +16,7 @@ from airflow.sdk import DAG, Param, TriggerRule, task
 
 from ab_pipeline.config import ExperimentConfig, load_config
 from ab_pipeline.errors import ConfigError
+from ab_pipeline.notify import OwnerFailureNotifier
 
 SMTP_CONN_ID = "smtp_default"
 
@@ -91,6 +92,10 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
             )
         },
         default_args={"owner": config.owner, "retries": 0},
+        # The owner hears about any failed run (a RERUN brief reaches the recipients anyway).
+        on_failure_callback=OwnerFailureNotifier(
+            config.key, config.owner, config.title, SMTP_CONN_ID
+        ),
         doc_md=f"**{config.title}**\n\nHypothesis: {config.hypothesis.change}\n\n"
         f"Config: `{config_path.name}` (version {config.version})",
     ) as dag:
@@ -131,9 +136,21 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
 
         @task(retries=2, retry_delay=timedelta(seconds=5))
         def send_email() -> dict[str, Any]:
+            from airflow.sdk import get_current_context
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from ab_pipeline.backfill import BACKFILL, latest_data_date, should_email
             from ab_pipeline.pipeline import stage_deliver
 
-            return stage_deliver(_context_for(path, conn_id), SMTP_CONN_ID)
+            ctx = _context_for(path, conn_id)
+            # A backfill emails only for the latest date with data (see ab_pipeline.backfill).
+            kind = get_current_context()["dag_run"].run_type
+            run_type = str(getattr(kind, "value", kind))  # an enum: "backfill", "manual", ...
+            latest = latest_data_date(ctx.warehouse, ctx.config) if run_type == BACKFILL else None
+            send, why = should_email(run_type, ctx.run_date, latest)
+            if not send:
+                raise AirflowSkipException(why)
+            return stage_deliver(ctx, SMTP_CONN_ID)
 
         # With the brief on ALL_DONE the leaf would succeed after a failed gate; this task fails
         # the run whenever anything upstream failed, so on-call sees it.
@@ -144,7 +161,7 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
             raise AirflowFailException("an upstream task failed (see the brief for gate failures)")
 
         table: Any = extract()  # an XComArg: resolved to the table name when tasks run
-        gates = [gate_task(g)(table) for g in ("data_quality", "srm", "receipt")]
+        gates = [gate_task(g)(table) for g in ("data_quality", "srm", "receipt", "assignment")]
         valid = validity()
         gates >> valid
         analysed = analyse(table)

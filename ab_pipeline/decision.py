@@ -13,7 +13,7 @@ from typing import Any
 
 from ab_pipeline.config import ExperimentConfig, Guardrail
 
-GATE_NAMES = ("data_quality", "srm", "receipt")
+GATE_NAMES = ("data_quality", "srm", "receipt", "assignment")
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,14 @@ def primary_checks(config: ExperimentConfig, metric: dict[str, Any], arm: str) -
     interval = f"95% CI {fmt(low, kind)} to {fmt(high, kind)}"
     name = config.primary
     min_lift = config.decision.min_lift
+    proven, evidence = _significance(config, comparison, worst > 0)
     return [
         Check(
             "positive_lift_interval",
-            worst > 0,
+            proven,
             f"{name} {arm}: {fmt(comparison['absolute'], kind)} ({interval}) "
-            + ("excludes zero in the intended direction" if worst > 0 else "includes zero or harm"),
+            + ("excludes zero in the intended direction" if worst > 0 else "includes zero or harm")
+            + evidence,
             metric=name,
             arm=arm,
             observed=comparison["absolute"],
@@ -133,6 +135,38 @@ def primary_checks(config: ExperimentConfig, metric: dict[str, Any], arm: str) -
             observed=comparison["absolute"],
         ),
     ]
+
+
+def _significance(
+    config: ExperimentConfig, comparison: dict[str, Any], interval_ok: bool
+) -> tuple[bool, str]:
+    """Is the primary effect proven, given the multiple-testing and sequential settings?
+
+    One treatment arm, fixed horizon: the interval excluding zero is the test. Several arms:
+    the Holm/BH-adjusted p-value must also be below alpha. A declared sequential rule: the
+    z statistic must also cross this look's boundary in the intended direction.
+    """
+    proven, notes = interval_ok, []
+    correction = comparison.get("correction")
+    if correction and correction["family"] > 1 and correction["method"] != "none":
+        adjusted = comparison["p_value_adjusted"]
+        proven = proven and adjusted < config.decision.alpha
+        notes.append(
+            f"p = {comparison['p_value']:.3g} raw, {adjusted:.3g} {correction['method']}-adjusted "
+            f"across {correction['family']} arms"
+        )
+    sequential = comparison.get("sequential")
+    if sequential:
+        sign = 1.0 if config.hypothesis.direction == "increase" else -1.0
+        boundary = sequential["boundary"]
+        crossed = boundary is not None and sign * sequential["z"] >= boundary
+        proven = proven and crossed
+        shown = "none yet" if boundary is None else f"{boundary:.3f}"
+        notes.append(
+            f"look {sequential['look']}/{sequential['planned_looks']}: z = {sequential['z']:.2f} "
+            f"vs O'Brien-Fleming boundary {shown}"
+        )
+    return proven, "".join(f"; {n}" for n in notes)
 
 
 def _one_sided_bound(
@@ -212,6 +246,9 @@ def decide(
         return Decision("RERUN", _rerun_reason(gates), status, (integrity,))
     per_arm = {arm: _arm_checks(config, metrics, arm) for arm in config.treatments}
     checks = (integrity,) + tuple(c for arm_checks in per_arm.values() for c in arm_checks)
+    early = _sequential_early_decision(config, per_arm, metrics, status, checks)
+    if early is not None:
+        return early
     if status == "interim":
         return Decision(
             "CONTINUE",
@@ -239,6 +276,49 @@ def decide(
     return Decision(
         "ITERATE",
         "Valid and safe, but the primary effect is not proven or is below min_lift.",
+        status,
+        checks,
+    )
+
+
+def _sequential_early_decision(
+    config: ExperimentConfig,
+    per_arm: dict[str, list[Check]],
+    metrics: dict[str, dict[str, Any]],
+    status: str,
+    checks: tuple[Check, ...],
+) -> Decision | None:
+    """An interim SHIP/STOP, only under a pre-declared sequential rule whose boundary is crossed.
+
+    SHIP: some arm passes every launch check (its primary crossed the boundary in the intended
+    direction, guardrails proven within budget). STOP: some arm's primary crossed the boundary
+    on the harmful side. Anything else stays CONTINUE.
+    """
+    if status != "interim" or config.analysis.sequential == "none":
+        return None
+    sign = 1.0 if config.hypothesis.direction == "increase" else -1.0
+    comparisons = metrics.get(config.primary, {}).get("comparisons", {})
+    for arm, comparison in comparisons.items():
+        sequential = comparison.get("sequential") or {}
+        boundary = sequential.get("boundary")
+        if boundary is not None and -sign * sequential["z"] >= boundary:
+            return Decision(
+                "STOP",
+                f"{arm}: {config.primary} crossed the sequential boundary on the harmful side at "
+                f"look {sequential['look']} of {sequential['planned_looks']} (z = "
+                f"{sequential['z']:.2f}, boundary {boundary:.2f}); roll back.",
+                status,
+                checks,
+            )
+    winners = [arm for arm, cs in per_arm.items() if all(c.passed for c in cs)]
+    if not winners:
+        return None
+    arm = max(winners, key=lambda a: _primary_estimate(metrics, config, a))
+    look = comparisons[arm]["sequential"]
+    return Decision(
+        "SHIP",
+        f"Early stop at interim look {look['look']} of {look['planned_looks']} under the "
+        f"pre-declared O'Brien-Fleming-type rule: " + _ship_reason(config, metrics, arm),
         status,
         checks,
     )

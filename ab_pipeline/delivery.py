@@ -42,7 +42,11 @@ def default_sender() -> str:
 
 
 def build_message(results: dict[str, Any], brief: RenderedBrief, sender: str) -> EmailMessage:
-    """A multipart/alternative email: the text brief first, the HTML brief as the preferred part."""
+    """A multipart/alternative email: the text brief first, the HTML brief as the preferred part.
+
+    With charts, the HTML part becomes multipart/related: the HTML plus one inline image/png
+    per chart, referenced from the HTML as `cid:` (mail clients block data: URIs).
+    """
     recipients = list(results["recipients"])
     if not recipients:
         raise ValueError(f"experiment {results['experiment']!r} has no recipients")
@@ -57,7 +61,20 @@ def build_message(results: dict[str, Any], brief: RenderedBrief, sender: str) ->
     message["X-AB-Decision"] = str(results["decision"])
     # Quoted-printable keeps every line short and 7-bit, whatever relay sits in between.
     message.set_content(brief.text, cte="quoted-printable")
-    message.add_alternative(brief.html, subtype="html", cte="quoted-printable")
+    message.add_alternative(brief.email_html or brief.html, subtype="html", cte="quoted-printable")
+    if brief.images and brief.email_html:
+        # The HTML alternative just added is the last part; it becomes multipart/related.
+        *_, html_part = message.iter_parts()
+        assert isinstance(html_part, EmailMessage)
+        for chart in brief.images:
+            html_part.add_related(
+                chart.png,
+                maintype="image",
+                subtype="png",
+                cid=f"<{chart.cid}>",
+                disposition="inline",
+                filename=f"{chart.name}.png",
+            )
     return message
 
 
@@ -83,6 +100,14 @@ def deliver(
     return DeliveryOutcome(sent=True, eml_path=eml_path, detail=detail)
 
 
+def send_message(message: EmailMessage, smtp_conn_id: str = "smtp_default") -> bool:
+    """Send with retries; False when no connection is configured (nothing to send through)."""
+    if not _connection_configured(smtp_conn_id):
+        return False
+    _send_with_retries(message, smtp_conn_id, None)
+    return True
+
+
 def write_eml(message: EmailMessage, out_dir: Path) -> Path:
     """Write the message atomically: a crash mid-write never leaves half an .eml behind."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +129,9 @@ def _connection_configured(conn_id: str) -> bool:
     return True
 
 
-def _send_with_retries(message: EmailMessage, conn_id: str, eml_path: Path) -> dict[str, Any]:
+def _send_with_retries(
+    message: EmailMessage, conn_id: str, eml_path: Path | None
+) -> dict[str, Any]:
     attempt = 0
     while True:
         attempt += 1
@@ -114,7 +141,7 @@ def _send_with_retries(message: EmailMessage, conn_id: str, eml_path: Path) -> d
             if attempt > len(RETRY_DELAYS_SECONDS) or not _is_transient(error):
                 raise PipelineError(
                     f"could not email the brief via {conn_id!r} after {attempt} attempt(s): "
-                    f"{error!r}; the message is saved at {eml_path}",
+                    f"{error!r}" + (f"; the message is saved at {eml_path}" if eml_path else ""),
                     experiment=message.get("X-AB-Experiment"),
                 ) from error
             delay = RETRY_DELAYS_SECONDS[attempt - 1]

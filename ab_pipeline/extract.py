@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from ab_pipeline.config import ExperimentConfig, MeanMetric, ProportionMetric, QuantileMetric
+from ab_pipeline.config import (
+    ExperimentConfig,
+    MeanMetric,
+    ProportionMetric,
+    QuantileMetric,
+    RatioMetric,
+)
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 
@@ -46,17 +52,29 @@ class RunWindow:
 
 
 def units_table_name(config: ExperimentConfig, run_date: date) -> str:
-    """`ab_units__<key>__<yyyymmdd>`, shortened with a hash to fit PostgreSQL's 63 characters."""
+    """`[schema.]ab_units__<key>__<yyyymmdd>`, shortened with a hash to fit PostgreSQL's 63
+    characters; the schema is `source.work_schema`, else the exposures table's schema."""
     stem = f"ab_units__{config.key.replace('-', '_')}"
     suffix = f"__{run_date:%Y%m%d}"
     if len(stem) + len(suffix) > 63:
         digest = hashlib.sha256(config.key.encode()).hexdigest()[:8]
         stem = f"{stem[: 63 - len(suffix) - 9]}_{digest}"
-    return stem + suffix
+    schema = config.source.units_schema
+    return f"{schema}.{stem}{suffix}" if schema else stem + suffix
 
 
 def metric_column(name: str) -> str:
     return f"m_{name}"
+
+
+def ratio_columns(name: str) -> tuple[str, str]:
+    """A ratio metric's per-unit numerator and denominator columns."""
+    return f"m_{name}__num", f"m_{name}__den"
+
+
+def covariate_column(name: str) -> str:
+    """A CUPED metric's pre-exposure covariate column."""
+    return f"c_{name}"
 
 
 def _seconds(delta: timedelta) -> int:
@@ -113,7 +131,68 @@ def _unless_column(metric: ProportionMetric | MeanMetric, columns: dict[str, str
     return None
 
 
-def _window_complete(metric: ProportionMetric | MeanMetric) -> str:
+def _ratio_metrics(config: ExperimentConfig) -> dict[str, RatioMetric]:
+    return {n: m for n, m in config.metrics.items() if isinstance(m, RatioMetric)}
+
+
+def _ratio_aggregates(name: str, metric: RatioMetric, params: _Params) -> str:
+    """SUMs of the numerator and denominator events in the window, per unit."""
+    window = (
+        f" AND ev.occurred_at < ev.first_exposed_at + {_interval(metric.window)}"
+        if metric.window
+        else ""
+    )
+    parts = []
+    for part, column in zip(
+        (metric.numerator, metric.denominator), ratio_columns(name), strict=True
+    ):
+        value = "1" if part.aggregate == "count" else "COALESCE(ev.value, 0)"
+        match = f"ev.event_name = {params.bind(part.event)}{window}"
+        parts.append(f",\n      SUM(CASE WHEN {match} THEN {value} ELSE 0 END) AS {column}")
+    return "".join(parts)
+
+
+def _cuped_sources(config: ExperimentConfig) -> dict[str, ProportionMetric | MeanMetric]:
+    """{metric with CUPED: the metric whose event defines its covariate}."""
+    sources = {}
+    for name, metric in _event_metrics(config).items():
+        if metric.cuped is None:
+            continue
+        covariate = metric.cuped.covariate
+        source = metric if covariate == "same" else config.metrics[covariate]
+        assert isinstance(source, ProportionMetric | MeanMetric)
+        sources[name] = source
+    return sources
+
+
+def _covariate_aggregate(
+    name: str,
+    target: ProportionMetric | MeanMetric,
+    metric: ProportionMetric | MeanMetric,
+    params: _Params,
+) -> str:
+    """The covariate: the source metric's aggregate over the target's pre-exposure window.
+
+    The source's `unless` rule is not applied before exposure (it is a conversion detail, and
+    CUPED needs only a covariate correlated with the outcome, not an identical definition).
+    """
+    cuped = target.cuped
+    assert cuped is not None
+    match = (
+        f"pe.event_name = {params.bind(metric.event)}"
+        f" AND pe.occurred_at >= pe.first_exposed_at - {_interval(cuped.lookback)}"
+        f" AND pe.occurred_at < pe.first_exposed_at - INTERVAL '{-_seconds(cuped.until)} seconds'"
+    )
+    if isinstance(metric, ProportionMetric):
+        agg = f"MAX(CASE WHEN {match} THEN 1 ELSE 0 END)"
+    elif metric.aggregate == "count":
+        agg = f"SUM(CASE WHEN {match} THEN 1 ELSE 0 END)"
+    else:
+        agg = f"SUM(CASE WHEN {match} THEN COALESCE(pe.value, 0) ELSE 0 END)"
+    return f",\n      {agg} AS {covariate_column(name)}"
+
+
+def _window_complete(metric: ProportionMetric | MeanMetric | RatioMetric) -> str:
     if metric.window is None:
         return "TRUE"
     return f"u.first_exposed_at + {_interval(metric.window)} <= :run_end"
@@ -140,7 +219,11 @@ def build_units_sql(
         {m.unless.event for m in metrics.values() if isinstance(m, ProportionMetric) and m.unless}
     )
     unless_cols = {event: f"next_unless_{i}" for i, event in enumerate(unless_events)}
-    wanted = sorted({m.event for m in metrics.values() if m.event} | set(unless_events))
+    ratios = _ratio_metrics(config)
+    ratio_events = {p.event for m in ratios.values() for p in (m.numerator, m.denominator)}
+    wanted = sorted(
+        {m.event for m in metrics.values() if m.event} | set(unless_events) | ratio_events
+    )
     wanted_sql = ", ".join(params.bind(name) for name in wanted) or "NULL"
     next_unless = "".join(
         f",\n      MIN(CASE WHEN e.event_name = {params.bind(event)} THEN e.occurred_at END) OVER ("
@@ -151,12 +234,17 @@ def build_units_sql(
     aggregates = "".join(
         f",\n      {_aggregate(m, params, _unless_column(m, unless_cols))} AS {metric_column(name)}"
         for name, m in metrics.items()
-    )
+    ) + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
     columns = "".join(
         f",\n  CASE WHEN {_window_complete(m)} THEN COALESCE(a.{metric_column(name)}, 0) END"
         f" AS {metric_column(name)}"
         for name, m in metrics.items()
+    ) + "".join(
+        f",\n  CASE WHEN {_window_complete(m)} THEN COALESCE(a.{column}, 0) END AS {column}"
+        for name, m in ratios.items()
+        for column in ratio_columns(name)
     )
+    pre_ctes, pre_join, pre_columns = _pre_exposure_sql(config, events, params)
     select = f"""
 WITH exp AS (
   SELECT unit_id, arm, exposed_at, is_internal, is_bot
@@ -191,13 +279,52 @@ ev AS (
 agg AS (
   SELECT ev.unit_id{aggregates}
   FROM ev GROUP BY ev.unit_id
-)
-SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.arms_seen{columns}
+){pre_ctes}
+SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.arms_seen{columns}{pre_columns}
 FROM enrolled u
-LEFT JOIN agg a ON a.unit_id = u.unit_id
+LEFT JOIN agg a ON a.unit_id = u.unit_id{pre_join}
 """
     target = quote_ident(table)
     return [f"DROP TABLE IF EXISTS {target}", f"CREATE TABLE {target} AS {select}"], params.values
+
+
+def _pre_exposure_sql(
+    config: ExperimentConfig, events: str, params: _Params
+) -> tuple[str, str, str]:
+    """CTEs, join and columns for CUPED covariates (empty strings when no metric uses CUPED).
+
+    Only events strictly before each unit's first exposure (up to its `until`) are read, so the
+    treatment cannot have moved the covariate.
+    """
+    sources = _cuped_sources(config)
+    if not sources:
+        return "", "", ""
+    targets = _event_metrics(config)
+    lookback = max(_seconds(targets[name].cuped.lookback) for name in sources)  # type: ignore[union-attr]
+    names = ", ".join(
+        params.bind(e) for e in sorted({m.event for m in sources.values() if m.event})
+    )
+    aggregates = "".join(
+        _covariate_aggregate(name, targets[name], source, params)
+        for name, source in sources.items()
+    )
+    ctes = f""",
+pre AS (
+  SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at
+  FROM {events} e
+  JOIN enrolled u ON u.unit_id = e.unit_id
+  WHERE e.event_name IN ({names})
+    AND e.occurred_at >= u.first_exposed_at - INTERVAL '{lookback} seconds'
+    AND e.occurred_at < u.first_exposed_at
+),
+pre_agg AS (
+  SELECT pe.unit_id{aggregates}
+  FROM pre pe GROUP BY pe.unit_id
+)"""
+    columns = "".join(
+        f",\n  COALESCE(c.{covariate_column(n)}, 0) AS {covariate_column(n)}" for n in sources
+    )
+    return ctes, "\nLEFT JOIN pre_agg c ON c.unit_id = u.unit_id", columns
 
 
 def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
@@ -220,7 +347,18 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     """Build (or rebuild) the run's units table in one transaction; returns its name."""
     table = units_table_name(config, run_date)
     statements, params = build_units_sql(config, run_date, table)
-    warehouse.execute(statements + _sql_metric_statements(config, table), params)
+    statements += _sql_metric_statements(config, table)
+    if warehouse.dialect == "postgresql":
+        # Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
+        # estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
+        # whole-table ETL: hash joins are always right. ANALYZE gives the gates' and analysis's
+        # joins on the new units table real statistics.
+        statements = [
+            "SET LOCAL enable_nestloop = off",
+            *statements,
+            f"ANALYZE {quote_ident(table)}",
+        ]
+    warehouse.execute(statements, params)
     return table
 
 

@@ -28,7 +28,7 @@ from ab_pipeline.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-GATES = ("data_quality", "srm", "receipt")
+GATES = ("data_quality", "srm", "receipt", "assignment")
 
 
 def briefs_root() -> Path:
@@ -123,6 +123,10 @@ def stage_gate(ctx: RunContext, gate: str, units_table: str) -> bool:
         from ab_pipeline.gates.receipt import run_receipt_gate
 
         outcome = run_receipt_gate(ctx.warehouse, ctx.config, units_table, ctx.run_date)
+    elif gate == "assignment":
+        from ab_pipeline.gates.assignment import run_assignment_gate
+
+        outcome = run_assignment_gate(ctx.warehouse, ctx.config, units_table, ctx.run_date)
     else:
         raise ValueError(f"unknown gate {gate!r}")
     ctx.write_json(f"gates/{gate}.json", outcome)
@@ -159,6 +163,26 @@ def stage_analyse(ctx: RunContext, units_table: str) -> None:
     from ab_pipeline.analysis import analyse
 
     ctx.write_json("metrics.json", analyse(ctx.warehouse, ctx.config, units_table, ctx.run_date))
+    stage_novelty(ctx, units_table)
+
+
+def stage_novelty(ctx: RunContext, units_table: str) -> None:
+    """The primary effect by exposure-day cohort (novelty.json); a view, never a gate."""
+    from ab_pipeline.novelty import novelty_view
+
+    ctx.write_json(
+        "novelty.json", novelty_view(ctx.warehouse, ctx.config, units_table, ctx.run_date)
+    )
+
+
+def governance_results(ctx: RunContext, analysed: bool) -> dict[str, Any]:
+    """`novelty` (analysed runs only) and `human_decisions` (recorded by `ab-pipeline decide`)."""
+    from ab_pipeline.decision_records import load_decisions
+
+    return {
+        "novelty": ctx.read_json("novelty.json") if analysed else None,
+        "human_decisions": load_decisions(ctx.warehouse, ctx.config.key),
+    }
 
 
 def assemble_results(ctx: RunContext) -> dict[str, Any]:
@@ -186,7 +210,7 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
             "required_per_arm": size.per_arm,
             "formula": size.formula,
         }
-    return {
+    results: dict[str, Any] = {
         "experiment": config.key,
         "version": config.version,
         "title": config.title,
@@ -209,8 +233,33 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
         "risks": list(config.risks),
         "gates": gates,
         "gate_failures": gate_failures,
+        **statistics_results(ctx, gates),
         "metrics": {} if gate_failures else metrics,
         "checks": decision.checks_as_dicts(),
+    }
+    results.update(governance_results(ctx, analysed=not gate_failures))
+    from ab_pipeline.novelty import novelty_check
+
+    if (novelty := novelty_check(results["novelty"])) is not None:
+        results["checks"].append(novelty)  # non-blocking: decide() never saw it
+    return results
+
+
+def statistics_results(ctx: RunContext, gates: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """`analysis` (the pre-declared settings) and `progress` (enrolment against the plan)."""
+    from ab_pipeline.diagnosis import progress
+
+    config = ctx.config
+    srm = gates.get("srm") or {}
+    analysis = {
+        **config.analysis.model_dump(),
+        "alpha": config.decision.alpha,
+        "planned_looks": config.planned_looks if config.analysis.sequential != "none" else None,
+        "guardrails_spend_primary_alpha": False,
+    }
+    return {
+        "analysis": analysis,
+        "progress": progress(config, srm.get("counts") or {}, ctx.run_date),
     }
 
 
@@ -224,9 +273,12 @@ def _display_path(path: Path) -> str:
 def stage_brief(ctx: RunContext) -> dict[str, Any]:
     """Decide, then write results.json and the brief (HTML and text) into the run directory."""
     from ab_pipeline.brief import write_brief
+    from ab_pipeline.results_store import store_readout
 
     results = assemble_results(ctx)
     ctx.write_json("results.json", results)
+    # Results tables (replacing this date's rows atomically) and `history` for the brief.
+    results = store_readout(ctx, results)
     write_brief(results, ctx.run_dir)
     log.info(
         "[experiment=%s run_date=%s] decision %s, brief %s",
@@ -248,7 +300,7 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
             "no results.json to deliver", experiment=ctx.config.key, run_date=str(ctx.run_date)
         )
     sender = os.environ.get("AB_PIPELINE_SENDER", "ab-pipeline@localhost")
-    message = build_message(results, render_brief(results), sender)
+    message = build_message(results, render_brief(results, archive_root=ctx.out_root), sender)
     outcome = deliver(message, ctx.run_dir, smtp_conn_id)
     return {"sent": outcome.sent, "eml": str(outcome.eml_path), "detail": outcome.detail}
 

@@ -57,6 +57,7 @@ from ab_pipeline.config import (
     MeanMetric,
     ProportionMetric,
     QuantileMetric,
+    RatioMetric,
     _problems_from,
     load_config,
 )
@@ -111,6 +112,14 @@ class _Strict(BaseModel):
 
 Share = Annotated[float, Field(ge=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class FirstEventTruth(_Strict):
+    """A `first_event` per unit (the moment it could see the variant), for the assignment gate:
+    just before the first exposure, or after it for an `early_share` of units (logged early)."""
+
+    event: str = Field(min_length=1)
+    early_share: Share = 0.0
 
 
 class ValueDistribution(_Strict):
@@ -172,6 +181,9 @@ class ProportionTruth(_Strict):
     unless_share: Share = 0.0  # of units with an in-window event, the share spoiled by `unless`
     events_per_converter: float = Field(default=1.0, ge=1)  # mean in-window events of a converter
     value: ValueDistribution | None = None  # values on these events (e.g. order value)
+    # A fading (novelty) effect: a unit first exposed d days after start has the lift
+    # (rate - control rate) * exp(-decay * d). Per-unit coin flips (not with `exact`).
+    decay: float | None = Field(default=None, gt=0)
 
 
 class MeanTruth(_Strict):
@@ -219,7 +231,11 @@ class Scenario(_Strict):
     experiment: str
     seed: int = Field(ge=0)
     units: int | None = Field(default=None, gt=0)  # enrolled units, exclusions included
-    assignment: dict[str, Probability] | None = None  # true per-unit probabilities; default plan
+    # True per-unit probabilities (default: the plan), or `hash`: ab_pipeline.assignment of the
+    # unit id (also the default when the config says `assignment: hash`).
+    assignment: dict[str, Probability] | Literal["hash"] | None = None
+    arm_flip_share: Share = 0.0  # hash only: units whose exposures log another arm (a bug)
+    first_event: FirstEventTruth | None = None
     counts: dict[str, Annotated[int, Field(ge=0)]] | None = None  # exact arm sizes instead
     exact: bool = False  # converters per arm exactly round(rate * analysed units of the arm)
     enroll_days: int | None = Field(default=None, gt=0)
@@ -249,8 +265,10 @@ class Scenario(_Strict):
                 problems.append(f"units {self.units} is not the sum of counts")
             if sum(self.counts.values()) == 0:
                 problems.append("counts must enrol at least one unit")
-        if self.assignment is not None:
+        if isinstance(self.assignment, dict):
             _check_shares("assignment", self.assignment, problems)
+        if self.exact and any(getattr(m, "decay", None) for m in self.metrics.values()):
+            problems.append("`decay` draws per-unit outcomes; it cannot be `exact`")
         _check_shares("platforms", self.platforms, problems)
         _check_shares("countries", self.countries, problems)
         if self.internal_share + self.bot_share >= 1:
@@ -340,6 +358,8 @@ class _Plan:
     longest_s: int
     properties: list[str]  # distinct exposure-property JSON texts
     property_codes: list[int]  # (arm, platform, country) combination -> index into properties
+    hashed: bool = False  # arms from ab_pipeline.assignment of the unit id
+    first_event_code: int | None = None
 
     @property
     def prefix(self) -> str:
@@ -355,7 +375,12 @@ def _seconds(delta: timedelta | None) -> int:
 
 
 def _event_metrics(config: ExperimentConfig) -> dict[str, EventMetric]:
-    return {name: m for name, m in config.metrics.items() if getattr(m, "event", None)}
+    # Ratio metrics have no single `event` (numerator/denominator); the simulator skips them.
+    return {
+        name: m
+        for name, m in config.metrics.items()
+        if not isinstance(m, RatioMetric) and getattr(m, "event", None)
+    }
 
 
 def _event_of(metric: EventMetric) -> str:
@@ -375,7 +400,7 @@ _KIND = {ProportionMetric: "proportion", MeanMetric: "mean", QuantileMetric: "qu
 def _check_arms(scenario: Scenario, arms: list[str]) -> list[ConfigProblem]:
     problems = []
     per_arm: list[tuple[str, dict[str, Any] | None]] = [
-        ("assignment", scenario.assignment),
+        ("assignment", scenario.assignment if isinstance(scenario.assignment, dict) else None),
         ("counts", scenario.counts),
         ("arm_properties", scenario.arm_properties or None),
     ]
@@ -523,6 +548,15 @@ def build_plan(config: ExperimentConfig, scenario: Scenario) -> _Plan:
     except ValueError as error:
         problems.append(ConfigProblem("enroll_days", str(error)))
         enroll_s = 0
+    hashed = _hashed(config, scenario)
+    if scenario.arm_flip_share and not hashed:
+        problems.append(ConfigProblem("arm_flip_share", "needs hash assignment"))
+    first_event_code = None
+    if scenario.first_event is not None:
+        if scenario.first_event.event in names:
+            problems.append(ConfigProblem("first_event.event", "is a metric's event"))
+        first_event_code = len(names)
+        names.append(scenario.first_event.event)
     if problems:
         raise ScenarioError(scenario.path, problems)
     generated = len(names)
@@ -540,7 +574,15 @@ def build_plan(config: ExperimentConfig, scenario: Scenario) -> _Plan:
         longest_s=longest,
         properties=properties,
         property_codes=property_codes,
+        hashed=hashed,
+        first_event_code=first_event_code,
     )
+
+
+def _hashed(config: ExperimentConfig, scenario: Scenario) -> bool:
+    if scenario.assignment is None and scenario.counts is None:
+        return config.assignment == "hash"
+    return scenario.assignment == "hash"
 
 
 def _all_event_names(config: ExperimentConfig) -> set[str]:
@@ -639,6 +681,7 @@ class _Generator:
 
         self.plan = plan
         self.rng = np.random.default_rng(plan.scenario.seed)
+        self.hash_arms = _hash_arms(plan) if plan.hashed else None
         self.cells = self._cells()  # remaining units per (arm, status)
         self.included = self.cells[:, 0].copy()  # remaining analysed units per arm
         self.good = {  # remaining analysed converters per proportion source and arm
@@ -659,10 +702,17 @@ class _Generator:
             ]
         )
         status = np.clip(status, 0, 1)
-        if scenario.counts is not None:
-            rows = [self.rng.multinomial(scenario.counts[arm], status) for arm in arms]
+        if scenario.counts is not None or self.hash_arms is not None:
+            sizes = (
+                np.bincount(self.hash_arms, minlength=len(arms))
+                if self.hash_arms is not None
+                else [scenario.counts[arm] for arm in arms]  # type: ignore[index]
+            )
+            rows = [self.rng.multinomial(size, status) for size in sizes]
             return np.array(rows, dtype=np.int64)
-        assignment = scenario.assignment or self.plan.config.arms
+        assignment = scenario.assignment
+        if not isinstance(assignment, dict):
+            assignment = self.plan.config.arms
         p = np.outer([assignment[arm] for arm in arms], status).ravel()
         cells = self.rng.multinomial(scenario.total_units, p / p.sum())
         return cells.reshape(len(arms), len(_STATUS)).astype(np.int64)
@@ -684,16 +734,23 @@ class _Generator:
         import numpy as np
 
         rng, plan = self.rng, self.plan
-        take = rng.multivariate_hypergeometric(self.cells.ravel(), n, method="marginals")
-        self.cells -= take.reshape(self.cells.shape)
-        labels = np.repeat(np.arange(take.size), take)
-        rng.shuffle(labels)
-        arm, status = labels // len(_STATUS), labels % len(_STATUS)
+        if self.hash_arms is not None:
+            arm, status = self._hashed_labels(self.hash_arms[start : start + n])
+        else:
+            take = rng.multivariate_hypergeometric(self.cells.ravel(), n, method="marginals")
+            self.cells -= take.reshape(self.cells.shape)
+            labels = np.repeat(np.arange(take.size), take)
+            rng.shuffle(labels)
+            arm, status = labels // len(_STATUS), labels % len(_STATUS)
         first = rng.integers(0, plan.enroll_s, n)
         exposures = self._exposures(arm, status, first)
+        if plan.scenario.arm_flip_share:
+            exposures["exp_arm"] = self._flipped(arm)[exposures["exp_unit"]]
         events = _Events()
         for source in plan.sources:
             self._source_events(events, source, arm, status, first)
+        if plan.first_event_code is not None:
+            self._first_events(events, first)
         self._unrelated_events(events, first)
         unit, code, t, value = events.arrays()
         # Untagged events are an instrumentation warning, not a different truth.
@@ -712,6 +769,44 @@ class _Generator:
             ev_value=value,
             ev_tagged=tagged,
         )
+
+    def _hashed_labels(self, arm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Arms fixed by the hash; statuses handed out from the arm's remaining cells."""
+        import numpy as np
+
+        status = np.zeros(len(arm), dtype=np.int64)
+        for a in range(len(self.plan.arms)):
+            rows = np.flatnonzero(arm == a)
+            take = self.rng.multivariate_hypergeometric(self.cells[a], len(rows))
+            self.cells[a] -= take
+            labels = np.repeat(np.arange(len(_STATUS)), take)
+            self.rng.shuffle(labels)
+            status[rows] = labels
+        return arm.astype(np.int64), status
+
+    def _flipped(self, arm: np.ndarray) -> np.ndarray:
+        """The arm logged for each unit: another arm for an `arm_flip_share` of them."""
+        import numpy as np
+
+        k = len(self.plan.arms)
+        flip = self.rng.random(len(arm)) < self.plan.scenario.arm_flip_share
+        other = (arm + self.rng.integers(1, k, len(arm))) % k
+        return np.where(flip, other, arm)
+
+    def _first_events(self, events: _Events, first: np.ndarray) -> None:
+        """The unit's first `first_event`: up to 10 minutes before its first exposure (not before
+        the start), or 1-60 minutes after it for the units whose exposure was logged early."""
+        import numpy as np
+
+        truth = self.plan.scenario.first_event
+        assert truth is not None and self.plan.first_event_code is not None
+        n = len(first)
+        early = self.rng.random(n) < truth.early_share
+        before = np.maximum(first - self.rng.integers(0, 600, n), 0)
+        after = first + self.rng.integers(60, 3600, n)
+        t = np.where(early, after, before)
+        keep = t < self.plan.end_s
+        events.add(np.arange(n)[keep], self.plan.first_event_code, t[keep], None)
 
     def _exposures(
         self, arm: np.ndarray, status: np.ndarray, first: np.ndarray
@@ -767,6 +862,16 @@ class _Generator:
         converted[excluded] = rng.random(len(excluded)) < rates[arm[excluded]]
         return converted
 
+    def _decayed(self, truth: ProportionTruth, arm: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """Per-unit coin flips at a rate whose lift over control fades with the exposure day."""
+        import numpy as np
+
+        assert truth.decay is not None
+        rates = np.array([truth.rate[a] for a in self.plan.arms])
+        control = truth.rate[self.plan.config.control]
+        rate = control + (rates[arm] - control) * np.exp(-truth.decay * (first // _DAY))
+        return self.rng.random(len(arm)) < rate
+
     def _values(self, source: _Source, arm: np.ndarray) -> np.ndarray | None:
         import numpy as np
 
@@ -790,7 +895,11 @@ class _Generator:
 
         rng, truth = self.rng, source.truth
         if isinstance(truth, ProportionTruth):
-            converted = self._converted(source, arm, status)
+            converted = (
+                self._decayed(truth, arm, first)
+                if truth.decay
+                else self._converted(source, arm, status)
+            )
             units = np.flatnonzero(converted)
             extra = truth.events_per_converter - 1
             counts = 1 + (rng.poisson(extra, len(units)) if extra > 0 else 0)
@@ -876,6 +985,19 @@ class _Generator:
         code = rng.integers(plan.unrelated.start, plan.unrelated.stop, len(rows))
         keep = t < plan.end_s
         events.add(rows[keep], code[keep], t[keep], None)
+
+
+def _hash_arms(plan: _Plan) -> np.ndarray:
+    """Arm index of every unit (1..N) by ab_pipeline.assignment of its unit id."""
+    import numpy as np
+
+    from ab_pipeline.assignment import assign_many
+
+    config, width = plan.config, plan.id_width
+    ids = (f"{plan.prefix}{n:0{width}d}" for n in range(1, plan.scenario.total_units + 1))
+    arms = assign_many(config.key, config.version, ids, config.arms)
+    index = {arm: i for i, arm in enumerate(plan.arms)}
+    return np.array([index[a] for a in arms], dtype=np.int64)
 
 
 def _probs(shares: dict[str, float]) -> np.ndarray:

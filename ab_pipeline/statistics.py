@@ -8,8 +8,10 @@ checked against scipy/statsmodels called directly in tests.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,17 @@ class SrmResult:
     expected: dict[str, float]
 
 
+@lru_cache(maxsize=64)
 def _z(alpha: float) -> float:
+    # Cached: the calibration suite calls the comparisons tens of thousands of times.
     from scipy.stats import norm
 
     return float(norm.ppf(1 - alpha / 2))
 
 
 def _normal_p(z: float) -> float:
-    from scipy.stats import norm
-
-    return float(2 * norm.sf(abs(z)))
+    # 2 * (1 - Phi(|z|)) == erfc(|z| / sqrt 2); math.erfc keeps full precision in the tail.
+    return math.erfc(abs(z) / math.sqrt(2))
 
 
 def srm_test(counts: Mapping[str, int], allocation: Mapping[str, float]) -> SrmResult:
@@ -87,6 +90,28 @@ def _relative_interval(
     var_ratio = var_mean_t / mean_c**2 + (mean_t**2) * var_mean_c / mean_c**4
     half = _z(alpha) * math.sqrt(var_ratio)
     return ratio - 1, (ratio - 1 - half, ratio - 1 + half)
+
+
+def _z_comparison(
+    control: tuple[float, float], treatment: tuple[float, float], alpha: float, method: str
+) -> Comparison:
+    """Normal (z) test and interval of treatment - control from each arm's (estimate, variance
+    of the estimate); independent arms, so the variances add."""
+    (mean_c, var_c), (mean_t, var_t) = control, treatment
+    se = math.sqrt(var_c + var_t)
+    diff = mean_t - mean_c
+    p_value = _normal_p(diff / se) if se > 0 else (1.0 if diff == 0 else 0.0)
+    half = _z(alpha) * se
+    relative, relative_ci = _relative_interval(mean_t, var_t, mean_c, var_c, alpha)
+    return Comparison(
+        absolute=diff,
+        ci=(diff - half, diff + half),
+        relative=relative,
+        relative_ci=relative_ci,
+        p_value=p_value,
+        se=se,
+        method=method,
+    )
 
 
 def compare_proportions(
@@ -194,27 +219,19 @@ def compare_quantiles(
 ) -> Comparison:
     """Difference of quantiles; each arm's SE from its order-statistic interval.
 
-    SE_arm = (upper - lower) / (2 z) (the binomial order-statistic interval read back as a
-    normal one, as in Price & Bonett 2002); arms are independent, so the variances add. Events
-    are treated as independent: per-unit clustering is not yet accounted for.
+    SE_arm = (upper - lower) / (2 z): the order-statistic interval read back as a normal one.
+    With `clustered_quantile_bracket` choosing the ranks (Deng, Knoblich & Lu 2018) the interval
+    accounts for events clustered within units; with `quantile_bracket` (one event per unit) it
+    is the classical binomial interval. Arms are independent, so the variances add.
     """
     se_c = (control.upper - control.lower) / (2 * control.z)
     se_t = (treatment.upper - treatment.lower) / (2 * treatment.z)
-    se = math.sqrt(se_c**2 + se_t**2)
-    diff = treatment.estimate - control.estimate
-    p_value = _normal_p(diff / se) if se > 0 else (1.0 if diff == 0 else 0.0)
-    half = _z(alpha) * se
-    relative, relative_ci = _relative_interval(
-        treatment.estimate, se_t**2, control.estimate, se_c**2, alpha
-    )
-    return Comparison(
-        absolute=diff,
-        ci=(diff - half, diff + half),
-        relative=relative,
-        relative_ci=relative_ci,
-        p_value=p_value,
-        se=se,
-        method="difference of sample quantiles, SE from order-statistic intervals (Price-Bonett)",
+    return _z_comparison(
+        (control.estimate, se_c**2),
+        (treatment.estimate, se_t**2),
+        alpha,
+        "difference of sample quantiles, SE from order-statistic intervals with "
+        "unit-clustered ranks (Deng, Knoblich & Lu 2018 delta method)",
     )
 
 
@@ -252,3 +269,307 @@ def sample_size_two_proportions(
     else:
         raise ValueError(f"unknown formula {formula!r}: use 'pooled' or 'unpooled'")
     return SampleSize(per_arm=math.ceil(z_sum**2 * variance / mde**2 - 1e-9), formula=name)
+
+
+# --- ratio metrics -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatioSummary:
+    """Sufficient statistics of a per-unit numerator X and denominator Y in one arm."""
+
+    n: int
+    num: float
+    den: float
+    num_sq: float
+    den_sq: float
+    cross: float
+
+    @property
+    def ratio(self) -> float:
+        return self.num / self.den
+
+    @property
+    def mean(self) -> float:
+        return self.ratio
+
+    @property
+    def variance_of_ratio(self) -> float:
+        """Var(sum X / sum Y) by the delta method (Deng, Knoblich & Lu 2018, eq. 4).
+
+        Var(R) ~ (s_XX - 2 R s_XY + R^2 s_YY) / (n mu_Y^2), with per-unit sample (co)variances:
+        units, not events, are the independent draws.
+        """
+        return ratio_variance(self.n, self.num, self.den, self.num_sq, self.den_sq, self.cross)
+
+
+def ratio_variance(n: int, sx: float, sy: float, sxx: float, syy: float, sxy: float) -> float:
+    """Delta-method variance of sum(X)/sum(Y) over n independent units, from sums."""
+    if n < 2 or sy == 0:
+        return math.nan
+    r = sx / sy
+    var_x = (sxx - sx * sx / n) / (n - 1)
+    var_y = (syy - sy * sy / n) / (n - 1)
+    cov = (sxy - sx * sy / n) / (n - 1)
+    mu_y = sy / n
+    return max(var_x - 2 * r * cov + r * r * var_y, 0.0) / (n * mu_y * mu_y)
+
+
+def compare_ratios(
+    control: RatioSummary, treatment: RatioSummary, alpha: float = 0.05
+) -> Comparison:
+    """Difference of ratio metrics (sum/sum per arm), delta-method SE, normal interval."""
+    if min(control.n, treatment.n) < 2 or control.den == 0 or treatment.den == 0:
+        raise ValueError("each arm needs at least two units and a non-zero denominator")
+    return _z_comparison(
+        (control.ratio, control.variance_of_ratio),
+        (treatment.ratio, treatment.variance_of_ratio),
+        alpha,
+        "difference of ratios sum(X)/sum(Y), delta-method SE over units, z interval",
+    )
+
+
+# --- quantiles with events clustered in units -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantileClusterSums:
+    """Per-unit pieces SQL computes around an arm's sample quantile x_q.
+
+    For unit i: N_i = its events, I_i = its events with value <= x_q. Sums over units.
+    """
+
+    units: int
+    events: float
+    below: float
+    events_sq: float
+    below_sq: float
+    cross: float
+
+
+def clustered_quantile_bracket(
+    q: float, sums: QuantileClusterSums, alpha: float = 0.05
+) -> tuple[float, float, float]:
+    """Probabilities whose order statistics bracket the q-quantile when events cluster in units.
+
+    Deng, Knoblich & Lu (2018, sec. 4): the share of events at or below x_q is a ratio metric
+    sum(I)/sum(N); its delta-method SE sigma counts units, not events, as independent. The
+    interval for the quantile is then [X_(n(q - z sigma)), X_(n(q + z sigma))] (order
+    statistics, no density estimate), which SQL reads with `percentile_disc`.
+    """
+    z = _z(alpha)
+    var = ratio_variance(
+        sums.units, sums.below, sums.events, sums.below_sq, sums.events_sq, sums.cross
+    )
+    if not math.isfinite(var):  # fewer than two units: fall back to independent events
+        var = q * (1 - q) / max(sums.events, 1.0)
+    sigma = math.sqrt(var)
+    return max(q - z * sigma, 0.0), min(q + z * sigma, 1.0), z
+
+
+# --- CUPED ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CupedSummary:
+    """Sufficient statistics of outcome Y and pre-exposure covariate X in one arm."""
+
+    y: MeanSummary
+    x_total: float
+    x_sq: float
+    xy: float
+
+
+@dataclass(frozen=True)
+class CupedFit:
+    theta: float
+    adjusted: dict[str, MeanSummary]
+
+
+def cuped_adjust(arms: Mapping[str, CupedSummary]) -> CupedFit:
+    """CUPED (Deng, Xu, Kohavi & Walker 2013): Y' = Y - theta (X - mean X), pooled theta.
+
+    theta = sum_arms S_XY / sum_arms S_XX with within-arm centred sums, so a treatment effect
+    on Y cannot leak into theta. Each arm's adjusted summary has mean Ybar - theta (Xbar_arm -
+    Xbar) and variance s_YY - 2 theta s_XY + theta^2 s_XX, returned as MeanSummary so the usual
+    Welch comparison applies.
+    """
+    sxy = sum(a.xy - a.x_total * a.y.total / a.y.n for a in arms.values() if a.y.n)
+    sxx = sum(a.x_sq - a.x_total**2 / a.y.n for a in arms.values() if a.y.n)
+    theta = sxy / sxx if sxx > 0 else 0.0
+    n_all = sum(a.y.n for a in arms.values())
+    x_bar = sum(a.x_total for a in arms.values()) / n_all if n_all else 0.0
+    adjusted = {}
+    for arm, a in arms.items():
+        n = a.y.n
+        if n < 2:
+            adjusted[arm] = a.y
+            continue
+        cov = (a.xy - a.x_total * a.y.total / n) / (n - 1)
+        var_x = (a.x_sq - a.x_total**2 / n) / (n - 1)
+        var = max(a.y.variance - 2 * theta * cov + theta**2 * var_x, 0.0)
+        total = a.y.total - theta * (a.x_total - n * x_bar)
+        adjusted[arm] = MeanSummary(n=n, total=total, total_sq=var * (n - 1) + total**2 / n)
+    return CupedFit(theta=theta, adjusted=adjusted)
+
+
+def with_method(comparison: Comparison, method: str) -> Comparison:
+    return replace(comparison, method=method)
+
+
+# --- multiple arms --------------------------------------------------------------------------
+
+
+def adjust_p_values(p_values: Sequence[float], method: str = "holm") -> list[float]:
+    """Holm (1979) step-down FWER or Benjamini-Hochberg (1995) step-up FDR adjusted p-values.
+
+    The same numbers as statsmodels' multipletests(method="holm" / "fdr_bh"). "none" returns the
+    raw p-values.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    if method == "none":
+        return list(p_values)
+    if method == "holm":
+        running = 0.0
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (m - rank) * p_values[i]))
+            adjusted[i] = running
+        return adjusted
+    if method == "bh":
+        running = 1.0
+        for rank in range(m - 1, -1, -1):
+            i = order[rank]
+            running = min(running, m * p_values[i] / (rank + 1))
+            adjusted[i] = min(running, 1.0)
+        return adjusted
+    raise ValueError(f"unknown correction {method!r}: use holm, bh or none")
+
+
+# --- group-sequential boundaries ------------------------------------------------------------
+
+
+def obrien_fleming_spending(t: float, alpha: float) -> float:
+    """Lan & DeMets (1983) O'Brien-Fleming-type spending: 2 - 2 Phi(z_{1-alpha/2} / sqrt t)."""
+    if t <= 0:
+        return 0.0
+    return min(2.0 * _normal_tail(_z(alpha) / math.sqrt(min(t, 1.0))), alpha)
+
+
+def _normal_tail(x: float) -> float:
+    return 0.5 * math.erfc(x / math.sqrt(2))
+
+
+@lru_cache(maxsize=256)
+def group_sequential_boundaries(fractions: tuple[float, ...], alpha: float = 0.05) -> list[float]:
+    """Two-sided |Z| boundaries at increasing information fractions for the spending function.
+
+    Exact recursive numerical integration of the Brownian-motion score S_k = Z_k sqrt(t_k)
+    (Armitage, McPherson & Rowe 1969; Jennison & Turnbull 2000, ch. 19): the sub-density of
+    S on the continuation region is carried on a grid from look to look, and each boundary
+    solves P(first crossing at look k) = alpha(t_k) - alpha(t_{k-1}).
+    """
+    from scipy.optimize import brentq
+
+    bounds: list[float] = []
+    grid: Any = None
+    density: Any = None
+    spent, previous_t = 0.0, 0.0
+    for t in fractions:
+        target = obrien_fleming_spending(t, alpha) - spent
+        step = math.sqrt(t - previous_t)
+        c = math.inf
+        if target > 1e-15:  # OBF spends (almost) nothing at very early looks: no boundary
+            c = float(
+                brentq(
+                    lambda x, t=t, s=step, g=grid, d=density, a=target: (
+                        _exit_prob(x, t, s, g, d) - a
+                    ),
+                    1e-6,
+                    40.0,
+                    xtol=1e-10,
+                )
+            )
+            spent += _exit_prob(c, t, step, grid, density)
+        bounds.append(c)
+        grid, density = _carry(grid, density, c, t, step)
+        previous_t = t
+    return bounds
+
+
+def _exit_prob(c: float, t: float, step: float, grid: Any, density: Any) -> float:
+    """P(continued so far and |Z_k| >= c at this look), from the carried sub-density."""
+    import numpy as np
+    from scipy.stats import norm
+
+    if grid is None:
+        return float(2 * norm.sf(c))
+    edge = c * math.sqrt(t)
+    tails = norm.sf((edge - grid) / step) + norm.cdf((-edge - grid) / step)
+    return float(np.sum(density * tails))
+
+
+def _carry(grid: Any, density: Any, c: float, t: float, step: float) -> tuple[Any, Any]:
+    """Sub-density (times grid weights) of S_k on |S_k| < c sqrt(t_k), on a Simpson grid."""
+    import numpy as np
+    from scipy.stats import norm
+
+    edge = min(c, 12.0) * math.sqrt(t)
+    points = 801
+    new_grid = np.linspace(-edge, edge, points)
+    h = new_grid[1] - new_grid[0]
+    simpson = np.ones(points)
+    simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
+    weights = simpson * h / 3
+    if grid is None:
+        values = norm.pdf(new_grid / math.sqrt(t)) / math.sqrt(t)
+    else:
+        kernel = norm.pdf((new_grid[:, None] - grid[None, :]) / step) / step
+        values = kernel @ density
+    return new_grid, values * weights
+
+
+@dataclass(frozen=True)
+class SequentialLook:
+    method: str
+    look: int
+    planned_looks: int
+    information_fraction: float
+    alpha_spent: float
+    boundary: float
+    z: float
+    crossed: bool
+
+
+def sequential_look(z: float, look: int, planned_looks: int, alpha: float = 0.05) -> SequentialLook:
+    """Look `look` of `planned_looks` equally spaced ones: does |z| cross the OBF-type boundary?"""
+    look = max(1, min(look, planned_looks))
+    fractions = tuple(k / planned_looks for k in range(1, planned_looks + 1))
+    boundary = group_sequential_boundaries(fractions, alpha)[look - 1]
+    t = fractions[look - 1]
+    return SequentialLook(
+        method="group-sequential, Lan-DeMets O'Brien-Fleming-type alpha spending",
+        look=look,
+        planned_looks=planned_looks,
+        information_fraction=t,
+        alpha_spent=obrien_fleming_spending(t, alpha),
+        boundary=boundary,
+        z=z,
+        crossed=abs(z) >= boundary,
+    )
+
+
+# --- planning -------------------------------------------------------------------------------
+
+
+def mde_two_proportions(
+    baseline: float, per_arm: int, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """The absolute lift detectable with `per_arm` units (inverse of the 2p(1-p) formula)."""
+    from scipy.stats import norm
+
+    if per_arm <= 0:
+        return math.inf
+    z_sum = float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
+    return z_sum * math.sqrt(2 * baseline * (1 - baseline) / per_arm)

@@ -43,6 +43,12 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def engine_url(url: str) -> str:
+    """The URL an engine is built from: normalized, with DuckDB's resource defaults."""
+    url = normalize_url(url)
+    return _with_duckdb_defaults(url) if url.startswith("duckdb:") else url
+
+
 def dialect_of(url: str) -> str:
     return normalize_url(url).split(":", 1)[0].split("+", 1)[0]
 
@@ -58,7 +64,7 @@ class Warehouse:
         return dialect_of(self.url)
 
     def engine(self) -> Engine:
-        return _engine(normalize_url(self.url))
+        return _engine(engine_url(self.url))
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -104,6 +110,22 @@ def _engine(url: str) -> Engine:
         # NullPool: a task process must not keep a DuckDB file locked after it is done.
         _ENGINES[url] = create_engine(url, poolclass=NullPool)
     return _ENGINES[url]
+
+
+# DuckDB runs inside the task process and by default may take 80% of the machine's RAM for its
+# buffers; a cap keeps peak memory flat as events grow (joins and sorts spill to disk beyond
+# it). Set in the URL (duckdb_engine passes query parameters as DuckDB config) so that every
+# engine built from it, Great Expectations' included, gets it. Override per warehouse:
+# duckdb:///file.duckdb?memory_limit=4GB&threads=4.
+DUCKDB_DEFAULTS = {"memory_limit": "1GB"}
+
+
+def _with_duckdb_defaults(url: str) -> str:
+    from urllib.parse import parse_qsl, urlencode
+
+    base, _, query = url.partition("?")
+    settings = dict(parse_qsl(query))
+    return f"{base}?{urlencode({**DUCKDB_DEFAULTS, **settings})}"
 
 
 def dispose_all() -> None:

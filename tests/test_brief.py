@@ -69,12 +69,26 @@ def test_every_fixture_renders_self_contained(path: Path) -> None:
         assert results["decision"] in body
         assert results["config_sha256"] in body
         assert results["code_version"] in body
-    tags = TagCollector.of(brief.html)
-    # Inline CSS only: no scripts, no stylesheets or images fetched from elsewhere.
-    assert not {name for name, _ in tags} & {"script", "link", "img", "iframe", "object"}
-    attributes = {key: value or "" for _, attrs in tags for key, value in attrs}
-    assert not {"src", "href"} & set(attributes)
-    assert all("url(" not in value for value in attributes.values())
+    # The archive copy embeds its charts; the email copy references its CID parts.
+    assert_self_contained(brief.html, "data:image/png;base64,")
+    assert_self_contained(brief.email_html, "cid:")
+    assert {c.cid for c in brief.images} == {
+        src.removeprefix("cid:") for src in image_sources(brief.email_html)
+    }
+
+
+def image_sources(html: str) -> list[str]:
+    return [dict(attrs)["src"] or "" for name, attrs in TagCollector.of(html) if name == "img"]
+
+
+def assert_self_contained(html: str, image_prefix: str) -> None:
+    """Inline CSS only: no scripts, no stylesheets, images only from `image_prefix`."""
+    tags = TagCollector.of(html)
+    assert not {name for name, _ in tags} & {"script", "link", "iframe", "object"}
+    assert all(src.startswith(image_prefix) for src in image_sources(html))
+    attributes = [(key, value or "") for _, attrs in tags for key, value in attrs]
+    assert not [key for key, _ in attributes if key == "href" or key.startswith("on")]
+    assert all("url(" not in value for _, value in attributes)
 
 
 def test_every_decision_kind_has_a_fixture() -> None:
@@ -97,7 +111,7 @@ def test_ship_states_the_primary_metric_in_plain_language() -> None:
         assert "Relative lift" in body and "+10.5%" in body
         assert "95% interval" in body
         assert "standard error 1.55 pp" in body
-        assert "INTERIM" not in body
+        assert "INTERIM LOOK" not in body
 
 
 def test_ship_shows_gates_with_their_numbers() -> None:
@@ -172,7 +186,8 @@ def test_continue_is_clearly_an_interim_look() -> None:
 def test_hostile_text_is_escaped_in_html_and_verbatim_in_text() -> None:
     brief = render("hostile")
     html = brief.html.lower()
-    assert "<script" not in html and "<img" not in html and "<b>ctl" not in html
+    assert "<script" not in html and "<img src=x" not in html and "<b>ctl" not in html
+    assert all(src.startswith("data:image/png;base64,") for src in image_sources(brief.html))
     assert "</td></tr></table>" not in html
     assert "&lt;script&gt;alert(" in brief.html
     assert "&lt;img src=x onerror=alert(1)&gt;" in brief.html
@@ -236,3 +251,111 @@ def test_number_formats() -> None:
     assert fmt_num(None) == "—"
     assert fmt_p(0.109122) == "0.109"
     assert fmt_p(6.79e-17) == "6.8e-17"
+
+
+def readout(kind: str, run_date: str, absolute: float, ci: list[float]) -> dict[str, Any]:
+    """A fixture moved to another run date with another primary estimate, without `history`."""
+    results = load(kind)
+    results.pop("history", None)
+    results.pop("changes", None)
+    results["run_date"] = run_date
+    comparison = results["metrics"]["resolution_rate"]["comparisons"]["treatment"]
+    comparison.update(absolute=absolute, ci=ci)
+    return results
+
+
+def test_trajectory_and_changes_come_from_the_archive_without_history(tmp_path: Path) -> None:
+    root = tmp_path / "briefs"
+    first = readout("continue", "2026-05-12", -0.01, [-0.05, 0.03])
+    second = readout("continue", "2026-05-19", 0.03, [0.005, 0.055])
+    for results in (first, second):
+        run_dir = root / results["experiment"] / results["run_date"]
+        run_dir.mkdir(parents=True)
+        (run_dir / "results.json").write_text(json.dumps(results))
+        write_brief(results, run_dir)
+    text = (root / first["experiment"] / "2026-05-19" / "brief.txt").read_text()
+    assert "2026-05-12  -1.0 pp  [-5.0 pp, +3.0 pp]  INTERIM" in text
+    assert "2026-05-19  +3.0 pp  [+0.5 pp, +5.5 pp]  INTERIM" in text
+    assert "newly significant: treatment" in text and "sign flip: treatment" in text
+    assert "(Compared with the readout of 2026-05-12.)" in text
+    html = (root / first["experiment"] / "2026-05-19" / "brief.html").read_text()
+    assert len(image_sources(html)) == 2  # the effects chart and the trajectory chart
+
+
+def test_a_gate_that_started_failing_is_named() -> None:
+    results = load("rerun")
+    results["history"] = [
+        {"run_date": "2026-05-30", "decision": "CONTINUE", "status": "interim", "primary": None}
+    ]
+    text = render_brief(results, charts=False).text
+    assert "gate started failing: Sample ratio (SRM)" in text
+    assert "decision changed: CONTINUE on 2026-05-30, now RERUN" in text
+
+
+def test_reported_changes_are_shown_as_given() -> None:
+    text = render("stop").text
+    assert "check started failing: guardrail:p95_latency_ms (treatment)" in text
+
+
+def test_absent_extension_keys_degrade_gracefully() -> None:
+    results = load("iterate")
+    for key in ("progress", "history", "changes", "novelty", "human_decisions", "analysis"):
+        results.pop(key, None)
+    brief = render_brief(results)
+    for body in both(brief):
+        assert "No progress was reported for this run." not in body or "Enrolled so far" in body
+        assert "This is the first readout: there is no trajectory yet." in body
+        assert "No earlier readout to compare with." in body
+
+
+def test_rerun_leads_with_the_srm_breakdown_and_assignment_examples() -> None:
+    brief = render("rerun")
+    for body in both(brief):
+        lead = body.lower().index("what to look at")
+        assert lead < body.index("Can we trust the data?")
+        assert "android" in body and "1.2e-28" in body and "imbalanced" in body
+        assert "acct-10293" in body and "41" in body
+    assert brief.images == ()  # no effect estimates, so no charts
+
+
+def test_extension_keys_are_rendered_when_present() -> None:
+    results = load("ship")
+    comparison = results["metrics"]["resolution_rate"]["comparisons"]["treatment"]
+    comparison.update(
+        p_value_adjusted=0.0196,
+        correction="holm",
+        cuped={"covariate": "pre_resolution", "variance_reduction": 0.31},
+        sequential={
+            "method": "obrien-fleming",
+            "look": 4,
+            "planned_looks": 4,
+            "boundary": 0.045,
+            "crossed": True,
+        },
+    )
+    results["novelty"] = {"flagged": True, "trend": {"slope": -0.0021, "p_value": 0.004}}
+    results["human_decisions"] = [
+        {
+            "run_date": "2026-05-31",
+            "decision": "ITERATE",
+            "by": "pm<x>",
+            "note": "wait",
+            "follow_up": "2026-06-15",
+            "pipeline_decision": "SHIP",
+            "disagrees": True,
+        }
+    ]
+    brief = render_brief(results)
+    for body in both(brief):
+        assert "0.0196" in body and "holm" in body and "31%" in body
+        assert "look 4 of 4" in body and "crossed" in body and "fades" in body
+        assert "pipeline said SHIP" in body
+    assert "pm&lt;x&gt;" in brief.html
+
+
+def test_charts_are_pngs_referenced_by_cid_in_the_email_copy() -> None:
+    brief = render("ship")
+    assert {c.name for c in brief.images} == {"effects", "trajectory"}
+    assert all(c.png.startswith(b"\x89PNG") for c in brief.images)
+    assert "data:" not in brief.email_html and "cid:effects@ab-pipeline" in brief.email_html
+    assert "cid:" not in brief.html

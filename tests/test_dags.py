@@ -64,6 +64,7 @@ def test_sample_configs_load_with_zero_import_errors(tmp_path: Path) -> None:
         "analyse",
         "brief",
         "extract",
+        "gate_assignment",
         "gate_data_quality",
         "gate_receipt",
         "gate_srm",

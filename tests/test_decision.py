@@ -25,7 +25,10 @@ FINAL = date(2026, 5, 31)
 
 
 def refund_config(**changes: Any) -> ExperimentConfig:
+    """The refund config with the textbook point-evidence guardrails (interval is the default)."""
     data = load_config(REFUND).model_dump()
+    for guardrail in data["guardrails"].values():
+        guardrail["evidence"] = "point"
     for dotted, value in changes.items():
         target = data
         *parents, leaf = dotted.split(".")
@@ -177,3 +180,20 @@ def test_three_arm_experiment_checks_each_treatment() -> None:
     )
     assert {c.arm for c in decision.checks if c.arm} == {"a", "b"}
     assert decision.decision == "SHIP"
+
+
+def test_guardrails_default_to_interval_evidence_and_show_point_bound_and_budget() -> None:
+    config = load_config(REFUND)
+    assert all(g.evidence == "interval" for g in config.guardrails.values())
+    decision = decide(config, FINAL, passing_gates(config), refund_metrics())
+    check = checks_by_name(decision)["guardrail:escalation_rate"]
+    # +0.2 pp observed, but 2,000 per arm cannot prove the +0.5 pp budget: bound ~ +1.43 pp.
+    assert check.observed == pytest.approx(0.002)
+    assert check.bound == pytest.approx(0.002 + 1.6449 * check_se(120, 124), abs=1e-4)
+    assert check.budget == 0.005 and not check.passed
+    assert "+0.2 pp" in check.detail and "+1.4 pp" in check.detail and "+0.5 pp" in check.detail
+    assert decision.decision == "STOP"
+
+
+def check_se(xc: int, xt: int, n: int = 2000) -> float:
+    return float(compare_proportions(xc, n, xt, n).se)

@@ -7,6 +7,7 @@ import email.policy
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -94,7 +95,25 @@ def ship_message() -> tuple[dict[str, Any], EmailMessage]:
 
 
 def parts(message: email.message.Message) -> dict[str, str]:
-    return {part.get_content_type(): part.get_content() for part in message.iter_parts()}
+    """Text and HTML bodies by content type, looking inside multipart/related."""
+    found: dict[str, str] = {}
+    for part in message.walk():
+        if part.get_content_type() in ("text/plain", "text/html"):
+            found[part.get_content_type()] = part.get_content()
+    return found
+
+
+def inline_images(message: email.message.Message) -> dict[str, bytes]:
+    """Content-ID (without <>) -> PNG bytes of every inline image part."""
+    return {
+        str(part["Content-ID"]).strip("<>"): part.get_content()
+        for part in message.walk()
+        if part.get_content_type() == "image/png"
+    }
+
+
+def cid_references(html: str) -> set[str]:
+    return set(re.findall(r'src="cid:([^"]+)"', html))
 
 
 def test_build_message_is_text_and_html_alternatives() -> None:
@@ -104,9 +123,44 @@ def test_build_message_is_text_and_html_alternatives() -> None:
     assert message["From"] == SENDER
     assert message["Subject"] == "[ab-pipeline] refund-query-rewrite: SHIP (final, 2026-05-31)"
     assert message["X-AB-Decision"] == "SHIP"
+    # alternative: [text/plain, related: [text/html, image/png...]]; the last is preferred.
+    plain, related = message.iter_parts()
+    assert plain.get_content_type() == "text/plain"
+    assert related.get_content_type() == "multipart/related"
+    html_part, *images = related.iter_parts()
+    assert html_part.get_content_type() == "text/html" and images
+    assert all(i.get_content_disposition() == "inline" for i in images)
     body = parts(message)
-    assert list(body) == ["text/plain", "text/html"]  # the last part is the preferred one
     assert "840 of 2,000" in body["text/plain"] and "+4.0 pp" in body["text/html"]
+    assert "data:" not in body["text/html"]  # mail clients block data: URIs
+    assert cid_references(body["text/html"]) == set(inline_images(message))
+
+
+def test_plain_text_part_says_what_the_html_says() -> None:
+    results, message = ship_message()
+    body = parts(message)
+    for phrase in (
+        "SHIP",
+        "[+1.0 pp, +7.0 pp]",
+        "+10.5%",
+        "shipping threshold +2.0 pp",
+        "Days until the planned end",
+        "What changed since the previous readout",
+        "INTERIM",
+        results["config_sha256"],
+    ):
+        assert phrase in body["text/plain"] and phrase in body["text/html"], phrase
+
+
+def test_hostile_text_is_escaped_in_the_email(smtp_server: Recorder, tmp_path: Path) -> None:
+    results = json.loads((FIXTURES / "results_hostile.json").read_text())
+    deliver(build_message(results, render_brief(results), SENDER), tmp_path)
+    [envelope] = smtp_server.envelopes
+    received = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    html = parts(received)["text/html"]
+    assert "<script" not in html.lower() and "<img src=x" not in html
+    assert "&lt;script&gt;alert(" in html
+    assert "&lt;script&gt;" not in parts(received)["text/plain"]  # text stays verbatim
 
 
 def test_default_sender(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,6 +184,10 @@ def test_deliver_sends_through_the_smtp_connection(smtp_server: Recorder, tmp_pa
     body = parts(received)
     assert set(body) == {"text/plain", "text/html"}
     html = body["text/html"]
+    # Every chart arrives as an inline PNG part that the HTML references by CID.
+    images = inline_images(received)
+    assert images and cid_references(html) == set(images)
+    assert all(png.startswith(b"\x89PNG\r\n") for png in images.values())
     assert "840 of 2,000 customer_accounts (42.0%) vs 760 of 2,000 (38.0%)" in html
     assert "+4.0 pp" in html and "[+1.0 pp, +7.0 pp]" in html and "+10.5%" in html
     assert "SHIP" in body["text/plain"]
@@ -229,3 +287,35 @@ def test_deliver_inside_a_running_airflow_task(smtp_server: Recorder, tmp_path: 
     [envelope] = smtp_server.envelopes
     assert envelope.rcpt_tos == ["support-leads@example.com", "pm-refunds@example.com"]
     assert (out / "brief.eml").is_file()
+
+
+def test_owner_is_notified_when_a_dag_run_fails(smtp_server: Recorder) -> None:
+    from ab_pipeline.dag_factory import build_dags
+    from ab_pipeline.notify import OwnerFailureNotifier
+
+    dags = build_dags(REPO / "dags" / "experiments")
+    dag = (
+        dags["ab_refund-query-rewrite"]
+        if "ab_refund-query-rewrite" in dags
+        else next(d for d in dags.values() if d.dag_id.startswith("ab_refund"))
+    )
+    callbacks = dag.on_failure_callback
+    [notifier] = callbacks if isinstance(callbacks, list) else [callbacks]
+    assert isinstance(notifier, OwnerFailureNotifier)
+
+    hostile = OwnerFailureNotifier("exp-1", "owner@example.com", "<script>alert(1)</script>")
+    hostile({"run_id": "scheduled__2026-05-31", "reason": "task_failure", "dag": dag})
+    [envelope] = smtp_server.envelopes
+    assert envelope.rcpt_tos == ["owner@example.com"]
+    received = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    assert received["Subject"] == "[ab-pipeline] exp-1: DAG run FAILED (scheduled__2026-05-31)"
+    body = parts(received)
+    assert "task_failure" in body["text/plain"] and dag.dag_id in body["text/plain"]
+    assert "<script" not in body["text/html"] and "&lt;script&gt;" in body["text/html"]
+
+
+def test_failure_notifier_without_smtp_only_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ab_pipeline.notify import OwnerFailureNotifier
+
+    monkeypatch.delenv("AIRFLOW_CONN_AB_PIPELINE_TEST_NOWHERE", raising=False)
+    OwnerFailureNotifier("exp-1", "o@example.com", "t", "ab_pipeline_test_nowhere")({})

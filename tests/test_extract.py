@@ -10,7 +10,7 @@ import pytest
 
 from ab_pipeline.config import ExperimentConfig, parse_config
 from ab_pipeline.extract import build_units_table, units_table_name
-from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse import Warehouse, quote_ident
 from tests.warehouse_fixtures import (
     Event,
     Exposure,
@@ -137,7 +137,7 @@ def expected_units(
 def assert_units_match(
     warehouse: Warehouse, table: str, expected: dict[str, dict[str, Any]]
 ) -> None:
-    actual = rows_by_unit(warehouse.query(f'SELECT * FROM "{table}"'))
+    actual = rows_by_unit(warehouse.query(f"SELECT * FROM {quote_ident(table)}"))
     assert set(actual) == set(expected)
     for unit, want in expected.items():
         got = actual[unit]
@@ -173,7 +173,7 @@ def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse
     config = make_config(schema)
     table = build_units_table(warehouse, config, END)
     assert_units_match(warehouse, table, expected_units(exposures, events, END))
-    warehouse.execute(f'DROP TABLE "{table}"')
+    warehouse.execute(f"DROP TABLE {quote_ident(table)}")
 
 
 def test_rebuilding_a_run_date_replaces_the_units_table(duckdb_warehouse: Warehouse) -> None:
@@ -182,9 +182,11 @@ def test_rebuilding_a_run_date_replaces_the_units_table(duckdb_warehouse: Wareho
     insert_rows(duckdb_warehouse, exposures, events)
     config = make_config()
     table = build_units_table(duckdb_warehouse, config, END)
-    first = duckdb_warehouse.query(f'SELECT COUNT(*) AS n FROM "{table}"')[0]["n"]
+    first = duckdb_warehouse.query(f"SELECT COUNT(*) AS n FROM {quote_ident(table)}")[0]["n"]
     build_units_table(duckdb_warehouse, config, END)
-    assert duckdb_warehouse.query(f'SELECT COUNT(*) AS n FROM "{table}"')[0]["n"] == first
+    assert (
+        duckdb_warehouse.query(f"SELECT COUNT(*) AS n FROM {quote_ident(table)}")[0]["n"] == first
+    )
 
 
 def test_internal_and_bot_units_are_kept_when_the_audience_says_so(
@@ -196,7 +198,7 @@ def test_internal_and_bot_units_are_kept_when_the_audience_says_so(
     config = make_config(audience={"exclude_internal": False, "exclude_bots": False})
     table = build_units_table(duckdb_warehouse, config, END)
     enrolled = {e[1] for e in exposures if e[0] == KEY and e[3] < datetime(2026, 6, 1)}
-    rows = duckdb_warehouse.query(f'SELECT unit_id FROM "{table}"')
+    rows = duckdb_warehouse.query(f"SELECT unit_id FROM {quote_ident(table)}")
     assert {r["unit_id"] for r in rows} == enrolled
 
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ab_pipeline.config import ExperimentConfig
 from ab_pipeline.errors import PipelineError
 from ab_pipeline.gates.gx_sql import prepare_gx_for
-from ab_pipeline.warehouse import normalize_url, quote_ident
+from ab_pipeline.warehouse import engine_url, normalize_url, quote_ident
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult
@@ -246,7 +246,7 @@ def _datasource(warehouse_url: str) -> Iterator[SQLDatasource]:
     context = _context()
     name = f"warehouse_{uuid.uuid4().hex}"
     datasource = context.data_sources.add_sql(
-        name=name, connection_string=normalize_url(warehouse_url)
+        name=name, connection_string=engine_url(warehouse_url)
     )
     try:
         yield datasource

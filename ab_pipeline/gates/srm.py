@@ -55,4 +55,9 @@ def evaluate_srm(counts: dict[str, int], config: ExperimentConfig) -> dict[str, 
 def run_srm_gate(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str
 ) -> dict[str, Any]:
-    return evaluate_srm(arm_counts(warehouse, units_table), config)
+    from ab_pipeline.diagnosis import srm_diagnosis
+
+    outcome = evaluate_srm(arm_counts(warehouse, units_table), config)
+    # Always the multiple-exposure rate; the by-day/by-property breakdown when the gate failed.
+    outcome["diagnosis"] = srm_diagnosis(warehouse, config, units_table, not outcome["passed"])
+    return outcome

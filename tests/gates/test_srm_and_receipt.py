@@ -9,7 +9,7 @@ from ab_pipeline.config import ExperimentConfig, parse_config
 from ab_pipeline.extract import build_units_table
 from ab_pipeline.gates.receipt import run_receipt_gate
 from ab_pipeline.gates.srm import run_srm_gate
-from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse import Warehouse, quote_ident
 from tests.warehouse_fixtures import Exposure, create_contract_tables, insert_rows
 
 RUN = date(2026, 5, 31)
@@ -145,4 +145,4 @@ def test_gates_agree_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> No
     receipt = run_receipt_gate(warehouse, config(schema), table, RUN)
     assert srm["counts"] == {"control": 300, "treatment": 330} and srm["passed"]
     assert receipt is not None and receipt["mismatches"][0]["field"] == "index"
-    warehouse.execute(f'DROP TABLE "{table}"')
+    warehouse.execute(f"DROP TABLE {quote_ident(table)}")

@@ -1,0 +1,262 @@
+"""Results tables: every readout, queryable in the warehouse next to the data it came from.
+
+Four tables (in `results_schema()`), keyed by (experiment, run_date):
+
+- `ab_readouts`        one decision record per readout: decision, status, reason, config hash,
+                       code version, owner, when it was written, and the whole results.json;
+- `ab_metric_results`  per metric and arm: units/events, value; for a treatment arm its
+                       comparison with control (absolute, interval, relative, p-values, SE);
+- `ab_gate_results`    per gate: ran, passed, detail, the outcome as JSON;
+- `ab_checks`          every check behind the decision, PASS/FAIL with its numbers.
+
+`write_readout` replaces one (experiment, run_date)'s rows in a single transaction: re-running
+a date never duplicates rows, and a run killed mid-write leaves the previous rows untouched
+(the warehouse rolls the open transaction back). `history` reads the earlier readouts back
+for results.json (`history`, docs/results.md) and the brief's trajectory chart.
+
+Only SQL that DuckDB and PostgreSQL share; JSON is stored as TEXT for portability.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+from ab_pipeline.warehouse import Warehouse, quote_ident
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from ab_pipeline.pipeline import RunContext
+
+log = logging.getLogger(__name__)
+
+RESULTS_SCHEMA_ENV = "AB_PIPELINE_RESULTS_SCHEMA"
+_KEY = "experiment TEXT NOT NULL, run_date DATE NOT NULL"
+TABLES: dict[str, str] = {
+    "ab_readouts": f"""{_KEY}, version INTEGER, status TEXT NOT NULL, decision TEXT NOT NULL,
+        decision_reason TEXT, config_sha256 TEXT NOT NULL, code_version TEXT, owner TEXT,
+        title TEXT, written_at TIMESTAMP NOT NULL, results_json TEXT NOT NULL,
+        PRIMARY KEY (experiment, run_date)""",
+    "ab_metric_results": f"""{_KEY}, metric TEXT NOT NULL, role TEXT, metric_type TEXT,
+        arm TEXT NOT NULL, is_control BOOLEAN NOT NULL, units BIGINT, events BIGINT,
+        value DOUBLE PRECISION, absolute DOUBLE PRECISION, ci_low DOUBLE PRECISION,
+        ci_high DOUBLE PRECISION, relative DOUBLE PRECISION, relative_ci_low DOUBLE PRECISION,
+        relative_ci_high DOUBLE PRECISION, p_value DOUBLE PRECISION,
+        p_value_adjusted DOUBLE PRECISION, se DOUBLE PRECISION, method TEXT,
+        PRIMARY KEY (experiment, run_date, metric, arm)""",
+    "ab_gate_results": f"""{_KEY}, gate TEXT NOT NULL, ran BOOLEAN NOT NULL, passed BOOLEAN,
+        detail TEXT, outcome_json TEXT, PRIMARY KEY (experiment, run_date, gate)""",
+    "ab_checks": f"""{_KEY}, position INTEGER NOT NULL, name TEXT NOT NULL, passed BOOLEAN,
+        detail TEXT, metric TEXT, arm TEXT, observed DOUBLE PRECISION, bound DOUBLE PRECISION,
+        PRIMARY KEY (experiment, run_date, position)""",
+}
+# Any fixed number: serialises concurrent writers on PostgreSQL (DDL included).
+_PG_LOCK_KEY = 0x61625F72
+
+
+def results_schema(default: str | None = None) -> str | None:
+    """$AB_PIPELINE_RESULTS_SCHEMA, else `default` (the experiment's work schema), else none."""
+    return os.environ.get(RESULTS_SCHEMA_ENV) or default
+
+
+def table(name: str, schema: str | None) -> str:
+    return quote_ident(f"{schema}.{name}" if schema else name)
+
+
+def ensure_tables(connection: Connection, schema: str | None) -> None:
+    from sqlalchemy import text
+
+    if schema:
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+    for name, columns in TABLES.items():
+        connection.execute(text(f"CREATE TABLE IF NOT EXISTS {table(name, schema)} ({columns})"))
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _pair(value: Any) -> tuple[float | None, float | None]:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return _float(value[0]), _float(value[1])
+    return None, None
+
+
+def readout_row(results: Mapping[str, Any], written_at: datetime) -> dict[str, Any]:
+    return {
+        "version": results.get("version"),
+        "status": results["status"],
+        "decision": results["decision"],
+        "decision_reason": results.get("decision_reason"),
+        "config_sha256": results["config_sha256"],
+        "code_version": results.get("code_version"),
+        "owner": results.get("owner"),
+        "title": results.get("title"),
+        "written_at": written_at,
+        # history is derived from these tables: storing it would nest every earlier readout.
+        "results_json": json.dumps({k: v for k, v in results.items() if k != "history"}),
+    }
+
+
+def metric_rows(results: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    control = results.get("control")
+    for metric, body in (results.get("metrics") or {}).items():
+        comparisons = body.get("comparisons") or {}
+        for arm, stats in (body.get("arms") or {}).items():
+            comp = comparisons.get(arm) or {}
+            ci_low, ci_high = _pair(comp.get("ci"))
+            rel_low, rel_high = _pair(comp.get("relative_ci"))
+            yield {
+                "metric": metric,
+                "role": body.get("role"),
+                "metric_type": body.get("type"),
+                "arm": arm,
+                "is_control": arm == control,
+                "units": stats.get("units"),
+                "events": stats.get("events"),
+                "value": _float(stats.get("value")),
+                "absolute": _float(comp.get("absolute")),
+                "ci_low": ci_low,
+                "ci_high": ci_high,
+                "relative": _float(comp.get("relative")),
+                "relative_ci_low": rel_low,
+                "relative_ci_high": rel_high,
+                "p_value": _float(comp.get("p_value")),
+                "p_value_adjusted": _float(comp.get("p_value_adjusted")),
+                "se": _float(comp.get("se")),
+                "method": comp.get("method"),
+            }
+
+
+def gate_rows(results: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for gate, outcome in (results.get("gates") or {}).items():
+        yield {
+            "gate": gate,
+            "ran": outcome is not None,
+            "passed": None if outcome is None else bool(outcome.get("passed")),
+            "detail": None if outcome is None else outcome.get("detail"),
+            "outcome_json": None if outcome is None else json.dumps(outcome, default=str),
+        }
+
+
+def check_rows(results: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for position, check in enumerate(results.get("checks") or []):
+        yield {
+            "position": position,
+            "name": check["name"],
+            "passed": check.get("passed"),
+            "detail": check.get("detail"),
+            "metric": check.get("metric"),
+            "arm": check.get("arm"),
+            "observed": _float(check.get("observed")),
+            "bound": _float(check.get("bound")),
+        }
+
+
+def _insert(
+    connection: Connection, name: str, schema: str | None, key: dict[str, Any], rows: list[dict]
+) -> None:
+    from sqlalchemy import text
+
+    if not rows:
+        return
+    columns = ["experiment", "run_date", *rows[0]]
+    sql = (
+        f"INSERT INTO {table(name, schema)} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(':' + c for c in columns)})"
+    )
+    connection.execute(text(sql), [{**key, **row} for row in rows])
+
+
+def write_readout(
+    warehouse: Warehouse,
+    results: Mapping[str, Any],
+    schema: str | None = None,
+    written_at: datetime | None = None,
+) -> None:
+    """Replace this (experiment, run_date)'s rows in every results table, in one transaction."""
+    from sqlalchemy import text
+
+    key = {
+        "experiment": results["experiment"],
+        "run_date": date.fromisoformat(results["run_date"]),
+    }
+    written_at = written_at or datetime.now(UTC).replace(tzinfo=None)
+    with warehouse.connect() as connection:  # commits at the end, rolls back on any error
+        if warehouse.dialect == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        ensure_tables(connection, schema)
+        for name in TABLES:
+            connection.execute(
+                text(
+                    f"DELETE FROM {table(name, schema)} "
+                    "WHERE experiment = :experiment AND run_date = :run_date"
+                ),
+                key,
+            )
+        _insert(connection, "ab_readouts", schema, key, [readout_row(results, written_at)])
+        _insert(connection, "ab_metric_results", schema, key, list(metric_rows(results)))
+        _insert(connection, "ab_gate_results", schema, key, list(gate_rows(results)))
+        _insert(connection, "ab_checks", schema, key, list(check_rows(results)))
+
+
+def history(
+    warehouse: Warehouse, experiment: str, before: date, schema: str | None = None
+) -> list[dict[str, Any]]:
+    """Earlier readouts, oldest first: `[{run_date, decision, status, primary: {absolute, ci}}]`.
+
+    `primary` is the primary metric's first treatment comparison (null when none was analysed).
+    """
+    readouts = warehouse.query(
+        f"""SELECT r.run_date, r.decision, r.status, m.absolute, m.ci_low, m.ci_high, m.arm
+        FROM {table("ab_readouts", schema)} r
+        LEFT JOIN {table("ab_metric_results", schema)} m
+          ON m.experiment = r.experiment AND m.run_date = r.run_date
+         AND m.role = 'primary' AND NOT m.is_control
+        WHERE r.experiment = :experiment AND r.run_date < :before
+        ORDER BY r.run_date, m.arm""",
+        {"experiment": experiment, "before": before},
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for row in readouts:
+        day = _iso(row["run_date"])
+        if day in out:  # several treatment arms: the first (by name) stands for the readout
+            continue
+        primary = None
+        if row["absolute"] is not None:
+            primary = {"absolute": row["absolute"], "ci": [row["ci_low"], row["ci_high"]]}
+        out[day] = {
+            "run_date": day,
+            "decision": row["decision"],
+            "status": row["status"],
+            "primary": primary,
+        }
+    return list(out.values())
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, date) else str(value)[:10]
+
+
+def store_readout(ctx: RunContext, results: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline hook: write the readout's rows, add `history`, rewrite results.json."""
+    schema = results_schema(ctx.config.source.units_schema)
+    warehouse = ctx.warehouse
+    write_readout(warehouse, results, schema)
+    earlier = history(warehouse, results["experiment"], ctx.run_date, schema)
+    results = {**results, "history": earlier}
+    ctx.write_json("results.json", results)
+    log.info(
+        "[experiment=%s run_date=%s] readout stored in the results tables (%d earlier)",
+        results["experiment"],
+        results["run_date"],
+        len(earlier),
+    )
+    return results

@@ -1,0 +1,172 @@
+"""Scale benchmark: the full readout (extract, gates, analysis, brief) against the bare floor.
+
+Usage:
+  .venv/bin/python benchmarks/scale.py duckdb 10000 1000000 10000000
+  .venv/bin/python benchmarks/scale.py postgres 10000 1000000 [--url postgresql://...]
+
+Per size: the refund-query-rewrite scenario with N units and ~10 events per unit (latency events
+per unit raised from 3 to 7) is simulated into a fresh warehouse (DuckDB file, or a throwaway
+PostgreSQL schema); then, each in a fresh interpreter so peak RSS belongs to that step alone:
+- `readout`: `run_pipeline` (extract, all gates incl. Great Expectations, analysis, decision,
+  results tables, brief; no email) — wall time and peak RSS of the process;
+- `floor`: one bare join-and-group-by of events with exposures (one scan of both tables).
+The smallest size gives the fixed overhead; marginal cost per event is the slope between the
+smallest and each larger size. Prints a Markdown table (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
+SCENARIO = REPO / "simulations" / "refund-query-rewrite.yaml"
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+
+CHILD = """
+import json, sys, time
+mode, url, out = sys.argv[1], sys.argv[2], sys.argv[3]
+began = time.perf_counter()
+if mode == "readout":
+    from datetime import date
+    from pathlib import Path
+    from ab_pipeline.pipeline import RunContext, run_pipeline
+    ctx = RunContext(Path(sys.argv[4]), date(2026, 5, 31), url, Path(out))
+    detail = run_pipeline(ctx, deliver=False)["decision"]
+else:
+    from ab_pipeline.warehouse import Warehouse
+    rows = Warehouse(url).query(
+        "SELECT x.arm, COUNT(*) AS n, SUM(e.value) AS v FROM events e "
+        "JOIN exposures x ON x.unit_id = e.unit_id WHERE x.experiment_key = :k GROUP BY x.arm",
+        {"k": "refund-query-rewrite"})
+    detail = sum(int(r["n"]) for r in rows)
+wall = time.perf_counter() - began
+# VmHWM: this process image's peak RSS (ru_maxrss would carry the parent's over execve).
+with open("/proc/self/status") as status:
+    peak_mib = next(int(l.split()[1]) for l in status if l.startswith("VmHWM")) / 1024
+print(json.dumps({"wall_s": wall, "peak_rss_mib": peak_mib, "detail": detail}))
+"""
+
+
+def simulate(url: str, units: int, schema: str | None) -> dict[str, Any]:
+    import yaml
+
+    from ab_pipeline.config import load_config
+    from ab_pipeline.simulate import parse_scenario
+    from ab_pipeline.simulate import simulate as run_simulation
+
+    data = yaml.safe_load(SCENARIO.read_text())
+    data["units"] = units
+    data["metrics"]["p95_latency_ms"]["per_unit_events"] = 7  # ~10 events per unit in all
+    began = time.perf_counter()
+    summary = run_simulation(load_config(CONFIG), parse_scenario(data), url, schema=schema)
+    return {"simulate_s": time.perf_counter() - began, "summary": summary}
+
+
+def child(mode: str, url: str, out: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, url, str(out), str(CONFIG)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def count_events(url: str) -> int:
+    from ab_pipeline.warehouse import Warehouse, dispose_all
+
+    n = int(Warehouse(url).query("SELECT COUNT(*) AS n FROM events")[0]["n"])
+    dispose_all()
+    return n
+
+
+def measure(kind: str, units: int, root: Path, pg_url: str) -> dict[str, Any]:
+    from ab_pipeline.warehouse import Warehouse, dispose_all
+
+    schema = None
+    if kind == "duckdb":
+        url = f"duckdb:///{root / f'scale_{units}.duckdb'}"
+    else:
+        schema = f"ab_scale_{uuid.uuid4().hex[:8]}"
+        Warehouse(pg_url).execute(f"CREATE SCHEMA {schema}")
+        url = f"{pg_url}?options=-csearch_path%3D{schema}"
+    try:
+        sim = simulate(url if kind == "duckdb" else pg_url, units, schema)
+        dispose_all()
+        if kind == "postgres":  # a loaded warehouse has statistics; the simulator's tables not yet
+            Warehouse(pg_url).execute([f"ANALYZE {schema}.exposures", f"ANALYZE {schema}.events"])
+        events = count_events(url)
+        readout = child("readout", url, root / "briefs")
+        floor = child("floor", url, root / "briefs")
+    finally:
+        if schema:
+            Warehouse(pg_url).execute(f"DROP SCHEMA {schema} CASCADE")
+        dispose_all()
+        if kind == "duckdb":
+            (root / f"scale_{units}.duckdb").unlink(missing_ok=True)
+    return {
+        "units": units,
+        "events": events,
+        "simulate_s": sim["simulate_s"],
+        "readout_s": readout["wall_s"],
+        "readout_rss_mib": readout["peak_rss_mib"],
+        "decision": readout["detail"],
+        "floor_s": floor["wall_s"],
+        "floor_rss_mib": floor["peak_rss_mib"],
+    }
+
+
+def report(kind: str, rows: list[dict[str, Any]]) -> None:
+    base = rows[0]
+    print(
+        f"\n{kind}: fixed overhead (readout at {base['units']:,} units) {base['readout_s']:.1f} s"
+    )
+    print(
+        "| units | events | simulate s | readout s | readout peak RSS MiB | floor s |"
+        " readout ns/event (marginal) | floor ns/event (marginal) | ratio |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        extra = row["events"] - base["events"]
+        if extra > 0:
+            marginal = 1e9 * (row["readout_s"] - base["readout_s"]) / extra
+            floor = 1e9 * (row["floor_s"] - base["floor_s"]) / extra
+            tail = f"{marginal:.0f} | {floor:.0f} | {marginal / max(floor, 1e-9):.1f}x"
+        else:
+            tail = "— | — | —"
+        print(
+            f"| {row['units']:,} | {row['events']:,} | {row['simulate_s']:.1f} | "
+            f"{row['readout_s']:.1f} | {row['readout_rss_mib']:.0f} | "
+            f"{row['floor_s']:.2f} | {tail} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["duckdb", "postgres"])
+    parser.add_argument("sizes", nargs="+", type=int, help="units per size, smallest first")
+    parser.add_argument("--url", default=PG_DEFAULT, help="PostgreSQL server (postgres only)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ab-scale-") as tmp:
+        for units in sorted(args.sizes):
+            row = measure(args.kind, units, Path(tmp), args.url)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    report(args.kind, rows)
+
+
+if __name__ == "__main__":
+    main()

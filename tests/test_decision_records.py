@@ -1,0 +1,95 @@
+"""Human decision records: stored next to the pipeline's decision, kept across re-runs, listed in
+every later results.json."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ab_pipeline.cli import main
+from ab_pipeline.config import load_config
+from ab_pipeline.decision_records import load_decisions, record_decision
+from ab_pipeline.pipeline import RunContext, run_pipeline
+from ab_pipeline.simulate import load_scenario, simulate
+from ab_pipeline.warehouse import Warehouse
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
+SCENARIO = REPO / "simulations" / "refund-query-rewrite.yaml"
+FINAL = date(2026, 5, 31)
+
+
+def readout(tmp_path: Path, warehouse: Warehouse, day: date = FINAL) -> dict[str, Any]:
+    ctx = RunContext(CONFIG, day, warehouse.url, tmp_path / "briefs")
+    run_pipeline(ctx, deliver=False)
+    return dict(json.loads((ctx.run_dir / "results.json").read_text()))
+
+
+def decide(tmp_path: Path, warehouse: Warehouse, decision: str, by: str) -> int:
+    return main(
+        [
+            "decide", "refund-query-rewrite", "--decision", decision, "--by", by,
+            "--note", "launch with a holdback", "--follow-up", "2026-07-01",
+            "--warehouse", warehouse.url, "--out", str(tmp_path / "briefs"),
+        ]
+    )  # fmt: skip
+
+
+def test_records_survive_reruns_and_appear_in_the_next_results(
+    tmp_path: Path, duckdb_warehouse: Warehouse, capsys: pytest.CaptureFixture[str]
+) -> None:
+    simulate(load_config(CONFIG), load_scenario(SCENARIO), duckdb_warehouse.url)
+    first = readout(tmp_path, duckdb_warehouse)
+    pipeline = first["decision"]
+    assert first["human_decisions"] == [] and first["status"] == "final"
+    other = "iterate" if pipeline != "ITERATE" else "ship"
+
+    assert decide(tmp_path, duckdb_warehouse, other, "ana@example.com") == 0
+    assert f"DISAGREES with the pipeline's {pipeline}" in capsys.readouterr().out
+    archived = json.loads(
+        (tmp_path / "briefs/refund-query-rewrite/2026-05-31/results.json").read_text()
+    )
+    [record] = archived["human_decisions"]  # the archive shows it without a re-run
+    assert record["decision"] == other.upper() and record["disagrees"]
+    assert record["pipeline_decision"] == pipeline
+    assert record["by"] == "ana@example.com" and record["follow_up"] == "2026-07-01"
+
+    # A re-run (fresh data, same date) replaces the pipeline's outputs, never the human rows.
+    simulate(load_config(CONFIG), load_scenario(SCENARIO), duckdb_warehouse.url)
+    again = readout(tmp_path, duckdb_warehouse)
+    assert again["human_decisions"] == archived["human_decisions"]
+
+    assert decide(tmp_path, duckdb_warehouse, pipeline.lower(), "lead@example.com") == 0
+    later = readout(tmp_path, duckdb_warehouse)
+    assert [r["decision"] for r in later["human_decisions"]] == [other.upper(), pipeline]
+    assert [r["disagrees"] for r in later["human_decisions"]] == [True, False]
+
+
+def test_decide_needs_a_final_brief(
+    tmp_path: Path, duckdb_warehouse: Warehouse, capsys: pytest.CaptureFixture[str]
+) -> None:
+    simulate(load_config(CONFIG), load_scenario(SCENARIO), duckdb_warehouse.url)
+    assert readout(tmp_path, duckdb_warehouse, date(2026, 5, 14))["status"] == "interim"
+    assert decide(tmp_path, duckdb_warehouse, "ship", "ana@example.com") == 2
+    assert "no final brief" in capsys.readouterr().err
+
+
+def test_postgres_stores_and_loads_records(postgres_schema: tuple[Warehouse, str]) -> None:
+    warehouse, schema = postgres_schema
+    results = {"run_date": "2026-05-31", "decision": "STOP"}
+    record_decision(
+        warehouse, "exp", "stop", "ana", "guardrail", date(2026, 6, 2), results, schema=schema
+    )
+    record_decision(
+        warehouse, "exp", "ship", "bob", "override", date(2026, 6, 9), results, schema=schema
+    )
+    rows = load_decisions(warehouse, "exp", schema=schema)
+    assert [(r["decision"], r["disagrees"]) for r in rows] == [("STOP", False), ("SHIP", True)]
+    assert rows[0]["run_date"] == "2026-05-31" and rows[1]["follow_up"] == "2026-06-09"
+    assert load_decisions(warehouse, "other", schema=schema) == []
+    with pytest.raises(ValueError, match="continue"):
+        record_decision(warehouse, "exp", "continue", "a", "b", date(2026, 6, 1), results)

@@ -1,0 +1,171 @@
+"""The sample experiments, unchanged, read out on PostgreSQL give what DuckDB gives.
+
+The same seeded data goes into an embedded DuckDB file and into a throwaway schema on the
+machine's PostgreSQL. Only the connection differs: the PostgreSQL URL selects the schema
+through `search_path`, so the configs (and their hashes) are byte-identical, and the run's
+units table and results tables land in that schema too. The connection URL carries a password
+(trust auth ignores it): it must not appear in any file the runs write or any log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ab_pipeline.config import load_config
+from ab_pipeline.extract import units_table_name
+from ab_pipeline.pipeline import RunContext, run_pipeline
+from ab_pipeline.simulate import main_simulate
+from ab_pipeline.warehouse import Warehouse, dispose_all
+from tests.conftest import POSTGRES_URL
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "dags" / "experiments").glob("*.yaml"))
+SECRET = "pw-" + uuid.uuid4().hex[:12]
+
+
+def with_password(url: str, password: str) -> str:
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    return f"{scheme}://{user}:{password}@{host}"
+
+
+def readout_dates(config_path: Path) -> list[date]:
+    config = load_config(config_path)
+    return [config.end]
+
+
+def run_all(url: str, out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    runs = {}
+    for path in CONFIGS:
+        for day in readout_dates(path):
+            ctx = RunContext(path, day, url, out)
+            run_pipeline(ctx, deliver=False)
+            runs[path.stem, day.isoformat()] = json.loads(
+                (ctx.run_dir / "results.json").read_text()
+            )
+    dispose_all()
+    return runs
+
+
+@pytest.fixture(scope="module")
+def both(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[dict[tuple[str, str], dict[str, Any]], ...]]:
+    root = tmp_path_factory.mktemp("parity")
+    duck = f"duckdb:///{root / 'warehouse.duckdb'}"
+    admin = Warehouse(POSTGRES_URL)
+    schema = f"ab_parity_{uuid.uuid4().hex[:8]}"
+    admin.execute(f"CREATE SCHEMA {schema}")
+    secret_url = with_password(POSTGRES_URL, SECRET) + f"?options=-csearch_path%3D{schema}"
+    try:
+        assert main_simulate(["--warehouse", duck]) == 0
+        assert main_simulate(["--warehouse", POSTGRES_URL, "--schema", schema]) == 0
+        # Freshly loaded tables have no planner statistics; without them PostgreSQL picks
+        # nested loops and the extract takes minutes instead of milliseconds.
+        admin.execute([f"ANALYZE {schema}.exposures", f"ANALYZE {schema}.events"])
+        yield (
+            run_all(duck, root / "duckdb"),
+            run_all(secret_url, root / "postgres"),
+            {"root": root, "schema": schema, "tables": _tables(admin, schema)},  # type: ignore[dict-item]
+        )
+    finally:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        dispose_all()
+
+
+def _tables(admin: Warehouse, schema: str) -> list[str]:
+    rows = admin.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = :s", {"s": schema}
+    )
+    return sorted(r["table_name"] for r in rows)
+
+
+def same(a: Any, b: Any, path: str = "") -> list[str]:
+    """Differences between two JSON values; floats agree to 1e-9 (relative)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
+        return [d for k in a for d in same(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: lengths {len(a)} != {len(b)}"]
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in same(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def comparable(results: dict[str, Any]) -> dict[str, Any]:
+    """The run's findings; drops only the data-quality check wording, which names the clock."""
+    data = json.loads(json.dumps(results))
+    for check in (data["gates"].get("data_quality") or {}).get("checks", []):
+        check.pop("detail", None)
+    return dict(data)
+
+
+def test_decisions_and_numbers_match_duckdb(both: tuple[Any, ...]) -> None:
+    duck, postgres, _ = both
+    assert duck.keys() == postgres.keys() and len(duck) == len(CONFIGS)
+    for run, expected in duck.items():
+        got = postgres[run]
+        assert got["decision"] == expected["decision"], run
+        assert got["decision_reason"] == expected["decision_reason"], run
+        # Counts are integers: exactly equal. Floats may differ in the last bit only, where the
+        # two engines add the same numbers in a different order.
+        assert got["gates"]["srm"]["counts"] == expected["gates"]["srm"]["counts"], run
+        assert same(comparable(expected), comparable(got)) == [], run
+
+
+def test_everything_stays_in_the_throwaway_schema(both: tuple[Any, ...]) -> None:
+    *_, info = both
+    tables = info["tables"]
+    assert {"exposures", "events", "ab_readouts", "ab_metric_results", "ab_gate_results"} <= set(
+        tables
+    )
+    assert any(t.startswith("ab_units__") for t in tables)
+
+
+def test_the_password_appears_in_no_output(
+    both: tuple[Any, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, postgres, info = both
+    assert SECRET not in json.dumps(list(postgres.values()))
+    for path in Path(info["root"], "postgres").rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_the_password_appears_in_no_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run whose warehouse cannot be reached logs and raises without the password."""
+    url = with_password("postgresql://ab@127.0.0.1:1/nowhere", SECRET)
+    caplog.set_level(logging.DEBUG)
+    ctx = RunContext(CONFIGS[0], date(2026, 5, 31), url, tmp_path)
+    with pytest.raises(Exception) as raised:
+        run_pipeline(ctx, deliver=False)
+    assert SECRET not in str(raised.value)
+    assert SECRET not in caplog.text
+
+
+def test_the_units_table_goes_to_the_work_schema() -> None:
+    config = load_config(CONFIGS[0])
+    assert "." not in units_table_name(config, config.end)
+    source = config.source.model_copy(update={"exposures": "raw.exposures"})
+    assert units_table_name(config.model_copy(update={"source": source}), config.end).startswith(
+        "raw.ab_units__"
+    )
+    source = source.model_copy(update={"work_schema": "scratch"})
+    assert units_table_name(config.model_copy(update={"source": source}), config.end).startswith(
+        "scratch.ab_units__"
+    )

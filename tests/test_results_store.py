@@ -1,0 +1,139 @@
+"""Results tables: one row set per (experiment, run date), replaced atomically; history."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ab_pipeline import results_store
+from ab_pipeline.results_store import history, write_readout
+from ab_pipeline.warehouse import Warehouse
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def ship(run_date: str = "2026-05-31", **changes: Any) -> dict[str, Any]:
+    data = json.loads((FIXTURES / "results_ship.json").read_text())
+    data.update(run_date=run_date, **changes)
+    return dict(data)
+
+
+def count(warehouse: Warehouse, name: str, schema: str | None = None) -> int:
+    rows = warehouse.query(f"SELECT COUNT(*) AS n FROM {results_store.table(name, schema)}")
+    return int(rows[0]["n"])
+
+
+def test_a_readout_lands_in_every_table(duckdb_warehouse: Warehouse) -> None:
+    results = ship()
+    write_readout(duckdb_warehouse, results)
+    readout = duckdb_warehouse.query("SELECT * FROM ab_readouts")[0]
+    assert readout["decision"] == "SHIP" and readout["owner"] == results["owner"]
+    assert readout["config_sha256"] == results["config_sha256"]
+    assert json.loads(readout["results_json"])["decision"] == "SHIP"
+    primary = duckdb_warehouse.query(
+        "SELECT * FROM ab_metric_results WHERE metric = 'resolution_rate' AND arm = 'treatment'"
+    )[0]
+    assert primary["absolute"] == 0.04 and primary["ci_low"] == 0.009662
+    assert primary["p_value"] == 0.009823 and primary["units"] == 2000
+    arms = count(duckdb_warehouse, "ab_metric_results")
+    assert arms == sum(len(m["arms"]) for m in results["metrics"].values())
+    gates = {r["gate"]: r for r in duckdb_warehouse.query("SELECT * FROM ab_gate_results")}
+    assert gates["srm"]["passed"] and gates["srm"]["ran"]
+    assert count(duckdb_warehouse, "ab_checks") == len(results["checks"])
+
+
+def test_rerunning_a_date_replaces_its_rows(duckdb_warehouse: Warehouse) -> None:
+    write_readout(duckdb_warehouse, ship())
+    write_readout(duckdb_warehouse, ship(decision="ITERATE"))
+    assert count(duckdb_warehouse, "ab_readouts") == 1
+    assert duckdb_warehouse.query("SELECT decision FROM ab_readouts")[0]["decision"] == "ITERATE"
+    assert count(duckdb_warehouse, "ab_checks") == len(ship()["checks"])
+
+
+def test_a_failed_write_leaves_the_previous_rows(
+    duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_readout(duckdb_warehouse, ship())
+    before = {name: count(duckdb_warehouse, name) for name in results_store.TABLES}
+
+    def broken_checks(results: dict[str, Any]) -> Any:
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(results_store, "check_rows", broken_checks)
+    with pytest.raises(RuntimeError):
+        write_readout(duckdb_warehouse, ship(decision="STOP"))
+    assert {name: count(duckdb_warehouse, name) for name in results_store.TABLES} == before
+    assert duckdb_warehouse.query("SELECT decision FROM ab_readouts")[0]["decision"] == "SHIP"
+
+
+def test_history_lists_earlier_readouts_oldest_first(duckdb_warehouse: Warehouse) -> None:
+    for day, decision in [("2026-05-20", "CONTINUE"), ("2026-05-10", "CONTINUE")]:
+        write_readout(duckdb_warehouse, ship(day, decision=decision, status="interim"))
+    write_readout(duckdb_warehouse, ship("2026-05-31"))
+    from datetime import date
+
+    earlier = history(duckdb_warehouse, "refund-query-rewrite", date(2026, 5, 31))
+    assert [h["run_date"] for h in earlier] == ["2026-05-10", "2026-05-20"]
+    assert earlier[0] == {
+        "run_date": "2026-05-10",
+        "decision": "CONTINUE",
+        "status": "interim",
+        "primary": {"absolute": 0.04, "ci": [0.009662, 0.070338]},
+    }
+
+
+def test_a_rerun_readout_has_gates_but_no_metrics(duckdb_warehouse: Warehouse) -> None:
+    rerun = json.loads((FIXTURES / "results_rerun.json").read_text())
+    write_readout(duckdb_warehouse, rerun)
+    assert count(duckdb_warehouse, "ab_metric_results") == 0
+    failed = duckdb_warehouse.query("SELECT gate FROM ab_gate_results WHERE NOT passed")
+    assert {r["gate"] for r in failed} == set(rerun["gate_failures"])
+
+
+WRITER = """
+import json, sys, time
+from ab_pipeline import results_store
+from ab_pipeline.warehouse import Warehouse
+
+def stall(results):
+    print("inside", flush=True)
+    time.sleep(60)
+    return iter(())
+
+results_store.check_rows = stall
+results = json.loads(sys.argv[3])
+results_store.write_readout(Warehouse(sys.argv[1]), results, sys.argv[2])
+"""
+
+
+def test_a_killed_writer_leaves_no_half_written_readout(
+    postgres_schema: tuple[Warehouse, str],
+) -> None:
+    """SIGKILL a real writer mid-transaction: PostgreSQL keeps the previous readout whole."""
+    warehouse, schema = postgres_schema
+    write_readout(warehouse, ship(), schema)
+    before = {name: count(warehouse, name, schema) for name in results_store.TABLES}
+    payload = json.dumps(ship(decision="STOP", checks=[]))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, warehouse.url, schema, payload],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "inside"
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=10)
+    time.sleep(0.2)  # the server notices the dropped connection and rolls back
+    assert {name: count(warehouse, name, schema) for name in results_store.TABLES} == before
+    decisions = warehouse.query(f"SELECT decision FROM {schema}.ab_readouts")
+    assert [r["decision"] for r in decisions] == ["SHIP"]
