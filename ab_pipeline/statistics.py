@@ -97,11 +97,24 @@ def _z_comparison(
 ) -> Comparison:
     """Normal (z) test and interval of treatment - control from each arm's (estimate, variance
     of the estimate); independent arms, so the variances add."""
-    (mean_c, var_c), (mean_t, var_t) = control, treatment
-    se = math.sqrt(var_c + var_t)
-    diff = mean_t - mean_c
+    se = math.sqrt(control[1] + treatment[1])
+    diff = treatment[0] - control[0]
     p_value = _normal_p(diff / se) if se > 0 else (1.0 if diff == 0 else 0.0)
-    half = _z(alpha) * se
+    return _comparison(control, treatment, p_value, _z(alpha) * se, alpha, method)
+
+
+def _comparison(
+    control: tuple[float, float],
+    treatment: tuple[float, float],
+    p_value: float,
+    half: float,
+    alpha: float,
+    method: str,
+) -> Comparison:
+    """Assemble a Comparison from each arm's (estimate, variance of the estimate), the test's
+    p-value and the interval's half-width; the relative lift gets its own delta interval."""
+    (mean_c, var_c), (mean_t, var_t) = control, treatment
+    diff = mean_t - mean_c
     relative, relative_ci = _relative_interval(mean_t, var_t, mean_c, var_c, alpha)
     return Comparison(
         absolute=diff,
@@ -109,7 +122,7 @@ def _z_comparison(
         relative=relative,
         relative_ci=relative_ci,
         p_value=p_value,
-        se=se,
+        se=math.sqrt(var_c + var_t),
         method=method,
     )
 
@@ -132,16 +145,13 @@ def compare_proportions(
     var_c, var_t = p_c * (1 - p_c) / units_c, p_t * (1 - p_t) / units_t
     se = math.sqrt(var_c + var_t)
     p_value = _normal_p(diff / se_pooled) if se_pooled > 0 else 1.0
-    half = _z(alpha) * se
-    relative, relative_ci = _relative_interval(p_t, var_t, p_c, var_c, alpha)
-    return Comparison(
-        absolute=diff,
-        ci=(diff - half, diff + half),
-        relative=relative,
-        relative_ci=relative_ci,
-        p_value=p_value,
-        se=se,
-        method="two-proportion z-test (pooled SE), Wald interval of the difference (unpooled SE)",
+    return _comparison(
+        (p_c, var_c),
+        (p_t, var_t),
+        p_value,
+        _z(alpha) * se,
+        alpha,
+        "two-proportion z-test (pooled SE), Wald interval of the difference (unpooled SE)",
     )
 
 
@@ -180,15 +190,13 @@ def compare_means(control: MeanSummary, treatment: MeanSummary, alpha: float = 0
         dof = (var_c + var_t) ** 2 / (var_c**2 / (control.n - 1) + var_t**2 / (treatment.n - 1))
         p_value = float(2 * student_t.sf(abs(diff / se), dof))
         half = float(student_t.ppf(1 - alpha / 2, dof)) * se
-    relative, relative_ci = _relative_interval(treatment.mean, var_t, control.mean, var_c, alpha)
-    return Comparison(
-        absolute=diff,
-        ci=(diff - half, diff + half),
-        relative=relative,
-        relative_ci=relative_ci,
-        p_value=p_value,
-        se=se,
-        method="Welch t-test, Welch-Satterthwaite interval of the difference in means",
+    return _comparison(
+        (control.mean, var_c),
+        (treatment.mean, var_t),
+        p_value,
+        half,
+        alpha,
+        "Welch t-test, Welch-Satterthwaite interval of the difference in means",
     )
 
 
