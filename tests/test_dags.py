@@ -39,20 +39,25 @@ print(json.dumps({"dags": dags, "errors": bag.import_errors}))
 """
 
 
-def parse(folder: Path, tmp_path: Path) -> dict[str, Any]:
+def run_fresh_python(script: str, argument: Path, tmp_path: Path) -> Any:
+    """Run `script` in a new interpreter (own AIRFLOW_HOME); return its last line as JSON."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
     done = subprocess.run(
-        [sys.executable, "-c", PARSE, str(folder)],
+        [sys.executable, "-c", script, str(argument)],
         capture_output=True,
         text=True,
         env=env,
         check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def parse(folder: Path, tmp_path: Path) -> dict[str, Any]:
+    return dict(run_fresh_python(PARSE, folder, tmp_path))
 
 
 def test_sample_configs_load_with_zero_import_errors(tmp_path: Path) -> None:
@@ -109,12 +114,4 @@ def test_parsing_the_dags_imports_nothing_heavy(tmp_path: Path) -> None:
         "import sys, json; sys.path.insert(0, sys.argv[1]); import ab_experiments; "
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow")}
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(DAGS)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert run_fresh_python(script, DAGS, tmp_path) == []

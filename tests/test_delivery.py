@@ -8,22 +8,20 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from ab_pipeline import delivery
 from ab_pipeline.brief import render_brief
 from ab_pipeline.delivery import SENDER_ENV, build_message, default_sender, deliver
 from ab_pipeline.errors import PipelineError
+from tests.local_services import free_port, serving_smtp, smtp_connection
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parent.parent
@@ -49,37 +47,16 @@ class RejectRecipients(Recorder):
         return "550 5.1.1 no such mailbox"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def point_smtp_default_at(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
-    conn = {
-        "conn_type": "smtp",
-        "host": "127.0.0.1",
-        "port": port,
-        # Plain SMTP: no SSL, no STARTTLS; fail fast; our own retry loop does the retrying.
-        "extra": {"disable_ssl": True, "disable_tls": True, "timeout": 5, "retry_limit": 0},
-    }
+    # Fail fast: our own retry loop does the retrying.
+    conn = smtp_connection(port, timeout=5, retry_limit=0)
     monkeypatch.setenv(CONN_ENV, json.dumps(conn))
-
-
-@contextmanager
-def serving(handler: Recorder) -> Iterator[Controller]:
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield controller
-    finally:
-        controller.stop()
 
 
 @pytest.fixture
 def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
     handler = Recorder()
-    with serving(handler) as controller:
+    with serving_smtp(handler) as controller:
         point_smtp_default_at(monkeypatch, controller.port)
         yield handler
 
@@ -227,7 +204,7 @@ def test_server_down_raises_pipeline_error_and_keeps_eml(
 def test_permanent_rejection_is_not_retried(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    with serving(RejectRecipients()) as controller:
+    with serving_smtp(RejectRecipients()) as controller:
         point_smtp_default_at(monkeypatch, controller.port)
         _, message = ship_message()
         with pytest.raises(PipelineError, match="after 1 attempt"):

@@ -8,38 +8,23 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
+
+from tests.local_services import Inbox, serving_smtp, smtp_connection
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "dags" / "experiments"
 CLI = str(Path(sys.executable).with_name("ab-pipeline"))
 
 pytestmark = pytest.mark.slow
-
-
-class Inbox:
-    """aiosmtpd handler that keeps every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], Message]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
-        return "250 OK"
-
-    def subjects(self) -> list[str]:
-        return [str(message["Subject"]) for _, message in self.messages]
 
 
 @dataclass
@@ -75,42 +60,26 @@ class World:
         return dict(json.loads((self.out / key / run_date / "results.json").read_text()))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("e2e")
     warehouse = f"duckdb:///{root / 'warehouse.duckdb'}"
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    smtp = {
-        "conn_type": "smtp",
-        "host": "127.0.0.1",
-        "port": controller.port,
-        "extra": {"disable_ssl": True, "disable_tls": True, "timeout": 10},
-    }
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
-        "AB_PIPELINE_SENDER": "readouts@example.com",
-    }
-    subprocess.run(
-        [CLI, "simulate", "--warehouse", warehouse],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    try:
+    with serving_smtp(inbox) as controller:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(root / "airflow"),
+            "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp_connection(controller.port)),
+            "AB_PIPELINE_SENDER": "readouts@example.com",
+        }
+        subprocess.run(
+            [CLI, "simulate", "--warehouse", warehouse],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         yield World(root, warehouse, root / "briefs", env, inbox)
-    finally:
-        controller.stop()
 
 
 def email_for(world: World, key: str, decision: str) -> tuple[list[str], Message]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.local_services import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
 WORKER_NAME = "ab-celery-worker-1"
 # The compose services that this stack mirrors (tests/test_compose.py checks the file).
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "worker")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float, step: float = 1.0) -> None:

@@ -14,14 +14,13 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ab_pipeline.warehouse import Warehouse, dispose_all
+from tests.local_services import Inbox, serving_smtp, smtp_connection
 
 from .stack import REPO, WORKER_NAME, Stack, running_stack, wait_for
 
@@ -34,15 +33,6 @@ SERVER = "postgresql://postgres@127.0.0.1:5432"
 MANUAL_DATE = "2026-05-20"
 BACKFILL = ("2026-05-30", "2026-06-01")  # logical dates -> readouts 5/29, 5/30, 5/31
 BACKFILL_READOUTS = ["2026-05-29", "2026-05-30", "2026-05-31"]
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], Message]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
-        return "250 OK"
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +61,6 @@ def databases() -> Iterator[tuple[str, str]]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, databases: tuple[str, str]
 ) -> Iterator[tuple[Stack, Inbox]]:
-    from aiosmtpd.controller import Controller
 
     from ab_pipeline.simulate import main_simulate
 
@@ -79,35 +68,21 @@ def stack(
     assert main_simulate(["--warehouse", f"{SERVER}/{warehouse_db}", str(_scenario())]) == 0
     root = tmp_path_factory.mktemp("stack")
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_port())
-    controller.start()
-    smtp = {
-        "conn_type": "smtp",
-        "host": "127.0.0.1",
-        "port": controller.port,
-        "extra": {"disable_ssl": True, "disable_tls": True, "timeout": 10},
-    }
-    env = {
-        # The warehouse as a postgres connection URI with a password (trust auth ignores it).
-        "AIRFLOW_CONN_AB_WAREHOUSE": f"postgres://postgres:{SECRET}@127.0.0.1:5432/{warehouse_db}",
-        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
-        "AB_PIPELINE_SENDER": "readouts@example.com",
-    }
-    try:
+    with serving_smtp(inbox) as controller:
+        env = {
+            # The warehouse as a postgres connection URI with a password (trust auth ignores it).
+            "AIRFLOW_CONN_AB_WAREHOUSE": (
+                f"postgres://postgres:{SECRET}@127.0.0.1:5432/{warehouse_db}"
+            ),
+            "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp_connection(controller.port)),
+            "AB_PIPELINE_SENDER": "readouts@example.com",
+        }
         with running_stack(root, metadata_db, env, [CONFIG]) as running:
             yield running, inbox
-    finally:
-        controller.stop()
 
 
 def _scenario() -> Path:
     return REPO / "simulations" / "refund-query-rewrite.yaml"
-
-
-def _port() -> int:
-    from .stack import free_port
-
-    return free_port()
 
 
 def api(stack: Stack, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
