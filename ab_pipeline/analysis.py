@@ -6,6 +6,7 @@ every unit-level metric; quantile metrics get their order statistics from the ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -17,7 +18,14 @@ from ab_pipeline.config import (
     RatioMetric,
 )
 from ab_pipeline.errors import PipelineError
-from ab_pipeline.extract import covariate_column, metric_column, quantile_events_sql, ratio_columns
+from ab_pipeline.extract import (
+    covariate_column,
+    metric_column,
+    quantile_count_column,
+    quantile_events_sql,
+    ratio_columns,
+)
+from ab_pipeline.quantiles import cont_ranks, disc_rank, histograms, order_statistics
 from ab_pipeline.statistics import (
     Comparison,
     CupedSummary,
@@ -128,72 +136,109 @@ def quantile_summaries(
     units_table: str,
     run_date: date,
 ) -> dict[str, QuantileSummary]:
-    """Per arm: event count, the sample quantile and the order statistics bracketing it."""
+    """Per arm: event count, the sample quantile and the order statistics bracketing it.
+
+    Exact `percentile_cont` / `percentile_disc` values, read through a bucket histogram (one
+    pass over the events, then narrow passes; `ab_pipeline.quantiles`) so memory stays bounded.
+    """
     body, params = quantile_events_sql(config, metric, units_table, run_date)
+
+    def narrowed(values: str) -> str:
+        return quantile_events_sql(config, metric, units_table, run_date, values)[0]
+
     q = metric.quantile
-    counts = warehouse.query(
-        f"SELECT u.arm AS arm, COUNT(*) AS n, percentile_cont({q!r}) WITHIN GROUP "
-        f"(ORDER BY e.value) AS estimate {body} GROUP BY u.arm",
-        params,
+    hists = {arm: h for arm, h in histograms(warehouse, body, params).items() if h.n >= 2}
+    cont = {arm: cont_ranks(q, h.n) for arm, h in hists.items()}
+    values = order_statistics(
+        warehouse, narrowed, params, hists, {arm: {r[0], r[1]} for arm, r in cont.items()}
     )
-    estimates = {str(r["arm"]): float(r["estimate"]) for r in counts if int(r["n"]) >= 2}
-    clusters = quantile_cluster_sums(warehouse, body, params, estimates)
-    summaries = {}
-    for row in counts:
-        arm, n = str(row["arm"]), int(row["n"])
-        if n < 2:
-            continue
-        low, high, z = clustered_quantile_bracket(q, clusters[arm], config.decision.alpha)
-        [values] = warehouse.query(
-            f"""SELECT
-                  percentile_cont({metric.quantile!r}) WITHIN GROUP (ORDER BY e.value) AS estimate,
-                  percentile_disc({low!r}) WITHIN GROUP (ORDER BY e.value) AS lower,
-                  percentile_disc({high!r}) WITHIN GROUP (ORDER BY e.value) AS upper
-                {body} AND u.arm = :arm""",
-            {**params, "arm": arm},
+    estimates = {}
+    for arm, (below, above, fraction) in cont.items():
+        low, high = values[arm][below], values[arm][above]
+        estimates[arm] = low + fraction * (high - low)
+    clusters = quantile_cluster_sums(
+        warehouse, narrowed, params, estimates, units_table, quantile_count_column(name), q
+    )
+    brackets = {
+        arm: clustered_quantile_bracket(q, clusters[arm], config.decision.alpha) for arm in hists
+    }
+    ranks = {
+        arm: (disc_rank(brackets[arm][0], h.n), disc_rank(brackets[arm][1], h.n))
+        for arm, h in hists.items()
+    }
+    bounds = order_statistics(
+        warehouse, narrowed, params, hists, {a: set(r) for a, r in ranks.items()}
+    )
+    return {
+        arm: QuantileSummary(
+            n=h.n,
+            estimate=estimates[arm],
+            lower=bounds[arm][ranks[arm][0]],
+            upper=bounds[arm][ranks[arm][1]],
+            z=brackets[arm][2],
         )
-        summaries[arm] = QuantileSummary(
-            n=n,
-            estimate=float(values["estimate"]),
-            lower=float(values["lower"]),
-            upper=float(values["upper"]),
-            z=z,
-        )
-    return summaries
+        for arm, h in hists.items()
+    }
 
 
 def quantile_cluster_sums(
-    warehouse: Warehouse, body: str, params: dict[str, Any], estimates: dict[str, float]
+    warehouse: Warehouse,
+    narrowed: Callable[[str], str],
+    params: dict[str, Any],
+    estimates: dict[str, float],
+    units_table: str,
+    count_column: str,
+    q: float,
 ) -> dict[str, QuantileClusterSums]:
     """Per arm, over units: sums of N_i (events), I_i (events <= the arm's quantile), their
-    squares and cross-product: the pieces of the Deng-Knoblich-Lu variance, in one scan."""
+    squares and cross-product: the pieces of the Deng-Knoblich-Lu variance.
+
+    N_i is a column of the units table (counted by the extract). Only the smaller side of the
+    quantile is read from the events: J_i = events above x_q when q >= 0.5 (then I_i = N_i - J_i),
+    else J_i = I_i itself; the value predicate is applied while scanning, so a p95 reads 5% of
+    the events past the scan.
+    """
     if not estimates:
         return {}
+    column = quote_ident(count_column)
+    units = warehouse.query(
+        f"""SELECT arm, COUNT(*) AS units, SUM({column}) AS sn, SUM({column} * {column}) AS snn
+            FROM {quote_ident(units_table)} WHERE {column} > 0 GROUP BY arm"""
+    )
+    above = q >= 0.5
     arms = list(estimates)
-    cases = " ".join(f"WHEN :qa{i} THEN :qx{i}" for i in range(len(arms)))
     bound: dict[str, Any] = {f"qa{i}": arm for i, arm in enumerate(arms)}
     bound |= {f"qx{i}": estimates[arm] for i, arm in enumerate(arms)}
+    side = ">" if above else "<="
+    cases = " ".join(f"WHEN :qa{i} THEN e.value {side} :qx{i}" for i in range(len(arms)))
+    bound["qedge"] = min(estimates.values()) if above else max(estimates.values())
     rows = warehouse.query(
         f"""WITH per_unit AS (
-              SELECT u.arm AS arm, u.unit_id AS unit_id, COUNT(*) AS n_i,
-                     SUM(CASE WHEN e.value <= (CASE u.arm {cases} END) THEN 1 ELSE 0 END) AS i_i
-              {body} GROUP BY u.arm, u.unit_id)
-            SELECT arm, COUNT(*) AS units, SUM(n_i) AS sn, SUM(i_i) AS si,
-                   SUM(n_i * n_i) AS snn, SUM(i_i * i_i) AS sii, SUM(i_i * n_i) AS sin
+              SELECT u.arm AS arm, u.unit_id AS unit_id, MAX(u.{column}) AS n_i, COUNT(*) AS j_i
+              {narrowed("{v} " + side + " :qedge")} AND (CASE u.arm {cases} ELSE FALSE END)
+              GROUP BY u.arm, u.unit_id)
+            SELECT arm, SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn
             FROM per_unit GROUP BY arm""",
         {**params, **bound},
     )
-    return {
-        str(r["arm"]): QuantileClusterSums(
-            units=int(r["units"]),
-            events=float(r["sn"]),
-            below=float(r["si"]),
-            events_sq=float(r["snn"]),
-            below_sq=float(r["sii"]),
-            cross=float(r["sin"]),
+    side_sums = {str(r["arm"]): (int(r["sj"]), int(r["sjj"]), int(r["sjn"])) for r in rows}
+    sums = {}
+    for row in units:
+        arm = str(row["arm"])
+        if arm not in estimates:
+            continue
+        n, sn, snn = int(row["units"]), int(row["sn"]), int(row["snn"])
+        sj, sjj, sjn = side_sums.get(arm, (0, 0, 0))
+        si, sii, sin = (sn - sj, snn - 2 * sjn + sjj, snn - sjn) if above else (sj, sjj, sjn)
+        sums[arm] = QuantileClusterSums(
+            units=n,
+            events=float(sn),
+            below=float(si),
+            events_sq=float(snn),
+            below_sq=float(sii),
+            cross=float(sin),
         )
-        for r in rows
-    }
+    return sums
 
 
 def _arm_entry(metric: Any, summary: MeanSummary | QuantileSummary) -> dict[str, Any]:

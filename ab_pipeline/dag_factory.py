@@ -4,21 +4,30 @@ Parse-time cost is kept to airflow.sdk, pydantic and yaml: everything heavy is i
 the task bodies (through `ab_pipeline.pipeline`). A config that fails validation does not break
 the other experiments: it becomes an `InvalidExperimentConfigs` DAG whose validation raises, so
 Airflow lists it among the import errors (file and field) and bags the rest of the file's DAGs.
+
+The dag-processor rebuilds every experiment's DAG on every parse, so building one is kept cheap:
+the task callables and their `@task` wrappers exist once, at import, and every DAG reuses them;
+at run time a task finds its experiment (config file, warehouse connection) on the running DAG.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from airflow.sdk import DAG, Param, TriggerRule, task
+from airflow.sdk.definitions.param import ParamsDict
 
 from ab_pipeline.config import ExperimentConfig, load_config
 from ab_pipeline.errors import ConfigError
 from ab_pipeline.notify import OwnerFailureNotifier
 
 SMTP_CONN_ID = "smtp_default"
+GATES = ("data_quality", "srm", "receipt", "assignment")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ExperimentConfigsInvalid(Exception):
@@ -38,6 +47,18 @@ class InvalidExperimentConfigs(DAG):
         raise ExperimentConfigsInvalid(self.config_errors)
 
 
+class ExperimentDAG(DAG):
+    """One experiment's DAG; it tells the shared task callables which experiment they run.
+
+    `config_path` and `conn_id` are plain attributes set by `build_dag`. Airflow does not
+    serialize them (the serialized DAG is a plain DAG's), and needs not: a task's process gets
+    its DAG by parsing the DAG file (or, under `dag.test()`, runs this very object).
+    """
+
+    config_path: str = ""
+    conn_id: str = ""
+
+
 def midnight_utc(day: date) -> datetime:
     """Airflow refuses naive datetimes: experiment dates are UTC days."""
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -55,26 +76,131 @@ def _run_date(context: dict[str, Any]) -> date:
     return (moment - timedelta(days=1)).date()
 
 
-def _context_for(config_path: str, conn_id: str) -> Any:
+def run_date_param(source: Literal["dag", "task"] | None = None) -> Param:
+    """The DAG's one param. A new object each time: Airflow keeps a Param's resolved value on it."""
+    return Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        description="readout date (YYYY-MM-DD); default: the day before the logical date",
+        source=source,
+    )
+
+
+def _run_context() -> Any:
+    """The running task's RunContext: its experiment comes from the DAG it belongs to."""
     from airflow.sdk import get_current_context
 
     from ab_pipeline.pipeline import RunContext, briefs_root
     from ab_pipeline.warehouse import warehouse_for_connection
 
     context = get_current_context()
+    dag = context["dag"]
+    if not isinstance(dag, ExperimentDAG):
+        raise TypeError(f"{dag!r} was not built by ab_pipeline.dag_factory.build_dag")
     return RunContext(
-        config_path=Path(config_path),
+        config_path=Path(dag.config_path),
         run_date=_run_date(dict(context)),
-        warehouse_url=warehouse_for_connection(conn_id).url,
+        warehouse_url=warehouse_for_connection(dag.conn_id).url,
         out_root=briefs_root(),
     )
 
 
-def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
-    path, conn_id = str(config_path), config.source.conn_id
+def _fixed_signature(function: F) -> F:
+    """Store the function's signature on it: Airflow inspects the callable 5 times per task.
+
+    `inspect.signature` returns a stored `__signature__` as is (these functions never change);
+    computing it each time was ~5% of the parse.
+    """
+    function.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
+    return function
+
+
+# The task callables: defined and wrapped by `@task` once, at import; each DAG instantiates the
+# wrappers (building the wrappers for every DAG was ~20% of the parse).
+
+
+@task
+@_fixed_signature
+def extract() -> str:
+    from ab_pipeline.pipeline import stage_extract
+
+    return stage_extract(_run_context())
+
+
+def _gate_task(gate: str) -> Any:
+    @task(task_id=f"gate_{gate}")
+    @_fixed_signature
+    def run_gate(units_table: str) -> bool:
+        from ab_pipeline.pipeline import stage_gate
+
+        return stage_gate(_run_context(), gate, units_table)
+
+    return run_gate
+
+
+_GATE_TASKS = [_gate_task(gate) for gate in GATES]
+
+
+@task
+@_fixed_signature
+def validity() -> None:
+    from ab_pipeline.pipeline import stage_validity
+
+    stage_validity(_run_context())
+
+
+@task
+@_fixed_signature
+def analyse(units_table: str) -> None:
+    from ab_pipeline.pipeline import stage_analyse
+
+    stage_analyse(_run_context(), units_table)
+
+
+# The brief reads files, not XComs: it must run after a failed gate too.
+@task(trigger_rule=TriggerRule.ALL_DONE)
+@_fixed_signature
+def brief() -> dict[str, Any]:
+    from ab_pipeline.pipeline import stage_brief
+
+    return stage_brief(_run_context())
+
+
+@task(retries=2, retry_delay=timedelta(seconds=5))
+@_fixed_signature
+def send_email() -> dict[str, Any]:
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from ab_pipeline.backfill import BACKFILL, latest_data_date, should_email
+    from ab_pipeline.pipeline import stage_deliver
+
+    ctx = _run_context()
+    # A backfill emails only for the latest date with data (see ab_pipeline.backfill).
+    kind = get_current_context()["dag_run"].run_type
+    run_type = str(getattr(kind, "value", kind))  # an enum: "backfill", "manual", ...
+    latest = latest_data_date(ctx.warehouse, ctx.config) if run_type == BACKFILL else None
+    send, why = should_email(run_type, ctx.run_date, latest)
+    if not send:
+        raise AirflowSkipException(why)
+    return stage_deliver(ctx, SMTP_CONN_ID)
+
+
+# With the brief on ALL_DONE the leaf would succeed after a failed gate; this task fails the
+# run whenever anything upstream failed, so on-call sees it.
+@task(trigger_rule=TriggerRule.ONE_FAILED)
+@_fixed_signature
+def run_failed_watcher() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException("an upstream task failed (see the brief for gate failures)")
+
+
+def build_dag(config_path: Path, config: ExperimentConfig) -> ExperimentDAG:
     start = midnight_utc(config.start) + timedelta(days=1)
     end = midnight_utc(config.end) + timedelta(days=1)
-    with DAG(
+    with ExperimentDAG(
         dag_id=config.dag_id,
         description=config.title,
         schedule=config.schedule,
@@ -83,14 +209,6 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["ab-experiment", config.key],
-        params={
-            "run_date": Param(
-                None,
-                type=["null", "string"],
-                format="date",
-                description="readout date (YYYY-MM-DD); default: the day before the logical date",
-            )
-        },
         default_args={"owner": config.owner, "retries": 0},
         # The owner hears about any failed run (a RERUN brief reaches the recipients anyway).
         on_failure_callback=OwnerFailureNotifier(
@@ -99,69 +217,9 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
         doc_md=f"**{config.title}**\n\nHypothesis: {config.hypothesis.change}\n\n"
         f"Config: `{config_path.name}` (version {config.version})",
     ) as dag:
-
-        @task
-        def extract() -> str:
-            from ab_pipeline.pipeline import stage_extract
-
-            return stage_extract(_context_for(path, conn_id))
-
-        def gate_task(gate: str) -> Any:
-            @task(task_id=f"gate_{gate}")
-            def run_gate(units_table: str) -> bool:
-                from ab_pipeline.pipeline import stage_gate
-
-                return stage_gate(_context_for(path, conn_id), gate, units_table)
-
-            return run_gate
-
-        @task
-        def validity() -> None:
-            from ab_pipeline.pipeline import stage_validity
-
-            stage_validity(_context_for(path, conn_id))
-
-        @task
-        def analyse(units_table: str) -> None:
-            from ab_pipeline.pipeline import stage_analyse
-
-            stage_analyse(_context_for(path, conn_id), units_table)
-
-        # The brief reads files, not XComs: it must run after a failed gate too.
-        @task(trigger_rule=TriggerRule.ALL_DONE)
-        def brief() -> dict[str, Any]:
-            from ab_pipeline.pipeline import stage_brief
-
-            return stage_brief(_context_for(path, conn_id))
-
-        @task(retries=2, retry_delay=timedelta(seconds=5))
-        def send_email() -> dict[str, Any]:
-            from airflow.sdk import get_current_context
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            from ab_pipeline.backfill import BACKFILL, latest_data_date, should_email
-            from ab_pipeline.pipeline import stage_deliver
-
-            ctx = _context_for(path, conn_id)
-            # A backfill emails only for the latest date with data (see ab_pipeline.backfill).
-            kind = get_current_context()["dag_run"].run_type
-            run_type = str(getattr(kind, "value", kind))  # an enum: "backfill", "manual", ...
-            latest = latest_data_date(ctx.warehouse, ctx.config) if run_type == BACKFILL else None
-            send, why = should_email(run_type, ctx.run_date, latest)
-            if not send:
-                raise AirflowSkipException(why)
-            return stage_deliver(ctx, SMTP_CONN_ID)
-
-        # With the brief on ALL_DONE the leaf would succeed after a failed gate; this task fails
-        # the run whenever anything upstream failed, so on-call sees it.
-        @task(trigger_rule=TriggerRule.ONE_FAILED)
-        def run_failed_watcher() -> None:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException("an upstream task failed (see the brief for gate failures)")
-
+        dag.config_path, dag.conn_id = str(config_path), config.source.conn_id
         table: Any = extract()  # an XComArg: resolved to the table name when tasks run
-        gates = [gate_task(g)(table) for g in ("data_quality", "srm", "receipt", "assignment")]
+        gates = [gate_task(table) for gate_task in _GATE_TASKS]
         valid = validity()
         gates >> valid
         analysed = analyse(table)
@@ -172,6 +230,13 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> DAG:
         written >> sent
         watcher = run_failed_watcher()
         [table, *gates, valid, analysed, written, sent] >> watcher
+    # The params go on last: on the DAG, and on each task as Airflow merges a DAG's params into
+    # its tasks (an own copy per task, source "dag"). Given to the DAG up front, they would be
+    # deep-copied once per __init__ in the @task operator's class chain, four times per task
+    # (~15% of the parse). tests/test_dags.py checks the result against Airflow's own merge.
+    for operator in dag.tasks:
+        operator.params = ParamsDict({"run_date": run_date_param(source="dag")})
+    dag.params = ParamsDict({"run_date": run_date_param()})  # validated, as in DAG(params=...)
     return dag
 
 

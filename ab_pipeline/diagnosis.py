@@ -41,7 +41,7 @@ def exposure_rates(warehouse: Warehouse, units_table: str) -> dict[str, float | 
     """Shares of units seen in more than one arm, and exposed more than once."""
     [row] = warehouse.query(
         f"""SELECT COUNT(*) AS units,
-                   SUM(CASE WHEN arms_seen > 1 THEN 1 ELSE 0 END) AS multi_arm,
+                   SUM(CASE WHEN several_arms = 1 THEN 1 ELSE 0 END) AS multi_arm,
                    SUM(CASE WHEN exposures > 1 THEN 1 ELSE 0 END) AS repeat
             FROM {quote_ident(units_table)}"""
     )

@@ -72,6 +72,11 @@ def ratio_columns(name: str) -> tuple[str, str]:
     return f"m_{name}__num", f"m_{name}__den"
 
 
+def quantile_count_column(name: str) -> str:
+    """A quantile metric's per-unit count of events with a value."""
+    return f"n_{name}"
+
+
 def covariate_column(name: str) -> str:
     """A CUPED metric's pre-exposure covariate column."""
     return f"c_{name}"
@@ -198,10 +203,103 @@ def _window_complete(metric: ProportionMetric | MeanMetric | RatioMetric) -> str
     return f"u.first_exposed_at + {_interval(metric.window)} <= :run_end"
 
 
+def _quantile_metrics(config: ExperimentConfig) -> dict[str, QuantileMetric]:
+    return {n: m for n, m in config.metrics.items() if isinstance(m, QuantileMetric)}
+
+
+def _quantile_count(name: str, metric: QuantileMetric, params: _Params) -> str:
+    """Per unit: the quantile metric's events with a value (N_i of the clustered variance)."""
+    window = (
+        f" AND ev.occurred_at < ev.first_exposed_at + {_interval(metric.window)}"
+        if metric.window
+        else ""
+    )
+    match = f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL{window}"
+    return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {quantile_count_column(name)}"
+
+
+def _enrolled_sql() -> str:
+    """Enrolled units from the experiment's exposures in one GROUP BY over them.
+
+    The arm is the first exposure's (ties on the timestamp: the smallest arm). A unit seen in
+    one arm needs no lookup; only units seen in several arms are joined back to their first
+    exposure (`first_arm`), so the per-unit aggregate stays a cheap one (no arg_min over a
+    composite key, no join of every unit).
+    """
+    return """enrolled AS (
+  SELECT unit_id, MIN(exposed_at) AS first_exposed_at, COUNT(*) AS exposures,
+         MIN(arm) AS min_arm, MAX(arm) AS max_arm
+  FROM exp GROUP BY unit_id
+  HAVING NOT (:exclude_internal AND MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) = 1)
+     AND NOT (:exclude_bots AND MAX(CASE WHEN is_bot THEN 1 ELSE 0 END) = 1)
+),
+first_arm AS (
+  SELECT p.unit_id, MIN(x.arm) AS arm
+  FROM enrolled p
+  JOIN exp x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
+  WHERE p.min_arm <> p.max_arm
+  GROUP BY p.unit_id
+)"""
+
+
+def _events_of_enrolled(events: str, names: list[str], params: _Params) -> str:
+    """Enrolled units' events with the given names, from first exposure up to the run date."""
+    return f"""SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at
+  FROM {events} e
+  JOIN enrolled u ON u.unit_id = e.unit_id
+  WHERE e.event_name IN ({", ".join(params.bind(n) for n in names)})
+    AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end"""
+
+
+def _unless_sql(
+    metrics: dict[str, ProportionMetric | MeanMetric], events: str, params: _Params
+) -> tuple[str, dict[str, str]]:
+    """CTEs for proportions with an `unless` rule, apart from the other metrics: the window
+    function (next `unless` event after each event, per unit) sorts only these events.
+    Returns the CTE text (empty when no metric has `unless`) and {metric: column in `uagg`}."""
+    spoilable = {
+        name: m for name, m in metrics.items() if isinstance(m, ProportionMetric) and m.unless
+    }
+    if not spoilable:
+        return "", {}
+    unless_events = sorted({m.unless.event for m in spoilable.values() if m.unless})
+    unless_cols = {event: f"next_unless_{i}" for i, event in enumerate(unless_events)}
+    names = sorted({m.event for m in spoilable.values() if m.event} | set(unless_events))
+    next_unless = "".join(
+        f",\n      MIN(CASE WHEN ev.event_name = {params.bind(event)} THEN ev.occurred_at END)"
+        f" OVER (PARTITION BY ev.unit_id ORDER BY ev.occurred_at"
+        f" RANGE BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS {col}"
+        for event, col in unless_cols.items()
+    )
+    aggregates = "".join(
+        f",\n      {_aggregate(m, params, _unless_column(m, unless_cols))} AS {metric_column(name)}"
+        for name, m in spoilable.items()
+    )
+    ctes = f""",
+uev AS (
+  {_events_of_enrolled(events, names, params)}
+),
+useq AS (
+  SELECT ev.*{next_unless}
+  FROM uev ev
+),
+uagg AS (
+  SELECT ev.unit_id{aggregates}
+  FROM useq ev GROUP BY ev.unit_id
+)"""
+    return ctes, {name: "ua" for name in spoilable}
+
+
 def build_units_sql(
     config: ExperimentConfig, run_date: date, table: str
 ) -> tuple[list[str], dict[str, Any]]:
-    """Statements (drop, create) and parameters that build the units table."""
+    """Statements (drop, create) and parameters that build the units table.
+
+    Reads: the experiment's exposures once (one GROUP BY per unit); the metric events once
+    (one join to the enrolled units, one GROUP BY per unit: every metric, ratio part and
+    quantile event count is a conditional aggregate of that pass); the events of `unless`
+    rules in a second, narrow pass; pre-exposure events once when a metric uses CUPED.
+    """
     window = RunWindow.of(config, run_date)
     params = _Params()
     params.values.update(
@@ -215,34 +313,54 @@ def build_units_sql(
     exposures = quote_ident(config.source.exposures)
     events = quote_ident(config.source.events)
     metrics = _event_metrics(config)
-    unless_events = sorted(
-        {m.unless.event for m in metrics.values() if isinstance(m, ProportionMetric) and m.unless}
-    )
-    unless_cols = {event: f"next_unless_{i}" for i, event in enumerate(unless_events)}
+    unless_ctes, unless_source = _unless_sql(metrics, events, params)
+    plain = {name: m for name, m in metrics.items() if name not in unless_source}
     ratios = _ratio_metrics(config)
-    ratio_events = {p.event for m in ratios.values() for p in (m.numerator, m.denominator)}
+    quantiles = _quantile_metrics(config)
     wanted = sorted(
-        {m.event for m in metrics.values() if m.event} | set(unless_events) | ratio_events
+        {m.event for m in plain.values() if m.event}
+        | {p.event for m in ratios.values() for p in (m.numerator, m.denominator)}
+        | {m.event for m in quantiles.values()}
     )
-    wanted_sql = ", ".join(params.bind(name) for name in wanted) or "NULL"
-    next_unless = "".join(
-        f",\n      MIN(CASE WHEN e.event_name = {params.bind(event)} THEN e.occurred_at END) OVER ("
-        f"PARTITION BY e.unit_id ORDER BY e.occurred_at "
-        f"RANGE BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS {col}"
-        for event, col in unless_cols.items()
+    aggregates = (
+        "".join(
+            f",\n      {_aggregate(m, params, None)} AS {metric_column(name)}"
+            for name, m in plain.items()
+        )
+        + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
+        + "".join(_quantile_count(name, m, params) for name, m in quantiles.items())
     )
-    aggregates = "".join(
-        f",\n      {_aggregate(m, params, _unless_column(m, unless_cols))} AS {metric_column(name)}"
-        for name, m in metrics.items()
-    ) + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
-    columns = "".join(
-        f",\n  CASE WHEN {_window_complete(m)} THEN COALESCE(a.{metric_column(name)}, 0) END"
-        f" AS {metric_column(name)}"
-        for name, m in metrics.items()
-    ) + "".join(
-        f",\n  CASE WHEN {_window_complete(m)} THEN COALESCE(a.{column}, 0) END AS {column}"
-        for name, m in ratios.items()
-        for column in ratio_columns(name)
+    columns = (
+        "".join(
+            f",\n  CASE WHEN {_window_complete(m)} THEN "
+            f"COALESCE({'ua' if name in unless_source else 'a'}.{metric_column(name)}, 0) END"
+            f" AS {metric_column(name)}"
+            for name, m in metrics.items()
+        )
+        + "".join(
+            f",\n  CASE WHEN {_window_complete(m)} THEN COALESCE(a.{column}, 0) END AS {column}"
+            for name, m in ratios.items()
+            for column in ratio_columns(name)
+        )
+        + "".join(
+            f",\n  COALESCE(a.{quantile_count_column(name)}, 0) AS {quantile_count_column(name)}"
+            for name in quantiles
+        )
+    )
+    agg_cte = (
+        f""",
+ev AS (
+  {_events_of_enrolled(events, wanted, params)}
+),
+agg AS (
+  SELECT ev.unit_id{aggregates}
+  FROM ev GROUP BY ev.unit_id
+)"""
+        if wanted
+        else ""
+    )
+    joins = ("\nLEFT JOIN agg a ON a.unit_id = u.unit_id" if wanted else "") + (
+        "\nLEFT JOIN uagg ua ON ua.unit_id = u.unit_id" if unless_ctes else ""
     )
     pre_ctes, pre_join, pre_columns = _pre_exposure_sql(config, events, params)
     select = f"""
@@ -252,37 +370,11 @@ WITH exp AS (
   WHERE experiment_key = :key
     AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
 ),
-per_unit AS (
-  SELECT unit_id,
-         MIN(exposed_at) AS first_exposed_at,
-         COUNT(*) AS exposures,
-         COUNT(DISTINCT arm) AS arms_seen,
-         MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) AS any_internal,
-         MAX(CASE WHEN is_bot THEN 1 ELSE 0 END) AS any_bot
-  FROM exp GROUP BY unit_id
-),
-enrolled AS (
-  SELECT p.unit_id, MIN(x.arm) AS arm, p.first_exposed_at, p.exposures, p.arms_seen
-  FROM per_unit p
-  JOIN exp x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
-  WHERE NOT (:exclude_internal AND p.any_internal = 1)
-    AND NOT (:exclude_bots AND p.any_bot = 1)
-  GROUP BY p.unit_id, p.first_exposed_at, p.exposures, p.arms_seen
-),
-ev AS (
-  SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at{next_unless}
-  FROM {events} e
-  JOIN enrolled u ON u.unit_id = e.unit_id
-  WHERE e.event_name IN ({wanted_sql})
-    AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end
-),
-agg AS (
-  SELECT ev.unit_id{aggregates}
-  FROM ev GROUP BY ev.unit_id
-){pre_ctes}
-SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.arms_seen{columns}{pre_columns}
+{_enrolled_sql()}{agg_cte}{unless_ctes}{pre_ctes}
+SELECT u.unit_id, COALESCE(fa.arm, u.min_arm) AS arm, u.first_exposed_at, u.exposures,
+  CASE WHEN u.min_arm = u.max_arm THEN 0 ELSE 1 END AS several_arms{columns}{pre_columns}
 FROM enrolled u
-LEFT JOIN agg a ON a.unit_id = u.unit_id{pre_join}
+LEFT JOIN first_arm fa ON fa.unit_id = u.unit_id{joins}{pre_join}
 """
     target = quote_ident(table)
     return [f"DROP TABLE IF EXISTS {target}", f"CREATE TABLE {target} AS {select}"], params.values
@@ -363,18 +455,37 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
 
 
 def quantile_events_sql(
-    config: ExperimentConfig, metric: QuantileMetric, units_table: str, run_date: date
+    config: ExperimentConfig,
+    metric: QuantileMetric,
+    units_table: str,
+    run_date: date,
+    values: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """FROM-clause body: the quantile metric's event values of enrolled units, with their arm."""
+    """FROM-clause body: the quantile metric's event values of enrolled units, with their arm.
+
+    `values`, a predicate on `{v}` (the value), narrows the body to a few events (a bucket
+    range, the tail above a quantile): the events get it, and the units joined are cut to those
+    with such an event first, so the join builds its hash table from a few units, not from
+    every enrolled unit (the optimizer cannot know how selective a bound range is).
+    """
     window = (
         f"AND e.occurred_at < u.first_exposed_at + {_interval(metric.window)}"
         if metric.window
         else ""
     )
+    events = quote_ident(config.source.events)
+    units = quote_ident(units_table)
+    narrow = ""
+    if values:
+        units = (
+            f"(SELECT * FROM {units} WHERE unit_id IN (SELECT unit_id FROM {events} "
+            f"WHERE event_name = :event AND {values.format(v='value')}))"
+        )
+        narrow = f"AND {values.format(v='e.value')}"
     sql = f"""
-FROM {quote_ident(config.source.events)} e
-JOIN {quote_ident(units_table)} u ON u.unit_id = e.unit_id
+FROM {events} e
+JOIN {units} u ON u.unit_id = e.unit_id
 WHERE e.event_name = :event AND e.value IS NOT NULL
-  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end {window}
+  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end {window} {narrow}
 """
     return sql, {"event": metric.event, "run_end": RunWindow.of(config, run_date).run_end}

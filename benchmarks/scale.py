@@ -36,12 +36,26 @@ CHILD = """
 import json, sys, time
 mode, url, out = sys.argv[1], sys.argv[2], sys.argv[3]
 began = time.perf_counter()
+stages = {}
 if mode == "readout":
     from datetime import date
     from pathlib import Path
-    from ab_pipeline.pipeline import RunContext, run_pipeline
-    ctx = RunContext(Path(sys.argv[4]), date(2026, 5, 31), url, Path(out))
-    detail = run_pipeline(ctx, deliver=False)["decision"]
+    from ab_pipeline import pipeline
+
+    def timed(name, stage):  # run_pipeline looks its stages up in the module at call time
+        def run(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return stage(*args, **kwargs)
+            finally:
+                label = name if name != "gate" else f"gate {args[1]}"
+                stages[label] = stages.get(label, 0.0) + time.perf_counter() - began
+        return run
+
+    for name in ("extract", "gate", "validity", "analyse", "brief"):
+        setattr(pipeline, f"stage_{name}", timed(name, getattr(pipeline, f"stage_{name}")))
+    ctx = pipeline.RunContext(Path(sys.argv[4]), date(2026, 5, 31), url, Path(out))
+    detail = pipeline.run_pipeline(ctx, deliver=False)["decision"]
 else:
     from ab_pipeline.warehouse import Warehouse
     rows = Warehouse(url).query(
@@ -53,7 +67,7 @@ wall = time.perf_counter() - began
 # VmHWM: this process image's peak RSS (ru_maxrss would carry the parent's over execve).
 with open("/proc/self/status") as status:
     peak_mib = next(int(l.split()[1]) for l in status if l.startswith("VmHWM")) / 1024
-print(json.dumps({"wall_s": wall, "peak_rss_mib": peak_mib, "detail": detail}))
+print(json.dumps({"wall_s": wall, "peak_rss_mib": peak_mib, "detail": detail, "stages": stages}))
 """
 
 
@@ -123,6 +137,7 @@ def measure(kind: str, units: int, root: Path, pg_url: str) -> dict[str, Any]:
         "readout_s": readout["wall_s"],
         "readout_rss_mib": readout["peak_rss_mib"],
         "decision": readout["detail"],
+        "stages_s": readout["stages"],
         "floor_s": floor["wall_s"],
         "floor_rss_mib": floor["peak_rss_mib"],
     }
@@ -151,6 +166,13 @@ def report(kind: str, rows: list[dict[str, Any]]) -> None:
             f"{row['readout_s']:.1f} | {row['readout_rss_mib']:.0f} | "
             f"{row['floor_s']:.2f} | {tail} |"
         )
+    stages = sorted({name for row in rows for name in row["stages_s"]})
+    print(f"\n{kind}: readout stages, seconds (marginal: minus the smallest size)")
+    print("| stage | " + " | ".join(f"{row['units']:,} units" for row in rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for name in stages:
+        cells = [row["stages_s"].get(name, 0.0) for row in rows]
+        print(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 
 def main() -> None:

@@ -115,3 +115,70 @@ def test_parsing_the_dags_imports_nothing_heavy(tmp_path: Path) -> None:
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     assert run_fresh_python(script, DAGS, tmp_path) == []
+
+
+TASK_PARAMS = """
+import json, sys
+from pathlib import Path
+from airflow.sdk.bases.operator import get_merged_defaults
+from ab_pipeline.dag_factory import build_dags
+
+def described(params):
+    return {k: {**vars(params.get_param(k))} for k in params}
+
+problems = []
+for dag in build_dags(Path(sys.argv[1]) / "experiments").values():
+    # What Airflow gives a task created in the DAG: its own copy of the DAG's params.
+    _, expected = get_merged_defaults(dag=dag, task_group=None, task_params=None,
+                                      task_default_args=None)
+    seen = {id(dag.params.get_param(k)) for k in dag.params}
+    for task in dag.tasks:
+        if described(task.params) != described(expected):
+            problems.append([dag.dag_id, task.task_id, described(task.params)])
+        ids = {id(task.params.get_param(k)) for k in task.params}
+        if ids & seen:
+            problems.append([dag.dag_id, task.task_id, "shares a Param object"])
+        seen |= ids
+    if described(dag.params) != {"run_date": {**described(expected)["run_date"], "source": None}}:
+        problems.append([dag.dag_id, described(dag.params)])
+print(json.dumps(problems, default=str))
+"""
+
+
+def test_tasks_get_the_dag_params_exactly_as_airflow_merges_them(tmp_path: Path) -> None:
+    # build_dag attaches the params after the tasks (to skip Airflow's four deep copies per
+    # task); the result must be what Airflow's own merge gives, with no Param object shared.
+    assert run_fresh_python(TASK_PARAMS, DAGS, tmp_path) == []
+
+
+RUN_CONTEXT = """
+import json, sys
+from pathlib import Path
+from types import SimpleNamespace
+import airflow.sdk
+import ab_pipeline.warehouse
+from ab_pipeline import dag_factory
+from ab_pipeline.config import load_config
+
+ab_pipeline.warehouse.warehouse_for_connection = lambda conn: SimpleNamespace(url="conn:" + conn)
+seen = []
+for config_path in sorted((Path(sys.argv[1]) / "experiments").glob("*.yaml")):
+    config = load_config(config_path)
+    dag = dag_factory.build_dag(config_path, config)
+    for task in dag.tasks:
+        context = {"dag": dag, "task": task, "params": {"run_date": "2026-05-10"}}
+        airflow.sdk.get_current_context = lambda: context
+        ctx = dag_factory._run_context()
+        seen.append([task.task_id, config_path.name, ctx.config_path.name, ctx.warehouse_url,
+                     "conn:" + config.source.conn_id, str(ctx.run_date)])
+print(json.dumps(seen))
+"""
+
+
+def test_the_shared_task_callables_run_the_experiment_of_their_dag(tmp_path: Path) -> None:
+    # One set of task callables serves every DAG: at run time each finds its experiment (config
+    # file, warehouse connection) on the DAG it runs in.
+    seen = run_fresh_python(RUN_CONTEXT, DAGS, tmp_path)
+    assert len(seen) == 10 * len(SAMPLE_DAG_IDS)
+    for task_id, config_name, run_config, url, expected_url, run_date in seen:
+        assert (run_config, url, run_date) == (config_name, expected_url, "2026-05-10"), task_id

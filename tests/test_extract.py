@@ -70,6 +70,11 @@ def random_data(seed: int, units: int = 300) -> tuple[list[Exposure], list[Event
             exposures.append(
                 (KEY, unit, arm, first + timedelta(hours=5 * k), internal and k == 1, bot, None)
             )
+        crossed = rng.random()
+        if crossed < 0.1:  # also seen in the other arm: later, or at the very same instant
+            other = "treatment" if arm == "control" else "control"
+            at = first if crossed < 0.05 else first + timedelta(minutes=30)
+            exposures.append((KEY, unit, other, at, False, False, None))
         exposures.append(("other-exp", unit, "x", first, False, False, None))
         for _ in range(rng.randrange(0, 8)):
             name = rng.choice(["solved", "ticket", "click", "purchase", "served", "noise"])
@@ -97,9 +102,11 @@ def expected_units(
         and e[3] < run_end
     ]
     units: dict[str, dict[str, Any]] = {}
-    for _, unit, arm, at, internal, bot, _ in sorted(mine, key=lambda e: e[3]):
-        entry = units.setdefault(unit, {"arm": arm, "first": at, "excluded": False})
+    for _, unit, arm, at, internal, bot, _ in sorted(mine, key=lambda e: (e[3], e[2])):
+        # first exposure's arm; on a tie of timestamps the smallest arm name (sorted above)
+        entry = units.setdefault(unit, {"arm": arm, "first": at, "excluded": False, "arms": set()})
         entry["excluded"] |= internal or bot
+        entry["arms"].add(arm)
     result = {}
     for unit, entry in units.items():
         if entry["excluded"]:
@@ -130,6 +137,8 @@ def expected_units(
             "m_clicks": len(within("click", 2)) if complete(2) else None,
             "m_revenue": sum(e[3] or 0 for e in within("purchase", 3)) if complete(3) else None,
             "m_ever_bought": int(bool(within("purchase", None))),
+            "several_arms": int(len(entry["arms"]) > 1),
+            "n_latency": sum(1 for e in within("served", None) if e[3] is not None),
         }
     return result
 
@@ -142,7 +151,7 @@ def assert_units_match(
     for unit, want in expected.items():
         got = actual[unit]
         assert got["arm"] == want["arm"], unit
-        for column in ("m_solved", "m_clicks", "m_ever_bought"):
+        for column in ("m_solved", "m_clicks", "m_ever_bought", "several_arms", "n_latency"):
             assert (None if got[column] is None else int(got[column])) == want[column], (
                 unit,
                 column,

@@ -7,11 +7,12 @@ The suites are JSON files in `expectations/` (versioned with the code), one per 
   experiment's period (nulls, data from the future, experiment tags);
 - `units.json`: the run's units table (internal/bot traffic left after exclusion).
 
-Each batch is a GX query asset on a SQL datasource and each check an `UnexpectedRowsExpectation`
-whose query selects the offending rows; `_bounded()` wraps it so the warehouse returns only the
-exact count and a few examples. Column expectations are deliberately not used: on a query asset
-GX reads the column list by executing the bare batch query, and PostgreSQL's driver would then
-pull every row of the batch into Python.
+Each batch is a GX query asset on a SQL datasource and each check a
+`counted_unexpected_rows_expectation` (GX's `UnexpectedRowsExpectation`, see
+`_counted_expectation()`) whose query selects the offending rows; `_bounded()` wraps it so the
+warehouse returns only the exact count and a few examples, in one query per check. Column
+expectations are deliberately not used: on a query asset GX reads the column list by executing
+the bare batch query, and PostgreSQL's driver would then pull every row of the batch into Python.
 
 Per-experiment values enter in one place, `experiment_values()`, and reach the SQL text as
 `$name` placeholders filled with validated, quoted identifiers and dialect-escaped literals (GX
@@ -36,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ab_pipeline.config import ExperimentConfig
 from ab_pipeline.errors import PipelineError
@@ -187,7 +188,9 @@ def _bounded(offending_rows_query: str) -> str:
     """At most MAX_EXAMPLES rows, each carrying the exact count of offending rows.
 
     GX fetches an UnexpectedRowsExpectation's rows into Python (and on DuckDB the adapter
-    buffers the whole result), so the count and the examples are reduced in the warehouse.
+    buffers the whole result), so the count and the examples are reduced in the warehouse. The
+    `unexpected_count` column is what decides the check (`_counted_expectation()`): no row,
+    nothing unexpected.
     The CROSS JOIN also makes GX substitute `{batch}` as a bare `(subquery)` that the suite
     queries alias themselves (`{batch} AS x`).
     """
@@ -239,6 +242,52 @@ def _context() -> AbstractDataContext:
     return context
 
 
+@functools.cache
+def _counted_expectation() -> type:
+    """Define, and so register with GX, the suites' expectation type (once per process).
+
+    GX's `UnexpectedRowsExpectation` depends on two metrics, `unexpected_rows_query.table` (the
+    rows) and `unexpected_rows_query.row_count` (the same query again, wrapped in a COUNT(*)):
+    two full queries over the batch per check. A `_bounded()` query already returns the exact
+    count with its examples, so this subclass depends on the rows alone and takes the count,
+    and success, from their `unexpected_count` column. GX registers an expectation class under
+    its snake-cased name when the class is defined; the suites' JSON names it by that `type`.
+    """
+    from great_expectations.core.result_format import ResultFormat
+    from great_expectations.expectations import UnexpectedRowsExpectation
+
+    class CountedUnexpectedRowsExpectation(UnexpectedRowsExpectation):
+        """Passes iff its query returns no row; the rows carry the count (`_bounded()`)."""
+
+        metric_dependencies: ClassVar[tuple[str, ...]] = ("unexpected_rows_query.table",)
+
+        def _validate(
+            self,
+            metrics: dict,
+            runtime_configuration: dict | None = None,
+            execution_engine: Any = None,
+        ) -> dict[str, Any]:
+            rows = metrics["unexpected_rows_query.table"]
+            if rows and "unexpected_count" not in rows[0]:
+                # GX reports this as the check's exception, like a query that failed.
+                raise ValueError("the query has no unexpected_count column (see _bounded())")
+            count = int(rows[0]["unexpected_count"]) if rows else 0
+            configured = self._get_result_format(runtime_configuration=runtime_configuration)
+            form = (
+                configured.get("result_format", ResultFormat.SUMMARY)
+                if isinstance(configured, dict)
+                else configured
+            )
+            if form == ResultFormat.BOOLEAN_ONLY:
+                return {"success": count == 0}
+            result: dict[str, Any] = {"observed_value": count}
+            if form == ResultFormat.COMPLETE:
+                result["details"] = {"unexpected_rows": rows}
+            return {"success": count == 0, "result": result}
+
+    return CountedUnexpectedRowsExpectation
+
+
 @contextmanager
 def _datasource(warehouse_url: str) -> Iterator[SQLDatasource]:
     """A throwaway SQL datasource; its engines are disposed so no DuckDB file stays locked."""
@@ -261,6 +310,7 @@ def _run_suite(
 ) -> list[dict[str, Any]]:
     import great_expectations as gx
 
+    _counted_expectation()  # the suites' expectation type must be registered before use
     applicable = [e for e in template["expectations"] if _applies(e, values)]
     skipped = [_skipped_check(e, values) for e in template["expectations"] if e not in applicable]
     if not applicable:
@@ -272,7 +322,7 @@ def _run_suite(
     suite = gx.ExpectationSuite(
         name=template["name"], expectations=[_with_bounded_query(e, fill) for e in applicable]
     )
-    # COMPLETE: only then does GX return an UnexpectedRowsExpectation's (bounded) rows.
+    # COMPLETE: only then does the result carry the (bounded) rows, i.e. the examples.
     outcome = batch.validate(suite, result_format="COMPLETE")
     return [_check(result, values) for result in outcome.results] + skipped
 

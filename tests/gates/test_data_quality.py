@@ -346,11 +346,52 @@ def test_missing_experiment_tag_is_a_warning_only(target: Target) -> None:
 # --- errors and boundaries ------------------------------------------------------------------
 
 
-def test_every_query_returns_a_count_or_a_few_examples(target: Target) -> None:
-    """Raw rows never reach Python: each statement GX sends is a COUNT or the bounded wrapper.
+def test_the_count_is_exact_beyond_the_examples(target: Target) -> None:
+    data = Dataset()
+    data.exposures += [
+        (KEY, f"u{n}", None, ts("2026-05-07 00:00:00"), False, False) for n in range(10, 17)
+    ]
+    check = only_failure(target.gate(data), "exposures_arm_not_null")
+    assert check["unexpected_count"] == 7
+    assert check["examples"] == ["u10", "u11", "u12", "u13", "u14"]
+    assert check["detail"].startswith("7 exposures of refund-query-rewrite have no arm")
 
-    Guards against a GX upgrade (or a column expectation on a query asset, which makes GX run
-    the bare batch query to learn its columns) fetching whole batches.
+
+def test_the_checks_are_a_gx_expectation_type() -> None:
+    from great_expectations.expectations import UnexpectedRowsExpectation
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    from ab_pipeline.gates.data_quality import _counted_expectation
+
+    counted = _counted_expectation()
+    assert get_expectation_impl("counted_unexpected_rows_expectation") is counted
+    assert issubclass(counted, UnexpectedRowsExpectation)
+    assert counted.metric_dependencies == ("unexpected_rows_query.table",)
+
+
+def test_a_check_whose_query_breaks_is_a_pipeline_error_naming_it(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ab_pipeline.gates import data_quality
+
+    templates = load_suite_templates()
+    broken = templates[0]["expectations"][1]
+    broken["kwargs"]["unexpected_rows_query"] = (
+        "SELECT x.no_such_column AS example FROM {batch} AS x"
+    )
+    monkeypatch.setattr(data_quality, "load_suite_templates", lambda: templates)
+    target.load(Dataset())
+    with pytest.raises(PipelineError, match="check exposures_arm_not_null could not run"):
+        run_data_quality(target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}units")
+
+
+def test_one_query_per_check_returning_the_count_and_a_few_examples(target: Target) -> None:
+    """Each check is one statement, the bounded wrapper: raw rows never reach Python.
+
+    GX's own UnexpectedRowsExpectation would run every query twice (the rows, then a COUNT(*)
+    of them); the suites' counted expectation runs it once. Also guards against a GX upgrade
+    (or a column expectation on a query asset, which makes GX run the bare batch query to learn
+    its columns) fetching whole batches.
     """
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
@@ -366,10 +407,10 @@ def test_every_query_returns_a_count_or_a_few_examples(target: Target) -> None:
         run_data_quality(target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}units")
     finally:
         event.remove(Engine, "before_cursor_execute", record)
-    assert len(statements) == 26  # 13 checks x (examples, count)
+    assert len(statements) == 13  # one per check, not two (examples, then a COUNT of them)
     for statement in statements:
-        assert statement.startswith(("WITH unexpected AS", "SELECT COUNT(*)")), statement
-        assert "LIMIT 5" in statement, statement
+        assert statement.startswith("WITH unexpected AS"), statement
+        assert "LIMIT 5" in statement and "unexpected_count" in statement, statement
 
 
 def test_a_check_that_cannot_run_is_a_pipeline_error(target: Target) -> None:
@@ -395,7 +436,7 @@ def test_suites_are_well_formed() -> None:
     for template in templates:
         assert template["meta"]["batch_query"].startswith("SELECT ")
         for expectation in template["expectations"]:
-            assert expectation["type"] == "unexpected_rows_expectation"
+            assert expectation["type"] == "counted_unexpected_rows_expectation"
             assert "{batch} AS " in expectation["kwargs"]["unexpected_rows_query"]
             assert {"passed", "one", "other"} <= set(expectation["meta"]["detail"])
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from ab_pipeline.config import ExperimentConfig, parse_config
-from ab_pipeline.extract import build_units_table
-from ab_pipeline.gates.receipt import run_receipt_gate
+from ab_pipeline.extract import RunWindow, build_units_table
+from ab_pipeline.gates.receipt import MISSING, receipt_values_by_field, run_receipt_gate
 from ab_pipeline.gates.srm import run_srm_gate
 from ab_pipeline.warehouse import Warehouse, quote_ident
 from tests.warehouse_fixtures import Exposure, create_contract_tables, insert_rows
@@ -146,3 +149,108 @@ def test_gates_agree_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> No
     assert srm["counts"] == {"control": 300, "treatment": 330} and srm["passed"]
     assert receipt is not None and receipt["mismatches"][0]["field"] == "index"
     warehouse.execute(f"DROP TABLE {quote_ident(table)}")
+
+
+# --- the receipt gate reads every field in one query -----------------------------------------
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse_and_schema(request: pytest.FixtureRequest) -> Iterator[tuple[Warehouse, str]]:
+    if request.param == "duckdb":
+        yield request.getfixturevalue("duckdb_warehouse"), ""
+    else:
+        yield request.getfixturevalue("postgres_schema")
+
+
+def one_field_at_a_time(
+    warehouse: Warehouse, cfg: ExperimentConfig, table: str, field: str
+) -> dict[str, list[str]]:
+    """The reference: the gate's former query, one full exposures scan per field."""
+    rows = warehouse.query(
+        f"""
+        SELECT x.arm AS arm, x.properties->>:field AS value
+        FROM {quote_ident(cfg.source.exposures)} x
+        JOIN {quote_ident(table)} u ON u.unit_id = x.unit_id
+        WHERE x.experiment_key = :key AND x.exposed_at < :run_end
+        GROUP BY x.arm, x.properties->>:field
+        ORDER BY 1, 2
+        """,
+        {"field": field, "key": cfg.key, "run_end": RunWindow.of(cfg, RUN).run_end},
+    )
+    values: dict[str, list[str]] = {arm: [] for arm in cfg.arms}
+    for row in rows:
+        value = MISSING if row["value"] is None else str(row["value"])
+        values.setdefault(str(row["arm"]), []).append(value)
+    return values
+
+
+def untidy_exposures() -> list[Exposure]:
+    """Missing fields, a NULL properties document, numbers, and rows the gate must not see."""
+    at = datetime(2026, 5, 5, 9)
+    full = {"index": "kb-5", "decoder": "v2", "shards": 3}
+    rows: list[Exposure] = [
+        ("gate-check", f"c{i}", "control", at + timedelta(hours=i), False, False, full)
+        for i in range(6)
+    ]
+    rows += [
+        ("gate-check", "c6", "control", at, False, False, {"index": "kb-5"}),
+        ("gate-check", "t0", "treatment", at, False, False, {**full, "shards": 4}),
+        ("gate-check", "t1", "treatment", at, False, False, {**full, "index": "kb-6"}),
+        ("gate-check", "t2", "treatment", at, False, False, None),
+        # Not seen: an internal unit, an exposure after the run date, another experiment.
+        ("gate-check", "t3", "treatment", at, True, False, {"index": "kb-internal"}),
+        ("gate-check", "c0", "control", datetime(2026, 6, 2), False, False, {"index": "late"}),
+        ("other", "c1", "control", at, False, False, {"index": "other"}),
+    ]
+    return rows
+
+
+def test_receipt_reads_every_field_in_one_query_with_the_former_results(
+    warehouse_and_schema: tuple[Warehouse, str],
+) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    warehouse, schema = warehouse_and_schema
+    fields = ["index", "decoder", "shards", "absent", "index"]  # a repeat counts once
+    cfg = config(schema, receipt=fields)
+    table = load(warehouse, untidy_exposures(), schema)
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        outcome = run_receipt_gate(warehouse, cfg, table, RUN)
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+    assert len(statements) == 1
+    assert outcome is not None and not outcome["passed"]
+    assert outcome["fields"] == ["index", "decoder", "shards", "absent"]
+    mismatches = {m["field"]: m["values"] for m in outcome["mismatches"]}
+    assert mismatches == {
+        "index": {"control": ["kb-5"], "treatment": ["kb-5", "kb-6", MISSING]},
+        "decoder": {"control": ["v2", MISSING], "treatment": ["v2", MISSING]},
+        "shards": {"control": ["3", MISSING], "treatment": ["3", "4", MISSING]},
+        "absent": {"control": [MISSING], "treatment": [MISSING]},
+    }
+    together = receipt_values_by_field(warehouse, cfg, table, fields, RUN)
+    for field in fields:
+        assert together[field] == one_field_at_a_time(warehouse, cfg, table, field), field
+    warehouse.execute(f"DROP TABLE {quote_ident(table)}")
+
+
+def test_receipt_field_names_are_bound_parameters(duckdb_warehouse: Warehouse) -> None:
+    cfg = config()
+    table = load(
+        duckdb_warehouse,
+        exposures({"control": 3, "treatment": 3}, {"control": SAME, "treatment": SAME}),
+    )
+    odd = "index' OR '1'='1"  # config validation refuses this; the query must not care
+    values = receipt_values_by_field(duckdb_warehouse, cfg, table, [odd, "index"], RUN)
+    assert values == {
+        odd: {"control": [MISSING], "treatment": [MISSING]},
+        "index": {"control": ["kb-5"], "treatment": ["kb-5"]},
+    }

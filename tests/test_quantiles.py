@@ -1,0 +1,207 @@
+"""Exact order statistics through bucket histograms (ab_pipeline/quantiles.py), checked against
+numpy's sort and the engines' own percentile_cont / percentile_disc, on DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ab_pipeline.analysis import quantile_cluster_sums, quantile_summaries
+from ab_pipeline.config import QuantileMetric, parse_config
+from ab_pipeline.extract import build_units_table, quantile_count_column, quantile_events_sql
+from ab_pipeline.quantiles import cont_ranks, disc_rank, histograms, order_statistics
+from ab_pipeline.statistics import clustered_quantile_bracket
+from ab_pipeline.warehouse import Warehouse
+from tests.warehouse_fixtures import create_contract_tables, insert_rows
+
+RUN = date(2026, 5, 31)
+START = datetime(2026, 5, 4, 9)
+BODY = "FROM {s}qv e JOIN {s}qu u ON u.unit_id = e.unit_id WHERE e.value IS NOT NULL"
+
+
+def narrowing(body: str) -> Any:
+    return lambda values: f"{body} AND {values.format(v='e.value')}"
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def warehouse_and_prefix(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Warehouse, str]]:
+    if request.param == "duckdb":
+        yield request.getfixturevalue("duckdb_warehouse"), ""
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+        yield warehouse, f"{schema}."
+
+
+def awkward_values(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Heavy tails, negatives, zeros, an atom at 250 and near-duplicates: every bucket shape."""
+    parts = [
+        rng.lognormal(6.8, 0.9, n // 2),
+        -rng.lognormal(1.0, 2.0, n // 8),
+        np.zeros(n // 8),
+        np.full(n // 8, 250.0),
+        250.0 + rng.integers(0, 3, n - n // 2 - 3 * (n // 8)) * 1e-9,
+    ]
+    return rng.permutation(np.concatenate(parts))
+
+
+def load_values(warehouse: Warehouse, prefix: str, by_arm: dict[str, np.ndarray]) -> None:
+    from sqlalchemy import text
+
+    warehouse.execute(
+        [
+            f"CREATE TABLE {prefix}qu (unit_id TEXT, arm TEXT)",
+            f"CREATE TABLE {prefix}qv (unit_id TEXT, value DOUBLE PRECISION)",
+        ]
+    )
+    units, values = [], []
+    for arm, array in by_arm.items():
+        for i, value in enumerate(array.tolist()):
+            unit = f"{arm}-{i // 3}"  # three events per unit
+            if i % 3 == 0:
+                units.append({"u": unit, "a": arm})
+            values.append({"u": unit, "v": value})
+    with warehouse.connect() as connection:
+        connection.execute(text(f"INSERT INTO {prefix}qu VALUES (:u, :a)"), units)
+        connection.execute(text(f"INSERT INTO {prefix}qv VALUES (:u, :v)"), values)
+
+
+def test_order_statistics_equal_the_sorted_values_at_any_rank(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    warehouse, prefix = warehouse_and_prefix
+    rng = np.random.default_rng(20261202)
+    by_arm = {"control": awkward_values(rng, 3000), "treatment": awkward_values(rng, 2200)}
+    by_arm["tiny"] = np.array([5.0, -1.0, 5.0, 2.5])
+    load_values(warehouse, prefix, by_arm)
+    body = BODY.format(s=prefix)
+    hists = histograms(warehouse, body, {})
+    assert {arm: h.n for arm, h in hists.items()} == {arm: len(v) for arm, v in by_arm.items()}
+    assert len(hists["control"].buckets) < len(by_arm["control"]) / 2  # values were grouped
+    ranks: dict[str, set[int]] = {}
+    for arm, array in by_arm.items():
+        n = len(array)
+        picked = {1, n, disc_rank(0.5, n), disc_rank(0.95, n)}
+        picked |= {int(r) for r in rng.integers(1, n + 1, 25)}
+        ranks[arm] = picked
+    found = order_statistics(warehouse, narrowing(body), {}, hists, ranks)
+    for arm, array in by_arm.items():
+        ordered = np.sort(array)
+        assert found[arm] == {rank: float(ordered[rank - 1]) for rank in ranks[arm]}, arm
+
+
+def test_rank_helpers_reproduce_the_engines_percentile_functions(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    warehouse, prefix = warehouse_and_prefix
+    rng = np.random.default_rng(7)
+    array = rng.lognormal(7.0, 0.4, 997)
+    load_values(warehouse, prefix, {"control": array})
+    body = BODY.format(s=prefix)
+    hist = histograms(warehouse, body, {})["control"]
+    for p in (0.0, 0.05, 0.5, 0.9497701549647996, 0.95, 1.0):
+        [row] = warehouse.query(
+            f"SELECT percentile_cont({p!r}) WITHIN GROUP (ORDER BY e.value) AS c, "
+            f"percentile_disc({p!r}) WITHIN GROUP (ORDER BY e.value) AS d {body}"
+        )
+        below, above, fraction = cont_ranks(p, hist.n)
+        disc = disc_rank(p, hist.n)
+        got = order_statistics(
+            warehouse, narrowing(body), {}, {"control": hist}, {"control": {below, above, disc}}
+        )
+        low, high = got["control"][below], got["control"][above]
+        assert low + fraction * (high - low) == pytest.approx(float(row["c"]), rel=1e-12)
+        assert low + fraction * (high - low) == pytest.approx(
+            float(np.quantile(array, p)), rel=1e-12
+        )
+        assert got["control"][disc] == float(row["d"])
+
+
+def clustered_config(quantile: float, prefix: str) -> Any:
+    return parse_config(
+        {
+            "key": "quantile-check",
+            "version": 1,
+            "title": "t",
+            "owner": "a@example.com",
+            "recipients": ["a@example.com"],
+            "hypothesis": {"change": "c", "metric": "solved", "direction": "increase"},
+            "unit": "user",
+            "arms": {"control": 0.5, "treatment": 0.5},
+            "control": "control",
+            "start": "2026-05-04",
+            "end": "2026-05-31",
+            "source": {"exposures": f"{prefix}exposures", "events": f"{prefix}events"},
+            "metrics": {
+                "solved": {"type": "proportion", "event": "solved"},
+                "latency": {"type": "quantile", "event": "served", "quantile": quantile},
+            },
+            "primary": "solved",
+            "plan": {"baseline": 0.38, "mde": 0.02},
+        }
+    )
+
+
+def load_clustered(warehouse: Warehouse, prefix: str) -> dict[str, dict[str, list[float]]]:
+    """Units with 0-6 latency events each; a unit-level effect makes events within a unit
+    correlate (what the clustered variance is for). Returns {arm: {unit: values}}."""
+    rng = np.random.default_rng(11)
+    create_contract_tables(warehouse, prefix.rstrip("."))
+    exposures, events = [], []
+    truth: dict[str, dict[str, list[float]]] = {"control": {}, "treatment": {}}
+    for i in range(400):
+        arm = "treatment" if i % 2 else "control"
+        unit, first = f"u{i}", START + timedelta(minutes=37 * i)
+        exposures.append(("quantile-check", unit, arm, first, False, False, None))
+        level = rng.normal(0.0, 0.5)
+        values = [round(float(rng.lognormal(6.8 + level, 0.3)), 1) for _ in range(i % 7)]
+        truth[arm][unit] = values
+        for k, value in enumerate(values):
+            events.append((unit, "served", first + timedelta(minutes=k + 1), value, None))
+        events.append((unit, "served", first - timedelta(minutes=5), 1e6, None))  # before
+    insert_rows(warehouse, exposures, events, prefix.rstrip("."))
+    return truth
+
+
+@pytest.mark.parametrize("quantile", [0.95, 0.1])
+def test_clustered_quantile_sums_and_summaries_match_a_brute_force_computation(
+    warehouse_and_prefix: tuple[Warehouse, str], quantile: float
+) -> None:
+    warehouse, prefix = warehouse_and_prefix
+    truth = load_clustered(warehouse, prefix)
+    config = clustered_config(quantile, prefix)
+    metric = config.metrics["latency"]
+    assert isinstance(metric, QuantileMetric)
+    table = build_units_table(warehouse, config, RUN)
+    summaries = quantile_summaries(warehouse, config, "latency", metric, table, RUN)
+    params = quantile_events_sql(config, metric, table, RUN)[1]
+    estimates = {arm: s.estimate for arm, s in summaries.items()}
+
+    def narrowed(values: str) -> str:
+        return quantile_events_sql(config, metric, table, RUN, values)[0]
+
+    sums = quantile_cluster_sums(
+        warehouse, narrowed, params, estimates, table, quantile_count_column("latency"), quantile
+    )
+    for arm, units in truth.items():
+        values = np.array([v for vs in units.values() for v in vs])
+        x = float(np.quantile(values, quantile))
+        assert summaries[arm].estimate == pytest.approx(x, rel=1e-12)
+        clustered = [(len(vs), sum(v <= estimates[arm] for v in vs)) for vs in units.values() if vs]
+        got = sums[arm]
+        assert got.units == len(clustered)
+        assert got.events == sum(n for n, _ in clustered)
+        assert got.below == sum(i for _, i in clustered)
+        assert got.events_sq == sum(n * n for n, _ in clustered)
+        assert got.below_sq == sum(i * i for _, i in clustered)
+        assert got.cross == sum(i * n for n, i in clustered)
+        low, high, _ = clustered_quantile_bracket(quantile, got)
+        ordered = np.sort(values)
+        assert summaries[arm].lower == ordered[disc_rank(low, len(values)) - 1]
+        assert summaries[arm].upper == ordered[disc_rank(high, len(values)) - 1]
+        assert summaries[arm].lower <= summaries[arm].estimate <= summaries[arm].upper
