@@ -139,7 +139,12 @@ def clustered_config(quantile: float, prefix: str) -> Any:
             "source": {"exposures": f"{prefix}exposures", "events": f"{prefix}events"},
             "metrics": {
                 "solved": {"type": "proportion", "event": "solved"},
-                "latency": {"type": "quantile", "event": "served", "quantile": quantile},
+                "latency": {
+                    "type": "quantile",
+                    "event": "served",
+                    "quantile": quantile,
+                    "window": "1d",
+                },
             },
             "primary": "solved",
             "plan": {"baseline": 0.38, "mde": 0.02},
@@ -148,8 +153,9 @@ def clustered_config(quantile: float, prefix: str) -> Any:
 
 
 def load_clustered(warehouse: Warehouse, prefix: str) -> dict[str, dict[str, list[float]]]:
-    """Units with 0-6 latency events each; a unit-level effect makes events within a unit
-    correlate (what the clustered variance is for). Returns {arm: {unit: values}}."""
+    """Units with 0-6 latency events each in the metric's window; a unit-level effect makes
+    events within a unit correlate (what the clustered variance is for); events before
+    exposure or after the window must be ignored. Returns {arm: {unit: values}}."""
     rng = np.random.default_rng(11)
     create_contract_tables(warehouse, prefix.rstrip("."))
     exposures, events = [], []
@@ -164,6 +170,8 @@ def load_clustered(warehouse: Warehouse, prefix: str) -> dict[str, dict[str, lis
         for k, value in enumerate(values):
             events.append((unit, "served", first + timedelta(minutes=k + 1), value, None))
         events.append((unit, "served", first - timedelta(minutes=5), 1e6, None))  # before
+        if i % 5 == 0:  # after the metric's 1-day window: neither counted nor ranked
+            events.append((unit, "served", first + timedelta(days=2), 5e5, None))
     insert_rows(warehouse, exposures, events, prefix.rstrip("."))
     return truth
 
