@@ -1,7 +1,10 @@
 """Extraction in the warehouse: exposures and events -> one row per enrolled unit.
 
-One `CREATE TABLE ... AS SELECT` builds the run's units table (first exposure, arm, exclusions,
-one column per unit-level metric). Raw events never leave the warehouse; the SQL is plain enough
+One `CREATE TABLE ... AS SELECT` builds the run's units table: `unit_id`, `arm`,
+`first_exposed_at`, `exposures`, `several_arms` (1 when the unit was exposed to more than one
+arm), one `m_<metric>` column per unit-level metric (two for a ratio), `n_<metric>` per quantile
+metric (its events with a value: N_i of the clustered variance) and `c_<metric>` per CUPED
+covariate. Raw events never leave the warehouse; the SQL is plain enough
 for DuckDB and PostgreSQL alike (bound parameters, `INTERVAL 'N seconds'`, window functions).
 
 Metric semantics (DESIGN.md):
