@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from ab_pipeline.config import (
     ExperimentConfig,
@@ -32,6 +32,8 @@ from ab_pipeline.config import (
     RatioMetric,
 )
 from ab_pipeline.warehouse import Warehouse, quote_ident
+
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
@@ -113,16 +115,17 @@ def _event_metrics(config: ExperimentConfig) -> dict[str, ProportionMetric | Mea
     }
 
 
-def _in_window(metric: ProportionMetric | MeanMetric) -> str:
-    if metric.window is None:
-        return "TRUE"
-    return f"ev.occurred_at < ev.first_exposed_at + {_interval(metric.window)}"
+def _before_window_end(window: timedelta | None, event: str = "ev", unit: str = "ev") -> str:
+    """` AND <event>.occurred_at < <unit>.first_exposed_at + window`, or nothing without one."""
+    if window is None:
+        return ""
+    return f" AND {event}.occurred_at < {unit}.first_exposed_at + {_interval(window)}"
 
 
 def _aggregate(
     metric: ProportionMetric | MeanMetric, params: _Params, unless_col: str | None
 ) -> str:
-    match = f"ev.event_name = {params.bind(metric.event)} AND {_in_window(metric)}"
+    match = f"ev.event_name = {params.bind(metric.event)}{_before_window_end(metric.window)}"
     if isinstance(metric, ProportionMetric):
         if metric.unless is not None and unless_col is not None:
             spoiled = f"ev.{unless_col} <= ev.occurred_at + {_interval(metric.unless.within)}"
@@ -139,17 +142,13 @@ def _unless_column(metric: ProportionMetric | MeanMetric, columns: dict[str, str
     return None
 
 
-def _ratio_metrics(config: ExperimentConfig) -> dict[str, RatioMetric]:
-    return {n: m for n, m in config.metrics.items() if isinstance(m, RatioMetric)}
+def _metrics_of(config: ExperimentConfig, kind: type[M]) -> dict[str, M]:
+    return {n: m for n, m in config.metrics.items() if isinstance(m, kind)}
 
 
 def _ratio_aggregates(name: str, metric: RatioMetric, params: _Params) -> str:
     """SUMs of the numerator and denominator events in the window, per unit."""
-    window = (
-        f" AND ev.occurred_at < ev.first_exposed_at + {_interval(metric.window)}"
-        if metric.window
-        else ""
-    )
+    window = _before_window_end(metric.window)
     parts = []
     for part, column in zip(
         (metric.numerator, metric.denominator), ratio_columns(name), strict=True
@@ -206,17 +205,9 @@ def _window_complete(metric: ProportionMetric | MeanMetric | RatioMetric) -> str
     return f"u.first_exposed_at + {_interval(metric.window)} <= :run_end"
 
 
-def _quantile_metrics(config: ExperimentConfig) -> dict[str, QuantileMetric]:
-    return {n: m for n, m in config.metrics.items() if isinstance(m, QuantileMetric)}
-
-
 def _quantile_count(name: str, metric: QuantileMetric, params: _Params) -> str:
     """Per unit: the quantile metric's events with a value (N_i of the clustered variance)."""
-    window = (
-        f" AND ev.occurred_at < ev.first_exposed_at + {_interval(metric.window)}"
-        if metric.window
-        else ""
-    )
+    window = _before_window_end(metric.window)
     match = f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL{window}"
     return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {quantile_count_column(name)}"
 
@@ -318,8 +309,8 @@ def build_units_sql(
     metrics = _event_metrics(config)
     unless_ctes, unless_source = _unless_sql(metrics, events, params)
     plain = {name: m for name, m in metrics.items() if name not in unless_source}
-    ratios = _ratio_metrics(config)
-    quantiles = _quantile_metrics(config)
+    ratios = _metrics_of(config, RatioMetric)
+    quantiles = _metrics_of(config, QuantileMetric)
     wanted = sorted(
         {m.event for m in plain.values() if m.event}
         | {p.event for m in ratios.values() for p in (m.numerator, m.denominator)}
@@ -471,11 +462,7 @@ def quantile_events_sql(
     with such an event first, so the join builds its hash table from a few units, not from
     every enrolled unit (the optimizer cannot know how selective a bound range is).
     """
-    window = (
-        f"AND e.occurred_at < u.first_exposed_at + {_interval(metric.window)}"
-        if metric.window
-        else ""
-    )
+    window = _before_window_end(metric.window, event="e", unit="u")
     events = quote_ident(config.source.events)
     units = quote_ident(units_table)
     narrow = ""
@@ -489,6 +476,6 @@ def quantile_events_sql(
 FROM {events} e
 JOIN {units} u ON u.unit_id = e.unit_id
 WHERE e.event_name = :event AND e.value IS NOT NULL
-  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end {window} {narrow}
+  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end{window} {narrow}
 """
     return sql, {"event": metric.event, "run_end": RunWindow.of(config, run_date).run_end}

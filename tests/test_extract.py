@@ -15,6 +15,7 @@ from tests.warehouse_fixtures import (
     Event,
     Exposure,
     create_contract_tables,
+    experiment_data,
     insert_rows,
     rows_by_unit,
 )
@@ -24,36 +25,20 @@ KEY = "extract-check"
 
 
 def make_config(schema: str = "", **overrides: Any) -> ExperimentConfig:
-    prefix = f"{schema}." if schema else ""
-    data: dict[str, Any] = {
-        "key": KEY,
-        "version": 1,
-        "title": "extraction semantics",
-        "owner": "o@example.com",
-        "recipients": ["r@example.com"],
-        "hypothesis": {"change": "c", "metric": "solved", "direction": "increase"},
-        "unit": "account",
-        "arms": {"control": 0.5, "treatment": 0.5},
-        "control": "control",
-        "start": START,
-        "end": END,
-        "source": {"exposures": f"{prefix}exposures", "events": f"{prefix}events"},
-        "metrics": {
-            "solved": {
-                "type": "proportion",
-                "event": "solved",
-                "window": "1d",
-                "unless": {"event": "ticket", "within": "10m"},
-            },
-            "clicks": {"type": "mean", "event": "click", "window": "2d", "aggregate": "count"},
-            "revenue": {"type": "mean", "event": "purchase", "window": "3d"},
-            "ever_bought": {"type": "proportion", "event": "purchase"},
-            "latency": {"type": "quantile", "event": "served", "quantile": 0.95},
+    metrics = {
+        "solved": {
+            "type": "proportion",
+            "event": "solved",
+            "window": "1d",
+            "unless": {"event": "ticket", "within": "10m"},
         },
-        "primary": "solved",
+        "clicks": {"type": "mean", "event": "click", "window": "2d", "aggregate": "count"},
+        "revenue": {"type": "mean", "event": "purchase", "window": "3d"},
+        "ever_bought": {"type": "proportion", "event": "purchase"},
+        "latency": {"type": "quantile", "event": "served", "quantile": 0.95},
     }
-    data.update(overrides)
-    return parse_config(data)
+    data = experiment_data(KEY, metrics, "solved", schema, unit="account", start=START, end=END)
+    return parse_config(data | overrides)
 
 
 def random_data(seed: int, units: int = 300) -> tuple[list[Exposure], list[Event]]:

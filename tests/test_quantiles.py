@@ -16,7 +16,7 @@ from ab_pipeline.extract import build_units_table, quantile_count_column, quanti
 from ab_pipeline.quantiles import cont_ranks, disc_rank, histograms, order_statistics
 from ab_pipeline.statistics import clustered_quantile_bracket
 from ab_pipeline.warehouse import Warehouse
-from tests.warehouse_fixtures import create_contract_tables, insert_rows
+from tests.warehouse_fixtures import create_contract_tables, experiment_data, insert_rows
 
 RUN = date(2026, 5, 31)
 START = datetime(2026, 5, 4, 9)
@@ -123,33 +123,10 @@ def test_rank_helpers_reproduce_the_engines_percentile_functions(
 
 
 def clustered_config(quantile: float, prefix: str) -> Any:
-    return parse_config(
-        {
-            "key": "quantile-check",
-            "version": 1,
-            "title": "t",
-            "owner": "a@example.com",
-            "recipients": ["a@example.com"],
-            "hypothesis": {"change": "c", "metric": "solved", "direction": "increase"},
-            "unit": "user",
-            "arms": {"control": 0.5, "treatment": 0.5},
-            "control": "control",
-            "start": "2026-05-04",
-            "end": "2026-05-31",
-            "source": {"exposures": f"{prefix}exposures", "events": f"{prefix}events"},
-            "metrics": {
-                "solved": {"type": "proportion", "event": "solved"},
-                "latency": {
-                    "type": "quantile",
-                    "event": "served",
-                    "quantile": quantile,
-                    "window": "1d",
-                },
-            },
-            "primary": "solved",
-            "plan": {"baseline": 0.38, "mde": 0.02},
-        }
-    )
+    latency = {"type": "quantile", "event": "served", "quantile": quantile, "window": "1d"}
+    metrics = {"solved": {"type": "proportion", "event": "solved"}, "latency": latency}
+    data = experiment_data("quantile-check", metrics, "solved", prefix.rstrip("."))
+    return parse_config(data | {"plan": {"baseline": 0.38, "mde": 0.02}})
 
 
 def load_clustered(warehouse: Warehouse, prefix: str) -> dict[str, dict[str, list[float]]]:

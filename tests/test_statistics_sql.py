@@ -14,45 +14,36 @@ from ab_pipeline.diagnosis import progress, srm_diagnosis
 from ab_pipeline.errors import ConfigError
 from ab_pipeline.extract import build_units_table, covariate_column, ratio_columns
 from ab_pipeline.warehouse import Warehouse
-from tests.warehouse_fixtures import create_contract_tables, insert_rows
+from tests.warehouse_fixtures import create_contract_tables, experiment_data, insert_rows
 
 RUN = date(2026, 5, 31)
 START = datetime(2026, 5, 4, 9)
 
 
 def config(**extra: Any) -> Any:
-    data: dict[str, Any] = {
-        "key": "stats-check",
-        "version": 1,
-        "title": "t",
-        "owner": "a@example.com",
-        "recipients": ["a@example.com"],
-        "hypothesis": {"change": "c", "metric": "solved", "direction": "increase"},
-        "unit": "user",
-        "arms": {"control": 0.34, "a": 0.33, "b": 0.33},
-        "control": "control",
-        "start": "2026-05-04",
-        "end": "2026-05-31",
-        "metrics": {
-            "solved": {
-                "type": "proportion",
-                "event": "solved",
-                "window": "1d",
-                "cuped": {"lookback": "14d"},
-            },
-            "clicks_per_session": {
-                "type": "ratio",
-                "numerator": {"event": "click"},
-                "denominator": {"event": "session"},
-                "window": "1d",
-            },
-            "latency": {"type": "quantile", "event": "served", "quantile": 0.9},
+    metrics = {
+        "solved": {
+            "type": "proportion",
+            "event": "solved",
+            "window": "1d",
+            "cuped": {"lookback": "14d"},
         },
-        "primary": "solved",
-        "plan": {"baseline": 0.38, "mde": 0.02},
+        "clicks_per_session": {
+            "type": "ratio",
+            "numerator": {"event": "click"},
+            "denominator": {"event": "session"},
+            "window": "1d",
+        },
+        "latency": {"type": "quantile", "event": "served", "quantile": 0.9},
     }
-    data.update(extra)
-    return parse_config(data)
+    data = experiment_data(
+        "stats-check",
+        metrics,
+        "solved",
+        arms={"control": 0.34, "a": 0.33, "b": 0.33},
+        plan={"baseline": 0.38, "mde": 0.02},
+    )
+    return parse_config(data | extra)
 
 
 def load(warehouse: Warehouse) -> None:

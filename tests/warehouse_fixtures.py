@@ -64,3 +64,28 @@ def insert_rows(
 
 def rows_by_unit(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {str(row["unit_id"]): row for row in rows}
+
+
+def experiment_data(
+    key: str, metrics: dict[str, Any], primary: str, schema: str = "", **fields: Any
+) -> dict[str, Any]:
+    """A minimal valid experiment config (two arms, May 2026) reading `[schema.]exposures` and
+    `[schema.]events`; `fields` override or add top-level fields."""
+    prefix = f"{schema}." if schema else ""
+    data: dict[str, Any] = {
+        "key": key,
+        "version": 1,
+        "title": key,
+        "owner": "o@example.com",
+        "recipients": ["r@example.com"],
+        "hypothesis": {"change": "c", "metric": primary, "direction": "increase"},
+        "unit": "user",
+        "arms": {"control": 0.5, "treatment": 0.5},
+        "control": "control",
+        "start": "2026-05-04",
+        "end": "2026-05-31",
+        "source": {"exposures": f"{prefix}exposures", "events": f"{prefix}events"},
+        "metrics": metrics,
+        "primary": primary,
+    }
+    return data | fields

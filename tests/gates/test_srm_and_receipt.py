@@ -13,30 +13,19 @@ from ab_pipeline.extract import RunWindow, build_units_table
 from ab_pipeline.gates.receipt import MISSING, receipt_values_by_field, run_receipt_gate
 from ab_pipeline.gates.srm import run_srm_gate
 from ab_pipeline.warehouse import Warehouse, quote_ident
-from tests.warehouse_fixtures import Exposure, create_contract_tables, insert_rows
+from tests.warehouse_fixtures import (
+    Exposure,
+    create_contract_tables,
+    experiment_data,
+    insert_rows,
+)
 
 RUN = date(2026, 5, 31)
 
 
 def config(schema: str = "", **overrides: Any) -> ExperimentConfig:
-    prefix = f"{schema}." if schema else ""
-    data: dict[str, Any] = {
-        "key": "gate-check",
-        "version": 1,
-        "title": "gates",
-        "owner": "o@example.com",
-        "recipients": ["r@example.com"],
-        "hypothesis": {"change": "c", "metric": "m", "direction": "increase"},
-        "unit": "user",
-        "arms": {"control": 0.5, "treatment": 0.5},
-        "control": "control",
-        "start": "2026-05-04",
-        "end": "2026-05-31",
-        "source": {"exposures": f"{prefix}exposures", "events": f"{prefix}events"},
-        "receipt": ["index", "decoder"],
-        "metrics": {"m": {"type": "proportion", "event": "e", "window": "1d"}},
-        "primary": "m",
-    }
+    metrics = {"m": {"type": "proportion", "event": "e", "window": "1d"}}
+    data = experiment_data("gate-check", metrics, "m", schema, receipt=["index", "decoder"])
     return parse_config(data | overrides)
 
 
