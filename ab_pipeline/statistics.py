@@ -205,7 +205,7 @@ class QuantileSummary:
     """A sample quantile with the order statistics that bracket it.
 
     `lower`/`upper` are the values at ranks q*n -/+ z*sqrt(n*q*(1-q)): the distribution-free
-    binomial interval for a quantile, which SQL can compute with `percentile_disc`.
+    binomial interval for a quantile (`percentile_disc` semantics; `ab_pipeline.quantiles`).
     """
 
     n: int
@@ -363,7 +363,7 @@ def clustered_quantile_bracket(
     Deng, Knoblich & Lu (2018, sec. 4): the share of events at or below x_q is a ratio metric
     sum(I)/sum(N); its delta-method SE sigma counts units, not events, as independent. The
     interval for the quantile is then [X_(n(q - z sigma)), X_(n(q + z sigma))] (order
-    statistics, no density estimate), which SQL reads with `percentile_disc`.
+    statistics, no density estimate), read in SQL by `ab_pipeline.quantiles`.
     """
     z = _z(alpha)
     var = ratio_variance(
