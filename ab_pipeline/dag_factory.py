@@ -6,19 +6,19 @@ the other experiments: it becomes an `InvalidExperimentConfigs` DAG whose valida
 Airflow lists it among the import errors (file and field) and bags the rest of the file's DAGs.
 
 The dag-processor rebuilds every experiment's DAG on every parse, so building one is kept cheap:
-the task callables and their `@task` wrappers exist once, at import, and every DAG reuses them;
-at run time a task finds its experiment (config file, warehouse connection) on the running DAG.
+the task callables exist once, at import, and every DAG's tasks are plain PythonOperators calling
+them; at run time a task finds its experiment (config file, warehouse connection) on the
+running DAG.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from airflow.sdk import DAG, Param, TriggerRule, task
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG, Param, TriggerRule
 from airflow.sdk.definitions.param import ParamsDict
 
 from ab_pipeline.config import ExperimentConfig, load_config
@@ -27,7 +27,6 @@ from ab_pipeline.notify import OwnerFailureNotifier
 
 SMTP_CONN_ID = "smtp_default"
 GATES = ("data_quality", "srm", "receipt", "assignment")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ExperimentConfigsInvalid(Exception):
@@ -106,70 +105,42 @@ def _run_context() -> Any:
     )
 
 
-def _fixed_signature(function: F) -> F:
-    """Store the function's signature on it: Airflow inspects the callable 5 times per task.
-
-    `inspect.signature` returns a stored `__signature__` as is (these functions never change);
-    computing it each time was ~5% of the parse.
-    """
-    function.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
-    return function
+# The task callables exist once, at import; every DAG's tasks are classic PythonOperators that
+# call them (a `@task` operator costs about twice as much to build: its class chain runs four
+# __init__s and re-inspects the callable; at 500 experiments that was ~30% of the parse).
 
 
-# The task callables: defined and wrapped by `@task` once, at import; each DAG instantiates the
-# wrappers (building the wrappers for every DAG was ~20% of the parse).
-
-
-@task
-@_fixed_signature
-def extract() -> str:
+def _extract() -> str:
     from ab_pipeline.pipeline import stage_extract
 
     return stage_extract(_run_context())
 
 
-def _gate_task(gate: str) -> Any:
-    @task(task_id=f"gate_{gate}")
-    @_fixed_signature
-    def run_gate(units_table: str) -> bool:
-        from ab_pipeline.pipeline import stage_gate
+def _gate(gate: str, units_table: str) -> bool:
+    from ab_pipeline.pipeline import stage_gate
 
-        return stage_gate(_run_context(), gate, units_table)
-
-    return run_gate
+    return stage_gate(_run_context(), gate, units_table)
 
 
-_GATE_TASKS = [_gate_task(gate) for gate in GATES]
-
-
-@task
-@_fixed_signature
-def validity() -> None:
+def _validity() -> None:
     from ab_pipeline.pipeline import stage_validity
 
     stage_validity(_run_context())
 
 
-@task
-@_fixed_signature
-def analyse(units_table: str) -> None:
+def _analyse(units_table: str) -> None:
     from ab_pipeline.pipeline import stage_analyse
 
     stage_analyse(_run_context(), units_table)
 
 
-# The brief reads files, not XComs: it must run after a failed gate too.
-@task(trigger_rule=TriggerRule.ALL_DONE)
-@_fixed_signature
-def brief() -> dict[str, Any]:
+def _brief() -> dict[str, Any]:
     from ab_pipeline.pipeline import stage_brief
 
     return stage_brief(_run_context())
 
 
-@task(retries=2, retry_delay=timedelta(seconds=5))
-@_fixed_signature
-def send_email() -> dict[str, Any]:
+def _send_email() -> dict[str, Any]:
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowSkipException
 
@@ -187,11 +158,7 @@ def send_email() -> dict[str, Any]:
     return stage_deliver(ctx, SMTP_CONN_ID)
 
 
-# With the brief on ALL_DONE the leaf would succeed after a failed gate; this task fails the
-# run whenever anything upstream failed, so on-call sees it.
-@task(trigger_rule=TriggerRule.ONE_FAILED)
-@_fixed_signature
-def run_failed_watcher() -> None:
+def _run_failed_watcher() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     raise AirflowFailException("an upstream task failed (see the brief for gate failures)")
@@ -218,22 +185,45 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> ExperimentDAG:
         f"Config: `{config_path.name}` (version {config.version})",
     ) as dag:
         dag.config_path, dag.conn_id = str(config_path), config.source.conn_id
-        table: Any = extract()  # an XComArg: resolved to the table name when tasks run
-        gates = [gate_task(table) for gate_task in _GATE_TASKS]
-        valid = validity()
-        gates >> valid
-        analysed = analyse(table)
-        valid >> analysed
-        written = brief()
-        [valid, analysed] >> written
-        sent = send_email()
-        written >> sent
-        watcher = run_failed_watcher()
-        [table, *gates, valid, analysed, written, sent] >> watcher
+        extract = PythonOperator(task_id="extract", python_callable=_extract)
+        table = extract.output  # an XComArg: resolved to the table name when tasks run
+        gates = [
+            PythonOperator(
+                task_id=f"gate_{gate}",
+                python_callable=_gate,
+                op_kwargs={"gate": gate, "units_table": table},
+            )
+            for gate in GATES
+        ]
+        valid = PythonOperator(task_id="validity", python_callable=_validity)
+        analysed = PythonOperator(
+            task_id="analyse", python_callable=_analyse, op_kwargs={"units_table": table}
+        )
+        # The brief reads files, not XComs: it must run after a failed gate too.
+        written = PythonOperator(
+            task_id="brief", python_callable=_brief, trigger_rule=TriggerRule.ALL_DONE
+        )
+        sent = PythonOperator(
+            task_id="send_email",
+            python_callable=_send_email,
+            retries=2,
+            retry_delay=timedelta(seconds=5),
+        )
+        # With the brief on ALL_DONE the leaf would succeed after a failed gate; this task
+        # fails the run whenever anything upstream failed, so on-call sees it.
+        watcher = PythonOperator(
+            task_id="run_failed_watcher",
+            python_callable=_run_failed_watcher,
+            trigger_rule=TriggerRule.ONE_FAILED,
+        )
+        extract >> gates
+        gates >> valid >> analysed
+        [valid, analysed] >> written >> sent
+        [extract, *gates, valid, analysed, written, sent] >> watcher
     # The params go on last: on the DAG, and on each task as Airflow merges a DAG's params into
     # its tasks (an own copy per task, source "dag"). Given to the DAG up front, they would be
-    # deep-copied once per __init__ in the @task operator's class chain, four times per task
-    # (~15% of the parse). tests/test_dags.py checks the result against Airflow's own merge.
+    # deep-copied once per __init__ in the operator's class chain (with `@task` operators that
+    # was ~15% of the parse). tests/test_dags.py checks the result against Airflow's own merge.
     for operator in dag.tasks:
         operator.params = ParamsDict({"run_date": run_date_param(source="dag")})
     dag.params = ParamsDict({"run_date": run_date_param()})  # validated, as in DAG(params=...)
