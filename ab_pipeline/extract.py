@@ -1,11 +1,12 @@
 """Extraction in the warehouse: exposures and events -> one row per enrolled unit.
 
-One `CREATE TABLE ... AS SELECT` builds the run's units table: `unit_id`, `arm`,
-`first_exposed_at`, `exposures`, `several_arms` (1 when the unit was exposed to more than one
-arm), one `m_<metric>` column per unit-level metric (two for a ratio), `n_<metric>` per quantile
-metric (its events with a value: N_i of the clustered variance) and `c_<metric>` per CUPED
-covariate. Raw events never leave the warehouse; the SQL is plain enough
-for DuckDB and PostgreSQL alike (bound parameters, `INTERVAL 'N seconds'`, window functions).
+A few statements build the run's units table (each step a temporary table, the last joins
+them): `unit_id`, `arm`, `first_exposed_at`, `exposures`, `several_arms` (1 when the unit was
+exposed to more than one arm), one `m_<metric>` column per unit-level metric (two for a
+ratio), `n_<metric>` per quantile metric (its events with a value: N_i of the clustered
+variance) and `c_<metric>` per CUPED covariate. Raw events never leave the warehouse; the SQL is
+plain enough for DuckDB and PostgreSQL alike (bound parameters, `INTERVAL 'N seconds'`,
+window functions).
 
 Metric semantics (DESIGN.md):
 - enrollment = first exposure in [start, end] up to the run date; arm = that exposure's arm;
@@ -212,26 +213,40 @@ def _quantile_count(name: str, metric: QuantileMetric, params: _Params) -> str:
     return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {quantile_count_column(name)}"
 
 
-def _enrolled_sql() -> str:
+# Session-local (temporary) tables of the extract's steps; dropped when the units table is built.
+ENROLLED, METRIC_AGGREGATES, UNLESS_AGGREGATES, COVARIATES = (
+    "ab_tmp_enrolled",
+    "ab_tmp_metrics",
+    "ab_tmp_unless",
+    "ab_tmp_covariates",
+)
+
+
+def _enrolled_sql(exposures: str) -> str:
     """Enrolled units from the experiment's exposures in one GROUP BY over them.
 
-    The arm is the first exposure's (ties on the timestamp: the smallest arm). A unit seen in
-    one arm needs no lookup; only units seen in several arms are joined back to their first
-    exposure (`first_arm`), so the per-unit aggregate stays a cheap one (no arg_min over a
-    composite key, no join of every unit).
+    The arm is the first exposure's (ties on the timestamp: the smallest arm); `min_arm` is it
+    for a unit seen in one arm. Units seen in several arms are joined back to their first
+    exposure when the units table is built (`_first_arm_cte`), so this aggregate stays a cheap
+    one (no arg_min over a composite key, no join of every unit).
     """
-    return """enrolled AS (
-  SELECT unit_id, MIN(exposed_at) AS first_exposed_at, COUNT(*) AS exposures,
-         MIN(arm) AS min_arm, MAX(arm) AS max_arm
-  FROM exp GROUP BY unit_id
-  HAVING NOT (:exclude_internal AND MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) = 1)
-     AND NOT (:exclude_bots AND MAX(CASE WHEN is_bot THEN 1 ELSE 0 END) = 1)
-),
-first_arm AS (
+    return f"""SELECT unit_id, MIN(exposed_at) AS first_exposed_at, COUNT(*) AS exposures,
+       MIN(arm) AS min_arm, MAX(arm) AS max_arm
+FROM {exposures}
+WHERE experiment_key = :key
+  AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
+GROUP BY unit_id
+HAVING NOT (:exclude_internal AND MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) = 1)
+   AND NOT (:exclude_bots AND MAX(CASE WHEN is_bot THEN 1 ELSE 0 END) = 1)"""
+
+
+def _first_arm_cte(exposures: str) -> str:
+    """The first exposure's arm of the units seen in several arms (ties: the smallest arm)."""
+    return f"""first_arm AS (
   SELECT p.unit_id, MIN(x.arm) AS arm
-  FROM enrolled p
-  JOIN exp x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
-  WHERE p.min_arm <> p.max_arm
+  FROM {ENROLLED} p
+  JOIN {exposures} x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
+  WHERE p.min_arm <> p.max_arm AND x.experiment_key = :key
   GROUP BY p.unit_id
 )"""
 
@@ -240,7 +255,7 @@ def _events_of_enrolled(events: str, names: list[str], params: _Params) -> str:
     """Enrolled units' events with the given names, from first exposure up to the run date."""
     return f"""SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at
   FROM {events} e
-  JOIN enrolled u ON u.unit_id = e.unit_id
+  JOIN {ENROLLED} u ON u.unit_id = e.unit_id
   WHERE e.event_name IN ({", ".join(params.bind(n) for n in names)})
     AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end"""
 
@@ -248,9 +263,9 @@ def _events_of_enrolled(events: str, names: list[str], params: _Params) -> str:
 def _unless_sql(
     metrics: dict[str, ProportionMetric | MeanMetric], events: str, params: _Params
 ) -> tuple[str, dict[str, str]]:
-    """CTEs for proportions with an `unless` rule, apart from the other metrics: the window
+    """The step for proportions with an `unless` rule, apart from the other metrics: the window
     function (next `unless` event after each event, per unit) sorts only these events.
-    Returns the CTE text (empty when no metric has `unless`) and {metric: column in `uagg`}."""
+    Returns the statement (empty when no metric has `unless`) and {metric: its table alias}."""
     spoilable = {
         name: m for name, m in metrics.items() if isinstance(m, ProportionMetric) and m.unless
     }
@@ -269,30 +284,32 @@ def _unless_sql(
         f",\n      {_aggregate(m, params, _unless_column(m, unless_cols))} AS {metric_column(name)}"
         for name, m in spoilable.items()
     )
-    ctes = f""",
-uev AS (
+    statement = f"""CREATE TEMP TABLE {UNLESS_AGGREGATES} AS
+WITH uev AS (
   {_events_of_enrolled(events, names, params)}
 ),
 useq AS (
   SELECT ev.*{next_unless}
   FROM uev ev
-),
-uagg AS (
-  SELECT ev.unit_id{aggregates}
-  FROM useq ev GROUP BY ev.unit_id
-)"""
-    return ctes, {name: "ua" for name in spoilable}
+)
+SELECT ev.unit_id{aggregates}
+FROM useq ev GROUP BY ev.unit_id"""
+    return statement, {name: "ua" for name in spoilable}
 
 
 def build_units_sql(
     config: ExperimentConfig, run_date: date, table: str
 ) -> tuple[list[str], dict[str, Any]]:
-    """Statements (drop, create) and parameters that build the units table.
+    """Statements and parameters that (re)build the units table, in steps.
 
     Reads: the experiment's exposures once (one GROUP BY per unit); the metric events once
     (one join to the enrolled units, one GROUP BY per unit: every metric, ratio part and
     quantile event count is a conditional aggregate of that pass); the events of `unless`
     rules in a second, narrow pass; pre-exposure events once when a metric uses CUPED.
+
+    Each step writes a temporary table and the last joins them: one plan per step keeps each
+    join's and aggregate's memory to itself. One statement with the same steps as CTEs took
+    57-67 s at 10M units under DuckDB's 1 GB cap, the steps 36-45 s (docs/benchmarks.md).
     """
     window = RunWindow.of(config, run_date)
     params = _Params()
@@ -306,8 +323,10 @@ def build_units_sql(
     )
     exposures = quote_ident(config.source.exposures)
     events = quote_ident(config.source.events)
+    steps = [f"CREATE TEMP TABLE {ENROLLED} AS {_enrolled_sql(exposures)}"]
+    joins = ""
     metrics = _event_metrics(config)
-    unless_ctes, unless_source = _unless_sql(metrics, events, params)
+    unless_step, unless_source = _unless_sql(metrics, events, params)
     plain = {name: m for name, m in metrics.items() if name not in unless_source}
     ratios = _metrics_of(config, RatioMetric)
     quantiles = _metrics_of(config, QuantileMetric)
@@ -316,14 +335,27 @@ def build_units_sql(
         | {p.event for m in ratios.values() for p in (m.numerator, m.denominator)}
         | {m.event for m in quantiles.values()}
     )
-    aggregates = (
-        "".join(
-            f",\n      {_aggregate(m, params, None)} AS {metric_column(name)}"
-            for name, m in plain.items()
+    if wanted:
+        aggregates = (
+            "".join(
+                f",\n      {_aggregate(m, params, None)} AS {metric_column(name)}"
+                for name, m in plain.items()
+            )
+            + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
+            + "".join(_quantile_count(name, m, params) for name, m in quantiles.items())
         )
-        + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
-        + "".join(_quantile_count(name, m, params) for name, m in quantiles.items())
-    )
+        steps.append(
+            f"""CREATE TEMP TABLE {METRIC_AGGREGATES} AS
+WITH ev AS (
+  {_events_of_enrolled(events, wanted, params)}
+)
+SELECT ev.unit_id{aggregates}
+FROM ev GROUP BY ev.unit_id"""
+        )
+        joins += f"\nLEFT JOIN {METRIC_AGGREGATES} a ON a.unit_id = u.unit_id"
+    if unless_step:
+        steps.append(unless_step)
+        joins += f"\nLEFT JOIN {UNLESS_AGGREGATES} ua ON ua.unit_id = u.unit_id"
     columns = (
         "".join(
             f",\n  CASE WHEN {_window_complete(m)} THEN "
@@ -341,50 +373,31 @@ def build_units_sql(
             for name in quantiles
         )
     )
-    agg_cte = (
-        f""",
-ev AS (
-  {_events_of_enrolled(events, wanted, params)}
-),
-agg AS (
-  SELECT ev.unit_id{aggregates}
-  FROM ev GROUP BY ev.unit_id
-)"""
-        if wanted
-        else ""
-    )
-    joins = ("\nLEFT JOIN agg a ON a.unit_id = u.unit_id" if wanted else "") + (
-        "\nLEFT JOIN uagg ua ON ua.unit_id = u.unit_id" if unless_ctes else ""
-    )
-    pre_ctes, pre_join, pre_columns = _pre_exposure_sql(config, events, params)
-    select = f"""
-WITH exp AS (
-  SELECT unit_id, arm, exposed_at, is_internal, is_bot
-  FROM {exposures}
-  WHERE experiment_key = :key
-    AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
-),
-{_enrolled_sql()}{agg_cte}{unless_ctes}{pre_ctes}
+    pre_step, pre_columns = _pre_exposure_sql(config, events, params)
+    if pre_step:
+        steps.append(pre_step)
+        joins += f"\nLEFT JOIN {COVARIATES} c ON c.unit_id = u.unit_id"
+    target = quote_ident(table)
+    temporary = [step.split()[3] for step in steps]
+    units = f"""CREATE TABLE {target} AS
+WITH {_first_arm_cte(exposures)}
 SELECT u.unit_id, COALESCE(fa.arm, u.min_arm) AS arm, u.first_exposed_at, u.exposures,
   CASE WHEN u.min_arm = u.max_arm THEN 0 ELSE 1 END AS several_arms{columns}{pre_columns}
-FROM enrolled u
-LEFT JOIN first_arm fa ON fa.unit_id = u.unit_id{joins}{pre_join}
-"""
-    target = quote_ident(table)
-    return [f"DROP TABLE IF EXISTS {target}", f"CREATE TABLE {target} AS {select}"], params.values
+FROM {ENROLLED} u
+LEFT JOIN first_arm fa ON fa.unit_id = u.unit_id{joins}"""
+    drops = [f"DROP TABLE {name}" for name in temporary]
+    return [f"DROP TABLE IF EXISTS {target}", *steps, units, *drops], params.values
 
 
-def _pre_exposure_sql(
-    config: ExperimentConfig, events: str, params: _Params
-) -> tuple[str, str, str]:
-    """CTEs, join and columns for CUPED covariates (empty strings when no metric uses CUPED).
+def _pre_exposure_sql(config: ExperimentConfig, events: str, params: _Params) -> tuple[str, str]:
+    """The step and the columns for CUPED covariates (empty strings when no metric uses CUPED).
 
     Only events strictly before each unit's first exposure (up to its `until`) are read, so the
     treatment cannot have moved the covariate.
     """
     sources = _cuped_sources(config)
     if not sources:
-        return "", "", ""
+        return "", ""
     targets = _event_metrics(config)
     lookback = max(_seconds(targets[name].cuped.lookback) for name in sources)  # type: ignore[union-attr]
     names = ", ".join(
@@ -394,23 +407,21 @@ def _pre_exposure_sql(
         _covariate_aggregate(name, targets[name], source, params)
         for name, source in sources.items()
     )
-    ctes = f""",
-pre AS (
+    step = f"""CREATE TEMP TABLE {COVARIATES} AS
+WITH pre AS (
   SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at
   FROM {events} e
-  JOIN enrolled u ON u.unit_id = e.unit_id
+  JOIN {ENROLLED} u ON u.unit_id = e.unit_id
   WHERE e.event_name IN ({names})
     AND e.occurred_at >= u.first_exposed_at - INTERVAL '{lookback} seconds'
     AND e.occurred_at < u.first_exposed_at
-),
-pre_agg AS (
-  SELECT pe.unit_id{aggregates}
-  FROM pre pe GROUP BY pe.unit_id
-)"""
+)
+SELECT pe.unit_id{aggregates}
+FROM pre pe GROUP BY pe.unit_id"""
     columns = "".join(
         f",\n  COALESCE(c.{covariate_column(n)}, 0) AS {covariate_column(n)}" for n in sources
     )
-    return ctes, "\nLEFT JOIN pre_agg c ON c.unit_id = u.unit_id", columns
+    return step, columns
 
 
 def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
@@ -437,11 +448,13 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     if warehouse.dialect == "postgresql":
         # Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
         # estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
-        # whole-table ETL: hash joins are always right. ANALYZE gives the gates' and analysis's
-        # joins on the new units table real statistics.
+        # whole-table ETL: hash joins are always right. ANALYZE gives the later steps' joins on
+        # the enrolled units, and the gates' and analysis's on the units table, real statistics.
         statements = [
             "SET LOCAL enable_nestloop = off",
-            *statements,
+            *statements[:2],
+            f"ANALYZE {ENROLLED}",
+            *statements[2:],
             f"ANALYZE {quote_ident(table)}",
         ]
     warehouse.execute(statements, params)

@@ -17,7 +17,7 @@ The result is the order statistic itself, not an approximation: the tests compar
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,7 @@ def order_statistics(
     params: dict[str, Any],
     hists: dict[str, Histogram],
     ranks: dict[str, set[int]],
+    around: Mapping[str, int] | None = None,
 ) -> dict[str, dict[int, float]]:
     """The values at the given 1-based ranks, per arm, in one narrow pass.
 
@@ -103,11 +104,26 @@ def order_statistics(
     range is read (`low <= value <= high`: buckets preserve order, so the range holds exactly
     those buckets' values). `narrowed(predicate)` is the events body restricted to values
     satisfying a predicate on `{v}`.
+
+    `around[arm]` > 0 returns every rank from the lowest wanted minus it to the highest plus
+    it, from the same pass: ranks needed later near these (a confidence bracket around the
+    estimate) then cost no pass of their own.
     """
     found: dict[str, dict[int, float]] = {arm: {} for arm in ranks}
-    ranges = []
+    ranges: list[tuple[str, float, float, int, tuple[int, int] | set[int]]] = []
     for arm, wanted in ranks.items():
         hist = hists[arm]
+        margin = (around or {}).get(arm, 0)
+        if margin > 0:
+            lo, hi = max(1, min(wanted) - margin), min(hist.n, max(wanted) + margin)
+            (first, before), (last, _) = hist.locate(lo), hist.locate(hi)
+            bucket = hist.buckets[first]
+            if first == last and bucket.low == bucket.high:
+                found[arm].update(dict.fromkeys(range(lo, hi + 1), bucket.low))
+            else:
+                span = (lo - before, hi - before)
+                ranges.append((arm, bucket.low, hist.buckets[last].high, before, span))
+            continue
         to_read = []
         for rank in sorted(wanted):
             index, _ = hist.locate(rank)
@@ -120,19 +136,39 @@ def order_statistics(
             first, last = to_read[0][1], to_read[-1][1]
             before = sum(b.count for b in hist.buckets[:first])
             low, high = hist.buckets[first].low, hist.buckets[last].high
-            ranges.append((arm, low, high, {rank - before: rank for rank, _ in to_read}))
-    if not ranges:
-        return found
+            ranges.append((arm, low, high, before, {rank - before for rank, _ in to_read}))
+    if ranges:
+        _read_ranks(warehouse, narrowed, params, ranges, found)
+    for arm, wanted in ranks.items():
+        missing = wanted - set(found[arm])
+        if missing:
+            raise RuntimeError(f"order statistics {sorted(missing)} of arm {arm} not read")
+    return found
+
+
+def _read_ranks(
+    warehouse: Warehouse,
+    narrowed: Callable[[str], str],
+    params: dict[str, Any],
+    ranges: list[tuple[str, float, float, int, tuple[int, int] | set[int]]],
+    found: dict[str, dict[int, float]],
+) -> None:
+    """One pass: per arm, its values in [low, high] numbered in value order; the wanted
+    numbers (a set, or an inclusive span) are stored at rank `before + number`."""
     bound = dict(params)
     in_range, wanted_rows = [], []
-    for i, (arm, low, high, relative) in enumerate(ranges):
+    for i, (arm, low, high, _, numbers) in enumerate(ranges):
         bound |= {f"oa{i}": arm, f"ol{i}": low, f"oh{i}": high}
         in_range.append(f"(u.arm = :oa{i} AND e.value >= :ol{i} AND e.value <= :oh{i})")
-        numbers = []
-        for j, position in enumerate(sorted(relative)):
-            bound[f"or{i}_{j}"] = position
-            numbers.append(f":or{i}_{j}")
-        wanted_rows.append(f"(arm = :oa{i} AND rn IN ({', '.join(numbers)}))")
+        if isinstance(numbers, tuple):
+            bound |= {f"os{i}": numbers[0], f"oe{i}": numbers[1]}
+            wanted_rows.append(f"(arm = :oa{i} AND rn BETWEEN :os{i} AND :oe{i})")
+            continue
+        names = []
+        for j, number in enumerate(sorted(numbers)):
+            bound[f"or{i}_{j}"] = number
+            names.append(f":or{i}_{j}")
+        wanted_rows.append(f"(arm = :oa{i} AND rn IN ({', '.join(names)}))")
     bound |= {"olow": min(r[1] for r in ranges), "ohigh": max(r[2] for r in ranges)}
     body = narrowed("{v} >= :olow AND {v} <= :ohigh")
     rows = warehouse.query(
@@ -143,12 +179,7 @@ def order_statistics(
             ) s WHERE {" OR ".join(wanted_rows)}""",
         bound,
     )
-    relative_of = {arm: relative for arm, _, _, relative in ranges}
+    before_of = {arm: before for arm, _, _, before, _ in ranges}
     for row in rows:
         arm = str(row["arm"])
-        found[arm][relative_of[arm][int(row["rn"])]] = float(row["v"])
-    for arm, wanted in ranks.items():
-        missing = wanted - set(found[arm])
-        if missing:
-            raise RuntimeError(f"order statistics {sorted(missing)} of arm {arm} not read")
-    return found
+        found[arm][before_of[arm] + int(row["rn"])] = float(row["v"])

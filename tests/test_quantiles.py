@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ab_pipeline import analysis
 from ab_pipeline.analysis import quantile_cluster_sums, quantile_summaries
 from ab_pipeline.config import QuantileMetric, parse_config
 from ab_pipeline.extract import build_units_table, quantile_count_column, quantile_events_sql
@@ -93,6 +94,15 @@ def test_order_statistics_equal_the_sorted_values_at_any_rank(
     for arm, array in by_arm.items():
         ordered = np.sort(array)
         assert found[arm] == {rank: float(ordered[rank - 1]) for rank in ranks[arm]}, arm
+    # With a margin: every rank in the span around the wanted ones, from one pass.
+    middle = {arm: {disc_rank(0.9, len(array))} for arm, array in by_arm.items()}
+    spans = order_statistics(warehouse, narrowing(body), {}, hists, middle, {"control": 40})
+    ordered = np.sort(by_arm["control"])
+    rank = disc_rank(0.9, len(ordered))
+    assert spans["control"] == {r: float(ordered[r - 1]) for r in range(rank - 40, rank + 41)}
+    assert spans["treatment"] == {
+        r: float(np.sort(by_arm["treatment"])[r - 1]) for r in middle["treatment"]
+    }
 
 
 def test_rank_helpers_reproduce_the_engines_percentile_functions(
@@ -153,17 +163,31 @@ def load_clustered(warehouse: Warehouse, prefix: str) -> dict[str, dict[str, lis
     return truth
 
 
-@pytest.mark.parametrize("quantile", [0.95, 0.1])
+@pytest.mark.parametrize(("quantile", "margin"), [(0.95, None), (0.1, None), (0.95, 0)])
 def test_clustered_quantile_sums_and_summaries_match_a_brute_force_computation(
-    warehouse_and_prefix: tuple[Warehouse, str], quantile: float
+    warehouse_and_prefix: tuple[Warehouse, str],
+    quantile: float,
+    margin: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Margin None: the bracket is read with the estimate; 0: by a pass of its own."""
+    if margin is not None:
+        monkeypatch.setattr(analysis, "bracket_margin", lambda n: margin)
     warehouse, prefix = warehouse_and_prefix
     truth = load_clustered(warehouse, prefix)
     config = clustered_config(quantile, prefix)
     metric = config.metrics["latency"]
     assert isinstance(metric, QuantileMetric)
     table = build_units_table(warehouse, config, RUN)
+    calls: list[dict[str, set[int]]] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[4])
+        return order_statistics(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "order_statistics", counted)
     summaries = quantile_summaries(warehouse, config, "latency", metric, table, RUN)
+    assert len(calls) == (2 if margin == 0 else 1)  # the bracket's own pass, or none
     params = quantile_events_sql(config, metric, table, RUN)[1]
     estimates = {arm: s.estimate for arm, s in summaries.items()}
 

@@ -140,7 +140,7 @@ def test_gates_agree_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> No
     warehouse.execute(f"DROP TABLE {quote_ident(table)}")
 
 
-# --- the receipt gate reads every field in one query -----------------------------------------
+# --- the receipt gate reads every field in one query per pass -------------------------------
 
 
 @pytest.fixture(params=["duckdb", "postgres"])
@@ -194,7 +194,7 @@ def untidy_exposures() -> list[Exposure]:
     return rows
 
 
-def test_receipt_reads_every_field_in_one_query_with_the_former_results(
+def test_receipt_reads_every_field_in_one_query_per_pass_with_the_former_results(
     warehouse_and_schema: tuple[Warehouse, str],
 ) -> None:
     from sqlalchemy import event
@@ -215,7 +215,9 @@ def test_receipt_reads_every_field_in_one_query_with_the_former_results(
     finally:
         event.remove(Engine, "before_cursor_execute", record)
 
-    assert len(statements) == 1
+    # All exposures disagree, so the enrolled units' exposures are read again: two passes.
+    exposure_reads = [s for s in statements if '"exposures"' in s or "exposures x" in s]
+    assert len(exposure_reads) == 2 and len(statements) == 2
     assert outcome is not None and not outcome["passed"]
     assert outcome["fields"] == ["index", "decoder", "shards", "absent"]
     mismatches = {m["field"]: m["values"] for m in outcome["mismatches"]}
@@ -243,3 +245,71 @@ def test_receipt_field_names_are_bound_parameters(duckdb_warehouse: Warehouse) -
         odd: {"control": [MISSING], "treatment": [MISSING]},
         "index": {"control": ["kb-5"], "treatment": ["kb-5"]},
     }
+
+
+def recorded_statements(run: Any) -> tuple[Any, list[str]]:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        return run(), statements
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_a_uniform_receipt_is_read_without_joining_the_units(
+    warehouse_and_schema: tuple[Warehouse, str],
+) -> None:
+    warehouse, schema = warehouse_and_schema
+    cfg = config(schema)
+    rows = exposures({"control": 20, "treatment": 20}, {"control": SAME, "treatment": SAME})
+    table = load(warehouse, rows, schema)
+    outcome, statements = recorded_statements(lambda: run_receipt_gate(warehouse, cfg, table, RUN))
+    assert outcome is not None and outcome["passed"]
+    reads = [s for s in statements if "properties" in s]
+    assert len(reads) == 1 and "IN (SELECT u.unit_id" not in reads[0]
+    for field in ("index", "decoder"):
+        assert receipt_values_by_field(warehouse, cfg, table, [field], RUN)[field] == (
+            one_field_at_a_time(warehouse, cfg, table, field)
+        )
+    warehouse.execute(f"DROP TABLE {quote_ident(table)}")
+
+
+def test_values_of_units_that_are_not_enrolled_do_not_fail_the_receipt(
+    warehouse_and_schema: tuple[Warehouse, str],
+) -> None:
+    """An excluded (internal) unit ran another index: the first pass sees it, the second
+    pass over enrolled units does not, and the gate passes."""
+    warehouse, schema = warehouse_and_schema
+    cfg = config(schema)
+    rows = exposures({"control": 10, "treatment": 10}, {"control": SAME, "treatment": SAME})
+    at = datetime(2026, 5, 5, 9)
+    rows.append(("gate-check", "staff", "treatment", at, True, False, {**SAME, "index": "kb-x"}))
+    table = load(warehouse, rows, schema)
+    outcome, statements = recorded_statements(lambda: run_receipt_gate(warehouse, cfg, table, RUN))
+    assert outcome is not None and outcome["passed"], outcome
+    assert len([s for s in statements if "properties" in s]) == 2
+    warehouse.execute(f"DROP TABLE {quote_ident(table)}")
+
+
+def test_an_arm_seen_only_in_excluded_units_has_no_receipt_values(
+    warehouse_and_schema: tuple[Warehouse, str],
+) -> None:
+    """The first pass agrees everywhere, but one arm's only exposures are an internal unit's:
+    the enrolled units' exposures hold no value for that arm, as the second pass reports."""
+    warehouse, schema = warehouse_and_schema
+    cfg = config(schema)
+    rows = exposures({"control": 10}, {"control": SAME})
+    at = datetime(2026, 5, 5, 9)
+    rows.append(("gate-check", "staff", "treatment", at, True, False, SAME))
+    table = load(warehouse, rows, schema)
+    values = receipt_values_by_field(warehouse, cfg, table, ["index"], RUN)["index"]
+    assert values == {"control": ["kb-5"], "treatment": []}
+    assert values == one_field_at_a_time(warehouse, cfg, table, "index")
+    warehouse.execute(f"DROP TABLE {quote_ident(table)}")
