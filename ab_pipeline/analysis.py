@@ -24,9 +24,16 @@ from ab_pipeline.extract import (
     metric_column,
     quantile_count_column,
     quantile_events_sql,
+    quantile_histogram_table_name,
     ratio_columns,
 )
-from ab_pipeline.quantiles import cont_ranks, disc_rank, histograms, order_statistics
+from ab_pipeline.quantiles import (
+    cont_ranks,
+    disc_rank,
+    histograms,
+    order_statistics,
+    stored_histograms,
+)
 from ab_pipeline.statistics import (
     Comparison,
     CupedSummary,
@@ -154,7 +161,12 @@ def quantile_summaries(
         return quantile_events_sql(config, metric, units_table, run_date, values)[0]
 
     q = metric.quantile
-    hists = {arm: h for arm, h in histograms(warehouse, body, params).items() if h.n >= 2}
+    stored = quantile_histogram_table_name(config, run_date)
+    if warehouse.table_exists(stored):
+        found = stored_histograms(warehouse, stored, name)
+    else:  # a units table built before the extract stored histograms: one pass instead
+        found = histograms(warehouse, body, params)
+    hists = {arm: h for arm, h in found.items() if h.n >= 2}
     cont = {arm: cont_ranks(q, h.n) for arm, h in hists.items()}
     # The bracket's ranks lie within a few sqrt(n) of the estimate's: read that span with the
     # estimate, and make a second pass only for a bracket outside it.

@@ -32,6 +32,7 @@ from ab_pipeline.config import (
     QuantileMetric,
     RatioMetric,
 )
+from ab_pipeline.quantiles import bucket_sql
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 M = TypeVar("M")
@@ -60,7 +61,17 @@ class RunWindow:
 def units_table_name(config: ExperimentConfig, run_date: date) -> str:
     """`[schema.]ab_units__<key>__<yyyymmdd>`, shortened with a hash to fit PostgreSQL's 63
     characters; the schema is `source.work_schema`, else the exposures table's schema."""
-    stem = f"ab_units__{config.key.replace('-', '_')}"
+    return _run_table_name("ab_units", config, run_date)
+
+
+def quantile_histogram_table_name(config: ExperimentConfig, run_date: date) -> str:
+    """`[schema.]ab_qhist__<key>__<yyyymmdd>`: the run's quantile histograms (see
+    `build_units_sql`), next to its units table."""
+    return _run_table_name("ab_qhist", config, run_date)
+
+
+def _run_table_name(prefix: str, config: ExperimentConfig, run_date: date) -> str:
+    stem = f"{prefix}__{config.key.replace('-', '_')}"
     suffix = f"__{run_date:%Y%m%d}"
     if len(stem) + len(suffix) > 63:
         digest = hashlib.sha256(config.key.encode()).hexdigest()[:8]
@@ -225,13 +236,13 @@ ENROLLED, METRIC_AGGREGATES, UNLESS_AGGREGATES, COVARIATES = (
 def _enrolled_sql(exposures: str) -> str:
     """Enrolled units from the experiment's exposures in one GROUP BY over them.
 
-    The arm is the first exposure's (ties on the timestamp: the smallest arm); `min_arm` is it
-    for a unit seen in one arm. Units seen in several arms are joined back to their first
-    exposure when the units table is built (`_first_arm_cte`), so this aggregate stays a cheap
-    one (no arg_min over a composite key, no join of every unit).
+    The arm is the first exposure's (ties on the timestamp: the smallest arm): `MIN(arm)` for
+    a unit seen in one arm. Units seen in several arms get their first exposure's arm in a
+    second step (`_first_arm_sql`), so this aggregate stays a cheap one (no arg_min over a
+    composite key, no join of every unit).
     """
     return f"""SELECT unit_id, MIN(exposed_at) AS first_exposed_at, COUNT(*) AS exposures,
-       MIN(arm) AS min_arm, MAX(arm) AS max_arm
+       MIN(arm) AS arm, CASE WHEN MIN(arm) = MAX(arm) THEN 0 ELSE 1 END AS several_arms
 FROM {exposures}
 WHERE experiment_key = :key
   AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
@@ -240,20 +251,25 @@ HAVING NOT (:exclude_internal AND MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) =
    AND NOT (:exclude_bots AND MAX(CASE WHEN is_bot THEN 1 ELSE 0 END) = 1)"""
 
 
-def _first_arm_cte(exposures: str) -> str:
-    """The first exposure's arm of the units seen in several arms (ties: the smallest arm)."""
-    return f"""first_arm AS (
+def _first_arm_sql(exposures: str) -> str:
+    """Units seen in several arms: the arm of their first exposure (ties: the smallest arm)."""
+    return f"""UPDATE {ENROLLED} SET arm = f.arm
+FROM (
   SELECT p.unit_id, MIN(x.arm) AS arm
   FROM {ENROLLED} p
   JOIN {exposures} x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
-  WHERE p.min_arm <> p.max_arm AND x.experiment_key = :key
+  WHERE p.several_arms = 1 AND x.experiment_key = :key
   GROUP BY p.unit_id
-)"""
+) f
+WHERE f.unit_id = {ENROLLED}.unit_id"""
 
 
-def _events_of_enrolled(events: str, names: list[str], params: _Params) -> str:
+def _events_of_enrolled(
+    events: str, names: list[str], params: _Params, with_arm: bool = False
+) -> str:
     """Enrolled units' events with the given names, from first exposure up to the run date."""
-    return f"""SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at
+    arm = ", u.arm" if with_arm else ""
+    return f"""SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at{arm}
   FROM {events} e
   JOIN {ENROLLED} u ON u.unit_id = e.unit_id
   WHERE e.event_name IN ({", ".join(params.bind(n) for n in names)})
@@ -323,7 +339,10 @@ def build_units_sql(
     )
     exposures = quote_ident(config.source.exposures)
     events = quote_ident(config.source.events)
-    steps = [f"CREATE TEMP TABLE {ENROLLED} AS {_enrolled_sql(exposures)}"]
+    steps = [
+        f"CREATE TEMP TABLE {ENROLLED} AS {_enrolled_sql(exposures)}",
+        _first_arm_sql(exposures),
+    ]
     joins = ""
     metrics = _event_metrics(config)
     unless_step, unless_source = _unless_sql(metrics, events, params)
@@ -335,6 +354,7 @@ def build_units_sql(
         | {p.event for m in ratios.values() for p in (m.numerator, m.denominator)}
         | {m.event for m in quantiles.values()}
     )
+    histogram = ""
     if wanted:
         aggregates = (
             "".join(
@@ -344,13 +364,13 @@ def build_units_sql(
             + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
             + "".join(_quantile_count(name, m, params) for name, m in quantiles.items())
         )
+        grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
         steps.append(
             f"""CREATE TEMP TABLE {METRIC_AGGREGATES} AS
 WITH ev AS (
-  {_events_of_enrolled(events, wanted, params)}
+  {_events_of_enrolled(events, wanted, params, with_arm=bool(quantiles))}
 )
-SELECT ev.unit_id{aggregates}
-FROM ev GROUP BY ev.unit_id"""
+SELECT ev.unit_id{aggregates}{grouping}"""
         )
         joins += f"\nLEFT JOIN {METRIC_AGGREGATES} a ON a.unit_id = u.unit_id"
     if unless_step:
@@ -378,15 +398,53 @@ FROM ev GROUP BY ev.unit_id"""
         steps.append(pre_step)
         joins += f"\nLEFT JOIN {COVARIATES} c ON c.unit_id = u.unit_id"
     target = quote_ident(table)
-    temporary = [step.split()[3] for step in steps]
     units = f"""CREATE TABLE {target} AS
-WITH {_first_arm_cte(exposures)}
-SELECT u.unit_id, COALESCE(fa.arm, u.min_arm) AS arm, u.first_exposed_at, u.exposures,
-  CASE WHEN u.min_arm = u.max_arm THEN 0 ELSE 1 END AS several_arms{columns}{pre_columns}
-FROM {ENROLLED} u
-LEFT JOIN first_arm fa ON fa.unit_id = u.unit_id{joins}"""
-    drops = [f"DROP TABLE {name}" for name in temporary]
-    return [f"DROP TABLE IF EXISTS {target}", *steps, units, *drops], params.values
+SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.several_arms{columns}{pre_columns}
+FROM {ENROLLED} u{joins}"""
+    hist_table = quote_ident(quantile_histogram_table_name(config, run_date))
+    statements = [f"DROP TABLE IF EXISTS {target}", f"DROP TABLE IF EXISTS {hist_table}"]
+    statements += [*steps, units, *([histogram] if histogram else [])]
+    temporary = [step.split()[3] for step in steps if step.startswith("CREATE TEMP TABLE")]
+    return statements + [f"DROP TABLE {name}" for name in temporary], params.values
+
+
+def _quantile_histograms(
+    config: ExperimentConfig,
+    run_date: date,
+    quantiles: dict[str, QuantileMetric],
+    params: _Params,
+) -> tuple[str, str]:
+    """The metric aggregate's grouping, and the statement that stores quantile histograms.
+
+    Each quantile metric's histogram (per arm and order-preserving bucket: count, smallest and
+    largest value; `ab_pipeline.quantiles`) is a second grouping set of the same pass over the
+    joined events that counts N_i per unit, so its events are joined to the units once. The
+    histogram rows (no unit) go to the run's histogram table; the units table joins the rest.
+    """
+    if not quantiles:
+        return "\nFROM ev GROUP BY ev.unit_id", ""
+    buckets = {name: f"b_{i}" for i, name in enumerate(quantiles)}
+    columns, sets, parts = "", ["(ev.unit_id)"], []
+    for name, metric in quantiles.items():
+        match = (
+            f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL"
+            f"{_before_window_end(metric.window)}"
+        )
+        columns += f",\n  CASE WHEN {match} THEN {bucket_sql('ev.value')} END AS {buckets[name]}"
+        sets.append(f"(ev.arm, {buckets[name]})")
+        parts.append(
+            f"SELECT {params.bind(name)} AS metric, arm, {buckets[name]} AS bucket,"
+            f" bucket_events AS n, low, high FROM {METRIC_AGGREGATES}"
+            f" WHERE unit_id IS NULL AND {buckets[name]} IS NOT NULL"
+        )
+    grouping = f""",
+  ev.arm, {", ".join(buckets.values())},
+  COUNT(*) AS bucket_events, MIN(ev.value) AS low, MAX(ev.value) AS high
+FROM (SELECT ev.*{columns}
+  FROM ev) ev
+GROUP BY GROUPING SETS ({", ".join(sets)})"""
+    table = quote_ident(quantile_histogram_table_name(config, run_date))
+    return grouping, f"CREATE TABLE {table} AS\n" + "\nUNION ALL\n".join(parts)
 
 
 def _pre_exposure_sql(config: ExperimentConfig, events: str, params: _Params) -> tuple[str, str]:
@@ -450,11 +508,12 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
         # estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
         # whole-table ETL: hash joins are always right. ANALYZE gives the later steps' joins on
         # the enrolled units, and the gates' and analysis's on the units table, real statistics.
+        enrolled = next(i for i, s in enumerate(statements) if s.startswith(f"UPDATE {ENROLLED}"))
         statements = [
             "SET LOCAL enable_nestloop = off",
-            *statements[:2],
+            *statements[: enrolled + 1],
             f"ANALYZE {ENROLLED}",
-            *statements[2:],
+            *statements[enrolled + 1 :],
             f"ANALYZE {quote_ident(table)}",
         ]
     warehouse.execute(statements, params)

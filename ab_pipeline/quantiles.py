@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse import Warehouse, quote_ident
 
 BUCKETS_PER_NEPER = 256  # buckets per unit of ln(1 + |value|): ~0.4% wide for large values
 
@@ -81,6 +81,21 @@ def histograms(warehouse: Warehouse, body: str, params: dict[str, Any]) -> dict[
             {body} GROUP BY u.arm, {bucket_sql("e.value")} ORDER BY 1, 2""",
         params,
     )
+    return _by_arm(rows)
+
+
+def stored_histograms(warehouse: Warehouse, table: str, metric: str) -> dict[str, Histogram]:
+    """Per arm, the metric's histogram as the extract stored it (`arm, bucket, n, low, high`
+    rows of `table`, computed in the extract's pass over the joined events)."""
+    rows = warehouse.query(
+        f"""SELECT arm, bucket, n, low, high FROM {quote_ident(table)}
+            WHERE metric = :metric ORDER BY arm, bucket""",
+        {"metric": metric},
+    )
+    return _by_arm(rows)
+
+
+def _by_arm(rows: list[dict[str, Any]]) -> dict[str, Histogram]:
     grouped: dict[str, list[Bucket]] = {}
     for row in rows:
         grouped.setdefault(str(row["arm"]), []).append(

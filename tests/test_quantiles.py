@@ -13,8 +13,19 @@ import pytest
 from ab_pipeline import analysis
 from ab_pipeline.analysis import quantile_cluster_sums, quantile_summaries
 from ab_pipeline.config import QuantileMetric, parse_config
-from ab_pipeline.extract import build_units_table, quantile_count_column, quantile_events_sql
-from ab_pipeline.quantiles import cont_ranks, disc_rank, histograms, order_statistics
+from ab_pipeline.extract import (
+    build_units_table,
+    quantile_count_column,
+    quantile_events_sql,
+    quantile_histogram_table_name,
+)
+from ab_pipeline.quantiles import (
+    cont_ranks,
+    disc_rank,
+    histograms,
+    order_statistics,
+    stored_histograms,
+)
 from ab_pipeline.statistics import clustered_quantile_bracket
 from ab_pipeline.warehouse import Warehouse
 from tests.warehouse_fixtures import create_contract_tables, experiment_data, insert_rows
@@ -214,3 +225,37 @@ def test_clustered_quantile_sums_and_summaries_match_a_brute_force_computation(
         assert summaries[arm].lower == ordered[disc_rank(low, len(values)) - 1]
         assert summaries[arm].upper == ordered[disc_rank(high, len(values)) - 1]
         assert summaries[arm].lower <= summaries[arm].estimate <= summaries[arm].upper
+
+
+def test_the_extract_stores_each_quantile_metrics_histogram_as_one_pass_computes_it(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    """Two quantile metrics on the same event (with and without a window) get their own
+    histograms from the extract's grouping sets; the analysis without them (a units table built
+    before histograms were stored) computes the same summaries in a pass of its own."""
+    warehouse, prefix = warehouse_and_prefix
+    load_clustered(warehouse, prefix)
+    config = clustered_config(0.95, prefix)
+    everything = {"type": "quantile", "event": "served", "quantile": 0.5}
+    config = parse_config(
+        config.model_dump(mode="json")
+        | {"metrics": {**config.model_dump(mode="json")["metrics"], "latency_all": everything}}
+    )
+    table = build_units_table(warehouse, config, RUN)
+    stored = quantile_histogram_table_name(config, RUN)
+    summaries = {}
+    for name in ("latency", "latency_all"):
+        metric = config.metrics[name]
+        assert isinstance(metric, QuantileMetric)
+        body, params = quantile_events_sql(config, metric, table, RUN)
+        direct = histograms(warehouse, body, params)
+        assert stored_histograms(warehouse, stored, name) == direct, name
+        summaries[name] = quantile_summaries(warehouse, config, name, metric, table, RUN)
+    n_all = sum(h.n for h in stored_histograms(warehouse, stored, "latency_all").values())
+    n_windowed = sum(h.n for h in stored_histograms(warehouse, stored, "latency").values())
+    assert n_all > n_windowed  # the events after the 1-day window count only without one
+    warehouse.execute(f"DROP TABLE {stored}")
+    for name, before in summaries.items():
+        metric = config.metrics[name]
+        assert isinstance(metric, QuantileMetric)
+        assert quantile_summaries(warehouse, config, name, metric, table, RUN) == before
