@@ -314,7 +314,7 @@ FROM useq ev GROUP BY ev.unit_id"""
 
 
 def build_units_sql(
-    config: ExperimentConfig, run_date: date, table: str
+    config: ExperimentConfig, run_date: date, table: str, histograms_in_pass: bool = True
 ) -> tuple[list[str], dict[str, Any]]:
     """Statements and parameters that (re)build the units table, in steps.
 
@@ -326,6 +326,10 @@ def build_units_sql(
     Each step writes a temporary table and the last joins them: one plan per step keeps each
     join's and aggregate's memory to itself. One statement with the same steps as CTEs took
     57-67 s at 10M units under DuckDB's 1 GB cap, the steps 36-45 s (docs/benchmarks.md).
+
+    Quantile metrics' histograms are stored too: with `histograms_in_pass`, as a second
+    grouping set of the metric pass (`_quantile_histograms`); otherwise by a pass of their own
+    over the events joined to the new units table (`_histogram_pass`).
     """
     window = RunWindow.of(config, run_date)
     params = _Params()
@@ -364,11 +368,15 @@ def build_units_sql(
             + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
             + "".join(_quantile_count(name, m, params) for name, m in quantiles.items())
         )
-        grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
+        if histograms_in_pass:
+            grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
+        else:
+            grouping = "\nFROM ev GROUP BY ev.unit_id"
+            histogram = _histogram_pass(config, run_date, quantiles, table, params)
         steps.append(
             f"""CREATE TEMP TABLE {METRIC_AGGREGATES} AS
 WITH ev AS (
-  {_events_of_enrolled(events, wanted, params, with_arm=bool(quantiles))}
+  {_events_of_enrolled(events, wanted, params, with_arm=histograms_in_pass and bool(quantiles))}
 )
 SELECT ev.unit_id{aggregates}{grouping}"""
         )
@@ -447,6 +455,31 @@ GROUP BY GROUPING SETS ({", ".join(sets)})"""
     return grouping, f"CREATE TABLE {table} AS\n" + "\nUNION ALL\n".join(parts)
 
 
+def _histogram_pass(
+    config: ExperimentConfig,
+    run_date: date,
+    quantiles: dict[str, QuantileMetric],
+    units_table: str,
+    params: _Params,
+) -> str:
+    """The statement that stores quantile histograms from a pass of their own over the metric
+    events joined to the units table (the same rows and buckets as the grouping set)."""
+    if not quantiles:
+        return ""
+    parts = []
+    for name, metric in quantiles.items():
+        body, _ = quantile_events_sql(config, metric, units_table, run_date)
+        body = body.replace(":event", params.bind(metric.event))
+        bucket = bucket_sql("e.value")
+        parts.append(
+            f"SELECT {params.bind(name)} AS metric, u.arm AS arm, {bucket} AS bucket,"
+            f" COUNT(*) AS n, MIN(e.value) AS low, MAX(e.value) AS high"
+            f" {body} GROUP BY u.arm, {bucket}"
+        )
+    table = quote_ident(quantile_histogram_table_name(config, run_date))
+    return f"CREATE TABLE {table} AS\n" + "\nUNION ALL\n".join(parts)
+
+
 def _pre_exposure_sql(config: ExperimentConfig, events: str, params: _Params) -> tuple[str, str]:
     """The step and the columns for CUPED covariates (empty strings when no metric uses CUPED).
 
@@ -501,21 +534,24 @@ def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
     """Build (or rebuild) the run's units table in one transaction; returns its name."""
     table = units_table_name(config, run_date)
-    statements, params = build_units_sql(config, run_date, table)
+    # PostgreSQL sorts the joined events for grouping sets (twice, on disk) instead of hashing
+    # them; its histograms cost less as a pass of their own (docs/benchmarks.md).
+    in_pass = warehouse.dialect != "postgresql"
+    statements, params = build_units_sql(config, run_date, table, histograms_in_pass=in_pass)
     statements += _sql_metric_statements(config, table)
     if warehouse.dialect == "postgresql":
         # Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
         # estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
         # whole-table ETL: hash joins are always right. ANALYZE gives the later steps' joins on
         # the enrolled units, and the gates' and analysis's on the units table, real statistics.
-        enrolled = next(i for i, s in enumerate(statements) if s.startswith(f"UPDATE {ENROLLED}"))
-        statements = [
-            "SET LOCAL enable_nestloop = off",
-            *statements[: enrolled + 1],
-            f"ANALYZE {ENROLLED}",
-            *statements[enrolled + 1 :],
-            f"ANALYZE {quote_ident(table)}",
-        ]
+        analysed = {f"UPDATE {ENROLLED}": ENROLLED, f"CREATE TABLE {quote_ident(table)}": table}
+        prepared = ["SET LOCAL enable_nestloop = off"]
+        for statement in statements:
+            prepared.append(statement)
+            prepared += [
+                f"ANALYZE {quote_ident(n)}" for h, n in analysed.items() if statement.startswith(h)
+            ]
+        statements = [*prepared, f"ANALYZE {quote_ident(table)}"]
     warehouse.execute(statements, params)
     return table
 

@@ -5,7 +5,9 @@ every value of a group in memory to sort it, and DuckDB cannot spill them (at 10
 latency events, it runs out of memory). The same order statistics come from two cheap steps:
 
 1. one pass over the events: per arm, a histogram over order-preserving logarithmic buckets
-   (count, smallest and largest value per bucket); at most a few thousand groups per arm;
+   (count, smallest and largest value per bucket); at most a few thousand groups per arm. The
+   extract computes it in its own pass and stores it (`stored_histograms`); `histograms`
+   computes it alone;
 2. the buckets that hold the wanted ranks, read from the cumulative counts; then one narrow
    pass reads only the values inside those buckets (a value range the engine applies while
    scanning, before the join) and numbers them.
