@@ -32,7 +32,7 @@ from ab_pipeline.config import (
     QuantileMetric,
     RatioMetric,
 )
-from ab_pipeline.quantiles import bucket_sql
+from ab_pipeline.quantiles import bucket_sql, histogram_sql
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 M = TypeVar("M")
@@ -470,12 +470,7 @@ def _histogram_pass(
     for name, metric in quantiles.items():
         body, _ = quantile_events_sql(config, metric, units_table, run_date)
         body = body.replace(":event", params.bind(metric.event))
-        bucket = bucket_sql("e.value")
-        parts.append(
-            f"SELECT {params.bind(name)} AS metric, u.arm AS arm, {bucket} AS bucket,"
-            f" COUNT(*) AS n, MIN(e.value) AS low, MAX(e.value) AS high"
-            f" {body} GROUP BY u.arm, {bucket}"
-        )
+        parts.append(f"SELECT {params.bind(name)} AS metric, h.* FROM ({histogram_sql(body)}) h")
     table = quote_ident(quantile_histogram_table_name(config, run_date))
     return f"CREATE TABLE {table} AS\n" + "\nUNION ALL\n".join(parts)
 

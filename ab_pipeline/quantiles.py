@@ -74,16 +74,18 @@ def disc_rank(p: float, n: int) -> int:
     return min(max(1, math.ceil(p * n)), n)
 
 
-def histograms(warehouse: Warehouse, body: str, params: dict[str, Any]) -> dict[str, Histogram]:
-    """Per arm, the bucket histogram of `e.value` over `body` (a FROM clause joining the units
-    table as `u`), in one pass."""
-    rows = warehouse.query(
-        f"""SELECT u.arm AS arm, {bucket_sql("e.value")} AS bucket, COUNT(*) AS n,
+def histogram_sql(body: str) -> str:
+    """Per arm and bucket of `e.value` over `body` (a FROM clause joining the units table as
+    `u`): `arm, bucket, n, low, high`."""
+    bucket = bucket_sql("e.value")
+    return f"""SELECT u.arm AS arm, {bucket} AS bucket, COUNT(*) AS n,
                    MIN(e.value) AS low, MAX(e.value) AS high
-            {body} GROUP BY u.arm, {bucket_sql("e.value")} ORDER BY 1, 2""",
-        params,
-    )
-    return _by_arm(rows)
+            {body} GROUP BY u.arm, {bucket}"""
+
+
+def histograms(warehouse: Warehouse, body: str, params: dict[str, Any]) -> dict[str, Histogram]:
+    """Per arm, the bucket histogram of `e.value` over `body`, in one pass."""
+    return _by_arm(warehouse.query(f"{histogram_sql(body)} ORDER BY 1, 2", params))
 
 
 def stored_histograms(warehouse: Warehouse, table: str, metric: str) -> dict[str, Histogram]:
