@@ -21,6 +21,8 @@ Metric semantics (DESIGN.md):
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
@@ -233,6 +235,75 @@ ENROLLED, METRIC_AGGREGATES, UNLESS_AGGREGATES, COVARIATES = (
 )
 
 
+# Rows of the experiment's exposures (about 1.45 per unit) one hash partition of the metric pass
+# may hold per GiB of DuckDB's memory limit. Measured at 1 GB (953.6 MiB; docs/benchmarks.md):
+# 7.2M rows took 10.4-10.5 s in one pass and 11.4-12.7 s in two; 14.3M rows took 41-45 s in
+# one pass, 27-29 s in two and 39 s in four.
+EXPOSURES_PER_PARTITION_GIB = 10_000_000
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """How the extract's steps run on one engine (the SQL they compute is the same).
+
+    - `histograms_in_pass`: quantile histograms as a second grouping set of the metric pass,
+      else a pass of their own (PostgreSQL sorts grouping sets on disk instead of hashing);
+    - `partitions`: the metric pass runs once per hash partition of the units, so each
+      partition's join and per-unit aggregate fit in DuckDB's memory limit instead of spilling;
+    - `unit_key`: the enrolled table's column the steps' tables carry and are joined back on
+      (DuckDB's `rowid`: an integer, cheaper to group and join than a unit id string).
+    """
+
+    histograms_in_pass: bool = True
+    partitions: int = 1
+    unit_key: str = "unit_id"
+
+    def partition_filter(self, part: int, *aliases: str) -> str:
+        """` AND hash(<alias>.unit_id) % partitions = part` per alias, or nothing unpartitioned."""
+        if self.partitions == 1:
+            return ""
+        return "".join(
+            f" AND hash({alias}.unit_id) % {self.partitions} = {part}" for alias in aliases
+        )
+
+    @classmethod
+    def for_warehouse(
+        cls, warehouse: Warehouse, config: ExperimentConfig, run_date: date
+    ) -> ExtractPlan:
+        if warehouse.dialect == "postgresql":
+            return cls(histograms_in_pass=False)
+        if warehouse.dialect != "duckdb":
+            return cls()
+        window = RunWindow.of(config, run_date)
+        exposures = warehouse.query(
+            f"SELECT COUNT(*) AS n, current_setting('memory_limit') AS memory_limit "
+            f"FROM {quote_ident(config.source.exposures)} WHERE experiment_key = :key "
+            "AND exposed_at >= :start AND exposed_at < :end",
+            {
+                "key": config.key,
+                "start": window.start,
+                "end": min(window.end_exclusive, window.run_end),
+            },
+        )[0]
+        return cls(
+            partitions=partitions_for(int(exposures["n"]), str(exposures["memory_limit"])),
+            unit_key="rowid",
+        )
+
+
+def partitions_for(exposure_rows: int, memory_limit: str) -> int:
+    """Hash partitions for the metric pass: enough that each holds at most
+    EXPOSURES_PER_PARTITION_GIB exposure rows per GiB of DuckDB's `memory_limit` setting
+    (as DuckDB prints it: '953.6 MiB'); 1 when the setting cannot be read."""
+    units = {"bytes": 0, "KiB": 1, "MiB": 2, "GiB": 3, "TiB": 4, "PiB": 5}
+    match = re.fullmatch(r"([0-9.]+) ?(bytes|[KMGTP]iB)", memory_limit.strip())
+    if match is None:
+        return 1
+    gib = float(match[1]) * 1024.0 ** (units[match[2]] - 3)
+    capacity = max(1.0, EXPOSURES_PER_PARTITION_GIB * gib)
+    return max(1, math.ceil(exposure_rows / capacity))
+
+
 def _enrolled_sql(exposures: str) -> str:
     """Enrolled units from the experiment's exposures in one GROUP BY over them.
 
@@ -265,19 +336,30 @@ WHERE f.unit_id = {ENROLLED}.unit_id"""
 
 
 def _events_of_enrolled(
-    events: str, names: list[str], params: _Params, with_arm: bool = False
+    events: str,
+    names: list[str],
+    params: _Params,
+    plan: ExtractPlan,
+    with_arm: bool = False,
+    part: int | None = None,
 ) -> str:
-    """Enrolled units' events with the given names, from first exposure up to the run date."""
+    """Enrolled units' events with the given names, from first exposure up to the run date,
+    each with its unit's `unit_key`; only the units of hash partition `part` when given."""
     arm = ", u.arm" if with_arm else ""
-    return f"""SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at{arm}
+    return f"""SELECT u.{plan.unit_key} AS unit_key, e.event_name, e.occurred_at, e.value, \
+u.first_exposed_at{arm}
   FROM {events} e
   JOIN {ENROLLED} u ON u.unit_id = e.unit_id
   WHERE e.event_name IN ({", ".join(params.bind(n) for n in names)})
-    AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end"""
+    AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end\
+{"" if part is None else plan.partition_filter(part, "e", "u")}"""
 
 
 def _unless_sql(
-    metrics: dict[str, ProportionMetric | MeanMetric], events: str, params: _Params
+    metrics: dict[str, ProportionMetric | MeanMetric],
+    events: str,
+    params: _Params,
+    plan: ExtractPlan,
 ) -> tuple[str, dict[str, str]]:
     """The step for proportions with an `unless` rule, apart from the other metrics: the window
     function (next `unless` event after each event, per unit) sorts only these events.
@@ -292,7 +374,7 @@ def _unless_sql(
     names = sorted({m.event for m in spoilable.values() if m.event} | set(unless_events))
     next_unless = "".join(
         f",\n      MIN(CASE WHEN ev.event_name = {params.bind(event)} THEN ev.occurred_at END)"
-        f" OVER (PARTITION BY ev.unit_id ORDER BY ev.occurred_at"
+        f" OVER (PARTITION BY ev.unit_key ORDER BY ev.occurred_at"
         f" RANGE BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS {col}"
         for event, col in unless_cols.items()
     )
@@ -302,19 +384,19 @@ def _unless_sql(
     )
     statement = f"""CREATE TEMP TABLE {UNLESS_AGGREGATES} AS
 WITH uev AS (
-  {_events_of_enrolled(events, names, params)}
+  {_events_of_enrolled(events, names, params, plan)}
 ),
 useq AS (
   SELECT ev.*{next_unless}
   FROM uev ev
 )
-SELECT ev.unit_id{aggregates}
-FROM useq ev GROUP BY ev.unit_id"""
+SELECT ev.unit_key{aggregates}
+FROM useq ev GROUP BY ev.unit_key"""
     return statement, {name: "ua" for name in spoilable}
 
 
 def build_units_sql(
-    config: ExperimentConfig, run_date: date, table: str, histograms_in_pass: bool = True
+    config: ExperimentConfig, run_date: date, table: str, plan: ExtractPlan | None = None
 ) -> tuple[list[str], dict[str, Any]]:
     """Statements and parameters that (re)build the units table, in steps.
 
@@ -327,10 +409,12 @@ def build_units_sql(
     join's and aggregate's memory to itself. One statement with the same steps as CTEs took
     57-67 s at 10M units under DuckDB's 1 GB cap, the steps 36-45 s (docs/benchmarks.md).
 
-    Quantile metrics' histograms are stored too: with `histograms_in_pass`, as a second
+    Quantile metrics' histograms are stored too: with `plan.histograms_in_pass`, as a second
     grouping set of the metric pass (`_quantile_histograms`); otherwise by a pass of their own
-    over the events joined to the new units table (`_histogram_pass`).
+    over the events joined to the new units table (`_histogram_pass`). `plan` defaults to one
+    unpartitioned pass joined on `unit_id`, SQL that runs on any engine.
     """
+    plan = plan or ExtractPlan()
     window = RunWindow.of(config, run_date)
     params = _Params()
     params.values.update(
@@ -349,7 +433,7 @@ def build_units_sql(
     ]
     joins = ""
     metrics = _event_metrics(config)
-    unless_step, unless_source = _unless_sql(metrics, events, params)
+    unless_step, unless_source = _unless_sql(metrics, events, params, plan)
     plain = {name: m for name, m in metrics.items() if name not in unless_source}
     ratios = _metrics_of(config, RatioMetric)
     quantiles = _metrics_of(config, QuantileMetric)
@@ -368,22 +452,26 @@ def build_units_sql(
             + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
             + "".join(_quantile_count(name, m, params) for name, m in quantiles.items())
         )
-        if histograms_in_pass:
+        if plan.histograms_in_pass:
             grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
         else:
-            grouping = "\nFROM ev GROUP BY ev.unit_id"
+            grouping = "\nFROM ev GROUP BY ev.unit_key"
             histogram = _histogram_pass(config, run_date, quantiles, table, params)
-        steps.append(
-            f"""CREATE TEMP TABLE {METRIC_AGGREGATES} AS
+        with_arm = plan.histograms_in_pass and bool(quantiles)
+        for part in range(plan.partitions):
+            into = "INSERT INTO" if part else "CREATE TEMP TABLE"
+            step_events = _events_of_enrolled(events, wanted, params, plan, with_arm, part)
+            steps.append(
+                f"""{into} {METRIC_AGGREGATES}{"" if part else " AS"}
 WITH ev AS (
-  {_events_of_enrolled(events, wanted, params, with_arm=histograms_in_pass and bool(quantiles))}
+  {step_events}
 )
-SELECT ev.unit_id{aggregates}{grouping}"""
-        )
-        joins += f"\nLEFT JOIN {METRIC_AGGREGATES} a ON a.unit_id = u.unit_id"
+SELECT ev.unit_key{aggregates}{grouping}"""
+            )
+        joins += f"\nLEFT JOIN {METRIC_AGGREGATES} a ON a.unit_key = u.{plan.unit_key}"
     if unless_step:
         steps.append(unless_step)
-        joins += f"\nLEFT JOIN {UNLESS_AGGREGATES} ua ON ua.unit_id = u.unit_id"
+        joins += f"\nLEFT JOIN {UNLESS_AGGREGATES} ua ON ua.unit_key = u.{plan.unit_key}"
     columns = (
         "".join(
             f",\n  CASE WHEN {_window_complete(m)} THEN "
@@ -401,10 +489,10 @@ SELECT ev.unit_id{aggregates}{grouping}"""
             for name in quantiles
         )
     )
-    pre_step, pre_columns = _pre_exposure_sql(config, events, params)
+    pre_step, pre_columns = _pre_exposure_sql(config, events, params, plan)
     if pre_step:
         steps.append(pre_step)
-        joins += f"\nLEFT JOIN {COVARIATES} c ON c.unit_id = u.unit_id"
+        joins += f"\nLEFT JOIN {COVARIATES} c ON c.unit_key = u.{plan.unit_key}"
     target = quote_ident(table)
     units = f"""CREATE TABLE {target} AS
 SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.several_arms{columns}{pre_columns}
@@ -428,11 +516,13 @@ def _quantile_histograms(
     largest value; `ab_pipeline.quantiles`) is a second grouping set of the same pass over the
     joined events that counts N_i per unit, so its events are joined to the units once. The
     histogram rows (no unit) go to the run's histogram table; the units table joins the rest.
+    A metric pass run in partitions leaves one histogram row per partition, arm and bucket:
+    the statement adds them up.
     """
     if not quantiles:
-        return "\nFROM ev GROUP BY ev.unit_id", ""
+        return "\nFROM ev GROUP BY ev.unit_key", ""
     buckets = {name: f"b_{i}" for i, name in enumerate(quantiles)}
-    columns, sets, parts = "", ["(ev.unit_id)"], []
+    columns, sets, parts = "", ["(ev.unit_key)"], []
     for name, metric in quantiles.items():
         match = (
             f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL"
@@ -442,8 +532,9 @@ def _quantile_histograms(
         sets.append(f"(ev.arm, {buckets[name]})")
         parts.append(
             f"SELECT {params.bind(name)} AS metric, arm, {buckets[name]} AS bucket,"
-            f" bucket_events AS n, low, high FROM {METRIC_AGGREGATES}"
-            f" WHERE unit_id IS NULL AND {buckets[name]} IS NOT NULL"
+            f" SUM(bucket_events) AS n, MIN(low) AS low, MAX(high) AS high"
+            f" FROM {METRIC_AGGREGATES} WHERE unit_key IS NULL AND {buckets[name]} IS NOT NULL"
+            f" GROUP BY arm, {buckets[name]}"
         )
     grouping = f""",
   ev.arm, {", ".join(buckets.values())},
@@ -475,7 +566,9 @@ def _histogram_pass(
     return f"CREATE TABLE {table} AS\n" + "\nUNION ALL\n".join(parts)
 
 
-def _pre_exposure_sql(config: ExperimentConfig, events: str, params: _Params) -> tuple[str, str]:
+def _pre_exposure_sql(
+    config: ExperimentConfig, events: str, params: _Params, plan: ExtractPlan
+) -> tuple[str, str]:
     """The step and the columns for CUPED covariates (empty strings when no metric uses CUPED).
 
     Only events strictly before each unit's first exposure (up to its `until`) are read, so the
@@ -495,15 +588,15 @@ def _pre_exposure_sql(config: ExperimentConfig, events: str, params: _Params) ->
     )
     step = f"""CREATE TEMP TABLE {COVARIATES} AS
 WITH pre AS (
-  SELECT e.unit_id, e.event_name, e.occurred_at, e.value, u.first_exposed_at
+  SELECT u.{plan.unit_key} AS unit_key, e.event_name, e.occurred_at, e.value, u.first_exposed_at
   FROM {events} e
   JOIN {ENROLLED} u ON u.unit_id = e.unit_id
   WHERE e.event_name IN ({names})
     AND e.occurred_at >= u.first_exposed_at - INTERVAL '{lookback} seconds'
     AND e.occurred_at < u.first_exposed_at
 )
-SELECT pe.unit_id{aggregates}
-FROM pre pe GROUP BY pe.unit_id"""
+SELECT pe.unit_key{aggregates}
+FROM pre pe GROUP BY pe.unit_key"""
     columns = "".join(
         f",\n  COALESCE(c.{covariate_column(n)}, 0) AS {covariate_column(n)}" for n in sources
     )
@@ -529,10 +622,8 @@ def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
     """Build (or rebuild) the run's units table in one transaction; returns its name."""
     table = units_table_name(config, run_date)
-    # PostgreSQL sorts the joined events for grouping sets (twice, on disk) instead of hashing
-    # them; its histograms cost less as a pass of their own (docs/benchmarks.md).
-    in_pass = warehouse.dialect != "postgresql"
-    statements, params = build_units_sql(config, run_date, table, histograms_in_pass=in_pass)
+    plan = ExtractPlan.for_warehouse(warehouse, config, run_date)
+    statements, params = build_units_sql(config, run_date, table, plan)
     statements += _sql_metric_statements(config, table)
     if warehouse.dialect == "postgresql":
         # Freshly loaded source tables may have no planner statistics yet; PostgreSQL then

@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from ab_pipeline.config import ExperimentConfig, parse_config
-from ab_pipeline.extract import build_units_table, units_table_name
+from ab_pipeline.extract import (
+    ExtractPlan,
+    build_units_table,
+    partitions_for,
+    units_table_name,
+)
 from ab_pipeline.warehouse import Warehouse, quote_ident
 from tests.warehouse_fixtures import (
     Event,
@@ -18,6 +23,7 @@ from tests.warehouse_fixtures import (
     experiment_data,
     insert_rows,
     rows_by_unit,
+    split_metric_pass,
 )
 
 START, END = date(2026, 5, 4), date(2026, 5, 31)
@@ -157,6 +163,47 @@ def test_units_table_matches_independent_computation_on_duckdb(
     table = build_units_table(duckdb_warehouse, make_config(), run_date)
     assert table == units_table_name(make_config(), run_date)
     assert_units_match(duckdb_warehouse, table, expected_units(exposures, events, run_date))
+
+
+def test_a_metric_pass_split_in_hash_partitions_gives_the_same_units_table(
+    duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exposures, events = random_data(seed=13, units=200)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    sized_from = split_metric_pass(monkeypatch, 3)
+    config = make_config()
+    assert ExtractPlan.for_warehouse(duckdb_warehouse, config, END).partitions == 3
+    in_window = [x for x in exposures if x[0] == KEY and x[3] < datetime(2026, 6, 1)]
+    assert sized_from == [len(in_window)]
+    table = build_units_table(duckdb_warehouse, config, END)
+    assert_units_match(duckdb_warehouse, table, expected_units(exposures, events, END))
+
+
+@pytest.mark.parametrize(
+    ("rows", "limit", "partitions"),
+    [
+        (14_300_000, "953.6 MiB", 2),  # 10M units under the 1 GB default: two passes
+        (7_200_000, "953.6 MiB", 1),
+        (14_300_000, "18.8 GiB", 1),
+        (30_000_000, "1.9 GiB", 2),
+        (100_000, "1.4 MiB", 8),
+        (0, "953.6 MiB", 1),
+        (14_300_000, "unlimited", 1),  # a setting it cannot read: one pass, as before
+    ],
+)
+def test_the_metric_pass_is_split_by_exposures_per_gib_of_the_memory_limit(
+    rows: int, limit: str, partitions: int
+) -> None:
+    assert partitions_for(rows, limit) == partitions
+
+
+def test_postgresql_plan_joins_on_unit_id_in_one_pass_with_its_own_histogram_pass(
+    postgres_schema: tuple[Warehouse, str],
+) -> None:
+    warehouse, schema = postgres_schema
+    plan = ExtractPlan.for_warehouse(warehouse, make_config(schema), END)
+    assert plan == ExtractPlan(histograms_in_pass=False, partitions=1, unit_key="unit_id")
 
 
 def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> None:

@@ -28,7 +28,12 @@ from ab_pipeline.quantiles import (
 )
 from ab_pipeline.statistics import clustered_quantile_bracket
 from ab_pipeline.warehouse import Warehouse
-from tests.warehouse_fixtures import create_contract_tables, experiment_data, insert_rows
+from tests.warehouse_fixtures import (
+    create_contract_tables,
+    experiment_data,
+    insert_rows,
+    split_metric_pass,
+)
 
 RUN = date(2026, 5, 31)
 START = datetime(2026, 5, 4, 9)
@@ -233,7 +238,19 @@ def test_the_extract_stores_each_quantile_metrics_histogram_as_one_pass_computes
     """Two quantile metrics on the same event (with and without a window) get their own
     histograms from the extract's grouping sets; the analysis without them (a units table built
     before histograms were stored) computes the same summaries in a pass of its own."""
-    warehouse, prefix = warehouse_and_prefix
+    assert_stored_histograms_match_one_pass(*warehouse_and_prefix)
+
+
+def test_a_metric_pass_split_in_hash_partitions_adds_its_histograms_up(
+    duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each partition of a split metric pass leaves partial (arm, bucket) rows; stored, they
+    are the histograms one pass computes."""
+    split_metric_pass(monkeypatch, 3)
+    assert_stored_histograms_match_one_pass(duckdb_warehouse, "")
+
+
+def assert_stored_histograms_match_one_pass(warehouse: Warehouse, prefix: str) -> None:
     load_clustered(warehouse, prefix)
     config = clustered_config(0.95, prefix)
     everything = {"type": "quantile", "event": "served", "quantile": 0.5}

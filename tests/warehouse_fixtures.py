@@ -89,3 +89,20 @@ def experiment_data(
         "primary": primary,
     }
     return data | fields
+
+
+def split_metric_pass(monkeypatch: Any, partitions: int) -> list[int]:
+    """Make the extract's DuckDB plan run its metric pass in `partitions` hash partitions.
+
+    Returns the list that receives the exposure-row counts the plan sized itself from, so a
+    test can check the real count reached the sizing."""
+    from ab_pipeline import extract
+
+    seen: list[int] = []
+
+    def forced(exposure_rows: int, memory_limit: str) -> int:
+        seen.append(exposure_rows)
+        return partitions
+
+    monkeypatch.setattr(extract, "partitions_for", forced)
+    return seen
