@@ -652,24 +652,24 @@ def quantile_events_sql(
     """FROM-clause body: the quantile metric's event values of enrolled units, with their arm.
 
     `values`, a predicate on `{v}` (the value), narrows the body to a few events (a bucket
-    range, the tail above a quantile): the events get it, and the units joined are cut to those
-    with such an event first, so the join builds its hash table from a few units, not from
-    every enrolled unit (the optimizer cannot know how selective a bound range is).
+    range, the tail above a quantile). Those events are read once into a materialized CTE, so
+    the join builds its hash table from them and streams the units table past it: the
+    optimizer cannot know how selective a bound range is and would otherwise hash every
+    enrolled unit. (Cutting the units to those with such an event first, by a semi-join, read
+    the events twice: 5.2-5.7 s against 3.0-4.4 s per pass at 10M units.)
     """
     window = _before_window_end(metric.window, event="e", unit="u")
     events = quote_ident(config.source.events)
-    units = quote_ident(units_table)
-    narrow = ""
     if values:
-        units = (
-            f"(SELECT * FROM {units} WHERE unit_id IN (SELECT unit_id FROM {events} "
-            f"WHERE event_name = :event AND {values.format(v='value')}))"
+        events = (
+            f"(WITH narrow AS MATERIALIZED (SELECT unit_id, event_name, occurred_at, value "
+            f"FROM {events} WHERE event_name = :event AND value IS NOT NULL "
+            f"AND {values.format(v='value')}) SELECT * FROM narrow)"
         )
-        narrow = f"AND {values.format(v='e.value')}"
     sql = f"""
 FROM {events} e
-JOIN {units} u ON u.unit_id = e.unit_id
+JOIN {quote_ident(units_table)} u ON u.unit_id = e.unit_id
 WHERE e.event_name = :event AND e.value IS NOT NULL
-  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end{window} {narrow}
+  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end{window}
 """
     return sql, {"event": metric.event, "run_end": RunWindow.of(config, run_date).run_end}
