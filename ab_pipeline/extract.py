@@ -402,8 +402,9 @@ def build_units_sql(
 
     Reads: the experiment's exposures once (one GROUP BY per unit); the metric events once
     (one join to the enrolled units, one GROUP BY per unit: every metric, ratio part and
-    quantile event count is a conditional aggregate of that pass); the events of `unless`
-    rules in a second, narrow pass; pre-exposure events once when a metric uses CUPED.
+    quantile event count is a conditional aggregate of that pass), or once per hash partition
+    of the units when `plan.partitions` > 1; the events of `unless` rules in a second, narrow
+    pass; pre-exposure events once when a metric uses CUPED.
 
     Each step writes a temporary table and the last joins them: one plan per step keeps each
     join's and aggregate's memory to itself. One statement with the same steps as CTEs took
