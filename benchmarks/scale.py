@@ -1,7 +1,7 @@
 """Scale benchmark: the full readout (extract, gates, analysis, brief) against the bare floor.
 
 Usage:
-  .venv/bin/python benchmarks/scale.py duckdb 10000 1000000 10000000
+  .venv/bin/python benchmarks/scale.py duckdb 10000 1000000 10000000 [--repeat 3]
   .venv/bin/python benchmarks/scale.py postgres 10000 1000000 [--url postgresql://...]
 
 Per size: the refund-query-rewrite scenario with N units and ~10 events per unit (latency events
@@ -10,8 +10,11 @@ PostgreSQL schema); then, each in a fresh interpreter so peak RSS belongs to tha
 - `readout`: `run_pipeline` (extract, all gates incl. Great Expectations, analysis, decision,
   results tables, brief; no email) — wall time and peak RSS of the process;
 - `floor`: one bare join-and-group-by of events with exposures (one scan of both tables).
-The smallest size gives the fixed overhead; marginal cost per event is the slope between the
-smallest and each larger size. Prints a Markdown table (docs/benchmarks.md).
+With `--repeat N` the readout and the floor alternate N times on the same warehouse and the
+medians are reported (peak RSS: the largest): at 1M units the floor is a fraction of a second,
+so one slow run swings the ratio. The smallest size gives the fixed overhead; marginal cost per
+event is the slope between the smallest and each larger size. Prints a Markdown table
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,7 +110,7 @@ def count_events(url: str) -> int:
     return n
 
 
-def measure(kind: str, units: int, root: Path, pg_url: str) -> dict[str, Any]:
+def measure(kind: str, units: int, root: Path, pg_url: str, repeat: int = 1) -> dict[str, Any]:
     from ab_pipeline.warehouse import Warehouse, dispose_all
 
     schema = None
@@ -122,25 +126,36 @@ def measure(kind: str, units: int, root: Path, pg_url: str) -> dict[str, Any]:
         if kind == "postgres":  # a loaded warehouse has statistics; the simulator's tables not yet
             Warehouse(pg_url).execute([f"ANALYZE {schema}.exposures", f"ANALYZE {schema}.events"])
         events = count_events(url)
-        readout = child("readout", url, root / "briefs")
-        floor = child("floor", url, root / "briefs")
+        readouts, floors = [], []
+        for _ in range(repeat):
+            readouts.append(child("readout", url, root / "briefs"))
+            floors.append(child("floor", url, root / "briefs"))
     finally:
         if schema:
             Warehouse(pg_url).execute(f"DROP SCHEMA {schema} CASCADE")
         dispose_all()
         if kind == "duckdb":
             (root / f"scale_{units}.duckdb").unlink(missing_ok=True)
+    readout = _median_run(readouts)
     return {
         "units": units,
         "events": events,
         "simulate_s": sim["simulate_s"],
         "readout_s": readout["wall_s"],
-        "readout_rss_mib": readout["peak_rss_mib"],
+        "readout_runs_s": [r["wall_s"] for r in readouts],
+        "readout_rss_mib": max(r["peak_rss_mib"] for r in readouts),
         "decision": readout["detail"],
         "stages_s": readout["stages"],
-        "floor_s": floor["wall_s"],
-        "floor_rss_mib": floor["peak_rss_mib"],
+        "floor_s": statistics.median_low(f["wall_s"] for f in floors),
+        "floor_runs_s": [f["wall_s"] for f in floors],
+        "floor_rss_mib": max(f["peak_rss_mib"] for f in floors),
     }
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median wall time (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda run: float(run["wall_s"]))
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def report(kind: str, rows: list[dict[str, Any]]) -> None:
@@ -180,11 +195,14 @@ def main() -> None:
     parser.add_argument("kind", choices=["duckdb", "postgres"])
     parser.add_argument("sizes", nargs="+", type=int, help="units per size, smallest first")
     parser.add_argument("--url", default=PG_DEFAULT, help="PostgreSQL server (postgres only)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="readout/floor pairs per size; medians reported"
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="ab-scale-") as tmp:
         for units in sorted(args.sizes):
-            row = measure(args.kind, units, Path(tmp), args.url)
+            row = measure(args.kind, units, Path(tmp), args.url, args.repeat)
             print(json.dumps(row), flush=True)
             rows.append(row)
     report(args.kind, rows)
