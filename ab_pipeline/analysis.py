@@ -68,7 +68,7 @@ def unit_level_sums(
     ]
     select = ", ".join(
         f"COUNT({c}) AS n_{i}, SUM({c}) AS s_{i}, SUM({c} * {c}) AS q_{i}"
-        for i, c in enumerate(metric_column(n) for n in names)
+        for i, c in enumerate(quote_ident(metric_column(n)) for n in names)
     )
     rows = warehouse.query(
         f"SELECT arm, {select} FROM {quote_ident(units_table)} GROUP BY arm ORDER BY arm"
@@ -93,7 +93,7 @@ def ratio_sums(
         return {}
     parts = []
     for i, name in enumerate(names):
-        x, y = ratio_columns(name)
+        x, y = map(quote_ident, ratio_columns(name))
         parts.append(
             f"COUNT({x}) AS n_{i}, SUM({x}) AS x_{i}, SUM({y}) AS y_{i}, SUM({x} * {x}) AS xx_{i},"
             f" SUM({y} * {y}) AS yy_{i}, SUM({x} * {y}) AS xy_{i}"
@@ -117,7 +117,7 @@ def cuped_sums(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str, name: str
 ) -> dict[str, CupedSummary]:
     """Per arm: outcome sums and covariate sums/cross-products over units with an outcome."""
-    y, x = metric_column(name), covariate_column(name)
+    y, x = quote_ident(metric_column(name)), quote_ident(covariate_column(name))
     rows = warehouse.query(
         f"""SELECT arm, COUNT({y}) AS n, SUM({y}) AS sy, SUM({y} * {y}) AS syy,
                    SUM(CASE WHEN {y} IS NOT NULL THEN {x} END) AS sx,

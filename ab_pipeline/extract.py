@@ -83,6 +83,8 @@ def _run_table_name(prefix: str, config: ExperimentConfig, run_date: date) -> st
 
 
 def metric_column(name: str) -> str:
+    """A unit-level metric's column. Generated column names keep the metric's case: SQL text
+    always writes them through `quote_ident` (PostgreSQL folds unquoted names to lowercase)."""
     return f"m_{name}"
 
 
@@ -169,7 +171,7 @@ def _ratio_aggregates(name: str, metric: RatioMetric, params: _Params) -> str:
     ):
         value = "1" if part.aggregate == "count" else "COALESCE(ev.value, 0)"
         match = f"ev.event_name = {params.bind(part.event)}{window}"
-        parts.append(f",\n      SUM(CASE WHEN {match} THEN {value} ELSE 0 END) AS {column}")
+        parts.append(f",\n      SUM(CASE WHEN {match} THEN {value} ELSE 0 END) AS {quote_ident(column)}")
     return "".join(parts)
 
 
@@ -210,7 +212,7 @@ def _covariate_aggregate(
         agg = f"SUM(CASE WHEN {match} THEN 1 ELSE 0 END)"
     else:
         agg = f"SUM(CASE WHEN {match} THEN COALESCE(pe.value, 0) ELSE 0 END)"
-    return f",\n      {agg} AS {covariate_column(name)}"
+    return f",\n      {agg} AS {quote_ident(covariate_column(name))}"
 
 
 def _window_complete(metric: ProportionMetric | MeanMetric | RatioMetric) -> str:
@@ -223,7 +225,7 @@ def _quantile_count(name: str, metric: QuantileMetric, params: _Params) -> str:
     """Per unit: the quantile metric's events with a value (N_i of the clustered variance)."""
     window = _before_window_end(metric.window)
     match = f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL{window}"
-    return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {quantile_count_column(name)}"
+    return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {quote_ident(quantile_count_column(name))}"
 
 
 # Session-local (temporary) tables of the extract's steps; dropped when the units table is built.
@@ -379,7 +381,8 @@ def _unless_sql(
         for event, col in unless_cols.items()
     )
     aggregates = "".join(
-        f",\n      {_aggregate(m, params, _unless_column(m, unless_cols))} AS {metric_column(name)}"
+        f",\n      {_aggregate(m, params, _unless_column(m, unless_cols))}"
+        f" AS {quote_ident(metric_column(name))}"
         for name, m in spoilable.items()
     )
     statement = f"""CREATE TEMP TABLE {UNLESS_AGGREGATES} AS
@@ -447,7 +450,7 @@ def build_units_sql(
     if wanted:
         aggregates = (
             "".join(
-                f",\n      {_aggregate(m, params, None)} AS {metric_column(name)}"
+                f",\n      {_aggregate(m, params, None)} AS {quote_ident(metric_column(name))}"
                 for name, m in plain.items()
             )
             + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
@@ -476,18 +479,18 @@ SELECT ev.unit_key{aggregates}{grouping}"""
     columns = (
         "".join(
             f",\n  CASE WHEN {_window_complete(m)} THEN "
-            f"COALESCE({'ua' if name in unless_source else 'a'}.{metric_column(name)}, 0) END"
-            f" AS {metric_column(name)}"
+            f"COALESCE({'ua' if name in unless_source else 'a'}.{quote_ident(metric_column(name))}"
+            f", 0) END AS {quote_ident(metric_column(name))}"
             for name, m in metrics.items()
         )
         + "".join(
             f",\n  CASE WHEN {_window_complete(m)} THEN COALESCE(a.{column}, 0) END AS {column}"
             for name, m in ratios.items()
-            for column in ratio_columns(name)
+            for column in map(quote_ident, ratio_columns(name))
         )
         + "".join(
-            f",\n  COALESCE(a.{quantile_count_column(name)}, 0) AS {quantile_count_column(name)}"
-            for name in quantiles
+            f",\n  COALESCE(a.{column}, 0) AS {column}"
+            for column in (quote_ident(quantile_count_column(name)) for name in quantiles)
         )
     )
     pre_step, pre_columns = _pre_exposure_sql(config, events, params, plan)
@@ -599,7 +602,8 @@ WITH pre AS (
 SELECT pe.unit_key{aggregates}
 FROM pre pe GROUP BY pe.unit_key"""
     columns = "".join(
-        f",\n  COALESCE(c.{covariate_column(n)}, 0) AS {covariate_column(n)}" for n in sources
+        f",\n  COALESCE(c.{column}, 0) AS {column}"
+        for column in (quote_ident(covariate_column(n)) for n in sources)
     )
     return step, columns
 
@@ -610,7 +614,7 @@ def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
     target = quote_ident(table)
     for name, metric in config.metrics.items():
         if isinstance(metric, ProportionMetric | MeanMetric) and metric.sql is not None:
-            column = metric_column(name)
+            column = quote_ident(metric_column(name))
             statements += [
                 f"ALTER TABLE {target} ADD COLUMN {column} DOUBLE PRECISION",
                 f"UPDATE {target} SET {column} = COALESCE(("

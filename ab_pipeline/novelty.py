@@ -1,7 +1,8 @@
 """Novelty view: the primary effect by exposure-day cohort, and a test for a fading lift.
 
 The warehouse groups the units table by (day of first exposure, arm) into count, mean and
-variance of the primary metric; Python turns each cohort into a treatment-minus-control
+variance of the primary metric (for a ratio primary: the cohort's ratio and its delta-method
+variance); Python turns each cohort into a treatment-minus-control
 difference with its standard error. A cohort's age is `days_since_exposure` = run date minus its
 exposure day.
 
@@ -21,8 +22,8 @@ import math
 from datetime import date
 from typing import Any
 
-from ab_pipeline.config import ExperimentConfig
-from ab_pipeline.extract import metric_column
+from ab_pipeline.config import ExperimentConfig, RatioMetric
+from ab_pipeline.extract import metric_column, ratio_columns
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 MIN_UNITS = 30
@@ -35,8 +36,11 @@ METHOD = (
 def cohort_stats(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str
 ) -> list[dict[str, Any]]:
-    """Per (exposure day, arm): units, mean and sample variance of the primary metric."""
-    column = metric_column(config.primary)
+    """Per (exposure day, arm): units, the primary's value and a per-unit variance such that
+    var / n is the variance of that value (sample variance for a mean or proportion)."""
+    if isinstance(config.metrics[config.primary], RatioMetric):
+        return _ratio_cohort_stats(warehouse, config, units_table)
+    column = quote_ident(metric_column(config.primary))
     rows = warehouse.query(
         f"""
         SELECT CAST(first_exposed_at AS DATE) AS day, arm,
@@ -49,7 +53,7 @@ def cohort_stats(
     )
     return [
         {
-            "day": row["day"] if isinstance(row["day"], date) else date.fromisoformat(row["day"]),
+            "day": _day(row["day"]),
             "arm": str(row["arm"]),
             "n": int(row["n"]),
             "mean": float(row["mean"]),
@@ -57,6 +61,42 @@ def cohort_stats(
         }
         for row in rows
     ]
+
+
+def _day(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _ratio_cohort_stats(
+    warehouse: Warehouse, config: ExperimentConfig, units_table: str
+) -> list[dict[str, Any]]:
+    """A ratio primary per cohort: R = sum(num) / sum(den), with the delta-method variance
+    n var(R) = (var(num) - 2 R cov(num, den) + R^2 var(den)) / mean(den)^2 (the analysis's
+    ratio method). A cohort without any denominator has no ratio and is left out."""
+    num, den = map(quote_ident, ratio_columns(config.primary))
+    rows = warehouse.query(
+        f"""
+        SELECT CAST(first_exposed_at AS DATE) AS day, arm, COUNT({num}) AS n,
+               SUM({num}) AS sx, SUM({den}) AS sy, VAR_SAMP({num}) AS vx,
+               VAR_SAMP({den}) AS vy, COVAR_SAMP({num}, {den}) AS cxy
+        FROM {quote_ident(units_table)}
+        WHERE {num} IS NOT NULL AND {den} IS NOT NULL
+        GROUP BY CAST(first_exposed_at AS DATE), arm
+        ORDER BY 1, 2
+        """
+    )
+    stats = []
+    for row in rows:
+        n, sy = int(row["n"]), float(row["sy"] or 0.0)
+        if sy <= 0:
+            continue
+        ratio, mean_y = float(row["sx"] or 0.0) / sy, sy / n
+        vx, vy, cxy = (float(row[k] or 0.0) for k in ("vx", "vy", "cxy"))
+        var = (vx - 2 * ratio * cxy + ratio**2 * vy) / mean_y**2
+        stats.append(
+            {"day": _day(row["day"]), "arm": str(row["arm"]), "n": n, "mean": ratio, "var": var}
+        )
+    return stats
 
 
 def cohort_effects(

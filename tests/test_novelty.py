@@ -78,3 +78,58 @@ def test_the_trend_slope_is_weighted_least_squares() -> None:
         1 / np.sqrt(np.sum((xs - np.average(xs, weights=1 / ses**2)) ** 2 / ses**2))
     )
     assert weighted_trend(cohorts[:2], start) is None
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
+def test_a_ratio_primary_gets_cohorts_with_the_delta_method_variance(
+    engine: str, request: pytest.FixtureRequest
+) -> None:
+    """A ratio primary has no `m_<primary>` column: its cohorts come from the numerator and
+    denominator columns, each cohort's difference and SE as the analysis's ratio comparison."""
+    from ab_pipeline.config import parse_config
+    from ab_pipeline.novelty import novelty_view
+    from ab_pipeline.statistics import RatioSummary, compare_ratios
+    from tests.warehouse_fixtures import experiment_data
+
+    if engine == "duckdb":
+        warehouse, table = request.getfixturevalue("duckdb_warehouse"), "units"
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+        table = f"{schema}.units"
+    metrics = {
+        "Clicks_Per_Session": {
+            "type": "ratio",
+            "numerator": {"event": "click"},
+            "denominator": {"event": "session"},
+        }
+    }
+    config = parse_config(experiment_data("ratio-novelty", metrics, "Clicks_Per_Session"))
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(4 * 2 * 60):
+        day, arm = date(2026, 5, 4 + i % 4), ("control", "treatment")[i // 4 % 2]
+        sessions = int(rng.integers(1, 5))
+        clicks = int(rng.binomial(sessions * 3, 0.3 + (0.05 if arm == "treatment" else 0)))
+        rows.append({"u": f"u{i}", "a": arm, "t": day, "x": clicks, "y": sessions})
+    warehouse.execute(
+        f'CREATE TABLE {table} (unit_id TEXT, arm TEXT, first_exposed_at TIMESTAMP, '
+        '"m_Clicks_Per_Session__num" DOUBLE PRECISION, "m_Clicks_Per_Session__den" DOUBLE PRECISION)'
+    )
+    from sqlalchemy import text
+
+    with warehouse.connect() as connection:
+        connection.execute(text(f"INSERT INTO {table} VALUES (:u, :a, :t, :x, :y)"), rows)
+    view = novelty_view(warehouse, config, table, date(2026, 5, 10))
+    assert view is not None and view["metric"] == "Clicks_Per_Session"
+    assert len(view["by_cohort_day"]) == 4 and view["trend"] is not None
+
+    def summary(day: date, arm: str) -> RatioSummary:
+        xs = np.array([r["x"] for r in rows if r["t"] == day and r["a"] == arm], dtype=float)
+        ys = np.array([r["y"] for r in rows if r["t"] == day and r["a"] == arm], dtype=float)
+        return RatioSummary(len(xs), xs.sum(), ys.sum(), xs @ xs, ys @ ys, xs @ ys)
+
+    for cohort in view["by_cohort_day"]:
+        day = date.fromisoformat(cohort["exposure_day"])
+        expected = compare_ratios(summary(day, "control"), summary(day, "treatment"))
+        assert cohort["absolute"] == pytest.approx(expected.absolute, rel=1e-9)
+        assert cohort["se"] == pytest.approx(expected.se, rel=1e-9)

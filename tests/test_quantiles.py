@@ -276,3 +276,26 @@ def assert_stored_histograms_match_one_pass(warehouse: Warehouse, prefix: str) -
         metric = config.metrics[name]
         assert isinstance(metric, QuantileMetric)
         assert quantile_summaries(warehouse, config, name, metric, table, RUN) == before
+
+
+def test_metrics_named_with_capitals_are_analysed_on_every_engine(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    """Generated column names keep the metric's case (`n_Latency_P95`): PostgreSQL folds
+    unquoted names, so every generated identifier must be quoted wherever it is written."""
+    from ab_pipeline.analysis import analyse
+
+    warehouse, prefix = warehouse_and_prefix
+    truth = load_clustered(warehouse, prefix)
+    latency = {"type": "quantile", "event": "served", "quantile": 0.95, "window": "1d"}
+    metrics = {"Solved_Rate": {"type": "proportion", "event": "solved"}, "Latency_P95": latency}
+    config = parse_config(
+        experiment_data("quantile-check", metrics, "Solved_Rate", prefix.rstrip("."))
+    )
+    table = build_units_table(warehouse, config, RUN)
+    results = analyse(warehouse, config, table, RUN)
+    for arm, units in truth.items():
+        values = np.array([v for vs in units.values() for v in vs])
+        got = results["Latency_P95"]["arms"][arm]["value"]
+        assert got == pytest.approx(float(np.quantile(values, 0.95)), rel=1e-12)
+    assert results["Solved_Rate"]["arms"]["control"]["units"] == 200

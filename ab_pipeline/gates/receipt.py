@@ -16,6 +16,8 @@ from ab_pipeline.extract import RunWindow
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 MISSING = "(missing)"
+# Values listed per field and arm in the outcome (the rest are counted).
+MAX_LISTED = 10
 
 
 def receipt_values(
@@ -111,11 +113,14 @@ def _distinct_values(
 
 
 def evaluate_receipt(values_by_field: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+    """The gate's outcome; each arm's values are listed up to MAX_LISTED, then "and N more"
+    (a field with thousands of values must not become a page-long reason or email)."""
     mismatches: list[dict[str, Any]] = []
     for field, per_arm in values_by_field.items():
         distinct = {value for values in per_arm.values() for value in values}
         if len(distinct) != 1 or MISSING in distinct:
-            mismatches.append({"field": field, "values": per_arm})
+            listed = {arm: _listed(values) for arm, values in per_arm.items()}
+            mismatches.append({"field": field, "values": listed})
     detail = (
         "every receipt field has one value, the same in every arm"
         if not mismatches
@@ -131,6 +136,13 @@ def evaluate_receipt(values_by_field: dict[str, dict[str, list[str]]]) -> dict[s
         "mismatches": mismatches,
         "detail": detail,
     }
+
+
+def _listed(values: list[str]) -> list[str]:
+    """The first MAX_LISTED values, and a last item saying how many more there are."""
+    if len(values) <= MAX_LISTED:
+        return list(values)
+    return [*values[:MAX_LISTED], f"and {len(values) - MAX_LISTED:,} more"]
 
 
 def run_receipt_gate(

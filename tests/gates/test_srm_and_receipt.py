@@ -313,3 +313,31 @@ def test_an_arm_seen_only_in_excluded_units_has_no_receipt_values(
     assert values == {"control": ["kb-5"], "treatment": []}
     assert values == one_field_at_a_time(warehouse, cfg, table, "index")
     warehouse.execute(f"DROP TABLE {quote_ident(table)}")
+
+
+def test_a_receipt_field_with_thousands_of_values_lists_ten_and_counts_the_rest(
+    duckdb_warehouse: Warehouse,
+) -> None:
+    """10,000 distinct values must not become a 39,000-character reason and a 361 KB email."""
+    rows = [
+        (
+            "gate-check",
+            f"u{i}",
+            ("control", "treatment")[i % 2],
+            datetime(2026, 5, 5, 9),
+            False,
+            False,
+            {"index": f"kb-{i:05d}", "decoder": "v2"},
+        )
+        for i in range(10_000)
+    ]
+    table = load(duckdb_warehouse, rows)
+    outcome = run_receipt_gate(duckdb_warehouse, config(), table, RUN)
+    assert outcome is not None and not outcome["passed"]
+    [mismatch] = outcome["mismatches"]
+    control = mismatch["values"]["control"]
+    assert control[:10] == [f"kb-{i:05d}" for i in range(0, 20, 2)]
+    assert control[10:] == ["and 4,990 more"]
+    assert mismatch["values"]["treatment"][10:] == ["and 4,990 more"]
+    assert len(outcome["detail"]) < 400, outcome["detail"]
+    assert "and 4,990 more" in outcome["detail"]
