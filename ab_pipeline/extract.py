@@ -171,7 +171,9 @@ def _ratio_aggregates(name: str, metric: RatioMetric, params: _Params) -> str:
     ):
         value = "1" if part.aggregate == "count" else "COALESCE(ev.value, 0)"
         match = f"ev.event_name = {params.bind(part.event)}{window}"
-        parts.append(f",\n      SUM(CASE WHEN {match} THEN {value} ELSE 0 END) AS {quote_ident(column)}")
+        parts.append(
+            f",\n      SUM(CASE WHEN {match} THEN {value} ELSE 0 END) AS {quote_ident(column)}"
+        )
     return "".join(parts)
 
 

@@ -112,7 +112,7 @@ def test_a_ratio_primary_gets_cohorts_with_the_delta_method_variance(
         clicks = int(rng.binomial(sessions * 3, 0.3 + (0.05 if arm == "treatment" else 0)))
         rows.append({"u": f"u{i}", "a": arm, "t": day, "x": clicks, "y": sessions})
     warehouse.execute(
-        f'CREATE TABLE {table} (unit_id TEXT, arm TEXT, first_exposed_at TIMESTAMP, '
+        f"CREATE TABLE {table} (unit_id TEXT, arm TEXT, first_exposed_at TIMESTAMP, "
         '"m_Clicks_Per_Session__num" DOUBLE PRECISION, "m_Clicks_Per_Session__den" DOUBLE PRECISION)'
     )
     from sqlalchemy import text
