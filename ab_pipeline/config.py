@@ -69,7 +69,9 @@ def _email(value: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` / `.nan` in YAML are floats to pydantic; no field of the
+    # contract means anything non-finite (`min_lift: .inf` would make SHIP unreachable).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Hypothesis(_Strict):
@@ -446,11 +448,17 @@ class ExperimentConfig(_Strict):
         return [arm for arm in self.arms if arm != self.control]
 
 
+_METRIC_TYPES = ("proportion", "mean", "quantile", "ratio")
+
+
 def _problems_from(error: ValidationError) -> list[ConfigProblem]:
     problems = []
     for item in error.errors():
-        # Drop the union tag pydantic inserts for discriminated metrics (metrics.x.proportion.y).
-        loc = [str(p) for p in item["loc"] if p not in ("proportion", "mean", "quantile", "ratio")]
+        # Drop the union tag pydantic inserts for discriminated metrics (metrics.x.proportion.y),
+        # and only that: a field may share a tag's name (metrics.x.quantile.quantile).
+        loc = [str(p) for p in item["loc"]]
+        if len(loc) > 2 and loc[0] == "metrics" and loc[2] in _METRIC_TYPES:
+            del loc[2]
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see the JSON Schema)"

@@ -80,7 +80,7 @@ class RunContext:
         path = self.run_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        tmp.write_text(json.dumps(payload, indent=2, default=str, allow_nan=False))
         tmp.replace(path)  # atomic: a reader never sees half a file
         return path
 

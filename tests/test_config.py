@@ -185,3 +185,34 @@ def test_published_schema_matches_the_model() -> None:
     assert published == json_schema(), (
         "run: .venv/bin/ab-pipeline schema -o docs/experiment.schema.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("decision.min_lift", ".inf"),
+        ("decision.alpha", ".nan"),
+        ("plan.mde", ".nan"),
+        ("plan.expected_units_per_day", ".inf"),
+        ("guardrails.p95_latency_ms.max_increase", ".inf"),
+        ("guardrails.escalation_rate.max_increase", "-.inf"),
+        ("arms.control", ".nan"),
+        ("metrics.p95_latency_ms.quantile", ".nan"),
+    ],
+)
+def test_non_finite_numbers_are_refused_anywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], path: str, text: str
+) -> None:
+    """YAML's `.inf` / `.nan` are floats; `min_lift: .inf` would make SHIP unreachable."""
+    data = refund_data()
+    *parents, leaf = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = "__NUMBER__"
+    written = write(tmp_path, data)
+    written.write_text(written.read_text().replace("__NUMBER__", text))
+    found = problems(tmp_path, yaml.safe_load(written.read_text()))
+    assert any(field == path and "finite" in reason for field, reason in found.items()), found
+    assert main(["validate", str(written)]) == 2
+    assert f"{path}: Input should be a finite number" in capsys.readouterr().out

@@ -2,10 +2,18 @@
 
 The suites are JSON files in `expectations/` (versioned with the code), one per batch:
 
+- `contract.json`: the column types of the exposures and events tables (information_schema);
+  when it fails, the other suites are not run (their comparisons assume those types);
 - `exposures.json`: this experiment's exposures (nulls, arms, window, one arm per unit);
 - `events.json`: events of enrolled units, plus unattributable events (no unit_id) in the
   experiment's period (nulls, data from the future, experiment tags);
-- `units.json`: the run's units table (internal/bot traffic left after exclusion).
+- `units.json`: the run's units table (internal/bot traffic left after exclusion; every
+  metric's event seen for enrolled units after their first exposure; `sql:` metric values).
+
+Missing data is never a number: a metric whose event has no rows for enrolled units after
+their first exposure fails `metric_events_after_exposure`, and a value that is NaN, infinite or
+larger in magnitude than MAX_ABS_VALUE fails `events_value_finite` / `sql_metric_values_finite`,
+so the run is a RERUN naming the metric and event instead of a comparison of zeros or NaNs.
 
 Each batch is a GX query asset on a SQL datasource and each check a
 `counted_unexpected_rows_expectation` (GX's `UnexpectedRowsExpectation`, see
@@ -51,8 +59,12 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
-SUITE_FILES = ("exposures.json", "events.json", "units.json")
+SUITE_FILES = ("contract.json", "exposures.json", "events.json", "units.json")
 MAX_EXAMPLES = 5
+# The largest magnitude a metric value may have. No product measure (milliseconds, cents,
+# counts) comes near it, while sums of squares over a hundred million units stay far below
+# the double range (1e15^2 * 1e8 = 1e38 < 1.8e308): a larger value is a unit or logging bug.
+MAX_ABS_VALUE = 1e15
 # String values are written into SQL text that GX later passes through `str.format` (braces)
 # and SQLAlchemy `text()` (colons); config validation already limits keys and arms to this.
 _SAFE_TEXT = re.compile(r"^[A-Za-z0-9_.\- ]*$")
@@ -67,6 +79,33 @@ class ExperimentValues:
     identifiers: dict[str, str]  # $placeholder -> validated, quoted table name
     values: dict[str, Any]  # $placeholder -> Python value, rendered as an SQL literal
     words: dict[str, str]  # fields of the detail sentences
+    event_metrics: dict[str, list[str]]  # metric event -> the metrics that read it
+
+
+def metric_events(config: ExperimentConfig) -> dict[str, list[str]]:
+    """{event name: metrics reading it}, for every event a metric's value comes from."""
+    from ab_pipeline.config import RatioMetric
+
+    events: dict[str, list[str]] = {}
+    for name, metric in config.metrics.items():
+        if isinstance(metric, RatioMetric):
+            names = [metric.numerator.event, metric.denominator.event]
+        else:  # a proportion or mean defined by `sql:` has no event
+            names = [metric.event] if metric.event else []
+        for event in dict.fromkeys(names):
+            events.setdefault(event, []).append(name)
+    return dict(sorted(events.items()))
+
+
+def sql_metric_columns(config: ExperimentConfig) -> dict[str, str]:
+    """{`sql:` metric: its units-table column}."""
+    from ab_pipeline.extract import metric_column
+
+    return {
+        name: metric_column(name)
+        for name, metric in config.metrics.items()
+        if getattr(metric, "sql", None) is not None
+    }
 
 
 def experiment_values(
@@ -81,6 +120,10 @@ def experiment_values(
         )
         if on
     ]
+    exposures_schema, _, exposures_table = config.source.exposures.rpartition(".")
+    events_schema, _, events_table = config.source.events.rpartition(".")
+    events = metric_events(config)
+    sql_columns = sql_metric_columns(config)
     return ExperimentValues(
         identifiers={
             "exposures": quote_ident(config.source.exposures),
@@ -88,6 +131,13 @@ def experiment_values(
             "units": quote_ident(units_table),
         },
         values={
+            "exposures_table": exposures_table,
+            "exposures_schema": exposures_schema or None,
+            "events_table": events_table,
+            "events_schema": events_schema or None,
+            "metric_events": list(events),
+            "sql_metric_columns": list(sql_columns.values()),
+            "max_abs_value": MAX_ABS_VALUE,
             "experiment_key": config.key,
             "arms": list(config.arms),
             # Dates are inclusive: a timestamp belongs to day D iff it is < midnight of D + 1.
@@ -106,7 +156,10 @@ def experiment_values(
             "run_date": run_date.isoformat(),
             "future_cutoff": future_cutoff(run_date).isoformat(sep=" "),
             "excluded": " or ".join(excluded),
+            "max_abs_value": f"{MAX_ABS_VALUE:.0e}",
+            "sql_metrics": ", ".join(sql_columns),
         },
+        event_metrics=events,
     )
 
 
@@ -127,17 +180,31 @@ def run_data_quality(
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:
                 checks += _run_suite(datasource, template, values, fill)
+                if template["name"] == "contract" and not all(c["passed"] for c in checks):
+                    break  # the other suites compare columns of the types this found wrong
     except Exception as error:  # a bad query, an unreachable warehouse, a check GX could not run
         raise PipelineError(
             f"data-quality gate could not run: {error}",
             experiment=config.key,
             run_date=run_date.isoformat(),
         ) from error
+    failures = [c for c in checks if c["severity"] == "error" and not c["passed"]]
     return {
-        "passed": not any(c["severity"] == "error" and not c["passed"] for c in checks),
+        "passed": not failures,
         "checks": checks,
         "suite": ", ".join(t["name"] for t in templates),
+        "detail": _gate_detail(checks, failures),
     }
+
+
+def _gate_detail(checks: list[dict[str, Any]], failures: list[dict[str, Any]]) -> str:
+    """The gate in one line: each failed check with its sentence (the RERUN reason quotes
+    it, so the reason says which metric, event or column to fix), else how many passed."""
+    if failures:
+        return "; ".join(f"{c['name']}: {c['detail']}" for c in failures)
+    warnings = sum(not c["passed"] for c in checks)
+    note = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+    return f"{len(checks)} checks passed{note}"
 
 
 def load_suite_templates(directory: Path = SUITES_DIR) -> list[dict[str, Any]]:
@@ -181,6 +248,18 @@ def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
     """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error."""
     mapping = {name: _sql_literal(value, dialect) for name, value in values.values.items()}
     mapping.update(values.identifiers)
+    # Derived SQL: the metric events as rows, and the `sql:` metrics' out-of-range predicate.
+    mapping["metric_event_rows"] = " UNION ALL ".join(
+        f"SELECT {_sql_literal(event, dialect)} AS event_name" for event in values.event_metrics
+    )
+    bound = _sql_literal(MAX_ABS_VALUE, dialect)
+    mapping["sql_metric_out_of_range"] = (
+        " OR ".join(
+            f"NOT (ABS(u.{quote_ident(column)}) <= {bound})"
+            for column in values.values["sql_metric_columns"]
+        )
+        or "FALSE"
+    )
     return lambda template: string.Template(template).substitute(mapping)
 
 
@@ -401,5 +480,14 @@ def _sentence(
     form = "passed" if passed else "one" if count == 1 else "other"
     sentence = meta["detail"][form].format(count=count, **values.words)
     if examples and not passed:
-        sentence += f" ({meta.get('examples_label', 'examples')}: {', '.join(examples)})"
+        if meta.get("examples_are") == "metric_events":  # name the metrics behind each event
+            examples = [
+                meta["example_format"].format(
+                    example=event, metrics=", ".join(values.event_metrics.get(event, []))
+                )
+                for event in examples
+            ]
+        listed = "; ".join(examples) if "example_format" in meta else ", ".join(examples)
+        label = meta.get("examples_label", None if "example_format" in meta else "examples")
+        sentence += f" ({label}: {listed})" if label else f": {listed}"
     return sentence

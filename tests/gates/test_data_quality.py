@@ -8,6 +8,7 @@ columns *without* NOT NULL, because the null checks exist for warehouses that do
 from __future__ import annotations
 
 import json
+import math
 import logging
 import subprocess
 import sys
@@ -60,11 +61,12 @@ class Dataset:
             (OTHER, "u9", "green", ts("2026-04-01 00:00:00"), True, True),  # not enrolled here
         ]
     )
-    # (unit_id, event_name, occurred_at, experiment_key)
+    # (unit_id, event_name, occurred_at, experiment_key[, value])
     events: list[tuple[Any, ...]] = field(
         default_factory=lambda: [
             ("u1", "marked_solved", ts("2026-05-04 00:10:00"), KEY),
-            ("u2", "answer_served", ts("2026-05-31 23:59:59"), KEY),  # last second of run date
+            ("u2", "answer_served", ts("2026-05-31 23:59:59"), KEY, 812.5),  # last second
+            ("u4", "grounding_failure", ts("2026-05-10 12:00:00"), KEY),  # at first exposure
             ("u2", "checkout", ts("2026-05-06 00:00:00"), OTHER),  # u2 is exposed to OTHER
             ("u4", "escalated", ts("2026-05-12 00:00:00"), KEY),
             ("u9", None, ts("2026-07-01 00:00:00"), None),  # not enrolled: ignored
@@ -102,9 +104,9 @@ class Target:
                 data.exposures,
             ),
             (
-                f"INSERT INTO {p}events (unit_id, event_name, occurred_at, experiment_key) "
-                "VALUES (:a, :b, :c, :d)",
-                data.events,
+                f"INSERT INTO {p}events (unit_id, event_name, occurred_at, experiment_key, value) "
+                "VALUES (:a, :b, :c, :d, :e)",
+                [(*event, None)[:5] for event in data.events],
             ),
             (f"INSERT INTO {p}units VALUES (:a, :b, :c)", data.units),
         ]
@@ -156,8 +158,9 @@ def test_clean_dataset_passes_every_check(target: Target) -> None:
     outcome = target.gate(Dataset())
     assert outcome["passed"], failed(outcome)
     assert failed(outcome) == {}
-    assert outcome["suite"] == "exposures, events, units"
-    assert len(outcome["checks"]) == 13
+    assert outcome["suite"] == "contract, exposures, events, units"
+    assert len(outcome["checks"]) == 17
+    assert outcome["detail"] == "17 checks passed"
     assert {c["severity"] for c in outcome["checks"]} == {"error", "warning"}
     assert all(c["unexpected_count"] == 0 and c["examples"] == [] for c in outcome["checks"])
     json.dumps(outcome)  # goes to results.json as is
@@ -375,7 +378,7 @@ def test_a_check_whose_query_breaks_is_a_pipeline_error_naming_it(
     from ab_pipeline.gates import data_quality
 
     templates = load_suite_templates()
-    broken = templates[0]["expectations"][1]
+    broken = templates[1]["expectations"][1]
     broken["kwargs"]["unexpected_rows_query"] = (
         "SELECT x.no_such_column AS example FROM {batch} AS x"
     )
@@ -407,7 +410,9 @@ def test_one_query_per_check_returning_the_count_and_a_few_examples(target: Targ
         run_data_quality(target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}units")
     finally:
         event.remove(Engine, "before_cursor_execute", record)
-    assert len(statements) == 13  # one per check, not two (examples, then a COUNT of them)
+    assert (
+        len(statements) == 16
+    )  # one per check that applies, not two (examples, then a COUNT of them)
     for statement in statements:
         assert statement.startswith("WITH unexpected AS"), statement
         assert "LIMIT 5" in statement and "unexpected_count" in statement, statement
@@ -432,7 +437,7 @@ def test_gx_stays_quiet(target: Target, caplog: pytest.LogCaptureFixture) -> Non
 def test_suites_are_well_formed() -> None:
     templates = load_suite_templates()
     names = [e["meta"]["check"] for t in templates for e in t["expectations"]]
-    assert len(names) == len(set(names)) == 13
+    assert len(names) == len(set(names)) == 17
     for template in templates:
         assert template["meta"]["batch_query"].startswith("SELECT ")
         for expectation in template["expectations"]:
@@ -460,3 +465,141 @@ def test_importing_the_gate_does_not_import_great_expectations() -> None:
         "assert 'great_expectations' not in sys.modules, 'GX imported at module import'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)
+
+
+# --- metrics without data, non-finite values, column types ----------------------------------
+
+
+def with_metrics(config: ExperimentConfig, **metrics: Any) -> ExperimentConfig:
+    from ab_pipeline.config import ExperimentConfig as Model
+
+    data = config.model_dump(mode="json")
+    data["metrics"].update(metrics)
+    return Model.model_validate(data)
+
+
+def gate_with(target: Target, data: Dataset, config: ExperimentConfig) -> dict[str, Any]:
+    target.load(data)
+    return run_data_quality(target.warehouse.url, config, RUN_DATE, f"{target.prefix}units")
+
+
+def test_a_misspelt_metric_event_fails_naming_the_metric_and_event(target: Target) -> None:
+    """`answer_servd` would otherwise be a p95 of nothing and a guardrail 'breached'."""
+    config = with_metrics(
+        target.config(),
+        p95_latency_ms={"type": "quantile", "event": "answer_servd", "quantile": 0.95},
+    )
+    outcome = gate_with(target, Dataset(), config)
+    check = only_failure(outcome, "metric_events_after_exposure")
+    assert check["examples"] == ["answer_servd"] and check["unexpected_count"] == 1
+    assert check["detail"].endswith(
+        ": no `answer_servd` events for enrolled units (metric p95_latency_ms)"
+    )
+    assert not outcome["passed"]
+    assert outcome["detail"] == f"metric_events_after_exposure: {check['detail']}"
+
+
+def test_events_only_before_exposure_or_of_other_units_are_no_data(target: Target) -> None:
+    """u1 is exposed at 2026-05-04 00:00; its `escalated` before that cannot be an outcome."""
+    data = Dataset()
+    data.events = [e for e in data.events if e[1] not in ("escalated", "marked_solved")]
+    data.events += [
+        ("u1", "escalated", ts("2026-05-03 23:59:59"), KEY),  # before exposure
+        ("u9", "marked_solved", ts("2026-05-20 00:00:00"), None),  # not an enrolled unit
+        ("u2", "marked_solved", ts("2026-06-01 00:00:00"), KEY),  # after the run date
+    ]
+    check = only_failure(target.gate(data), "metric_events_after_exposure")
+    assert check["examples"] == ["escalated", "marked_solved"]
+    assert "2 metric events have no rows" in check["detail"]
+    assert "no `escalated` events for enrolled units (metric escalation_rate)" in check["detail"]
+    assert (
+        "no `marked_solved` events for enrolled units (metric resolution_rate)" in (check["detail"])
+    )
+
+
+def test_a_ratio_metric_needs_both_of_its_events(target: Target) -> None:
+    config = with_metrics(
+        target.config(),
+        escalations_per_answer={
+            "type": "ratio",
+            "numerator": {"event": "escalated"},
+            "denominator": {"event": "answer_shown"},
+        },
+    )
+    check = only_failure(gate_with(target, Dataset(), config), "metric_events_after_exposure")
+    assert check["examples"] == ["answer_shown"]
+    assert "(metric escalations_per_answer)" in check["detail"]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 1e308, -2e15])
+def test_a_non_finite_or_huge_metric_value_fails(target: Target, bad: float) -> None:
+    data = Dataset()
+    data.events += [
+        ("u4", "answer_served", ts("2026-05-12 00:00:00"), KEY, bad),
+        ("u4", "answer_served", ts("2026-05-12 00:01:00"), KEY, 1e15),  # at the bound: fine
+        ("u4", "page_view", ts("2026-05-12 00:00:00"), KEY, math.nan),  # no metric reads it
+    ]
+    check = only_failure(target.gate(data), "events_value_finite")
+    assert check["unexpected_count"] == 1 and check["examples"] == ["answer_served"]
+    assert check["detail"] == (
+        "1 value of the metrics' events is NaN, infinite or beyond ±1e+15: it must not reach "
+        "a comparison (events: `answer_served` (metric p95_latency_ms))"
+    )
+
+
+def test_non_finite_values_of_sql_metrics_fail(target: Target) -> None:
+    config = with_metrics(
+        target.config(), handle_time={"type": "mean", "sql": "SELECT unit_id, 1 AS value FROM x"}
+    )
+    target.load(Dataset())
+    units = f"{target.prefix}units"
+    target.warehouse.execute(
+        [
+            f'ALTER TABLE {units} ADD COLUMN "m_handle_time" DOUBLE PRECISION',
+            f"UPDATE {units} SET m_handle_time = CASE unit_id WHEN 'u2' THEN :nan ELSE 3 END",
+        ],
+        {"nan": math.nan},
+    )
+    outcome = run_data_quality(target.warehouse.url, config, RUN_DATE, units)
+    check = only_failure(outcome, "sql_metric_values_finite")
+    assert check["examples"] == ["u2"]
+    assert "`sql:` metric (handle_time) that is NaN" in check["detail"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"arm TEXT": "arm INTEGER"}, ["exposures.arm is INTEGER"]),
+        (
+            {"exposed_at TIMESTAMP": "exposed_at TIMESTAMP WITH TIME ZONE"},
+            ["exposures.exposed_at is TIMESTAMP WITH TIME ZONE"],
+        ),
+        (
+            {
+                "occurred_at TIMESTAMP": "occurred_at VARCHAR",
+                "value DOUBLE PRECISION": "value TEXT",
+            },
+            ["events.occurred_at is {varchar}", "events.value is {text}"],
+        ),
+    ],
+)
+def test_contract_columns_of_another_type_fail_one_named_check(
+    target: Target,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, str],
+    expected: list[str],
+) -> None:
+    """Read from information_schema: no data needed; the other suites are not run."""
+    ddl = list(DDL)
+    for old, new in changes.items():
+        ddl = [statement.replace(old, new) for statement in ddl]
+    monkeypatch.setattr(sys.modules[__name__], "DDL", ddl)
+    outcome = target.gate(Dataset(exposures=[], events=[], units=[]))
+    [check] = outcome["checks"]
+    duckdb = target.warehouse.dialect == "duckdb"
+    names = {"varchar": "VARCHAR" if duckdb else "CHARACTER VARYING"}
+    names["text"] = "VARCHAR" if duckdb else "TEXT"
+    assert check["name"] == "contract_column_types" and not check["passed"]
+    assert check["examples"] == [e.format(**names) for e in expected]
+    assert "TIMESTAMP without time zone, in UTC" in check["detail"]
+    assert not outcome["passed"] and outcome["detail"].startswith("contract_column_types: ")
