@@ -135,11 +135,13 @@ def progress(
     per_day = smallest / days
     remaining = max(planned - smallest, 0)
     days_left = 0 if remaining == 0 else (math.ceil(remaining / per_day) if per_day else None)
+    mde_now = mde_two_proportions(plan.baseline, smallest, plan.alpha, plan.power)
     return {
         "planned_per_arm": planned,
         "enrolled_per_arm": enrolled,
         "fraction": smallest / planned,
-        "mde_now": mde_two_proportions(plan.baseline, smallest, plan.alpha, plan.power),
+        # None, not infinity, before any unit enrolled: results.json is strict JSON.
+        "mde_now": mde_now if math.isfinite(mde_now) else None,
         "mde_planned": plan.mde,
         "enrolment_per_day": per_day,
         "days_left": days_left,

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from great_expectations.datasource.fluent import SQLDatasource
     from sqlalchemy.engine import Dialect
 
+    from ab_pipeline.warehouse import Warehouse
+
 SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
 SUITE_FILES = ("contract.json", "exposures.json", "events.json", "units.json")
 MAX_EXAMPLES = 5
@@ -205,6 +207,19 @@ def _gate_detail(checks: list[dict[str, Any]], failures: list[dict[str, Any]]) -
     warnings = sum(not c["passed"] for c in checks)
     note = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
     return f"{len(checks)} checks passed{note}"
+
+
+def contract_problems(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> list[str]:
+    """The contract check's findings ("events.occurred_at is VARCHAR"), by the suite's own
+    query run as plain SQL (no GX): the extract explains a failure with them."""
+    [template] = [t for t in load_suite_templates() if t["name"] == "contract"]
+    values = experiment_values(config, run_date, config.source.exposures)
+    fill = _filler(values, _dialect(warehouse.url))
+    batch = fill(template["meta"]["batch_query"])
+    [expectation] = template["expectations"]
+    query = fill(expectation["kwargs"]["unexpected_rows_query"]).replace("{batch}", f"({batch})")
+    rows = warehouse.query(f"SELECT DISTINCT example FROM ({query}) AS found ORDER BY example")
+    return [str(row["example"]) for row in rows]
 
 
 def load_suite_templates(directory: Path = SUITES_DIR) -> list[dict[str, Any]]:
