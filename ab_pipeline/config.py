@@ -166,6 +166,20 @@ class _MetricBase(_Strict):
     description: str | None = None
     cuped: Cuped | None = None
 
+    @field_validator("sql")
+    @classmethod
+    def _one_select(cls, sql: str | None) -> str | None:
+        # Parsed (sqlglot, imported only for configs with `sql:`) in every supported dialect
+        # that reads it; the run checks it again in its warehouse's own dialect.
+        from ab_pipeline.sql_safety import UnsafeSQL, checked_in_any_dialect
+
+        if sql is not None:
+            try:
+                checked_in_any_dialect(sql)
+            except UnsafeSQL as error:
+                raise ValueError(f"not one read-only SELECT: {error}") from None
+        return sql
+
     @model_validator(mode="after")
     def _event_or_sql(self) -> _MetricBase:
         if (self.event is None) == (self.sql is None):

@@ -610,20 +610,89 @@ FROM pre pe GROUP BY pe.unit_key"""
     return step, columns
 
 
+# Session-local table the `sql:` metrics' values are read into, in a read-only transaction.
+SQL_METRIC_VALUES = "ab_tmp_sql_metric_values"
+
+
+def _sql_metrics(config: ExperimentConfig) -> dict[str, str]:
+    return {
+        name: metric.sql
+        for name, metric in config.metrics.items()
+        if isinstance(metric, ProportionMetric | MeanMetric) and metric.sql is not None
+    }
+
+
+def _sql_metric_reads(config: ExperimentConfig, dialect: str) -> tuple[list[str], dict[str, Any]]:
+    """Statements that copy each `sql:` metric's rows (unit_id, value) into SQL_METRIC_VALUES.
+
+    The user's text runs as sqlglot writes it back after `sql_safety.checked_select` (one
+    SELECT, nothing else), in the warehouse's dialect; its colons are escaped so that no
+    string literal of it becomes a bound parameter.
+    """
+    from ab_pipeline.sql_safety import UnsafeSQL, checked_select
+
+    statements, params = [], {}
+    for i, (name, sql) in enumerate(_sql_metrics(config).items()):
+        try:
+            select = checked_select(sql, dialect).replace(":", "\\:")
+        except UnsafeSQL as error:
+            raise ValueError(f"metrics.{name}.sql: not one read-only SELECT: {error}") from None
+        params[f"sql_metric_{i}"] = name
+        statements.append(
+            f"INSERT INTO {SQL_METRIC_VALUES} SELECT :sql_metric_{i}, CAST(s.unit_id AS TEXT), "
+            f"CAST(s.value AS DOUBLE PRECISION) FROM (\n{select}\n) AS s"
+        )
+    return statements, params
+
+
 def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
-    """`sql:` metrics: the user's query (unit_id, value) joined onto the units table."""
+    """`sql:` metrics: their values (read beforehand, `_sql_metric_reads`) joined onto the
+    units table; 0 for a unit the query has no row for."""
     statements = []
     target = quote_ident(table)
-    for name, metric in config.metrics.items():
-        if isinstance(metric, ProportionMetric | MeanMetric) and metric.sql is not None:
-            column = quote_ident(metric_column(name))
-            statements += [
-                f"ALTER TABLE {target} ADD COLUMN {column} DOUBLE PRECISION",
-                f"UPDATE {target} SET {column} = COALESCE(("
-                f"SELECT CAST(s.value AS DOUBLE PRECISION) FROM ({metric.sql}) s "
-                f"WHERE s.unit_id = {target}.unit_id), 0)",
-            ]
-    return statements
+    for i, name in enumerate(_sql_metrics(config)):
+        column = quote_ident(metric_column(name))
+        statements += [
+            f"ALTER TABLE {target} ADD COLUMN {column} DOUBLE PRECISION",
+            f"UPDATE {target} SET {column} = COALESCE((SELECT v.value FROM {SQL_METRIC_VALUES} v "
+            f"WHERE v.metric = :sql_metric_{i} AND v.unit_id = {target}.unit_id), 0)",
+        ]
+    return statements + ([f"DROP TABLE {SQL_METRIC_VALUES}"] if statements else [])
+
+
+def _execute_with_sql_metrics(
+    warehouse: Warehouse, config: ExperimentConfig, statements: list[str], params: dict[str, Any]
+) -> None:
+    """Read the `sql:` metrics in a read-only transaction, then build, on one connection.
+
+    `BEGIN TRANSACTION READ ONLY` (DuckDB and PostgreSQL) lets the user's SELECT write nothing
+    but the session's temporary table: a write the parser could not foresee fails.
+    PostgreSQL's connection runs in autocommit so the explicit transactions are the only ones;
+    duckdb_engine opens one on first use, which the first COMMIT closes.
+    """
+    from sqlalchemy import text
+
+    reads, read_params = _sql_metric_reads(config, warehouse.dialect)
+    params = {**params, **read_params}
+    create = (
+        f"CREATE TEMP TABLE {SQL_METRIC_VALUES} (metric TEXT, unit_id TEXT, value DOUBLE PRECISION)"
+    )
+    with warehouse.engine().connect() as connection:
+        if warehouse.dialect == "postgresql":
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql(create)
+        else:
+            connection.exec_driver_sql(create)
+            connection.exec_driver_sql("COMMIT")
+        for begin, block in (("BEGIN TRANSACTION READ ONLY", reads), ("BEGIN", statements)):
+            connection.exec_driver_sql(begin)
+            try:
+                for statement in block:
+                    connection.execute(text(statement), params)
+            except Exception:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
 
 
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
@@ -640,6 +709,7 @@ def _build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date:
     plan = ExtractPlan.for_warehouse(warehouse, config, run_date)
     statements, params = build_units_sql(config, run_date, table, plan)
     statements += _sql_metric_statements(config, table)
+    params.update({f"sql_metric_{i}": name for i, name in enumerate(_sql_metrics(config))})
     if warehouse.dialect == "postgresql":
         # Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
         # estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
@@ -653,7 +723,10 @@ def _build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date:
                 f"ANALYZE {quote_ident(n)}" for h, n in analysed.items() if statement.startswith(h)
             ]
         statements = [*prepared, f"ANALYZE {quote_ident(table)}"]
-    warehouse.execute(statements, params)
+    if _sql_metrics(config):
+        _execute_with_sql_metrics(warehouse, config, statements, params)
+    else:
+        warehouse.execute(statements, params)
     return table
 
 

@@ -216,3 +216,45 @@ def test_non_finite_numbers_are_refused_anywhere(
     assert any(field == path and "finite" in reason for field, reason in found.items()), found
     assert main(["validate", str(written)]) == 2
     assert f"{path}: Input should be a finite number" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        (
+            "SELECT unit_id, 1 AS value FROM events); DROP TABLE ab_readouts; SELECT (1",
+            "does not parse as duckdb SQL",
+        ),
+        ("SELECT unit_id, 1 AS value FROM events; DROP TABLE ab_readouts", "exactly one SELECT"),
+        (
+            "SELECT column0 AS unit_id, 1 AS value FROM read_csv_auto('/etc/passwd')",
+            "read_csv_auto",
+        ),
+        ("SELECT unit_id, pg_read_file('/etc/passwd') AS value FROM events", "pg_read_file"),
+        ("COPY events TO '/tmp/out.csv'", "not COPY"),
+    ],
+)
+@pytest.mark.parametrize("strict", [False, True])
+def test_validate_refuses_sql_metrics_that_are_not_one_select(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sql: str, reason: str, strict: bool
+) -> None:
+    data = refund_data()
+    data["metrics"]["handle_time"] = {"type": "mean", "sql": sql}
+    path = write(tmp_path, data)
+    assert main(["validate", str(path), *(["--strict"] if strict else [])]) == 2
+    out = capsys.readouterr().out
+    assert f"{path}: metrics.handle_time.sql: not one read-only SELECT: " in out
+    assert reason in out
+
+
+def test_validate_accepts_an_sql_metric_that_is_one_select(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = refund_data()
+    data["metrics"]["handle_time"] = {
+        "type": "mean",
+        "sql": "WITH t AS (SELECT unit_id, SUM(value) AS value FROM events "
+        "WHERE event_name = 'handled' GROUP BY unit_id) SELECT unit_id, value FROM t "
+        "UNION ALL SELECT unit_id, 0 AS value FROM generate_series(1, 2) AS g(unit_id)",
+    }
+    assert main(["validate", str(write(tmp_path, data))]) == 0, capsys.readouterr().out

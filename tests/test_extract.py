@@ -247,3 +247,119 @@ def test_long_keys_give_table_names_postgresql_accepts() -> None:
     config = make_config(key="k" * 63)
     name = units_table_name(config, END)
     assert len(name) <= 63 and name.endswith("__20260531")
+
+
+# --- `sql:` metrics: one read-only SELECT ---------------------------------------------------
+
+
+def sql_metric_config(schema: str, sql: str) -> ExperimentConfig:
+    """A valid config with an `sql:` metric, then its text replaced without validation: the
+    extract must check it again (a config object can come from anywhere)."""
+    base = make_config(schema)
+    data = base.model_dump(mode="json")
+    data["metrics"]["Handle_Time"] = {"type": "mean", "sql": "SELECT unit_id, 1 AS value FROM t"}
+    config = parse_config(data)
+    metric = config.metrics["Handle_Time"].model_copy(update={"sql": sql})
+    return config.model_copy(update={"metrics": {**config.metrics, "Handle_Time": metric}})
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def loaded(request: pytest.FixtureRequest) -> tuple[Warehouse, str, list[Exposure], list[Event]]:
+    if request.param == "duckdb":
+        warehouse, schema = request.getfixturevalue("duckdb_warehouse"), ""
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+    exposures, events = random_data(seed=5, units=60)
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    return warehouse, schema, exposures, events
+
+
+def test_an_sql_metric_joins_its_values_and_keeps_colons_in_literals(
+    loaded: tuple[Warehouse, str, list[Exposure], list[Event]],
+) -> None:
+    warehouse, schema, exposures, events = loaded
+    prefix = f"{schema}." if schema else ""
+    sql = (
+        f"SELECT e.unit_id, COUNT(*) AS value FROM {prefix}events AS e "  # a colon in a literal
+        "WHERE e.event_name = 'click' AND e.event_name <> 'a :b' GROUP BY e.unit_id"
+    )
+    table = build_units_table(warehouse, sql_metric_config(schema, sql), END)
+    rows = rows_by_unit(warehouse.query(f"SELECT * FROM {quote_ident(table)}"))
+    clicks: dict[str, int] = {}
+    for unit, name, *_ in events:
+        clicks[unit] = clicks.get(unit, 0) + (name == "click")
+    assert rows and all(row["m_Handle_Time"] == clicks.get(unit, 0) for unit, row in rows.items())
+    assert any(row["m_Handle_Time"] > 0 for row in rows.values())
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        (
+            "SELECT unit_id, 1 AS value FROM events); DROP TABLE ab_readouts; SELECT (1",
+            "does not parse",
+        ),
+        ("SELECT unit_id, 1 AS value FROM events; DROP TABLE ab_readouts", "exactly one SELECT"),
+        ("SELECT column0 AS unit_id, 1 AS value FROM read_csv_auto('/etc/passwd')", "read_csv"),
+        ("SELECT unit_id, 1 AS value FROM '/etc/passwd'", "not a plain identifier"),
+        (
+            "WITH d AS (DELETE FROM ab_readouts RETURNING *) SELECT 'u' AS unit_id, 1 AS value",
+            "DELETE",
+        ),
+    ],
+)
+def test_an_sql_metric_that_is_not_one_select_is_refused_before_it_runs(
+    loaded: tuple[Warehouse, str, list[Exposure], list[Event]], sql: str, reason: str
+) -> None:
+    warehouse, schema, _, _ = loaded
+    readouts = f"{schema}.ab_readouts" if schema else "ab_readouts"
+    warehouse.execute(f"CREATE TABLE {readouts} (decision TEXT)")
+    with pytest.raises(ValueError, match=rf"metrics\.Handle_Time\.sql: .*{reason}"):
+        build_units_table(warehouse, sql_metric_config(schema, sql), END)
+    assert warehouse.table_exists(readouts)
+
+
+def test_the_sql_metric_pass_is_read_only_on_duckdb(
+    duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB has no function that writes, so the parser admits no write to test with: put a
+    write in the read-only pass itself and see the engine refuse it."""
+    from ab_pipeline import extract
+
+    exposures, events = random_data(seed=5, units=20)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    monkeypatch.setattr(
+        extract,
+        "_sql_metric_reads",
+        lambda config, dialect: (["CREATE TABLE pwned AS SELECT 1 AS x"], {}),
+    )
+    with pytest.raises(Exception, match="read-only"):
+        build_units_table(
+            duckdb_warehouse, sql_metric_config("", "SELECT unit_id, 1 AS value FROM events"), END
+        )
+    assert not duckdb_warehouse.table_exists("pwned")
+
+
+def test_a_function_that_writes_fails_in_the_read_only_pass_on_postgresql(
+    postgres_schema: tuple[Warehouse, str],
+) -> None:
+    """A user-defined function the parser cannot see into: PostgreSQL's read-only
+    transaction refuses its write, and nothing of the run is built."""
+    warehouse, schema = postgres_schema
+    exposures, events = random_data(seed=5, units=20)
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    warehouse.execute(
+        f"CREATE FUNCTION {schema}.sneaky(u TEXT) RETURNS INT AS $$ BEGIN "
+        f"CREATE TABLE IF NOT EXISTS {schema}.pwned (x INT); RETURN 1; END $$ LANGUAGE plpgsql"
+    )
+    sql = f"SELECT unit_id, {schema}.sneaky(unit_id) AS value FROM {schema}.events"
+    config = sql_metric_config(schema, sql)
+    with pytest.raises(Exception, match="read-only transaction"):
+        build_units_table(warehouse, config, END)
+    assert not warehouse.table_exists(f"{schema}.pwned")
+    from ab_pipeline.extract import units_table_name
+
+    assert not warehouse.table_exists(units_table_name(config, END))
