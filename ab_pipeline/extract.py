@@ -227,7 +227,8 @@ def _quantile_count(name: str, metric: QuantileMetric, params: _Params) -> str:
     """Per unit: the quantile metric's events with a value (N_i of the clustered variance)."""
     window = _before_window_end(metric.window)
     match = f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL{window}"
-    return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {quote_ident(quantile_count_column(name))}"
+    column = quote_ident(quantile_count_column(name))
+    return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {column}"
 
 
 # Session-local (temporary) tables of the extract's steps; dropped when the units table is built.

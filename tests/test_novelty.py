@@ -113,7 +113,8 @@ def test_a_ratio_primary_gets_cohorts_with_the_delta_method_variance(
         rows.append({"u": f"u{i}", "a": arm, "t": day, "x": clicks, "y": sessions})
     warehouse.execute(
         f"CREATE TABLE {table} (unit_id TEXT, arm TEXT, first_exposed_at TIMESTAMP, "
-        '"m_Clicks_Per_Session__num" DOUBLE PRECISION, "m_Clicks_Per_Session__den" DOUBLE PRECISION)'
+        '"m_Clicks_Per_Session__num" DOUBLE PRECISION, '
+        '"m_Clicks_Per_Session__den" DOUBLE PRECISION)'
     )
     from sqlalchemy import text
 

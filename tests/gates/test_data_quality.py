@@ -8,8 +8,8 @@ columns *without* NOT NULL, because the null checks exist for warehouses that do
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
