@@ -13,11 +13,17 @@ Rules:
   event or description. Plain substring matching, lowercase, so the rule is predictable;
 - `plan`: the sample size per arm is reachable by `end` at the enrolment rate, stated
   (`plan.expected_units_per_day`) or observed in the warehouse (`--warehouse`); the smallest arm
-  is the binding one.
+  is the binding one;
+- with `--warehouse`: every event name the config reads exists in the events table, and every
+  receipt field is a property of the experiment's exposures (of any exposure before it has
+  one); a missing name is reported with the nearest existing one (difflib), since a misspelt
+  event would otherwise be a metric without data. `sql:` metrics parse as one read-only SELECT
+  in the warehouse's own dialect.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -159,6 +165,122 @@ def observed_enrolment(
     return Enrolment(int(row["units"]) / days, f"observed over {days} days in the warehouse")
 
 
+def config_events(config: ExperimentConfig) -> dict[str, str]:
+    """{field path: event name} for every event the config reads."""
+    events: dict[str, str] = {}
+    for name, metric in config.metrics.items():
+        for part in ("numerator", "denominator"):
+            if (side := getattr(metric, part, None)) is not None:
+                events[f"metrics.{name}.{part}.event"] = side.event
+        if event := getattr(metric, "event", None):
+            events[f"metrics.{name}.event"] = event
+        if (unless := getattr(metric, "unless", None)) is not None:
+            events[f"metrics.{name}.unless.event"] = unless.event
+    if config.assignment_check and config.assignment_check.first_event:
+        events["assignment_check.first_event"] = config.assignment_check.first_event
+    return events
+
+
+def _nearest(name: str, existing: list[str]) -> str:
+    close = difflib.get_close_matches(name, existing, n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def check_event_names(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:
+    """Event names missing from the events table, each with the nearest existing name."""
+    events = config_events(config)
+    if not events or not warehouse.table_exists(config.source.events):
+        return []
+    table = quote_ident(config.source.events)
+    wanted = sorted(set(events.values()))
+    binds = {f"e{i}": event for i, event in enumerate(wanted)}
+    found = warehouse.query(
+        f"SELECT event_name FROM {table} WHERE event_name IN "
+        f"({', '.join(':' + b for b in binds)}) GROUP BY event_name",
+        binds,
+    )
+    missing = set(wanted) - {str(row["event_name"]) for row in found}
+    if not missing:
+        return []
+    existing = [
+        str(row["event_name"])
+        for row in warehouse.query(
+            f"SELECT event_name FROM {table} WHERE event_name IS NOT NULL "
+            "GROUP BY event_name ORDER BY event_name LIMIT 100000"
+        )
+    ]
+    return [
+        LintWarning(
+            field,
+            f"no `{event}` events in {config.source.events}: the metric would have no data"
+            + _nearest(event, existing),
+        )
+        for field, event in events.items()
+        if event in missing
+    ]
+
+
+def exposure_property_names(warehouse: Warehouse, config: ExperimentConfig) -> list[str]:
+    """Top-level keys of the experiment's exposures' `properties` (of every exposure's when
+    the experiment has none yet); distinct documents are parsed, not every row."""
+    table = quote_ident(config.source.exposures)
+    keys = (
+        "jsonb_object_keys(CAST(d.doc AS JSONB))"
+        if warehouse.dialect == "postgresql"
+        else "unnest(json_keys(CAST(d.doc AS JSON)))"
+    )
+    for where in ("AND x.experiment_key = :key", ""):
+        rows = warehouse.query(
+            f"SELECT DISTINCT {keys} AS name FROM (SELECT CAST(x.properties AS TEXT) AS doc "
+            f"FROM {table} x WHERE x.properties IS NOT NULL {where} GROUP BY 1) d "
+            "ORDER BY 1",
+            {"key": config.key},
+        )
+        if rows:
+            return [str(row["name"]) for row in rows]
+    return []
+
+
+def check_receipt_fields(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:
+    if not config.receipt or not warehouse.table_exists(config.source.exposures):
+        return []
+    existing = exposure_property_names(warehouse, config)
+    if not existing:
+        return []
+    return [
+        LintWarning(
+            "receipt",
+            f"`{field}` is not a property of the exposures in {config.source.exposures}"
+            + _nearest(field, existing),
+        )
+        for field in config.receipt
+        if field not in existing
+    ]
+
+
+def check_sql_dialect(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:
+    """`sql:` metrics in the warehouse's own dialect (the config checked any dialect)."""
+    from ab_pipeline.sql_safety import UnsafeSQL, checked_select
+
+    warnings = []
+    for name, metric in config.metrics.items():
+        if (sql := getattr(metric, "sql", None)) is None:
+            continue
+        try:
+            checked_select(sql, warehouse.dialect)
+        except UnsafeSQL as error:
+            warnings.append(LintWarning(f"metrics.{name}.sql", f"in {warehouse.dialect}: {error}"))
+    return warnings
+
+
+def check_warehouse_names(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:
+    return [
+        *check_event_names(config, warehouse),
+        *check_receipt_fields(config, warehouse),
+        *check_sql_dialect(config, warehouse),
+    ]
+
+
 def lint_config(config: ExperimentConfig, warehouse: Warehouse | None = None) -> list[LintWarning]:
     """Every checklist warning for one config (observed rate wins over the stated one)."""
     enrolment = observed_enrolment(warehouse, config) if warehouse is not None else None
@@ -170,4 +292,5 @@ def lint_config(config: ExperimentConfig, warehouse: Warehouse | None = None) ->
         *check_risks(config),
         *check_guardrail_topics(config),
         *check_sample_size(config, enrolment),
+        *(check_warehouse_names(config, warehouse) if warehouse is not None else []),
     ]

@@ -99,3 +99,64 @@ def test_cli_warns_and_strict_fails(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["validate", "--strict", str(path)]) == 2
     assert f"{path}: risks: error: no risk is named" in capsys.readouterr().out
     assert main(["validate", "--strict", *map(str, SAMPLES)]) == 0
+
+
+def misspelt_refund() -> dict[str, Any]:
+    data = refund()
+    data["metrics"]["p95_latency_ms"]["event"] = "answer_servd"
+    data["metrics"]["resolution_rate"]["unless"]["event"] = "ticket_open"
+    data["receipt"] = ["index", "generatr", "decoder"]
+    return data
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def simulated_warehouse(request: pytest.FixtureRequest) -> tuple[Warehouse, str]:
+    if request.param == "duckdb":
+        warehouse, schema = request.getfixturevalue("duckdb_warehouse"), ""
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+    scenario = load_scenario(REPO / "simulations" / "refund-query-rewrite.yaml").with_units(300)
+    simulate(load_config(REFUND), scenario, warehouse.url, schema=schema or None)
+    return warehouse, schema
+
+
+def test_event_names_and_receipt_fields_missing_from_the_warehouse_name_the_nearest(
+    simulated_warehouse: tuple[Warehouse, str],
+) -> None:
+    warehouse, schema = simulated_warehouse
+    data = misspelt_refund()
+    if schema:
+        data["source"] = {"exposures": f"{schema}.exposures", "events": f"{schema}.events"}
+    warnings = {w.field: w.reason for w in lint_config(parse_config(data), warehouse)}
+    table = f"{schema}.events" if schema else "events"
+    assert warnings["metrics.p95_latency_ms.event"] == (
+        f"no `answer_servd` events in {table}: the metric would have no data; "
+        "did you mean `answer_served`?"
+    )
+    assert warnings["metrics.resolution_rate.unless.event"].endswith(
+        "did you mean `ticket_opened`?"
+    )
+    assert warnings["receipt"].startswith("`generatr` is not a property of the exposures")
+    assert warnings["receipt"].endswith("did you mean `generator`?")
+    assert set(warnings) == {
+        "plan",
+        "metrics.p95_latency_ms.event",
+        "metrics.resolution_rate.unless.event",
+        "receipt",
+    }
+    clean = refund(source=data.get("source", {"exposures": "exposures", "events": "events"}))
+    assert [w.field for w in lint_config(parse_config(clean), warehouse)] == ["plan"]
+
+
+def test_cli_validate_with_a_warehouse_names_a_misspelt_event(
+    duckdb_warehouse: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = load_scenario(REPO / "simulations" / "refund-query-rewrite.yaml").with_units(300)
+    simulate(load_config(REFUND), scenario, duckdb_warehouse.url)
+    path = tmp_path / "refund.yaml"
+    path.write_text(yaml.safe_dump(misspelt_refund()))
+    assert main(["validate", "--strict", "--warehouse", duckdb_warehouse.url, str(path)]) == 2
+    out = capsys.readouterr().out
+    assert (
+        f"{path}: metrics.p95_latency_ms.event: error: no `answer_servd` events in events"
+    ) in out
