@@ -206,3 +206,26 @@ def test_timestamptz_exposures_give_the_same_rerun_in_every_time_zone(
     decision, reason = outcomes[0]
     assert decision == "RERUN"
     assert "exposures.exposed_at is TIMESTAMP WITH TIME ZONE" in reason
+
+
+def test_on_postgresql_a_misspelt_event_and_nan_values_are_one_rerun(
+    postgres_schema: tuple[Warehouse, str], tmp_path: Path
+) -> None:
+    warehouse, schema = postgres_schema
+    data = yaml.safe_load(SCENARIO.read_text())
+    data.update(units=1500, seed=7)
+    simulate(load_config(CONFIG), parse_scenario(data), warehouse.url, schema=schema)
+    warehouse.execute(
+        f"UPDATE {schema}.events SET value = 'NaN' WHERE event_name = 'answer_served' "
+        f"AND unit_id IN (SELECT unit_id FROM {schema}.events LIMIT 3)"
+    )
+    config = yaml.safe_load(CONFIG.read_text())
+    config["source"] = {"exposures": f"{schema}.exposures", "events": f"{schema}.events"}
+    config["metrics"]["escalation_rate"]["event"] = "escalatd"
+    path = tmp_path / CONFIG.name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    results = readout(warehouse, tmp_path / "briefs", path)
+    assert results["decision"] == "RERUN" and results["metrics"] == {}
+    reason = results["decision_reason"]
+    assert "no `escalatd` events for enrolled units (metric escalation_rate)" in reason
+    assert "events_value_finite" in reason and "`answer_served` (metric p95_latency_ms)" in reason
