@@ -152,7 +152,7 @@ def annotate_archive(run_dir: Path, decisions: list[dict[str, Any]]) -> None:
     results = json.loads(path.read_text())
     results["human_decisions"] = decisions
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.write_text(json.dumps(results, indent=2, default=str, allow_nan=False))
     tmp.replace(path)
 
 
