@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,56 @@ def test_validate_accepts_an_sql_metric_that_is_one_select(
         "UNION ALL SELECT unit_id, 0 AS value FROM generate_series(1, 2) AS g(unit_id)",
     }
     assert main(["validate", str(write(tmp_path, data))]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("sql", "dialect", "reason"),
+    [
+        ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "postgresql", "DELETE"),
+        ("SELECT * INTO t2 FROM t", "postgresql", "INTO"),
+        ("SELECT * FROM t FOR UPDATE", "postgresql", "LOCK"),
+        ("SELECT lo_import('/etc/passwd') AS value", "postgresql", "lo_import"),
+        ("SELECT * FROM dblink('db', 'SELECT 1') AS t(a INT)", "postgresql", "dblink"),
+        ("SELECT unit_id, nextval('s') AS value FROM t", "postgresql", "nextval"),
+        ("SELECT * FROM read_parquet('s3://bucket/x.parquet')", "duckdb", "read_parquet"),
+        ("SELECT * FROM glob('/home/*')", "duckdb", "glob"),
+        ("SELECT * FROM query('DROP TABLE t')", "duckdb", "query"),
+        ("SELECT * FROM duckdb_settings()", "duckdb", "in FROM is not allowed"),
+        ("SELECT * FROM 'https://example.com/x.csv'", "duckdb", "not a plain identifier"),
+        ("SELECT (SELECT content FROM read_text('/etc/passwd')) AS v", "duckdb", "read_text"),
+        ("SELECT getenv('HOME') AS v", "duckdb", "getenv"),
+        ("ATTACH 'other.duckdb'", "duckdb", "not ATTACH"),
+        ("INSTALL httpfs", "duckdb", "not INSTALL"),
+        ("PRAGMA version", "duckdb", "not PRAGMA"),
+        ("SELECT 1; SELECT 2", "duckdb", "exactly one SELECT statement (found 2)"),
+    ],
+)
+def test_the_sql_checker_refuses_what_is_not_a_reading_select(
+    sql: str, dialect: str, reason: str
+) -> None:
+    from ab_pipeline.sql_safety import UnsafeSQL, checked_select
+
+    with pytest.raises(UnsafeSQL, match=re.escape(reason)):
+        checked_select(sql, dialect)
+
+
+@pytest.mark.parametrize(
+    ("sql", "dialect"),
+    [
+        ("SELECT unit_id, SUM(value) AS value FROM raw.events GROUP BY unit_id", "postgresql"),
+        ("SELECT g AS unit_id, 1 AS value FROM generate_series(1, 3) AS s(g)", "postgresql"),
+        ("SELECT x.unit_id, 1 AS value FROM t AS x, unnest(x.tags) AS u(tag)", "postgresql"),
+        ("SELECT unit_id, 1 AS value FROM a UNION ALL SELECT unit_id, 2 FROM b", "duckdb"),
+        ("SELECT unit_id, CAST(value AS INT) AS value FROM t -- a comment; DROP TABLE t", "duckdb"),
+    ],
+)
+def test_the_sql_checker_returns_the_select_it_checked(sql: str, dialect: str) -> None:
+    """What runs is sqlglot's rendering of what it parsed (comments dropped)."""
+    import sqlglot
+
+    from ab_pipeline.sql_safety import checked_select, sqlglot_dialect
+
+    checked = checked_select(sql, dialect)
+    assert "DROP" not in checked and "--" not in checked
+    read = sqlglot_dialect(dialect)
+    assert sqlglot.parse_one(checked, read=read) == sqlglot.parse_one(sql, read=read)
