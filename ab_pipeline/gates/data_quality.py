@@ -69,7 +69,9 @@ MAX_EXAMPLES = 5
 MAX_ABS_VALUE = 1e15
 # String values are written into SQL text that GX later passes through `str.format` (braces)
 # and SQLAlchemy `text()` (colons); config validation already limits keys and arms to this.
-_SAFE_TEXT = re.compile(r"^[A-Za-z0-9_.\- ]*$")
+# Event names are free text: what they may not hold are the characters those layers (and
+# psycopg2's `%` placeholders) would read; quotes are escaped by the literal itself.
+_UNSAFE_TEXT = re.compile(r"[{}:%\\\x00-\x1f]")
 
 Fill = Callable[[str], str]
 
@@ -255,7 +257,7 @@ def _sql_literal(value: Any, dialect: Dialect) -> str:
 
     if isinstance(value, list):
         return ", ".join(_sql_literal(item, dialect) for item in value)
-    if isinstance(value, str) and not _SAFE_TEXT.match(value):
+    if isinstance(value, str) and _UNSAFE_TEXT.search(value):
         raise ValueError(f"{value!r} cannot be written into a data-quality query")
     return str(literal(value).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 

@@ -448,7 +448,7 @@ def test_suites_are_well_formed() -> None:
 
 def test_a_value_that_is_not_safe_sql_text_is_refused() -> None:
     config = load_config(REPO_ROOT / "dags" / "experiments" / f"{KEY}.yaml")
-    forged = config.model_copy(update={"key": "x' OR '1'='1"})  # bypasses config validation
+    forged = config.model_copy(update={"key": "x' OR :p0 {batch}"})  # bypasses config validation
     with pytest.raises(PipelineError, match="cannot be written into a data-quality query"):
         run_data_quality("duckdb:///unused.duckdb", forged, RUN_DATE, "units")
 
@@ -603,3 +603,28 @@ def test_contract_columns_of_another_type_fail_one_named_check(
     assert check["examples"] == [e.format(**names) for e in expected]
     assert "TIMESTAMP without time zone, in UTC" in check["detail"]
     assert not outcome["passed"] and outcome["detail"].startswith("contract_column_types: ")
+
+
+def test_event_names_with_quotes_slashes_and_brackets_reach_the_checks(target: Target) -> None:
+    name = "customer's cart/add (v2)"
+    config = with_metrics(
+        target.config(), escalation_rate={"type": "proportion", "event": name, "window": "1d"}
+    )
+    data = Dataset()
+    data.events.append(("u4", name, ts("2026-05-10 13:00:00"), KEY))
+    assert gate_with(target, data, config)["passed"]
+    target.warehouse.execute(
+        f"DELETE FROM {target.prefix}events WHERE event_name = :name", {"name": name}
+    )
+    units = f"{target.prefix}units"
+    outcome = run_data_quality(target.warehouse.url, config, RUN_DATE, units)
+    check = only_failure(outcome, "metric_events_after_exposure")
+    assert check["examples"] == [name]
+
+
+def test_an_event_name_the_checks_cannot_quote_is_a_clear_error(target: Target) -> None:
+    config = with_metrics(
+        target.config(), escalation_rate={"type": "proportion", "event": "cart:add"}
+    )
+    with pytest.raises(PipelineError, match="'cart:add' cannot be written into a data-quality"):
+        gate_with(target, Dataset(), config)
