@@ -32,7 +32,7 @@ def evaluate_srm(counts: dict[str, int], config: ExperimentConfig) -> dict[str, 
             "alpha": alpha,
             "counts": planned,
             "expected": dict(config.arms),
-            "detail": "no enrolled units: nothing to test",
+            "detail": _no_units_detail(counts, config),
         }
     result = srm_test(planned, config.arms)
     passed = result.p_value >= alpha
@@ -50,6 +50,20 @@ def evaluate_srm(counts: dict[str, int], config: ExperimentConfig) -> dict[str, 
             f"p = {result.p_value:.3g}, threshold {alpha:g})"
         ),
     }
+
+
+def _no_units_detail(counts: dict[str, int], config: ExperimentConfig) -> str:
+    """Nothing to test; if units were enrolled in arms the config does not name (an integer
+    arm, a renamed arm), say which, since that is what to fix."""
+    others = {arm: n for arm, n in counts.items() if arm not in config.arms and n}
+    if not others:
+        return "no enrolled units: nothing to test"
+    found = ", ".join(f"{arm!r} ({n:,})" for arm, n in list(others.items())[:10])
+    more = f" and {len(others) - 10:,} more" if len(others) > 10 else ""
+    return (
+        f"no enrolled unit is in a configured arm ({', '.join(config.arms)}); the units "
+        f"table has arms {found}{more}"
+    )
 
 
 def run_srm_gate(

@@ -341,3 +341,19 @@ def test_a_receipt_field_with_thousands_of_values_lists_ten_and_counts_the_rest(
     assert mismatch["values"]["treatment"][10:] == ["and 4,990 more"]
     assert len(outcome["detail"]) < 400, outcome["detail"]
     assert "and 4,990 more" in outcome["detail"]
+
+
+def test_srm_names_the_arms_units_were_enrolled_in_when_none_is_configured(
+    duckdb_warehouse: Warehouse,
+) -> None:
+    """An integer arm (0/1) used to read as 'no enrolled units'."""
+    rows = exposures({"0": 30, "1": 25}, {"0": SAME, "1": SAME})
+    table = load(duckdb_warehouse, rows)
+    outcome = run_srm_gate(duckdb_warehouse, config(), table)
+    assert not outcome["passed"] and outcome["counts"] == {"control": 0, "treatment": 0}
+    assert outcome["detail"] == (
+        "no enrolled unit is in a configured arm (control, treatment); the units table has "
+        "arms '0' (30), '1' (25)"
+    )
+    empty = run_srm_gate(duckdb_warehouse, config(), load(duckdb_warehouse, []))
+    assert empty["detail"] == "no enrolled units: nothing to test"
