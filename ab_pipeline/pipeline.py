@@ -122,16 +122,23 @@ def attempt_dir(run_dir: Path, attempt: str) -> Path:
     return run_dir.with_name(f"{run_dir.name}.attempt-{_UNSAFE.sub('_', attempt)}")
 
 
-def published_attempt(run_dir: Path) -> str | None:
-    """The attempt that published `run_dir` (None: nothing published, or from before attempts)."""
+def publication(run_dir: Path) -> str | None:
+    """`<attempt> <publication id>` of the published readout (None: none, or from before
+    attempts); a new value means a new readout was published."""
     mark = run_dir / ATTEMPT_MARK
     return mark.read_text().strip() if mark.exists() else None
+
+
+def published_attempt(run_dir: Path) -> str | None:
+    """The attempt that published `run_dir`."""
+    published = publication(run_dir)
+    return published.rsplit(" ", 1)[0] if published else None
 
 
 def publish(ctx: RunContext) -> Path:
     """Swap the complete attempt directory in as the date's readout, atomically."""
     staged, published = ctx.attempt_dir, ctx.run_dir
-    (staged / ATTEMPT_MARK).write_text(ctx.attempt_id + "\n")
+    (staged / ATTEMPT_MARK).write_text(f"{ctx.attempt_id} {uuid.uuid4().hex}\n")
     if not published.exists():
         staged.rename(published)
     elif _exchange(staged, published):

@@ -105,7 +105,7 @@ def _has_attempts(connection: Connection, name: str, schema: str | None) -> bool
 
     # Not the inspector's get_columns: duckdb_engine cannot run its catalog query.
     result = connection.execute(text(f"SELECT * FROM {table(name, schema)} WHERE 1 = 0"))
-    return "attempt_id" in result.keys()
+    return "attempt_id" in list(result.keys())
 
 
 def _migrate(connection: Connection, name: str, columns: str, schema: str | None) -> None:
