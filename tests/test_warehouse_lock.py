@@ -79,9 +79,8 @@ def test_a_wait_that_times_out_names_the_file_and_its_writer(
 ) -> None:
     monkeypatch.setenv(warehouse_lock.LOCK_TIMEOUT_ENV, "0.5")
     path = database(warehouse)
-    with holder("write", path, 30) as process:
-        with pytest.raises(WarehouseLockTimeout) as caught:
-            warehouse.query("SELECT COUNT(*) AS n FROM t")
+    with holder("write", path, 30) as process, pytest.raises(WarehouseLockTimeout) as caught:
+        warehouse.query("SELECT COUNT(*) AS n FROM t")
     message = str(caught.value)
     assert str(path) in message and f"pid {process.pid}" in message
     assert warehouse_lock.LOCK_TIMEOUT_ENV in message
