@@ -130,7 +130,7 @@ def _file_exists(url: str) -> bool:
     from sqlalchemy.engine import make_url
 
     database = make_url(url).database
-    return bool(database) and database != ":memory:" and os.path.exists(database)
+    return database not in (None, "", ":memory:") and os.path.exists(str(database))
 
 
 # DuckDB runs inside the task process and by default may take 80% of the machine's RAM for its

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -80,7 +81,11 @@ def test_three_cli_runs_at_once_on_one_duckdb_file(tmp_path: Path) -> None:
     simulate_small(url, keys)
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow")}
     env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
-    ensure_metadata_db(env)  # once, as on a machine where `ab-pipeline run` ran before
+    ensure_metadata_db(env)  # migrated once, then one copy per process: concurrent first
+    # runs on one fresh SQLite metadata file race on Airflow's own `dag` rows, not the warehouse
+    homes = {key: tmp_path / f"airflow-{key}" for key in keys}
+    for home in homes.values():
+        shutil.copytree(tmp_path / "airflow", home)
     out = tmp_path / "briefs"
     began = time.monotonic()
     runs = {
