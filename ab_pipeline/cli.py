@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -75,7 +74,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
     from ab_pipeline.warehouse import Warehouse
 
     briefs = Path(args.out)
-    results = records.latest_final_results(briefs, args.experiment)
+    warehouse = Warehouse(args.warehouse)
+    results = records.latest_final_results(briefs, args.experiment, warehouse)
     if results is None:
         print(
             f"decide: no final brief for {args.experiment} under {briefs}; run the final "
@@ -83,7 +83,6 @@ def cmd_decide(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
-    warehouse = Warehouse(args.warehouse)
     try:
         record = records.record_decision(
             warehouse, args.experiment, args.decision, args.by, args.note, args.follow_up, results
@@ -180,8 +179,9 @@ def run_experiment(config_path: Path, run_date: date, warehouse: str, out: Path)
     os.environ.update(env)
     ensure_metadata_db(env)
     run_dir = out / config.key / run_date.isoformat()
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a stale brief must not pass for this run's
+    from ab_pipeline.pipeline import publication
+
+    before = publication(run_dir)  # the earlier readout stays unless this run publishes
 
     from ab_pipeline.dag_factory import build_dag, midnight_utc
 
@@ -189,7 +189,7 @@ def run_experiment(config_path: Path, run_date: date, warehouse: str, out: Path)
     logical = midnight_utc(run_date) + timedelta(days=1)
     dag_run = dag.test(logical_date=logical, run_conf={"run_date": run_date.isoformat()})
     results_path = run_dir / "results.json"
-    if not results_path.exists():
+    if not results_path.exists() or publication(run_dir) in (None, before):
         state = getattr(dag_run, "state", "unknown")
         print(
             f"{config.key} {run_date}: the pipeline broke (run {state}); no brief", file=sys.stderr

@@ -4,13 +4,19 @@ Stored in the warehouse table `ab_human_decisions` (one row per recorded decisio
 a later record supersedes an earlier one for readers, nothing is overwritten), keyed by
 experiment and the run date of the final brief it answers, with the pipeline's recommendation
 copied in and a `disagrees` flag. The pipeline never writes this table, so re-running a readout
-(which replaces the pipeline's own outputs and results rows) leaves human records intact; every
-later results.json lists them under `human_decisions`.
+leaves human records intact; every later results.json lists them under `human_decisions`.
+
+A decision answers the experiment's latest final readout *as its date stands* in the results
+tables (`ab_latest_readouts`: the date's latest decision-grade attempt), so a RERUN attempt after
+a SHIP (data broke overnight) does not turn the owner's decision into one against RERUN. Without
+results tables the archived results.json of the published readouts stands in. Concurrent
+`decide` calls on one DuckDB file wait for each other (`ab_pipeline.warehouse_lock`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -19,6 +25,7 @@ from typing import Any
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 TABLE = "ab_human_decisions"
+RUN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 DECISIONS = ("ship", "iterate", "stop", "rerun")
 _DDL = f"""CREATE TABLE IF NOT EXISTS {{table}} (
   experiment_key    TEXT      NOT NULL,
@@ -55,10 +62,24 @@ def ensure_table(warehouse: Warehouse, schema: str | None = None) -> None:
     warehouse.execute(_DDL.format(table=table_name(schema)))
 
 
-def latest_final_results(briefs_dir: Path, experiment: str) -> dict[str, Any] | None:
-    """The archived results.json of the experiment's latest final readout, if any."""
+def latest_final_results(
+    briefs_dir: Path,
+    experiment: str,
+    warehouse: Warehouse | None = None,
+    schema: str | None = None,
+) -> dict[str, Any] | None:
+    """results.json of the experiment's latest final readout: from the results tables when
+    `warehouse` has them (the date's latest decision-grade attempt), else the archive's."""
+    if warehouse is not None:
+        from ab_pipeline.results_store import latest_final_readout, results_schema
+
+        stored = latest_final_readout(warehouse, experiment, results_schema(schema))
+        if stored is not None:
+            return stored
     finals = []
     for path in (briefs_dir / experiment).glob("*/results.json"):
+        if not RUN_DATE.fullmatch(path.parent.name):
+            continue  # an attempt's working directory, not a published readout
         results = json.loads(path.read_text())
         if results.get("status") == "final":
             finals.append(results)

@@ -73,13 +73,60 @@ def quantile_histogram_table_name(config: ExperimentConfig, run_date: date) -> s
 
 
 def _run_table_name(prefix: str, config: ExperimentConfig, run_date: date) -> str:
-    stem = f"{prefix}__{config.key.replace('-', '_')}"
-    suffix = f"__{run_date:%Y%m%d}"
-    if len(stem) + len(suffix) > 63:
-        digest = hashlib.sha256(config.key.encode()).hexdigest()[:8]
-        stem = f"{stem[: 63 - len(suffix) - 9]}_{digest}"
+    name = f"{_run_table_stem(prefix, config)}__{run_date:%Y%m%d}"
     schema = config.source.units_schema
-    return f"{schema}.{stem}{suffix}" if schema else stem + suffix
+    return f"{schema}.{name}" if schema else name
+
+
+def _run_table_stem(prefix: str, config: ExperimentConfig) -> str:
+    stem = f"{prefix}__{config.key.replace('-', '_')}"
+    if len(stem) + len("__yyyymmdd") > 63:
+        digest = hashlib.sha256(config.key.encode()).hexdigest()[:8]
+        stem = f"{stem[: 63 - len('__yyyymmdd') - 9]}_{digest}"
+    return stem
+
+
+RUN_TABLE_PREFIXES = ("ab_units", "ab_qhist")
+KEEP_RUN_TABLES_ENV = "AB_PIPELINE_KEEP_RUN_TABLES"
+DEFAULT_KEEP_RUN_TABLES = 3
+
+
+def kept_run_tables() -> int:
+    """Run dates per experiment whose scratch tables stay ($AB_PIPELINE_KEEP_RUN_TABLES)."""
+    import os
+
+    value = os.environ.get(KEEP_RUN_TABLES_ENV, str(DEFAULT_KEEP_RUN_TABLES))
+    if not value.isdigit():
+        raise ValueError(f"${KEEP_RUN_TABLES_ENV} must be a whole number >= 0, not {value!r}")
+    return int(value)
+
+
+def drop_old_run_tables(
+    warehouse: Warehouse, config: ExperimentConfig, keep: int | None = None
+) -> list[str]:
+    """Drop the experiment's per-run scratch tables (`ab_units__*`, `ab_qhist__*`) except those
+    of its `keep` latest run dates; returns the dropped names.
+
+    The brief stage calls this once the readout is stored: no later stage reads them, and the
+    latest few stay for whoever wants to look at a recent readout's units.
+    """
+    from sqlalchemy import inspect
+
+    keep = kept_run_tables() if keep is None else keep
+    schema = config.source.units_schema
+    with warehouse.connect() as connection:
+        names = inspect(connection).get_table_names(schema=schema)
+    by_date: dict[str, list[str]] = {}
+    for prefix in RUN_TABLE_PREFIXES:
+        pattern = re.compile(rf"{re.escape(_run_table_stem(prefix, config))}__(\d{{8}})")
+        for name in names:
+            if found := pattern.fullmatch(name):
+                by_date.setdefault(found.group(1), []).append(name)
+    old = sorted(by_date, reverse=True)[keep:]
+    dropped = sorted(f"{schema}.{n}" if schema else n for day in old for n in by_date[day])
+    if dropped:
+        warehouse.execute([f"DROP TABLE IF EXISTS {quote_ident(name)}" for name in dropped])
+    return dropped
 
 
 def metric_column(name: str) -> str:

@@ -2,18 +2,30 @@
 -> brief -> delivery. The DAG factory wires them as tasks; tests and the CLI can call them
 without a scheduler.
 
-Stages hand each other small things only: the units table's name, and JSON files in the run
-directory (`<briefs root>/<experiment>/<run date>/`). The brief stage reads whatever exists, so a
-failed gate still produces a brief.
+Stages hand each other small things only: the units table's name, and JSON files in the
+attempt's directory. The brief stage reads whatever exists, so a failed gate still produces a
+brief.
+
+Nothing published is lost to a failing re-run. Each attempt (an Airflow DAG run, named by its
+run id) works in its own directory beside the published one,
+`<briefs root>/<experiment>/<run date>.attempt-<run id>/`, which any task of the run can derive
+from its RunContext. Only when the brief is complete does the brief stage swap it into
+`<run date>/` (one atomic rename; the previous readout is then removed), and send_email writes
+its `.eml` there. A re-run that breaks (warehouse locked or missing, task killed) leaves the
+date's earlier brief, results.json and .eml where they were; its own directory stays for
+diagnosis until an attempt of that date publishes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property, lru_cache
@@ -63,6 +75,9 @@ class RunContext:
     run_date: date
     warehouse_url: str
     out_root: Path
+    # The attempt (Airflow run id) this stage belongs to: every task of a run must agree on it.
+    # Empty: the running Airflow task's run id ($AIRFLOW_CTX_DAG_RUN_ID), else "local".
+    attempt: str = ""
 
     @cached_property
     def config(self) -> ExperimentConfig:
@@ -70,14 +85,24 @@ class RunContext:
 
     @property
     def run_dir(self) -> Path:
+        """The published readout of the date (what users, the archive and `decide` read)."""
         return self.out_root / self.config.key / self.run_date.isoformat()
+
+    @property
+    def attempt_id(self) -> str:
+        return self.attempt or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or "local"
+
+    @property
+    def attempt_dir(self) -> Path:
+        """Where this attempt's stages write until the brief publishes it as `run_dir`."""
+        return attempt_dir(self.run_dir, self.attempt_id)
 
     @property
     def warehouse(self) -> Warehouse:
         return Warehouse(self.warehouse_url)
 
     def write_json(self, relative: str, payload: Any) -> Path:
-        path = self.run_dir / relative
+        path = self.attempt_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2, default=str, allow_nan=False))
@@ -85,17 +110,72 @@ class RunContext:
         return path
 
     def read_json(self, relative: str) -> Any | None:
-        path = self.run_dir / relative
+        path = self.attempt_dir / relative
         return json.loads(path.read_text()) if path.exists() else None
 
 
+ATTEMPT_MARK = ".attempt"  # in a published readout: the attempt that published it
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def attempt_dir(run_dir: Path, attempt: str) -> Path:
+    return run_dir.with_name(f"{run_dir.name}.attempt-{_UNSAFE.sub('_', attempt)}")
+
+
+def publication(run_dir: Path) -> str | None:
+    """`<attempt> <publication id>` of the published readout (None: none, or from before
+    attempts); a new value means a new readout was published."""
+    mark = run_dir / ATTEMPT_MARK
+    return mark.read_text().strip() if mark.exists() else None
+
+
+def published_attempt(run_dir: Path) -> str | None:
+    """The attempt that published `run_dir`."""
+    published = publication(run_dir)
+    return published.rsplit(" ", 1)[0] if published else None
+
+
+def publish(ctx: RunContext) -> Path:
+    """Swap the complete attempt directory in as the date's readout, atomically."""
+    staged, published = ctx.attempt_dir, ctx.run_dir
+    (staged / ATTEMPT_MARK).write_text(f"{ctx.attempt_id} {uuid.uuid4().hex}\n")
+    if not published.exists():
+        staged.rename(published)
+    elif _exchange(staged, published):
+        shutil.rmtree(staged)  # now the previous readout
+    else:  # no atomic exchange here: two renames, the old readout kept until the new is in
+        old = published.with_name(f"{published.name}.replaced-{uuid.uuid4().hex[:8]}")
+        published.rename(old)
+        staged.rename(published)
+        shutil.rmtree(old)
+    for leftover in published.parent.glob(f"{published.name}.attempt-*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # earlier failed attempts of the date
+    return published
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    import ctypes
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, f"exchanging {a} and {b}: {os.strerror(error)}")
+
+
 def stage_extract(ctx: RunContext) -> str:
-    """Start the run afresh (re-running a date replaces its outputs) and build the units table."""
+    """Start this attempt afresh (the published readout stays) and build the units table."""
     from ab_pipeline.extract import build_units_table
 
-    if ctx.run_dir.exists():
-        shutil.rmtree(ctx.run_dir)
-    ctx.run_dir.mkdir(parents=True)
+    if ctx.attempt_dir.exists():
+        shutil.rmtree(ctx.attempt_dir)  # this attempt's own earlier try (a retried task)
+    ctx.attempt_dir.mkdir(parents=True)
     try:
         table = build_units_table(ctx.warehouse, ctx.config, ctx.run_date)
     except Exception as error:
@@ -147,7 +227,7 @@ def recorded_gates(ctx: RunContext) -> dict[str, dict[str, Any] | None]:
 
 def stage_validity(ctx: RunContext) -> None:
     """Stop here (raise GateFailed) when any gate failed or did not record an outcome."""
-    missing = [g for g in GATES if not (ctx.run_dir / "gates" / f"{g}.json").exists()]
+    missing = [g for g in GATES if not (ctx.attempt_dir / "gates" / f"{g}.json").exists()]
     if missing:
         raise PipelineError(
             f"gate outcome(s) missing: {', '.join(missing)}",
@@ -196,7 +276,8 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
     metrics = ctx.read_json("metrics.json")
     tags = {"experiment": config.key, "run_date": str(ctx.run_date)}
     if not gate_failures and (
-        metrics is None or any(not (ctx.run_dir / "gates" / f"{g}.json").exists() for g in GATES)
+        metrics is None
+        or any(not (ctx.attempt_dir / "gates" / f"{g}.json").exists() for g in GATES)
     ):
         raise PipelineError("the pipeline broke before a decision could be made; no brief", **tags)
     decision = decide(config, ctx.run_date, gates, metrics if not gate_failures and metrics else {})
@@ -271,34 +352,65 @@ def _display_path(path: Path) -> str:
 
 
 def stage_brief(ctx: RunContext) -> dict[str, Any]:
-    """Decide, then write results.json and the brief (HTML and text) into the run directory."""
+    """Decide, write results.json and the brief, store the readout, then publish the attempt."""
     from ab_pipeline.brief import write_brief
     from ab_pipeline.results_store import store_readout
 
+    _resume_published(ctx)
     results = assemble_results(ctx)
     ctx.write_json("results.json", results)
-    # Results tables (replacing this date's rows atomically) and `history` for the brief.
+    # Results tables (this attempt's rows, earlier attempts kept) and `history` for the brief.
     results = store_readout(ctx, results)
-    write_brief(results, ctx.run_dir)
+    write_brief(results, ctx.attempt_dir)
+    published = publish(ctx)
+    drop_old_run_tables(ctx)
     log.info(
         "[experiment=%s run_date=%s] decision %s, brief %s",
         ctx.config.key,
         ctx.run_date,
         results["decision"],
-        ctx.run_dir / "brief.html",
+        published / "brief.html",
     )
-    return {"decision": results["decision"], "brief": str(ctx.run_dir / "brief.html")}
+    return {"decision": results["decision"], "brief": str(published / "brief.html")}
+
+
+def _resume_published(ctx: RunContext) -> None:
+    """A brief task run again after it published: start from what it published."""
+    if not ctx.attempt_dir.exists() and published_attempt(ctx.run_dir) == ctx.attempt_id:
+        shutil.copytree(ctx.run_dir, ctx.attempt_dir)
+
+
+def drop_old_run_tables(ctx: RunContext) -> None:
+    """Scratch tables beyond the kept runs go (ab_pipeline.extract); never fails the brief."""
+    from ab_pipeline.extract import drop_old_run_tables as drop
+
+    try:
+        dropped = drop(ctx.warehouse, ctx.config)
+    except Exception as error:  # the readout is published: a leftover table is no reason to fail
+        log.warning("[experiment=%s] old run tables not dropped: %s", ctx.config.key, error)
+        return
+    if dropped:
+        log.info("[experiment=%s] dropped old run tables %s", ctx.config.key, ", ".join(dropped))
 
 
 def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[str, Any]:
+    """Email the published readout, its `.eml` beside it; never a readout another attempt
+    published since this run's brief."""
     from ab_pipeline.brief import render_brief
     from ab_pipeline.delivery import build_message, deliver
 
-    results = ctx.read_json("results.json")
-    if results is None:
+    tags = {"experiment": ctx.config.key, "run_date": str(ctx.run_date)}
+    results_path = ctx.run_dir / "results.json"
+    if not results_path.exists():
+        raise PipelineError(f"no results.json to deliver in {ctx.run_dir}", **tags)
+    publisher = published_attempt(ctx.run_dir)
+    if publisher is not None and publisher != ctx.attempt_id:
         raise PipelineError(
-            "no results.json to deliver", experiment=ctx.config.key, run_date=str(ctx.run_date)
+            f"{ctx.run_dir} now holds attempt {publisher}'s readout, not this run's "
+            f"({ctx.attempt_id}); that attempt sends its own email",
+            **tags,
         )
+    results = json.loads(results_path.read_text())
     sender = os.environ.get("AB_PIPELINE_SENDER", "ab-pipeline@localhost")
     message = build_message(results, render_brief(results, archive_root=ctx.out_root), sender)
     outcome = deliver(message, ctx.run_dir, smtp_conn_id)

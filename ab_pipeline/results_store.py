@@ -1,20 +1,26 @@
 """Results tables: every readout, queryable in the warehouse next to the data it came from.
 
-Four tables (in `results_schema()`), keyed by (experiment, run_date):
+Four tables (in `results_schema()`), one row set per readout *attempt* (experiment, run_date,
+attempt_id):
 
-- `ab_readouts`        one decision record per readout: decision, status, reason, config hash,
+- `ab_readouts`        one decision record per attempt: decision, status, reason, config hash,
                        code version, owner, when it was written, and the whole results.json;
 - `ab_metric_results`  per metric and arm: units/events, value; for a treatment arm its
                        comparison with control (absolute, interval, relative, p-values, SE);
 - `ab_gate_results`    per gate: ran, passed, detail, the outcome as JSON;
 - `ab_checks`          every check behind the decision, PASS/FAIL with its numbers.
 
-`write_readout` replaces one (experiment, run_date)'s rows in a single transaction: re-running
-a date never duplicates rows, and a run killed mid-write leaves the previous rows untouched
-(the warehouse rolls the open transaction back). `history` reads the earlier readouts back
-for results.json (`history`, docs/results.md) and the brief's trajectory chart.
+Nothing is ever deleted across attempts: re-running a date adds an attempt, so a RERUN (data
+broke overnight) never erases the date's earlier SHIP. `write_readout` replaces only its own
+attempt's rows (a retried brief task), in a single transaction: a run killed mid-write leaves
+every earlier row untouched. The views `ab_latest_readouts`, `ab_latest_metric_results`,
+`ab_latest_gate_results` and `ab_latest_checks` show, per (experiment, run_date), the attempt the
+date stands on: its latest decision-grade readout (anything but RERUN), else its latest attempt.
+`history` reads those views back for results.json (`history`, docs/results.md) and the brief's
+trajectory chart; `latest_final_readout` serves `ab-pipeline decide`.
 
-Only SQL that DuckDB and PostgreSQL share; JSON is stored as TEXT for portability.
+Tables written before attempts existed are migrated on the next write (their rows become
+attempt `before-attempts`). Only SQL that DuckDB and PostgreSQL share; JSON is stored as TEXT.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -37,24 +44,29 @@ log = logging.getLogger(__name__)
 
 RESULTS_SCHEMA_ENV = "AB_PIPELINE_RESULTS_SCHEMA"
 _KEY = "experiment TEXT NOT NULL, run_date DATE NOT NULL"
+# Last in every table, so that a table from before attempts migrates with `SELECT *, :legacy`.
+_ATTEMPT = "attempt_id TEXT NOT NULL"
+LEGACY_ATTEMPT = "before-attempts"
 TABLES: dict[str, str] = {
     "ab_readouts": f"""{_KEY}, version INTEGER, status TEXT NOT NULL, decision TEXT NOT NULL,
         decision_reason TEXT, config_sha256 TEXT NOT NULL, code_version TEXT, owner TEXT,
-        title TEXT, written_at TIMESTAMP NOT NULL, results_json TEXT NOT NULL,
-        PRIMARY KEY (experiment, run_date)""",
+        title TEXT, written_at TIMESTAMP NOT NULL, results_json TEXT NOT NULL, {_ATTEMPT},
+        PRIMARY KEY (experiment, run_date, attempt_id)""",
     "ab_metric_results": f"""{_KEY}, metric TEXT NOT NULL, role TEXT, metric_type TEXT,
         arm TEXT NOT NULL, is_control BOOLEAN NOT NULL, units BIGINT, events BIGINT,
         value DOUBLE PRECISION, absolute DOUBLE PRECISION, ci_low DOUBLE PRECISION,
         ci_high DOUBLE PRECISION, relative DOUBLE PRECISION, relative_ci_low DOUBLE PRECISION,
         relative_ci_high DOUBLE PRECISION, p_value DOUBLE PRECISION,
-        p_value_adjusted DOUBLE PRECISION, se DOUBLE PRECISION, method TEXT,
-        PRIMARY KEY (experiment, run_date, metric, arm)""",
+        p_value_adjusted DOUBLE PRECISION, se DOUBLE PRECISION, method TEXT, {_ATTEMPT},
+        PRIMARY KEY (experiment, run_date, attempt_id, metric, arm)""",
     "ab_gate_results": f"""{_KEY}, gate TEXT NOT NULL, ran BOOLEAN NOT NULL, passed BOOLEAN,
-        detail TEXT, outcome_json TEXT, PRIMARY KEY (experiment, run_date, gate)""",
+        detail TEXT, outcome_json TEXT, {_ATTEMPT},
+        PRIMARY KEY (experiment, run_date, attempt_id, gate)""",
     "ab_checks": f"""{_KEY}, position INTEGER NOT NULL, name TEXT NOT NULL, passed BOOLEAN,
         detail TEXT, metric TEXT, arm TEXT, observed DOUBLE PRECISION, bound DOUBLE PRECISION,
-        PRIMARY KEY (experiment, run_date, position)""",
+        {_ATTEMPT}, PRIMARY KEY (experiment, run_date, attempt_id, position)""",
 }
+LATEST = "ab_latest_"  # + the table's name without `ab_`: the view of the attempts dates stand on
 # Any fixed number: serialises concurrent writers on PostgreSQL (DDL included).
 _PG_LOCK_KEY = 0x61625F72
 
@@ -68,13 +80,71 @@ def table(name: str, schema: str | None) -> str:
     return quote_ident(f"{schema}.{name}" if schema else name)
 
 
+def latest_view(name: str) -> str:
+    """`ab_readouts` -> `ab_latest_readouts`."""
+    return LATEST + name.removeprefix("ab_")
+
+
 def ensure_tables(connection: Connection, schema: str | None) -> None:
-    from sqlalchemy import text
+    """Create the tables and views; migrate tables from before attempts (callers serialise)."""
+    from sqlalchemy import inspect, text
 
     if schema:
         connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+    existing = set(inspect(connection).get_table_names(schema=schema))
     for name, columns in TABLES.items():
+        if name in existing and not _has_attempts(connection, name, schema):
+            _migrate(connection, name, columns, schema)
         connection.execute(text(f"CREATE TABLE IF NOT EXISTS {table(name, schema)} ({columns})"))
+    for statement in view_statements(schema):
+        connection.execute(text(statement))
+
+
+def _has_attempts(connection: Connection, name: str, schema: str | None) -> bool:
+    from sqlalchemy import text
+
+    # Not the inspector's get_columns: duckdb_engine cannot run its catalog query.
+    result = connection.execute(text(f"SELECT * FROM {table(name, schema)} WHERE 1 = 0"))
+    return "attempt_id" in list(result.keys())
+
+
+def _migrate(connection: Connection, name: str, columns: str, schema: str | None) -> None:
+    """Rebuild a table from before attempts: its rows become one attempt per date."""
+    from sqlalchemy import text
+
+    old = f"{name}__before_attempts"
+    statements = [
+        f"ALTER TABLE {table(name, schema)} RENAME TO {quote_ident(old)}",
+        f"CREATE TABLE {table(name, schema)} ({columns})",
+        f"INSERT INTO {table(name, schema)} SELECT *, :legacy FROM {table(old, schema)}",
+        f"DROP TABLE {table(old, schema)}",
+    ]
+    for statement in statements:
+        connection.execute(text(statement), {"legacy": LEGACY_ATTEMPT})
+    log.info("results table %s migrated to one row set per attempt", table(name, schema))
+
+
+def view_statements(schema: str | None) -> list[str]:
+    """The `ab_latest_*` views: per date, its latest decision-grade attempt, else its latest."""
+    readouts = table("ab_readouts", schema)
+    latest = table(latest_view("ab_readouts"), schema)
+    statements = [
+        f"""CREATE OR REPLACE VIEW {latest} AS
+SELECT r.* FROM {readouts} r
+WHERE r.attempt_id = (
+  SELECT c.attempt_id FROM {readouts} c
+  WHERE c.experiment = r.experiment AND c.run_date = r.run_date
+  ORDER BY CASE WHEN c.decision = 'RERUN' THEN 1 ELSE 0 END, c.written_at DESC,
+           c.attempt_id DESC
+  LIMIT 1)"""
+    ]
+    for name in list(TABLES)[1:]:
+        statements.append(
+            f"""CREATE OR REPLACE VIEW {table(latest_view(name), schema)} AS
+SELECT t.* FROM {table(name, schema)} t JOIN {latest} l
+  ON l.experiment = t.experiment AND l.run_date = t.run_date AND l.attempt_id = t.attempt_id"""
+        )
+    return statements
 
 
 def _float(value: Any) -> float | None:
@@ -167,7 +237,7 @@ def _insert(
 
     if not rows:
         return
-    columns = ["experiment", "run_date", *rows[0]]
+    columns = [*key, *rows[0]]
     sql = (
         f"INSERT INTO {table(name, schema)} ({', '.join(columns)}) "
         f"VALUES ({', '.join(':' + c for c in columns)})"
@@ -180,15 +250,22 @@ def write_readout(
     results: Mapping[str, Any],
     schema: str | None = None,
     written_at: datetime | None = None,
-) -> None:
-    """Replace this (experiment, run_date)'s rows in every results table, in one transaction."""
+    attempt: str | None = None,
+) -> str:
+    """Store one attempt's rows in every results table, in one transaction; returns its id.
+
+    Earlier attempts of the date stay; only this attempt's own rows (a retried brief) are
+    replaced. Without `attempt`, every call is a new attempt.
+    """
     from sqlalchemy import text
 
+    written_at = written_at or datetime.now(UTC).replace(tzinfo=None)
+    attempt = attempt or f"adhoc-{written_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     key = {
         "experiment": results["experiment"],
         "run_date": date.fromisoformat(results["run_date"]),
+        "attempt_id": attempt,
     }
-    written_at = written_at or datetime.now(UTC).replace(tzinfo=None)
     with warehouse.connect() as connection:  # commits at the end, rolls back on any error
         if warehouse.dialect == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
@@ -196,8 +273,8 @@ def write_readout(
         for name in TABLES:
             connection.execute(
                 text(
-                    f"DELETE FROM {table(name, schema)} "
-                    "WHERE experiment = :experiment AND run_date = :run_date"
+                    f"DELETE FROM {table(name, schema)} WHERE experiment = :experiment "
+                    "AND run_date = :run_date AND attempt_id = :attempt_id"
                 ),
                 key,
             )
@@ -205,6 +282,7 @@ def write_readout(
         _insert(connection, "ab_metric_results", schema, key, list(metric_rows(results)))
         _insert(connection, "ab_gate_results", schema, key, list(gate_rows(results)))
         _insert(connection, "ab_checks", schema, key, list(check_rows(results)))
+    return attempt
 
 
 def history(
@@ -212,14 +290,15 @@ def history(
 ) -> list[dict[str, Any]]:
     """Earlier readouts, oldest first: `[{run_date, decision, status, primary: {absolute, ci}}]`.
 
-    `primary` is the primary metric's first treatment comparison (null when none was analysed).
+    One per date: the attempt the date stands on (`ab_latest_readouts`). `primary` is the
+    primary metric's first treatment comparison (null when none was analysed).
     """
     readouts = warehouse.query(
         f"""SELECT r.run_date, r.decision, r.status, m.absolute, m.ci_low, m.ci_high, m.arm
-        FROM {table("ab_readouts", schema)} r
+        FROM {table(latest_view("ab_readouts"), schema)} r
         LEFT JOIN {table("ab_metric_results", schema)} m
           ON m.experiment = r.experiment AND m.run_date = r.run_date
-         AND m.role = 'primary' AND NOT m.is_control
+         AND m.attempt_id = r.attempt_id AND m.role = 'primary' AND NOT m.is_control
         WHERE r.experiment = :experiment AND r.run_date < :before
         ORDER BY r.run_date, m.arm""",
         {"experiment": experiment, "before": before},
@@ -241,6 +320,21 @@ def history(
     return list(out.values())
 
 
+def latest_final_readout(
+    warehouse: Warehouse, experiment: str, schema: str | None = None
+) -> dict[str, Any] | None:
+    """results.json of the experiment's latest final readout, as its date stands (or None)."""
+    view = latest_view("ab_readouts")
+    if not warehouse.table_exists(f"{schema}.{view}" if schema else view):
+        return None
+    rows = warehouse.query(
+        f"SELECT results_json FROM {table(view, schema)} WHERE experiment = :experiment "
+        "AND status = 'final' ORDER BY run_date DESC LIMIT 1",
+        {"experiment": experiment},
+    )
+    return dict(json.loads(rows[0]["results_json"])) if rows else None
+
+
 def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, date) else str(value)[:10]
 
@@ -249,7 +343,7 @@ def store_readout(ctx: RunContext, results: dict[str, Any]) -> dict[str, Any]:
     """The pipeline hook: write the readout's rows, add `history`, rewrite results.json."""
     schema = results_schema(ctx.config.source.units_schema)
     warehouse = ctx.warehouse
-    write_readout(warehouse, results, schema)
+    write_readout(warehouse, results, schema, attempt=ctx.attempt_id)
     earlier = history(warehouse, results["experiment"], ctx.run_date, schema)
     results = {**results, "history": earlier}
     ctx.write_json("results.json", results)

@@ -4,11 +4,16 @@ A warehouse is named by a SQLAlchemy URL (`duckdb:///path/file.duckdb`,
 `postgresql://user@host:5432/db`). Inside Airflow the URL comes from the config's connection
 (`source.conn_id`); see `url_from_connection`. Secrets stay in the URL/connection and are never
 logged: use `redacted(url)` for messages.
+
+An embedded DuckDB file is shared by every task process of every experiment: each connection
+to it waits for the file's lock (`ab_pipeline.warehouse_lock`) rather than failing, and reads
+(`query`, `table_exists`) open it read-only so that they can run side by side.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -63,8 +68,11 @@ class Warehouse:
     def dialect(self) -> str:
         return dialect_of(self.url)
 
-    def engine(self) -> Engine:
-        return _engine(engine_url(self.url))
+    def engine(self, read_only: bool = False) -> Engine:
+        """The process's engine for this URL; `read_only` opens a DuckDB file read-only (shared
+        with other readers) when the file exists, and changes nothing on PostgreSQL."""
+        url = engine_url(self.url)
+        return _engine(url, read_only and self.dialect == "duckdb" and _file_exists(url))
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -75,7 +83,7 @@ class Warehouse:
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         from sqlalchemy import text
 
-        with self.connect() as connection:
+        with self.engine(read_only=True).begin() as connection:
             result = connection.execute(text(sql), dict(params or {}))
             return [dict(row._mapping) for row in result]
 
@@ -95,21 +103,34 @@ class Warehouse:
         from sqlalchemy import inspect
 
         schema, _, table = name.rpartition(".")
-        return inspect(self.engine()).has_table(table, schema=schema or None)
+        return inspect(self.engine(read_only=True)).has_table(table, schema=schema or None)
 
 
-_ENGINES: dict[str, Engine] = {}
+_ENGINES: dict[tuple[str, bool], Engine] = {}
 
 
-def _engine(url: str) -> Engine:
-    """One engine per URL per process; DuckDB files allow one writer process at a time."""
-    if url not in _ENGINES:
+def _engine(url: str, read_only: bool = False) -> Engine:
+    """One engine per URL (and mode) per process; DuckDB connections wait for the file."""
+    if (url, read_only) not in _ENGINES:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        # NullPool: a task process must not keep a DuckDB file locked after it is done.
-        _ENGINES[url] = create_engine(url, poolclass=NullPool)
-    return _ENGINES[url]
+        connect_args: dict[str, Any] = {}
+        if dialect_of(url) == "duckdb":
+            from ab_pipeline import warehouse_lock
+
+            warehouse_lock.install()
+            connect_args["read_only"] = read_only
+        # NullPool: a connection (and the DuckDB file's lock) lasts as long as its block.
+        _ENGINES[url, read_only] = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    return _ENGINES[url, read_only]
+
+
+def _file_exists(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return database not in (None, "", ":memory:") and os.path.exists(str(database))
 
 
 # DuckDB runs inside the task process and by default may take 80% of the machine's RAM for its

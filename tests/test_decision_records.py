@@ -4,18 +4,22 @@ every later results.json."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ab_pipeline.cli import main
 from ab_pipeline.config import load_config
 from ab_pipeline.decision_records import load_decisions, record_decision
 from ab_pipeline.pipeline import RunContext, run_pipeline
-from ab_pipeline.simulate import load_scenario, simulate
-from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.simulate import load_scenario, parse_scenario, simulate
+from ab_pipeline.warehouse import Warehouse, dispose_all
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
@@ -93,3 +97,41 @@ def test_postgres_stores_and_loads_records(postgres_schema: tuple[Warehouse, str
     assert load_decisions(warehouse, "other", schema=schema) == []
     with pytest.raises(ValueError, match="continue"):
         record_decision(warehouse, "exp", "continue", "a", "b", date(2026, 6, 1), results)
+
+
+def small_scenario(units: int = 4000) -> Any:
+    data = yaml.safe_load(SCENARIO.read_text())
+    data["units"] = units
+    return parse_scenario(data)
+
+
+def test_concurrent_decides_on_one_duckdb_file_all_land(
+    tmp_path: Path, duckdb_warehouse: Warehouse
+) -> None:
+    """Eight `ab-pipeline decide` processes at once: each waits for the file, none fails."""
+    simulate(load_config(CONFIG), small_scenario(), duckdb_warehouse.url)
+    assert readout(tmp_path, duckdb_warehouse)["status"] == "final"
+    dispose_all()
+    command = [
+        str(Path(sys.executable).with_name("ab-pipeline")), "decide", "refund-query-rewrite",
+        "--note", "ship it", "--follow-up", "2026-07-01", "--warehouse", duckdb_warehouse.url,
+        "--out", str(tmp_path / "briefs"), "--decision",
+    ]  # fmt: skip
+    began = time.monotonic()
+    processes = [
+        subprocess.Popen(
+            [*command, "ship" if i % 2 else "stop", "--by", f"owner{i}@example.com"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    outcomes = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in processes]
+    elapsed = time.monotonic() - began
+    assert [code for code, _ in outcomes] == [0] * 8, outcomes
+    rows = duckdb_warehouse.query("SELECT decided_by, decision FROM ab_human_decisions")
+    assert sorted(r["decided_by"] for r in rows) == sorted(
+        f"owner{i}@example.com" for i in range(8)
+    )
+    print(f"8 concurrent decides in {elapsed:.1f} s")

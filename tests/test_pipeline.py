@@ -141,3 +141,135 @@ def test_a_data_quality_failure_reruns_with_counts_and_examples(
     assert "data_quality" in results["gate_failures"]
     brief = (ctx.run_dir / "brief.html").read_text()
     assert "treatmnet" in brief and "exposures_arm_in_config" in brief
+
+
+HOLD_WAREHOUSE = """
+import sys, time
+from sqlalchemy import text
+from ab_pipeline.warehouse import Warehouse
+with Warehouse(sys.argv[1]).connect() as connection:
+    connection.execute(text("SELECT 1"))
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def published(run_dir: Path) -> dict[str, bytes]:
+    return {
+        name: (run_dir / name).read_bytes()
+        for name in ("results.json", "brief.html", "brief.txt", "brief.eml")
+    }
+
+
+def readout_rows(warehouse: Warehouse) -> list[tuple[str, str]]:
+    rows = warehouse.query("SELECT decision, attempt_id FROM ab_readouts ORDER BY written_at")
+    return [(r["decision"], r["attempt_id"]) for r in rows]
+
+
+def test_a_failing_rerun_keeps_the_published_readout_and_its_rows(
+    tmp_path: Path, duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from ab_pipeline.decision_records import latest_final_results
+    from ab_pipeline.errors import PipelineError
+    from ab_pipeline.pipeline import GATES, stage_extract, stage_gate
+
+    config = load_config(REFUND_CONFIG)
+    simulate(config, parse_scenario(exact_refund_scenario()), duckdb_warehouse.url)
+    briefs = tmp_path / "briefs"
+
+    def context(attempt: str, url: str = duckdb_warehouse.url) -> RunContext:
+        return RunContext(REFUND_CONFIG, FINAL, url, briefs, attempt=attempt)
+
+    first = context("scheduled__2026-06-01T00:00:00+00:00")
+    run_pipeline(first)  # delivers: no SMTP connection here, so the .eml is written only
+    before = published(first.run_dir)
+    graded = json.loads(before["results.json"])["decision"]  # STOP: interval evidence at 2,000
+    assert graded in ("SHIP", "ITERATE", "STOP")
+
+    # 1. The warehouse is missing (a path nobody can create).
+    with pytest.raises(PipelineError, match="extraction failed"):
+        run_pipeline(context("manual__missing", f"duckdb:///{tmp_path}/gone/warehouse.duckdb"))
+    # 2. The warehouse stays locked by another process beyond the wait.
+    monkeypatch.setenv("AB_PIPELINE_WAREHOUSE_LOCK_TIMEOUT", "0.5")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WAREHOUSE, duckdb_warehouse.url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        with pytest.raises(PipelineError, match="timed out .* waiting for the DuckDB warehouse"):
+            run_pipeline(context("manual__locked"))
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    monkeypatch.delenv("AB_PIPELINE_WAREHOUSE_LOCK_TIMEOUT")
+    # 3. Killed after the gates, before the brief.
+    killed = context("manual__killed")
+    table = stage_extract(killed)
+    for gate in GATES:
+        stage_gate(killed, gate, table)
+
+    assert published(first.run_dir) == before
+    assert readout_rows(duckdb_warehouse) == [(graded, first.attempt_id)]
+    assert (briefs / config.key / "2026-05-31.attempt-manual__killed" / "gates").is_dir()
+    decided = latest_final_results(briefs, config.key, duckdb_warehouse)
+    assert decided is not None and decided["decision"] == graded
+
+    # A re-run whose data broke publishes a RERUN brief; the earlier row stays queryable and is
+    # still what the date stands on for `decide` and for later readouts' history.
+    duckdb_warehouse.execute(
+        "UPDATE exposures SET arm = 'treatmnet' WHERE unit_id IN "
+        "(SELECT unit_id FROM exposures WHERE arm = 'treatment' ORDER BY unit_id LIMIT 3)"
+    )
+    monkeypatch.setenv("AB_PIPELINE_KEEP_RUN_TABLES", "0")
+    rerun = context("manual__rerun")
+    run_pipeline(rerun)
+    now = published(rerun.run_dir)
+    assert json.loads(now["results.json"])["decision"] == "RERUN"
+    assert now["brief.eml"] != before["brief.eml"]  # this attempt's email, in the published dir
+    assert [d for d, _ in readout_rows(duckdb_warehouse)] == [graded, "RERUN"]
+    [standing] = duckdb_warehouse.query("SELECT decision FROM ab_latest_readouts")
+    assert standing["decision"] == graded
+    decided = latest_final_results(briefs, config.key, duckdb_warehouse)
+    assert decided is not None and decided["decision"] == graded
+    # Publishing cleared the failed attempts' directories; the run's scratch tables are gone.
+    assert sorted(p.name for p in (briefs / config.key).iterdir()) == ["2026-05-31"]
+    assert not duckdb_warehouse.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'ab_units__%' "
+        "OR table_name LIKE 'ab_qhist__%'"
+    )
+
+
+def test_stages_in_separate_processes_find_their_attempt(
+    tmp_path: Path, duckdb_warehouse: Warehouse
+) -> None:
+    """Each task builds its own RunContext: the attempt's directory follows from the run id."""
+    from ab_pipeline.pipeline import GATES, stage_brief, stage_extract, stage_gate, stage_validity
+
+    simulate(
+        load_config(REFUND_CONFIG), parse_scenario(exact_refund_scenario()), duckdb_warehouse.url
+    )
+
+    def task(run_id: str) -> RunContext:  # a fresh context per task, as dag_factory makes them
+        return RunContext(REFUND_CONFIG, FINAL, duckdb_warehouse.url, tmp_path / "briefs", run_id)
+
+    table = stage_extract(task("manual__a"))
+    for gate in GATES:
+        stage_gate(task("manual__a"), gate, table)
+    stage_validity(task("manual__a"))
+    from ab_pipeline.pipeline import stage_analyse
+
+    stage_analyse(task("manual__a"), table)
+    with pytest.raises(Exception, match="broke before a decision"):
+        stage_brief(task("manual__b"))  # another run's brief finds none of this run's files
+    summary = stage_brief(task("manual__a"))
+    assert summary["decision"] in ("SHIP", "ITERATE", "STOP")
+    assert Path(summary["brief"]) == task("manual__a").run_dir / "brief.html"
+    # The brief task run again after it published starts from what it published.
+    assert stage_brief(task("manual__a"))["decision"] == summary["decision"]

@@ -1,20 +1,29 @@
-"""Results tables: one row set per (experiment, run date), replaced atomically; history."""
+"""Results tables: one row set per readout attempt, every attempt kept; the `ab_latest_*` views
+and `history` show the attempt each date stands on."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ab_pipeline import results_store
-from ab_pipeline.results_store import history, write_readout
+from ab_pipeline.results_store import (
+    TABLES,
+    history,
+    latest_final_readout,
+    table,
+    write_readout,
+)
 from ab_pipeline.warehouse import Warehouse
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -50,12 +59,99 @@ def test_a_readout_lands_in_every_table(duckdb_warehouse: Warehouse) -> None:
     assert count(duckdb_warehouse, "ab_checks") == len(results["checks"])
 
 
-def test_rerunning_a_date_replaces_its_rows(duckdb_warehouse: Warehouse) -> None:
-    write_readout(duckdb_warehouse, ship())
-    write_readout(duckdb_warehouse, ship(decision="ITERATE"))
-    assert count(duckdb_warehouse, "ab_readouts") == 1
-    assert duckdb_warehouse.query("SELECT decision FROM ab_readouts")[0]["decision"] == "ITERATE"
-    assert count(duckdb_warehouse, "ab_checks") == len(ship()["checks"])
+@pytest.fixture(params=["duckdb", "postgresql"])
+def store(request: pytest.FixtureRequest) -> tuple[Warehouse, str | None]:
+    """The results tables' warehouse and schema, on DuckDB and on the real PostgreSQL."""
+    if request.param == "duckdb":
+        return request.getfixturevalue("duckdb_warehouse"), None
+    warehouse, schema = request.getfixturevalue("postgres_schema")
+    return warehouse, schema
+
+
+def decisions(warehouse: Warehouse, name: str, schema: str | None) -> list[str]:
+    rows = warehouse.query(
+        f"SELECT decision FROM {table(name, schema)} ORDER BY written_at, attempt_id"
+    )
+    return [r["decision"] for r in rows]
+
+
+def test_the_same_attempt_written_again_replaces_only_its_own_rows(
+    duckdb_warehouse: Warehouse,
+) -> None:
+    write_readout(duckdb_warehouse, ship(), attempt="run-1")
+    write_readout(duckdb_warehouse, ship(decision="ITERATE"), attempt="run-2")
+    write_readout(duckdb_warehouse, ship(decision="STOP"), attempt="run-2")  # a retried brief
+    assert decisions(duckdb_warehouse, "ab_readouts", None) == ["SHIP", "STOP"]
+    assert count(duckdb_warehouse, "ab_checks") == 2 * len(ship()["checks"])
+    assert decisions(duckdb_warehouse, "ab_latest_readouts", None) == ["STOP"]
+    assert count(duckdb_warehouse, "ab_latest_checks") == len(ship()["checks"])
+
+
+def test_a_rerun_after_a_ship_keeps_the_ship_queryable(store: tuple[Warehouse, str | None]) -> None:
+    warehouse, schema = store
+    write_readout(warehouse, ship(), schema, attempt="nightly")
+    rerun = json.loads((FIXTURES / "results_rerun.json").read_text())
+    rerun.update(run_date="2026-05-31", experiment="refund-query-rewrite", status="final")
+    write_readout(warehouse, rerun, schema, attempt="manual-rerun")
+
+    assert decisions(warehouse, "ab_readouts", schema) == ["SHIP", "RERUN"]  # nothing erased
+    assert decisions(warehouse, "ab_latest_readouts", schema) == ["SHIP"]
+    latest_metrics = count(warehouse, "ab_latest_metric_results", schema)
+    assert latest_metrics == sum(len(m["arms"]) for m in ship()["metrics"].values())
+    gates = warehouse.query(f"SELECT passed FROM {table('ab_latest_gate_results', schema)}")
+    assert gates and all(g["passed"] for g in gates)
+    [later] = history(warehouse, "refund-query-rewrite", date(2026, 6, 1), schema)
+    assert later["decision"] == "SHIP" and later["primary"]["absolute"] == 0.04
+    final = latest_final_readout(warehouse, "refund-query-rewrite", schema)
+    assert final is not None and final["decision"] == "SHIP"
+
+    # A later decision-grade attempt is what the date stands on from then on.
+    write_readout(warehouse, ship(decision="ITERATE"), schema, attempt="fresh-data")
+    assert decisions(warehouse, "ab_latest_readouts", schema) == ["ITERATE"]
+    assert len(decisions(warehouse, "ab_readouts", schema)) == 3
+
+
+def test_a_date_with_only_reruns_stands_on_its_latest(duckdb_warehouse: Warehouse) -> None:
+    rerun = json.loads((FIXTURES / "results_rerun.json").read_text())
+    write_readout(duckdb_warehouse, rerun, attempt="a")
+    write_readout(duckdb_warehouse, {**rerun, "decision_reason": "again"}, attempt="b")
+    [row] = duckdb_warehouse.query("SELECT attempt_id FROM ab_latest_readouts")
+    assert row["attempt_id"] == "b"
+
+
+def legacy_columns(columns: str) -> str:
+    """A table's DDL as it was before attempts."""
+    columns = re.sub(r",?\s*attempt_id TEXT NOT NULL", "", columns)
+    return columns.replace("run_date, attempt_id", "run_date")
+
+
+def test_tables_from_before_attempts_are_migrated(store: tuple[Warehouse, str | None]) -> None:
+    warehouse, schema = store
+    warehouse.execute(
+        [f"CREATE TABLE {table(n, schema)} ({legacy_columns(c)})" for n, c in TABLES.items()]
+    )
+    old = ship("2026-05-30")
+    warehouse.execute(
+        f"INSERT INTO {table('ab_readouts', schema)} (experiment, run_date, status, decision, "
+        "config_sha256, written_at, results_json) VALUES (:e, :d, 'interim', 'CONTINUE', 'x', "
+        ":t, '{}')",
+        {"e": old["experiment"], "d": date(2026, 5, 30), "t": "2026-05-30 01:00:00"},
+    )
+    write_readout(warehouse, ship(), schema, attempt="new")
+    rows = warehouse.query(
+        f"SELECT run_date, decision, attempt_id FROM {table('ab_readouts', schema)} "
+        "ORDER BY run_date"
+    )
+    assert [(str(r["run_date"]), r["decision"], r["attempt_id"]) for r in rows] == [
+        ("2026-05-30", "CONTINUE", results_store.LEGACY_ATTEMPT),
+        ("2026-05-31", "SHIP", "new"),
+    ]
+    assert [
+        h["decision"] for h in history(warehouse, old["experiment"], date(2026, 6, 1), schema)
+    ] == [
+        "CONTINUE",
+        "SHIP",
+    ]
 
 
 def test_a_failed_write_leaves_the_previous_rows(

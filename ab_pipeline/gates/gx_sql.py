@@ -17,6 +17,8 @@ Buffering fetches the whole result. GX's metric queries are aggregates or carry 
 gate's own `UnexpectedRowsExpectation` queries are shaped to return at most a few rows (see
 `data_quality`), so nothing large is ever held in memory.
 
+Locking: see `prepare_gx_for` and `ab_pipeline.warehouse_lock`.
+
 `tests/gates/test_gx_sql.py` checks both directions on every GX upgrade: DuckDB validation must
 still fail without the adapter (else the adapter can go) and pass with it.
 """
@@ -95,8 +97,16 @@ def uninstall_duckdb_adapter() -> None:
 
 
 def prepare_gx_for(url: str) -> None:
-    """Install the adapter if, and only if, `url` is a DuckDB warehouse."""
+    """Install the adapter if, and only if, `url` is a DuckDB warehouse.
+
+    GX builds its own engine (with a connection pool) from the URL; the warehouse lock hook
+    makes that engine's connections wait for the DuckDB file like the pipeline's own, and hold
+    its lock until the pool is disposed (`data_quality` disposes it after each validation).
+    """
     if dialect_of(url) == "duckdb":
+        from ab_pipeline import warehouse_lock
+
+        warehouse_lock.install()
         install_duckdb_adapter()
         mute_teardown_leak_report()
 
