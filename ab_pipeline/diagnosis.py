@@ -15,7 +15,15 @@ from datetime import date
 from typing import Any
 
 from ab_pipeline.config import ExperimentConfig
-from ab_pipeline.statistics import mde_two_proportions, sample_size_two_proportions, srm_test
+from ab_pipeline.statistics import (
+    SampleSize,
+    mde_means,
+    mde_two_proportions,
+    sample_size_means,
+    sample_size_non_inferiority,
+    sample_size_two_proportions,
+    srm_test,
+)
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 MAX_PROPERTIES = 10  # property keys broken down
@@ -117,18 +125,93 @@ def srm_diagnosis(
     return diagnosis
 
 
+def primary_sample_size(config: ExperimentConfig) -> SampleSize | None:
+    """Units per arm the primary needs: proportion (plan's formula) or mean/ratio (plan.sd),
+    at alpha split across the treatment arms as the configured correction will split it."""
+    plan = config.plan
+    if plan is None:
+        return None
+    k, correction = len(config.treatments), config.analysis.correction
+    if plan.sd is not None:
+        return sample_size_means(plan.sd, plan.mde, plan.alpha, plan.power, k, correction)
+    return sample_size_two_proportions(
+        plan.baseline, plan.mde, plan.alpha, plan.power, plan.formula, k, correction
+    )
+
+
+def detectable_now(config: ExperimentConfig, per_arm: int) -> float:
+    """The smallest |effect| the primary's plan can detect with `per_arm` units (same rules)."""
+    plan = config.plan
+    assert plan is not None
+    k, correction = len(config.treatments), config.analysis.correction
+    if plan.sd is not None:
+        return mde_means(plan.sd, per_arm, plan.alpha, plan.power, k, correction)
+    return mde_two_proportions(
+        plan.baseline, per_arm, plan.alpha, plan.power, plan.formula, k, correction, plan.mde > 0
+    )
+
+
+def guardrail_sample_sizes(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """Per planned guardrail: units per arm for its one-sided bound to clear the budget with
+    the plan's power when the true effect is 0."""
+    plan = config.plan
+    if plan is None:
+        return {}
+    sizes = {}
+    for name, given in plan.guardrails.items():
+        guardrail = config.guardrails[name]
+        size = sample_size_non_inferiority(
+            given.baseline,
+            guardrail.budget,
+            guardrail.relative,
+            guardrail.harmful_direction == "increase",
+            config.decision.alpha,
+            plan.power,
+            given.sd,
+        )
+        sizes[name] = {
+            "required_per_arm": size.per_arm,
+            "formula": size.formula,
+            "budget": guardrail.budget,
+            "budget_kind": guardrail.budget_kind,
+            "baseline": given.baseline,
+            "assumed_effect": 0.0,
+        }
+    return sizes
+
+
+def plan_summary(config: ExperimentConfig) -> dict[str, Any] | None:
+    """results.json `plan`: the config's plan, the primary's required size and each planned
+    guardrail's non-inferiority size."""
+    size = primary_sample_size(config)
+    if size is None or config.plan is None:
+        return None
+    return {
+        **config.plan.model_dump(exclude={"formula"}),
+        "required_per_arm": size.per_arm,
+        "formula": size.formula,
+        "formula_name": config.plan.formula,
+        "alpha_per_comparison": size.alpha_per_comparison,
+        "comparisons": len(config.treatments),
+        "correction": config.analysis.correction,
+        "guardrail_sizes": guardrail_sample_sizes(config),
+    }
+
+
 def progress(
     config: ExperimentConfig, counts: dict[str, int], run_date: date
 ) -> dict[str, Any] | None:
     """Enrolment against the plan: fraction, MDE reachable now, enrolment rate and days left.
 
-    MDE now inverts the plan's 2p(1-p) formula at the smallest arm's size; days left assumes
-    the smallest arm keeps enrolling at its average daily rate so far.
+    Planned size and MDE now follow the same rules as the plan (`primary_sample_size`: its
+    formula, alpha split across arms); days left assumes the smallest arm keeps enrolling at
+    its average daily rate so far.
     """
-    if config.plan is None:
+    size = primary_sample_size(config)
+    if size is None or config.plan is None:
         return None
     plan = config.plan
-    planned = sample_size_two_proportions(plan.baseline, plan.mde, plan.alpha, plan.power).per_arm
+    planned = size.per_arm
     enrolled = {arm: int(counts.get(arm, 0)) for arm in config.arms}
     smallest = min(enrolled.values())
     days = max(min((run_date - config.start).days + 1, (config.end - config.start).days + 1), 1)
@@ -139,8 +222,10 @@ def progress(
         "planned_per_arm": planned,
         "enrolled_per_arm": enrolled,
         "fraction": smallest / planned,
-        "mde_now": mde_two_proportions(plan.baseline, smallest, plan.alpha, plan.power),
-        "mde_planned": plan.mde,
+        "mde_now": detectable_now(config, smallest),
+        "mde_planned": abs(plan.mde),
+        "formula": size.formula,
+        "alpha_per_comparison": size.alpha_per_comparison,
         "enrolment_per_day": per_day,
         "days_left": days_left,
         "days_to_end": max((config.end - run_date).days, 0),
