@@ -346,14 +346,20 @@ def compare_quantiles(
 def _discrete_quantile_comparison(
     control: QuantileSummary, treatment: QuantileSummary, alpha: float
 ) -> Comparison:
+    # Each arm's range holds its interval and its (interpolated) estimate.
+    low_c, high_c = min(control.lower, control.estimate), max(control.upper, control.estimate)
+    low_t, high_t = (
+        min(treatment.lower, treatment.estimate),
+        max(treatment.upper, treatment.estimate),
+    )
     relative, relative_ci = None, None
     if control.estimate != 0:
         relative = treatment.estimate / control.estimate - 1
-        if min(control.lower, treatment.lower) > 0:
-            relative_ci = (treatment.lower / control.upper - 1, treatment.upper / control.lower - 1)
+        if min(low_c, low_t) > 0:
+            relative_ci = (low_t / high_c - 1, high_t / low_c - 1)
     return Comparison(
         absolute=treatment.estimate - control.estimate,
-        ci=(treatment.lower - control.upper, treatment.upper - control.lower),
+        ci=(low_t - high_c, high_t - low_c),
         relative=relative,
         relative_ci=relative_ci,
         p_value=None,

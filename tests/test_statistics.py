@@ -390,6 +390,11 @@ def test_tied_quantiles_report_no_se_or_p_value_and_say_they_are_discrete() -> N
         assert result.ci == (treated.lower - control.upper, treated.upper - control.lower)
         as_dict = result.as_dict()
         assert as_dict["discrete"] is True and "discrete values" in as_dict["note"]
+    # An interpolated estimate off the atom (percentile_cont) stays inside the interval.
+    between = QuantileSummary(20000, 80.4, 80.0, 80.0, float(stats.norm.ppf(0.975)))
+    result = compare_quantiles(tied_summary(80.0), between)
+    assert result.discrete and result.p_value is None and result.se is None
+    assert result.ci[0] <= result.absolute == pytest.approx(0.4) <= result.ci[1]
     # Continuous brackets stay the normal comparison.
     assert not compare_quantiles(moving, moving).discrete
 
