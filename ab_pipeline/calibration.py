@@ -381,3 +381,61 @@ def markdown_table(rows: list[Row]) -> str:
             f"{row.reps:,} | {row.note} |"
         )
     return "\n".join(lines)
+
+
+# --- planning beside statsmodels -------------------------------------------------------------
+
+PLAN_CASES = ((0.006, 0.003), (0.05, 0.01), (0.25, 0.03), (0.38, 0.02), (0.6, 0.02))
+
+
+def exact_power(p1: float, p2: float, per_arm: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided pooled z-test, summed over both arms' binomial counts."""
+    import numpy as np
+    from scipy.stats import binom, norm
+
+    support = []
+    for p in (p1, p2):
+        sd = math.sqrt(per_arm * p * (1 - p))
+        k = np.arange(
+            max(int(per_arm * p - 10 * sd) - 5, 0), min(int(per_arm * p + 10 * sd) + 5, per_arm) + 1
+        )
+        support.append((k, binom.pmf(k, per_arm, p)))
+    (kc, wc), (kt, wt) = support
+    c, t = np.meshgrid(kc, kt, indexing="ij")
+    pooled = (c + t) / (2 * per_arm)
+    se = np.sqrt(pooled * (1 - pooled) * 2 / per_arm)
+    z = np.divide((t - c) / per_arm, se, out=np.zeros_like(se), where=se > 0)
+    return float((np.outer(wc, wt) * (np.abs(z) >= norm.ppf(1 - alpha / 2))).sum())
+
+
+def plan_table() -> str:
+    """Units per arm (alpha 0.05, power 0.8) by formula, beside statsmodels, with exact power."""
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import (
+        proportion_effectsize,
+        samplesize_proportions_2indep_onetail,
+    )
+
+    lines = [
+        "| baseline | MDE | `plan` default (fleiss) | exact power | statsmodels "
+        "`samplesize_proportions_2indep_onetail` | statsmodels `NormalIndPower` (arcsine h) "
+        "| exact power | `pooled` 2p(1-p) | exact power | `unpooled` | two treatment arms "
+        "(alpha/2) | exact power at alpha/2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p, d in PLAN_CASES:
+        ours = sample_size_two_proportions(p, d).per_arm
+        pooled = sample_size_two_proportions(p, d, formula="pooled").per_arm
+        unpooled = sample_size_two_proportions(p, d, formula="unpooled").per_arm
+        two = sample_size_two_proportions(p, d, comparisons=2).per_arm
+        onetail = math.ceil(samplesize_proportions_2indep_onetail(d, p, 0.8, alpha=ALPHA))
+        arcsine = math.ceil(
+            NormalIndPower().solve_power(proportion_effectsize(p + d, p), alpha=ALPHA, power=0.8)
+        )
+        lines.append(
+            f"| {p:g} | {d:g} | {ours:,} | {exact_power(p, p + d, ours):.3f} | {onetail:,} | "
+            f"{arcsine:,} | {exact_power(p, p + d, arcsine):.3f} | {pooled:,} | "
+            f"{exact_power(p, p + d, pooled):.3f} | {unpooled:,} | {two:,} | "
+            f"{exact_power(p, p + d, two, ALPHA / 2):.3f} |"
+        )
+    return "\n".join(lines)
