@@ -142,6 +142,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _plan_size(st: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    source = _from_warehouse(args) if args.config else ""
+    args.arms = 1 if args.arms is None else args.arms
+    args.correction = args.correction or "holm"
     if args.arms < 1:
         raise ValueError(f"--arms must be at least 1 treatment arm, got {args.arms}")
     split = {"comparisons": args.arms, "correction": args.correction}
@@ -166,13 +169,39 @@ def _plan_size(st: Any, args: argparse.Namespace) -> tuple[Any, str]:
         raise ValueError("--mde is required (or --non-inferiority BUDGET for a guardrail)")
     if args.sd is not None:
         size = st.sample_size_means(args.sd, args.mde, args.alpha, args.power, **split)
-        return size, f"mean/ratio metric, sd {args.sd:g}, MDE {args.mde:g}"
+        return size, f"mean/ratio metric, sd {args.sd:g}, MDE {args.mde:g}{source}"
     if args.baseline is None:
         raise ValueError("--baseline is required for a proportion (or --sd for a mean)")
     size = st.sample_size_two_proportions(
         args.baseline, args.mde, args.alpha, args.power, args.formula, **split
     )
-    return size, f"baseline {args.baseline:g}, MDE {args.mde:g}"
+    return size, f"baseline {args.baseline:g}, MDE {args.mde:g}{source}"
+
+
+def _from_warehouse(args: argparse.Namespace) -> str:
+    """Fill baseline (and sd for a mean/ratio primary), arms and correction from the config
+    and a pre-period query of the warehouse; returns where the numbers came from."""
+    from ab_pipeline.config import load_config
+    from ab_pipeline.diagnosis import pre_period_moments
+    from ab_pipeline.warehouse import Warehouse
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        raise ValueError(str(error).replace("\n", " ")) from None
+    if args.lookback < 1:
+        raise ValueError(f"--lookback must be at least 1 day, got {args.lookback}")
+    before = args.before or config.start
+    moments = pre_period_moments(Warehouse(args.warehouse), config, before, args.lookback)
+    args.baseline = moments["baseline"] if args.baseline is None else args.baseline
+    if moments["type"] != "proportion" and args.sd is None:
+        args.sd = moments["sd"]
+    args.arms = len(config.treatments) if args.arms is None else args.arms
+    args.correction = args.correction or config.analysis.correction
+    return (
+        f"; {config.primary} over {moments['units']:,} units active in the {args.lookback} "
+        f"days before {before}: baseline {moments['baseline']:.4g}, sd {moments['sd']:.4g}"
+    )
 
 
 def airflow_environment(warehouse: str, out: Path, conn_id: str) -> dict[str, str]:
@@ -335,8 +364,14 @@ def parser() -> argparse.ArgumentParser:
         "the stated power), pooled (the textbook 2p(1-p)), unpooled (p1q1 + p2q2)",
     )
     plan.add_argument("--sd", type=float, help="mean/ratio metric: per-unit standard deviation")
-    plan.add_argument("--arms", type=int, default=1, help="treatment arms (alpha is split)")
-    plan.add_argument("--correction", choices=["holm", "bh", "none"], default="holm")
+    plan.add_argument("--arms", type=int, help="treatment arms, alpha is split (default 1)")
+    plan.add_argument("--correction", choices=["holm", "bh", "none"], help="default holm")
+    plan.add_argument(
+        "--config", help="experiment YAML: plan its primary from a pre-period of --warehouse"
+    )
+    plan.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="SQLAlchemy URL")
+    plan.add_argument("--lookback", type=int, default=28, help="pre-period days (--config)")
+    plan.add_argument("--before", type=_date, help="pre-period end (default: the config's start)")
     plan.add_argument(
         "--non-inferiority",
         type=float,

@@ -230,3 +230,67 @@ def progress(
         "days_left": days_left,
         "days_to_end": max((config.end - run_date).days, 0),
     }
+
+
+def pre_period_moments(
+    warehouse: Warehouse, config: ExperimentConfig, before: date, lookback_days: int
+) -> dict[str, Any]:
+    """The primary's baseline (and per-unit SD) over [before - lookback, before), for a plan.
+
+    Units are those with any event in the window (the population an experiment would expose);
+    each gets the primary's per-unit value over the whole window: 1 if it had the event
+    (proportion), the sum or count of its values (mean), or numerator and denominator (ratio,
+    SD of the linearised (X - R Y) / mean Y). Event metrics only; `unless` and the metric's
+    window are not applied (a plan needs a rough variance, not the readout's definition).
+    """
+    from datetime import datetime, time, timedelta
+
+    from ab_pipeline.config import MeanMetric, ProportionMetric, RatioMetric
+    from ab_pipeline.statistics import ratio_variance
+
+    metric = config.metrics[config.primary]
+    params: dict[str, Any]
+    if isinstance(metric, RatioMetric):
+        x = _per_unit(metric.numerator.event, metric.numerator.aggregate, "nx")
+        y = _per_unit(metric.denominator.event, metric.denominator.aggregate, "ny")
+        params = {"nx": metric.numerator.event, "ny": metric.denominator.event}
+    elif isinstance(metric, ProportionMetric | MeanMetric) and metric.event is not None:
+        kind = "any" if isinstance(metric, ProportionMetric) else metric.aggregate
+        x, y, params = _per_unit(metric.event, kind, "nx"), "1", {"nx": metric.event}
+    else:
+        raise ValueError(
+            f"primary {config.primary!r}: a pre-period plan needs an `event` metric (give "
+            "--baseline / --sd instead)"
+        )
+    until = datetime.combine(before, time())
+    params |= {"since": until - timedelta(days=lookback_days), "until": until}
+    [row] = warehouse.query(
+        f"""WITH per_unit AS (
+              SELECT unit_id, {x} AS x, {y} AS y FROM {quote_ident(config.source.events)}
+              WHERE occurred_at >= :since AND occurred_at < :until GROUP BY unit_id)
+            SELECT COUNT(*) AS n, SUM(x) AS sx, SUM(y) AS sy, SUM(x * x) AS sxx,
+                   SUM(y * y) AS syy, SUM(x * y) AS sxy FROM per_unit""",
+        params,
+    )
+    n = int(row["n"] or 0)
+    if n < 2:
+        raise ValueError(
+            f"{config.source.events}: {n} unit(s) with events in the {lookback_days} days "
+            f"before {before}; a pre-period plan needs at least 2"
+        )
+    sx, sy, sxx, syy, sxy = (float(row[k] or 0.0) for k in ("sx", "sy", "sxx", "syy", "sxy"))
+    if isinstance(metric, RatioMetric):
+        sd = math.sqrt(ratio_variance(n, sx, sy, sxx, syy, sxy) * n)
+        return {"type": "ratio", "units": n, "baseline": sx / sy if sy else None, "sd": sd}
+    variance = max((sxx - sx * sx / n) / (n - 1), 0.0)
+    return {"type": metric.type, "units": n, "baseline": sx / n, "sd": math.sqrt(variance)}
+
+
+def _per_unit(event: str, aggregate: str, param: str) -> str:
+    """Per-unit aggregate of one event: any (0/1), count or sum of `value`."""
+    matched = f"event_name = :{param}"
+    if aggregate == "any":
+        return f"MAX(CASE WHEN {matched} THEN 1 ELSE 0 END)"
+    if aggregate == "count":
+        return f"SUM(CASE WHEN {matched} THEN 1 ELSE 0 END)"
+    return f"SUM(CASE WHEN {matched} THEN COALESCE(value, 0) ELSE 0 END)"

@@ -104,3 +104,71 @@ def test_progress_reports_the_plan_and_the_effect_detectable_now_by_the_same_rul
     arms = {"control": 0.4, "a": 0.3, "b": 0.3}
     split = progress(config({"baseline": 0.006, "mde": 0.003}, arms=arms), {}, date(2026, 5, 13))
     assert split is not None and split["planned_per_arm"] > planned
+
+
+def load_pre_period(warehouse: Any) -> dict[str, list[float]]:
+    """400 users active in the 28 days before 2026-05-04: ~30% solve, session minutes vary;
+    events before the window or from the start on must be ignored. Returns per-unit truth."""
+    from datetime import datetime, timedelta
+
+    from tests.warehouse_fixtures import create_contract_tables, insert_rows
+
+    rng = np.random.default_rng(8)
+    start = datetime(2026, 5, 4)
+    create_contract_tables(warehouse)
+    events, solved, minutes = [], [], []
+    for i in range(400):
+        unit, seen = f"u{i}", start - timedelta(days=int(rng.integers(1, 28)), hours=3)
+        values = rng.exponential(12.0, int(rng.integers(1, 4)))
+        for value in values:
+            events.append((unit, "session", seen, float(value), None))
+        solves = bool(rng.random() < 0.3)
+        if solves:
+            events.append((unit, "solved", seen + timedelta(hours=1), None, None))
+        events.append((unit, "solved", start - timedelta(days=40), None, None))  # too early
+        events.append((unit, "session", start + timedelta(hours=1), 999.0, None))  # too late
+        solved.append(float(solves))
+        minutes.append(float(values.sum()))
+    insert_rows(warehouse, [], events)
+    return {"solved": solved, "minutes": minutes}
+
+
+def test_a_pre_period_query_gives_the_plan_its_baseline_and_sd(duckdb_warehouse: Any) -> None:
+    from ab_pipeline.diagnosis import pre_period_moments
+
+    truth = load_pre_period(duckdb_warehouse)
+    proportion = config({"baseline": 0.38, "mde": 0.02})
+    found = pre_period_moments(duckdb_warehouse, proportion, date(2026, 5, 4), 28)
+    assert found["units"] == 400
+    assert found["baseline"] == pytest.approx(np.mean(truth["solved"]))
+    mean = config({"baseline": 14.0, "sd": 12.0, "mde": 1.0}, primary="minutes")
+    found = pre_period_moments(duckdb_warehouse, mean, date(2026, 5, 4), 28)
+    assert found["baseline"] == pytest.approx(np.mean(truth["minutes"]))
+    assert found["sd"] == pytest.approx(np.std(truth["minutes"], ddof=1))
+
+
+def test_cli_plans_a_config_from_the_warehouse_pre_period(
+    duckdb_warehouse: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from ab_pipeline.cli import main
+
+    truth = load_pre_period(duckdb_warehouse)
+    data = experiment_data(
+        "plan-check", METRICS, "minutes", arms={"control": 0.4, "a": 0.3, "b": 0.3}
+    )
+    path = tmp_path / "plan-check.yaml"
+    path.write_text(yaml.safe_dump(data))
+    url = duckdb_warehouse.url
+    assert main(["plan", "--config", str(path), "--warehouse", url, "--mde", "2"]) == 0
+    out = capsys.readouterr().out
+    sd = float(np.std(truth["minutes"], ddof=1))
+    expected = sample_size_means(sd, 2.0, comparisons=2).per_arm
+    assert f"{expected:,} units per arm" in out and "400 units active" in out
+    assert f"baseline {np.mean(truth['minutes']):.4g}, sd {sd:.4g}" in out
+    assert "split over 2 treatment arms" in out
+    assert (
+        main(["plan", "--config", str(path), "--warehouse", url, "--mde", "2", "--lookback", "0"])
+        == 2
+    )
