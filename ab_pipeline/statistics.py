@@ -35,10 +35,6 @@ class Comparison:
     discrete: bool = False
     note: str | None = None
 
-    def bound(self, relative: bool, upper: bool) -> float | None:
-        """The one-sided (1 - alpha) bound: upper (harm = increase) or lower."""
-        return harm_bound(self.as_dict(), relative, upper, self.alpha)
-
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
             "absolute": self.absolute,
