@@ -403,7 +403,7 @@ def _apply_sequential(
     family = max(len(primary["comparisons"]), 1)
     for comparison in primary["comparisons"].values():
         se = comparison["se"]
-        z = comparison["absolute"] / se if se > 0 else 0.0
+        z = comparison["absolute"] / se if se else 0.0  # None: discrete, no z to compare
         # Several arms: Bonferroni-split the alpha the boundaries spend (conservative, simple).
         result = sequential_look(z, look, config.planned_looks, config.decision.alpha / family)
         comparison["sequential"] = {

@@ -29,6 +29,7 @@ from ab_pipeline.statistics import (
     compare_ratios,
     cuped_adjust,
     group_sequential_boundaries,
+    harm_bound,
     quantile_bracket,
     sample_size_two_proportions,
 )
@@ -71,7 +72,7 @@ def aa_false_positives(reps: int, seed: int = 1) -> Row:
     rng = _rng(seed)
     xc, xt = rng.binomial(2000, 0.38, reps), rng.binomial(2000, 0.38, reps)
     hits = sum(
-        compare_proportions(int(c), 2000, int(t), 2000).p_value < ALPHA
+        (compare_proportions(int(c), 2000, int(t), 2000).p_value or 1.0) < ALPHA
         for c, t in zip(xc, xt, strict=True)
     )
     return Row("A/A false-positive rate, final look (proportion)", ALPHA, *_rate(hits, reps), reps)
@@ -91,7 +92,10 @@ def coverage_proportion(reps: int, seed: int = 2) -> tuple[Row, Row]:
     return (
         Row("95% CI coverage: proportion difference", 0.95, *_rate(abs_hits, reps), reps),
         Row(
-            "95% CI coverage: relative lift (proportion, delta)", 0.95, *_rate(rel_hits, reps), reps
+            "95% CI coverage: relative lift (proportion, log scale)",
+            0.95,
+            *_rate(rel_hits, reps),
+            reps,
         ),
     )
 
@@ -116,7 +120,7 @@ def coverage_mean(reps: int, seed: int = 3, n: int = 1000) -> tuple[Row, Row]:
             *_rate(abs_hits, reps),
             reps,
         ),
-        Row("95% CI coverage: relative lift (mean, delta)", 0.95, *_rate(rel_hits, reps), reps),
+        Row("95% CI coverage: relative lift (mean, log scale)", 0.95, *_rate(rel_hits, reps), reps),
     )
 
 
@@ -169,14 +173,14 @@ def _quantile_arm(rng: Any, units: int, q: float, scale: float, clustered: bool)
 
 
 def coverage_quantile(
-    reps: int, seed: int = 5, units: int = 1500, q: float = 0.95
-) -> tuple[Row, Row]:
-    """p95 of clustered events, +5%: Deng-Knoblich-Lu interval vs the i.i.d. one."""
+    reps: int, seed: int = 5, units: int = 1500, q: float = 0.95, include_iid: bool = True
+) -> tuple[Row, ...]:
+    """p95 of clustered events, +5%: Deng-Knoblich-Lu interval (and the i.i.d. one, shown)."""
     from scipy.stats import norm
 
     truth = 0.05 * math.exp(norm.ppf(q) * math.sqrt(0.6**2 + 0.4**2))
     rows = []
-    for clustered in (True, False):
+    for clustered in (True, False) if include_iid else (True,):
         rng = _rng(seed)
         hits = 0
         for _ in range(reps):
@@ -188,19 +192,65 @@ def coverage_quantile(
         rows.append(
             Row(f"95% CI coverage: p95 difference, {label}", 0.95, *_rate(hits, reps), reps)
         )
-    return rows[0], rows[1]
+    return tuple(rows)
 
 
 def power_at_mde(reps: int, seed: int = 6) -> Row:
-    """38% -> 40% with the planned 9,246 per arm: share of significant, right-signed results."""
+    """38% -> 40% with the default plan's units per arm: share of significant, right-signed
+    results (the plan promises 80%)."""
     rng = _rng(seed)
     n = sample_size_two_proportions(0.38, 0.02).per_arm
     xc, xt = rng.binomial(n, 0.38, reps), rng.binomial(n, 0.40, reps)
     hits = 0
     for c, t in zip(xc, xt, strict=True):
         result = compare_proportions(int(c), n, int(t), n)
-        hits += result.p_value < ALPHA and result.absolute > 0
-    return Row(f"power at the MDE (2 pp, {n:,} per arm)", 0.80, *_rate(hits, reps), reps)
+        hits += result.p_value is not None and result.p_value < ALPHA and result.absolute > 0
+    return Row(f"power at the MDE (2 pp, {n:,} per arm, Fleiss)", 0.80, *_rate(hits, reps), reps)
+
+
+GUARDRAIL_RATE = 0.006  # a rare conversion (Hillstrom-like): where the ratio is most skewed
+GUARDRAIL_SIZES = (2000, 44000)
+
+
+def guardrail_pass_at_budget(
+    reps: int, seed: int = 9, relative: bool = True, per_arm: int = 2000
+) -> Row:
+    """A guardrail whose true harm equals its budget must pass at most alpha of the time.
+
+    Control converts at 0.6%; treatment at 0.6% x 1.2 (relative budget: max_relative_increase
+    20%) or 0.6% + 0.12 pp (absolute budget max_increase 0.12 pp: the same truth). Pass: the
+    one-sided 95% bound on harm (`statistics.harm_bound`, what the decision uses) <= budget.
+    """
+    rng = _rng(seed)
+    treated = GUARDRAIL_RATE * 1.2
+    budget = 0.2 if relative else treated - GUARDRAIL_RATE
+    xc = rng.binomial(per_arm, GUARDRAIL_RATE, reps)
+    xt = rng.binomial(per_arm, treated, reps)
+    passes = 0
+    for c, t in zip(xc, xt, strict=True):
+        if relative and c == 0:
+            continue  # relative change undefined: the check fails
+        result = compare_proportions(int(c), per_arm, int(t), per_arm, ALPHA).as_dict()
+        bound = harm_bound(result, relative, True, ALPHA)
+        passes += bound is not None and bound <= budget
+    kind = "relative (log scale)" if relative else "absolute"
+    return Row(
+        f"guardrail pass rate at the budget, {kind}, {per_arm:,} per arm",
+        ALPHA,
+        *_rate(passes, reps),
+        reps,
+        "at most alpha",
+    )
+
+
+def guardrails_at_budget(reps: int, seed: int = 9) -> tuple[Row, ...]:
+    """Relative and absolute budgets, small and large samples."""
+    return tuple(
+        guardrail_pass_at_budget(reps, seed + i, relative, n)
+        for i, (relative, n) in enumerate(
+            (relative, n) for relative in (True, False) for n in GUARDRAIL_SIZES
+        )
+    )
 
 
 def cuped(reps: int, seed: int = 7, n: int = 2000) -> tuple[Row, Row, Row]:
@@ -227,6 +277,7 @@ def cuped(reps: int, seed: int = 7, n: int = 2000) -> tuple[Row, Row, Row]:
         fit = cuped_adjust(arms)
         adjusted = compare_means(fit.adjusted["control"], fit.adjusted["treatment"])
         plain = compare_means(arms["control"].y, arms["treatment"].y)
+        assert adjusted.se is not None and plain.se is not None
         estimates.append(adjusted.absolute)
         ses.append(adjusted.se)
         ses_plain.append(plain.se)
@@ -262,6 +313,7 @@ def peeking(reps: int, seed: int = 8, looks: int = 20, per_look: int = 500) -> t
         for k in range(looks):
             n = per_look * (k + 1)
             result = compare_proportions(int(xc[r, k]), n, int(xt[r, k]), n)
+            assert result.p_value is not None and result.se is not None
             naive_hit = naive_hit or result.p_value < ALPHA
             z = result.absolute / result.se if result.se > 0 else 0.0
             seq_hit = seq_hit or abs(z) >= bounds[k]
@@ -294,6 +346,7 @@ SCENARIOS: dict[str, Callable[[int], Any]] = {
     "power": power_at_mde,
     "cuped": cuped,
     "peeking": peeking,
+    "guardrails": guardrails_at_budget,
 }
 
 
@@ -308,6 +361,7 @@ def run_all(scale: float = 1.0) -> list[Row]:
         "power": 10000,
         "cuped": 2000,
         "peeking": 10000,
+        "guardrails": 40000,
     }
     rows: list[Row] = []
     for name, scenario in SCENARIOS.items():
@@ -325,5 +379,63 @@ def markdown_table(rows: list[Row]) -> str:
         lines.append(
             f"| {row.name} | {row.target:.3f} | {row.measured:.4f} | {row.mc_se:.4f} | "
             f"{row.reps:,} | {row.note} |"
+        )
+    return "\n".join(lines)
+
+
+# --- planning beside statsmodels -------------------------------------------------------------
+
+PLAN_CASES = ((0.006, 0.003), (0.05, 0.01), (0.25, 0.03), (0.38, 0.02), (0.6, 0.02))
+
+
+def exact_power(p1: float, p2: float, per_arm: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided pooled z-test, summed over both arms' binomial counts."""
+    import numpy as np
+    from scipy.stats import binom, norm
+
+    support = []
+    for p in (p1, p2):
+        sd = math.sqrt(per_arm * p * (1 - p))
+        k = np.arange(
+            max(int(per_arm * p - 10 * sd) - 5, 0), min(int(per_arm * p + 10 * sd) + 5, per_arm) + 1
+        )
+        support.append((k, binom.pmf(k, per_arm, p)))
+    (kc, wc), (kt, wt) = support
+    c, t = np.meshgrid(kc, kt, indexing="ij")
+    pooled = (c + t) / (2 * per_arm)
+    se = np.sqrt(pooled * (1 - pooled) * 2 / per_arm)
+    z = np.divide((t - c) / per_arm, se, out=np.zeros_like(se), where=se > 0)
+    return float((np.outer(wc, wt) * (np.abs(z) >= norm.ppf(1 - alpha / 2))).sum())
+
+
+def plan_table() -> str:
+    """Units per arm (alpha 0.05, power 0.8) by formula, beside statsmodels, with exact power."""
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import (
+        proportion_effectsize,
+        samplesize_proportions_2indep_onetail,
+    )
+
+    lines = [
+        "| baseline | MDE | `plan` default (fleiss) | exact power | statsmodels "
+        "`samplesize_proportions_2indep_onetail` | statsmodels `NormalIndPower` (arcsine h) "
+        "| exact power | `pooled` 2p(1-p) | exact power | `unpooled` | two treatment arms "
+        "(alpha/2) | exact power at alpha/2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p, d in PLAN_CASES:
+        ours = sample_size_two_proportions(p, d).per_arm
+        pooled = sample_size_two_proportions(p, d, formula="pooled").per_arm
+        unpooled = sample_size_two_proportions(p, d, formula="unpooled").per_arm
+        two = sample_size_two_proportions(p, d, comparisons=2).per_arm
+        onetail = math.ceil(samplesize_proportions_2indep_onetail(d, p, 0.8, alpha=ALPHA))
+        arcsine = math.ceil(
+            NormalIndPower().solve_power(proportion_effectsize(p + d, p), alpha=ALPHA, power=0.8)
+        )
+        lines.append(
+            f"| {p:g} | {d:g} | {ours:,} | {exact_power(p, p + d, ours):.3f} | {onetail:,} | "
+            f"{arcsine:,} | {exact_power(p, p + d, arcsine):.3f} | {pooled:,} | "
+            f"{exact_power(p, p + d, pooled):.3f} | {unpooled:,} | {two:,} | "
+            f"{exact_power(p, p + d, two, ALPHA / 2):.3f} |"
         )
     return "\n".join(lines)

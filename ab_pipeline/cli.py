@@ -14,6 +14,7 @@ import subprocess
 import sys
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from ab_pipeline.errors import ConfigError
 
@@ -117,20 +118,89 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ab_pipeline.statistics import sample_size_two_proportions
+    """Units per arm: primary (proportion, or mean/ratio with --sd) or a guardrail's
+    non-inferiority (--non-inferiority BUDGET). Bad input: exit 2 with one line."""
+    from ab_pipeline import statistics as st
 
     try:
-        size = sample_size_two_proportions(
-            args.baseline, args.mde, args.alpha, args.power, args.formula
-        )
+        size, given = _plan_size(st, args)
     except ValueError as error:
         print(f"plan: {error}", file=sys.stderr)
         return EXIT_INVALID
+    level = (
+        f"alpha {args.alpha:g}"
+        if size.alpha_per_comparison == args.alpha
+        else f"alpha {args.alpha:g} split over {args.arms} treatment arms ({args.correction}): "
+        f"{size.alpha_per_comparison:g} each"
+    )
     print(
-        f"{size.per_arm:,} units per arm (baseline {args.baseline:g}, MDE {args.mde:g}, "
-        f"alpha {args.alpha:g}, power {args.power:g})\nformula: {size.formula}"
+        f"{size.per_arm:,} units per arm ({given}, {level}, power {args.power:g})\n"
+        f"formula: {size.formula}"
     )
     return 0
+
+
+def _plan_size(st: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    source = _from_warehouse(args) if args.config else ""
+    args.arms = 1 if args.arms is None else args.arms
+    args.correction = args.correction or "holm"
+    if args.arms < 1:
+        raise ValueError(f"--arms must be at least 1 treatment arm, got {args.arms}")
+    split = {"comparisons": args.arms, "correction": args.correction}
+    if args.non_inferiority is not None:
+        if args.baseline is None:
+            raise ValueError("--baseline is required (the guardrail's control rate or mean)")
+        size = st.sample_size_non_inferiority(
+            args.baseline,
+            args.non_inferiority,
+            args.relative,
+            args.harm == "increase",
+            args.alpha,
+            args.power,
+            args.sd,
+        )
+        kind = "relative" if args.relative else "absolute"
+        return size, (
+            f"guardrail non-inferiority: {kind} budget {args.non_inferiority:g} on the "
+            f"{args.harm} side, baseline {args.baseline:g}, true effect assumed 0"
+        )
+    if args.mde is None:
+        raise ValueError("--mde is required (or --non-inferiority BUDGET for a guardrail)")
+    if args.sd is not None:
+        size = st.sample_size_means(args.sd, args.mde, args.alpha, args.power, **split)
+        return size, f"mean/ratio metric, sd {args.sd:g}, MDE {args.mde:g}{source}"
+    if args.baseline is None:
+        raise ValueError("--baseline is required for a proportion (or --sd for a mean)")
+    size = st.sample_size_two_proportions(
+        args.baseline, args.mde, args.alpha, args.power, args.formula, **split
+    )
+    return size, f"baseline {args.baseline:g}, MDE {args.mde:g}{source}"
+
+
+def _from_warehouse(args: argparse.Namespace) -> str:
+    """Fill baseline (and sd for a mean/ratio primary), arms and correction from the config
+    and a pre-period query of the warehouse; returns where the numbers came from."""
+    from ab_pipeline.config import load_config
+    from ab_pipeline.diagnosis import pre_period_moments
+    from ab_pipeline.warehouse import Warehouse
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        raise ValueError(str(error).replace("\n", " ")) from None
+    if args.lookback < 1:
+        raise ValueError(f"--lookback must be at least 1 day, got {args.lookback}")
+    before = args.before or config.start
+    moments = pre_period_moments(Warehouse(args.warehouse), config, before, args.lookback)
+    args.baseline = moments["baseline"] if args.baseline is None else args.baseline
+    if moments["type"] != "proportion" and args.sd is None:
+        args.sd = moments["sd"]
+    args.arms = len(config.treatments) if args.arms is None else args.arms
+    args.correction = args.correction or config.analysis.correction
+    return (
+        f"; {config.primary} over {moments['units']:,} units active in the {args.lookback} "
+        f"days before {before}: baseline {moments['baseline']:.4g}, sd {moments['sd']:.4g}"
+    )
 
 
 def airflow_environment(warehouse: str, out: Path, conn_id: str) -> dict[str, str]:
@@ -279,17 +349,37 @@ def parser() -> argparse.ArgumentParser:
     schema.add_argument("-o", "--output", help="write to this file instead of stdout")
     schema.set_defaults(func=cmd_schema)
 
-    plan = sub.add_parser("plan", help="sample size per arm for a two-proportion test")
-    plan.add_argument("--baseline", type=float, required=True, help="control rate, e.g. 0.38")
-    plan.add_argument("--mde", type=float, required=True, help="absolute lift, e.g. 0.02")
-    plan.add_argument("--alpha", type=float, default=0.05)
-    plan.add_argument("--power", type=float, default=0.8)
+    plan = sub.add_parser(
+        "plan", help="units per arm: a proportion, mean or ratio primary, or a guardrail"
+    )
+    plan.add_argument("--baseline", type=float, help="control rate (e.g. 0.38) or mean")
+    plan.add_argument("--mde", type=float, help="absolute change to detect, e.g. 0.02 or -0.02")
+    plan.add_argument("--alpha", type=float, default=0.05, help="two-sided level (0 < alpha < 1)")
+    plan.add_argument("--power", type=float, default=0.8, help="0 < power < 1")
     plan.add_argument(
         "--formula",
-        choices=["pooled", "unpooled"],
-        default="pooled",
-        help="pooled: 2p(1-p) at the baseline; unpooled: p1q1 + p2q2",
+        choices=["fleiss", "pooled", "unpooled"],
+        default="fleiss",
+        help="proportions: fleiss (default; pooled SE under H0, p1q1 + p2q2 under H1: reaches "
+        "the stated power), pooled (the textbook 2p(1-p)), unpooled (p1q1 + p2q2)",
     )
+    plan.add_argument("--sd", type=float, help="mean/ratio metric: per-unit standard deviation")
+    plan.add_argument("--arms", type=int, help="treatment arms, alpha is split (default 1)")
+    plan.add_argument("--correction", choices=["holm", "bh", "none"], help="default holm")
+    plan.add_argument(
+        "--config", help="experiment YAML: plan its primary from a pre-period of --warehouse"
+    )
+    plan.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="SQLAlchemy URL")
+    plan.add_argument("--lookback", type=int, default=28, help="pre-period days (--config)")
+    plan.add_argument("--before", type=_date, help="pre-period end (default: the config's start)")
+    plan.add_argument(
+        "--non-inferiority",
+        type=float,
+        metavar="BUDGET",
+        help="a guardrail: units per arm for the one-sided bound to clear this budget",
+    )
+    plan.add_argument("--relative", action="store_true", help="the budget is relative")
+    plan.add_argument("--harm", choices=["increase", "decrease"], default="increase")
     plan.set_defaults(func=cmd_plan)
 
     run = sub.add_parser("run", help="run an experiment's DAG for one readout date")

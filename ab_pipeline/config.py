@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -290,14 +291,55 @@ class Guardrail(_Strict):
         return self.budget_kind.startswith("max_relative")
 
 
+class GuardrailPlan(_Strict):
+    """What a guardrail's non-inferiority sample size needs besides its budget: the control
+    rate (proportion) or mean, and for a mean metric the per-unit standard deviation."""
+
+    baseline: float
+    sd: float | None = Field(default=None, gt=0)
+
+
 class Plan(_Strict):
-    baseline: float = Field(gt=0, lt=1)
-    mde: float = Field(gt=0, lt=1)
+    """The primary's planned sample size (docs/statistics.md, Planning).
+
+    Proportion primary: `baseline` is the control rate and `mde` the absolute change (signed;
+    `baseline + mde` must stay a rate). Mean or ratio primary: `sd` is the per-unit standard
+    deviation (for a ratio, of the linearised (X - R Y) / mean Y) and `mde` is in the metric's
+    unit. `formula`: fleiss (default; reaches the stated power), pooled (the textbook 2p(1-p))
+    or unpooled. `guardrails`: baselines for each guardrail's non-inferiority sample size.
+    """
+
+    # sd precedes baseline so the baseline's check knows which kind of plan it is.
+    sd: float | None = Field(default=None, gt=0)
+    baseline: float
+    mde: float
     alpha: float = Field(default=0.05, gt=0, lt=1)
     power: float = Field(default=0.8, gt=0, lt=1)
+    formula: Literal["fleiss", "pooled", "unpooled"] = "fleiss"
     # Stated enrolment (units per day, all arms): lets the linter check the plan is reachable
     # before any data exists.
     expected_units_per_day: float | None = Field(default=None, gt=0)
+    guardrails: dict[str, GuardrailPlan] = {}
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("sd") is None and not 0 < value < 1:
+            raise ValueError(
+                f"{value:g}: a rate must be greater than 0 and less than 1 (give `sd` to plan "
+                "a mean or ratio metric)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _change(self) -> Plan:
+        if self.mde == 0:
+            raise ValueError("mde must not be 0")
+        if self.sd is None and not 0 < self.baseline + self.mde < 1:
+            raise ValueError(
+                f"baseline + mde = {self.baseline + self.mde:g} must stay between 0 and 1"
+            )
+        return self
 
 
 class AssignmentCheck(_Strict):
@@ -430,6 +472,7 @@ class ExperimentConfig(_Strict):
             elif name == self.primary:
                 problems.append(f"guardrail {name!r} is the primary metric")
         problems += self._cuped_problems()
+        problems += self._plan_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -446,6 +489,22 @@ class ExperimentConfig(_Strict):
                     f"metric {name!r}: cuped.covariate {cuped.covariate!r} is not an event "
                     "proportion or mean metric"
                 )
+        return problems
+
+    def _plan_problems(self) -> list[str]:
+        if self.plan is None:
+            return []
+        problems = [
+            f"plan.guardrails.{name}: not a guardrail of this experiment"
+            for name in self.plan.guardrails
+            if name not in self.guardrails
+        ]
+        primary = self.metrics.get(self.primary)
+        if isinstance(primary, MeanMetric | RatioMetric) and self.plan.sd is None:
+            problems.append(
+                f"plan.sd: the primary {self.primary!r} is a {primary.type} metric; its plan "
+                "needs the per-unit standard deviation"
+            )
         return problems
 
     @property

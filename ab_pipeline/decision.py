@@ -172,17 +172,14 @@ def _significance(
 def _one_sided_bound(
     comparison: dict[str, Any], relative: bool, harmful_up: bool, alpha: float
 ) -> float:
-    """The (1 - alpha) one-sided bound on harm: estimate +/- z_{1-alpha} * SE."""
-    from scipy.stats import norm
+    """The (1 - alpha) one-sided bound on harm (log scale for a relative budget; the
+    interval's end when a discrete quantile has no SE): `statistics.harm_bound`."""
+    from ab_pipeline.statistics import harm_bound
 
-    z = float(norm.ppf(1 - alpha))
-    if relative:
-        low, high = comparison["relative_ci"]
-        se = (high - low) / (2 * float(norm.ppf(1 - alpha / 2)))
-        estimate = comparison["relative"]
-    else:
-        se, estimate = comparison["se"], comparison["absolute"]
-    return estimate + z * se if harmful_up else estimate - z * se
+    bound = harm_bound(comparison, relative, harmful_up, alpha)
+    if bound is None:  # nothing to bound with: the check fails
+        return float("inf") if harmful_up else float("-inf")
+    return bound
 
 
 def guardrail_check(

@@ -125,10 +125,11 @@ def check_guardrail_topics(config: ExperimentConfig) -> list[LintWarning]:
 def check_sample_size(config: ExperimentConfig, enrolment: Enrolment | None) -> list[LintWarning]:
     if config.plan is None or enrolment is None:
         return []
-    from ab_pipeline.statistics import sample_size_two_proportions
+    from ab_pipeline.diagnosis import primary_sample_size
 
-    plan = config.plan
-    required = sample_size_two_proportions(plan.baseline, plan.mde, plan.alpha, plan.power).per_arm
+    size = primary_sample_size(config)
+    assert size is not None  # config.plan is set
+    required = size.per_arm
     days = planned_days(config)
     smallest = min(config.arms.values())
     reachable = enrolment.per_day * days * smallest

@@ -268,7 +268,7 @@ def governance_results(ctx: RunContext, analysed: bool) -> dict[str, Any]:
 def assemble_results(ctx: RunContext) -> dict[str, Any]:
     """results.json from what the run recorded; raises when there is nothing honest to say."""
     from ab_pipeline.decision import decide, failed_gates
-    from ab_pipeline.statistics import sample_size_two_proportions
+    from ab_pipeline.diagnosis import plan_summary
 
     config = ctx.config
     gates = recorded_gates(ctx)
@@ -281,16 +281,7 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
     ):
         raise PipelineError("the pipeline broke before a decision could be made; no brief", **tags)
     decision = decide(config, ctx.run_date, gates, metrics if not gate_failures and metrics else {})
-    plan = None
-    if config.plan:
-        size = sample_size_two_proportions(
-            config.plan.baseline, config.plan.mde, config.plan.alpha, config.plan.power
-        )
-        plan = {
-            **config.plan.model_dump(),
-            "required_per_arm": size.per_arm,
-            "formula": size.formula,
-        }
+    plan = plan_summary(config)
     results: dict[str, Any] = {
         "experiment": config.key,
         "version": config.version,

@@ -16,26 +16,89 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Comparison:
-    """Treatment minus control, on the metric's own scale."""
+    """Treatment minus control, on the metric's own scale.
+
+    `relative_ci` is taken on the log scale (exp(log(t/c) +/- z SE_log) - 1) whenever t/c > 0,
+    so its tails hold their level; `relative_se_log` is that SE (None: delta-method fallback).
+    `p_value` and `se` are None when they cannot be computed honestly (`discrete`).
+    """
 
     absolute: float
     ci: tuple[float, float]
     relative: float | None
     relative_ci: tuple[float, float] | None
-    p_value: float
-    se: float
+    p_value: float | None
+    se: float | None
     method: str
+    relative_se_log: float | None = None
+    alpha: float = 0.05
+    discrete: bool = False
+    note: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "absolute": self.absolute,
             "ci": list(self.ci),
             "relative": self.relative,
             "relative_ci": list(self.relative_ci) if self.relative_ci else None,
+            "relative_se_log": self.relative_se_log,
+            "relative_method": _relative_method(self),
             "p_value": self.p_value,
             "se": self.se,
             "method": self.method,
+            "discrete": self.discrete,
         }
+        if self.note:
+            out["note"] = self.note
+        out["one_sided"] = {
+            "level": 1 - self.alpha,
+            "absolute": [harm_bound(out, False, up, self.alpha) for up in (False, True)],
+            "relative": [harm_bound(out, True, up, self.alpha) for up in (False, True)]
+            if self.relative is not None
+            else None,
+        }
+        return out
+
+
+def _relative_method(comparison: Comparison) -> str | None:
+    if comparison.relative_ci is None:
+        return None
+    if comparison.discrete:
+        return "ratio of the arms' order-statistic interval ends (discrete values)"
+    if comparison.relative_se_log is not None:
+        return "log ratio of means, delta-method SE on the log scale"
+    return "delta method on the ratio (log scale undefined: a non-positive ratio)"
+
+
+def harm_bound(
+    comparison: Mapping[str, Any], relative: bool, upper: bool, alpha: float = 0.05
+) -> float | None:
+    """One-sided (1 - alpha) bound of a comparison (`Comparison.as_dict()` / results.json).
+
+    Absolute: estimate +/- z_{1-alpha} SE. Relative: exp(log(1 + lift) +/- z_{1-alpha} SE_log)
+    - 1, the log-scale bound whose tail holds its level. Without an SE (a discrete quantile,
+    or a delta-method fallback) the end of the two-sided interval (one-sided 1 - alpha/2:
+    conservative) stands in. None when the relative lift is undefined.
+    """
+    z = _z(2 * alpha)
+    sign = 1.0 if upper else -1.0
+    if relative:
+        lift, se_log, ci = (
+            comparison.get("relative"),
+            comparison.get("relative_se_log"),
+            comparison.get("relative_ci"),
+        )
+        if lift is None:
+            return None
+        if se_log is not None and lift > -1:
+            return math.exp(math.log1p(lift) + sign * z * se_log) - 1
+    else:
+        lift, se, ci = comparison["absolute"], comparison.get("se"), comparison.get("ci")
+        if se is not None:
+            return float(lift + sign * z * se)
+    if not ci:
+        return None
+    return float(ci[1] if upper else ci[0])
 
 
 @dataclass(frozen=True)
@@ -80,16 +143,34 @@ def srm_test(counts: Mapping[str, int], allocation: Mapping[str, float]) -> SrmR
     )
 
 
-def _relative_interval(
+@dataclass(frozen=True)
+class RelativeLift:
+    estimate: float
+    ci: tuple[float, float]
+    se_log: float | None
+
+
+def relative_lift(
     mean_t: float, var_mean_t: float, mean_c: float, var_mean_c: float, alpha: float
-) -> tuple[float | None, tuple[float, float] | None]:
-    """Relative lift t/c - 1 with a delta-method interval on the ratio (independent arms)."""
+) -> RelativeLift | None:
+    """Relative lift t/c - 1 of two independent estimates, with its (1 - alpha) interval.
+
+    On the log scale when t/c > 0: log(t/c) +/- z SE, SE^2 = Var(t)/t^2 + Var(c)/c^2 (delta
+    method for the log ratio), then exponentiated. The ratio's sampling distribution is skewed,
+    so a symmetric interval on t/c misses unevenly (too often above); the log scale does not.
+    Otherwise (ratio <= 0) the delta-method interval on t/c itself. None when c = 0.
+    """
     if mean_c == 0:
-        return None, None
+        return None
     ratio = mean_t / mean_c
+    z = _z(alpha)
+    if ratio > 0:
+        se_log = math.sqrt(var_mean_t / mean_t**2 + var_mean_c / mean_c**2)
+        low, high = math.log(ratio) - z * se_log, math.log(ratio) + z * se_log
+        return RelativeLift(ratio - 1, (math.exp(low) - 1, math.exp(high) - 1), se_log)
     var_ratio = var_mean_t / mean_c**2 + (mean_t**2) * var_mean_c / mean_c**4
-    half = _z(alpha) * math.sqrt(var_ratio)
-    return ratio - 1, (ratio - 1 - half, ratio - 1 + half)
+    half = z * math.sqrt(var_ratio)
+    return RelativeLift(ratio - 1, (ratio - 1 - half, ratio - 1 + half), None)
 
 
 def _z_comparison(
@@ -112,18 +193,20 @@ def _comparison(
     method: str,
 ) -> Comparison:
     """Assemble a Comparison from each arm's (estimate, variance of the estimate), the test's
-    p-value and the interval's half-width; the relative lift gets its own delta interval."""
+    p-value and the interval's half-width; the relative lift gets its own log-scale interval."""
     (mean_c, var_c), (mean_t, var_t) = control, treatment
     diff = mean_t - mean_c
-    relative, relative_ci = _relative_interval(mean_t, var_t, mean_c, var_c, alpha)
+    lift = relative_lift(mean_t, var_t, mean_c, var_c, alpha)
     return Comparison(
         absolute=diff,
         ci=(diff - half, diff + half),
-        relative=relative,
-        relative_ci=relative_ci,
+        relative=lift.estimate if lift else None,
+        relative_ci=lift.ci if lift else None,
         p_value=p_value,
         se=math.sqrt(var_c + var_t),
         method=method,
+        relative_se_log=lift.se_log if lift else None,
+        alpha=alpha,
     )
 
 
@@ -222,6 +305,13 @@ def quantile_bracket(q: float, n: int, alpha: float = 0.05) -> tuple[float, floa
     return max(q - half, 0.0), min(q + half, 1.0), z
 
 
+DISCRETE_NOTE = (
+    "discrete values: the quantile sits on a value shared by many events (ties), so it moves "
+    "in steps and has no normal-theory SE or p-value; the interval is the difference of the "
+    "arms' order-statistic intervals (conservative)"
+)
+
+
 def compare_quantiles(
     control: QuantileSummary, treatment: QuantileSummary, alpha: float = 0.05
 ) -> Comparison:
@@ -231,7 +321,13 @@ def compare_quantiles(
     With `clustered_quantile_bracket` choosing the ranks (Deng, Knoblich & Lu 2018) the interval
     accounts for events clustered within units; with `quantile_bracket` (one event per unit) it
     is the classical binomial interval. Arms are independent, so the variances add.
+
+    Ties: when an arm's interval has zero width (one value fills every rank in it), that SE
+    would be 0 and the p-value 0 or 1 by accident. Then the comparison is marked `discrete`,
+    `se` and `p_value` are None, and the interval is [lower_t - upper_c, upper_t - lower_c].
     """
+    if control.upper == control.lower or treatment.upper == treatment.lower:
+        return _discrete_quantile_comparison(control, treatment, alpha)
     se_c = (control.upper - control.lower) / (2 * control.z)
     se_t = (treatment.upper - treatment.lower) / (2 * treatment.z)
     return _z_comparison(
@@ -243,10 +339,94 @@ def compare_quantiles(
     )
 
 
+def _discrete_quantile_comparison(
+    control: QuantileSummary, treatment: QuantileSummary, alpha: float
+) -> Comparison:
+    # Each arm's range holds its interval and its (interpolated) estimate.
+    low_c, high_c = min(control.lower, control.estimate), max(control.upper, control.estimate)
+    low_t, high_t = (
+        min(treatment.lower, treatment.estimate),
+        max(treatment.upper, treatment.estimate),
+    )
+    relative, relative_ci = None, None
+    if control.estimate != 0:
+        relative = treatment.estimate / control.estimate - 1
+        if min(low_c, low_t) > 0:
+            relative_ci = (low_t / high_c - 1, high_t / low_c - 1)
+    return Comparison(
+        absolute=treatment.estimate - control.estimate,
+        ci=(low_t - high_c, high_t - low_c),
+        relative=relative,
+        relative_ci=relative_ci,
+        p_value=None,
+        se=None,
+        method="difference of sample quantiles on discrete (tied) values: interval from the "
+        "arms' order-statistic intervals, no SE or p-value",
+        alpha=alpha,
+        discrete=True,
+        note=DISCRETE_NOTE,
+    )
+
+
 @dataclass(frozen=True)
 class SampleSize:
     per_arm: int
     formula: str
+    alpha_per_comparison: float = 0.05
+
+
+PROPORTION_FORMULAS = ("fleiss", "pooled", "unpooled")
+
+
+def planning_alpha(alpha: float, comparisons: int = 1, correction: str = "holm") -> float:
+    """The two-sided level each treatment-vs-control comparison is planned at.
+
+    Holm and BH both reject a lone true effect among k comparisons only when its p-value is
+    below alpha / k (the others being null), so alpha / k (Bonferroni) is the planning rule
+    that reaches the stated power under either; `none` keeps alpha.
+    """
+    if comparisons < 1:
+        raise ValueError(f"comparisons must be >= 1, got {comparisons}")
+    return alpha if correction == "none" else alpha / comparisons
+
+
+def check_proportion_plan(baseline: float, mde: float, alpha: float, power: float) -> None:
+    """Raise ValueError naming the first impossible planning input."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be between 0 and 1 (exclusive), got {alpha:g}")
+    if not 0 < power < 1:
+        raise ValueError(f"power must be between 0 and 1 (exclusive), got {power:g}")
+    if not 0 < baseline < 1:
+        raise ValueError(f"baseline must be a rate between 0 and 1 (exclusive), got {baseline:g}")
+    if mde == 0:
+        raise ValueError("mde must not be 0")
+    if not 0 < baseline + mde < 1:
+        raise ValueError(
+            f"baseline + mde must stay between 0 and 1, got {baseline:g} + {mde:g} = "
+            f"{baseline + mde:g}"
+        )
+
+
+def _proportion_variances(baseline: float, mde: float, formula: str) -> tuple[float, float, str]:
+    """(variance factor under H0, under H1, name) for n = (z_a sqrt(v0) + z_b sqrt(v1))^2/mde^2."""
+    p1, p2 = baseline, baseline + mde
+    unpooled = p1 * (1 - p1) + p2 * (1 - p2)
+    if formula == "fleiss":
+        p_bar = (p1 + p2) / 2
+        return (
+            2 * p_bar * (1 - p_bar),
+            unpooled,
+            "Fleiss formula (the z-test with pooled SE): n = (z_{1-a/2} sqrt(2 pbar qbar) + "
+            "z_power sqrt(p1q1 + p2q2))^2 / mde^2, pbar = (p1 + p2) / 2",
+        )
+    if formula == "pooled":
+        variance = 2 * p1 * (1 - p1)
+        name = "2p(1-p) formula: n = (z_{1-a/2} + z_power)^2 * 2p(1-p) / mde^2, p = baseline"
+        return variance, variance, name
+    if formula == "unpooled":
+        name = "unpooled formula: n = (z_{1-a/2} + z_power)^2 * (p1q1 + p2q2) / mde^2"
+        return unpooled, unpooled, name
+    raise ValueError(f"unknown formula {formula!r}: use {', '.join(PROPORTION_FORMULAS)}")
 
 
 def sample_size_two_proportions(
@@ -254,29 +434,175 @@ def sample_size_two_proportions(
     mde: float,
     alpha: float = 0.05,
     power: float = 0.8,
-    formula: str = "pooled",
+    formula: str = "fleiss",
+    comparisons: int = 1,
+    correction: str = "holm",
 ) -> SampleSize:
-    """Units per arm to detect an absolute lift `mde` over `baseline` (two-sided test).
+    """Units per arm to detect an absolute change `mde` from `baseline` (two-sided test).
 
-    `pooled`:   n = (z_{1-a/2} + z_{power})^2 * 2 p (1 - p) / mde^2, p = baseline
-    `unpooled`: n = (z_{1-a/2} + z_{power})^2 * (p1 q1 + p2 q2) / mde^2, p2 = baseline + mde
-    Rounded up to a whole unit.
+    `fleiss` (default): the normal power function of the test the analysis runs (pooled SE
+    under H0, unpooled variance p1q1 + p2q2 under H1), so the stated power is reached.
+    `pooled`: the textbook 2p(1-p) formula (variance at the baseline under both hypotheses;
+    under-powered when the rate moves, most for rare events). `unpooled`: p1q1 + p2q2 under
+    both. Alpha is split across `comparisons` treatment arms (`planning_alpha`). Rounded up.
     """
     from scipy.stats import norm
 
-    if not 0 < baseline < 1 or not 0 < baseline + mde < 1 or mde <= 0:
-        raise ValueError("need 0 < baseline < baseline + mde < 1")
-    z_sum = float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
-    if formula == "pooled":
-        variance = 2 * baseline * (1 - baseline)
-        name = "2p(1-p) formula: n = (z_{1-alpha/2} + z_power)^2 * 2p(1-p) / mde^2"
-    elif formula == "unpooled":
-        treated = baseline + mde
-        variance = baseline * (1 - baseline) + treated * (1 - treated)
-        name = "unpooled formula: n = (z_{1-alpha/2} + z_power)^2 * (p1q1 + p2q2) / mde^2"
+    check_proportion_plan(baseline, mde, alpha, power)
+    level = planning_alpha(alpha, comparisons, correction)
+    v0, v1, name = _proportion_variances(baseline, mde, formula)
+    z_a, z_b = float(norm.ppf(1 - level / 2)), float(norm.ppf(power))
+    n = (z_a * math.sqrt(v0) + z_b * math.sqrt(v1)) ** 2 / mde**2
+    return SampleSize(math.ceil(n - 1e-9), name, level)
+
+
+def normal_power_two_proportions(
+    baseline: float, mde: float, per_arm: float, alpha: float = 0.05
+) -> float:
+    """Power of the two-sided pooled z-test at `per_arm` units (normal approximation)."""
+    from scipy.stats import norm
+
+    v0, v1, _ = _proportion_variances(baseline, mde, "fleiss")
+    z_a = float(norm.ppf(1 - alpha / 2))
+    shift = abs(mde) * math.sqrt(per_arm)
+    return float(
+        norm.cdf((shift - z_a * math.sqrt(v0)) / math.sqrt(v1))
+        + norm.cdf((-shift - z_a * math.sqrt(v0)) / math.sqrt(v1))
+    )
+
+
+def mde_two_proportions(
+    baseline: float,
+    per_arm: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    formula: str = "fleiss",
+    comparisons: int = 1,
+    correction: str = "holm",
+    increase: bool = True,
+) -> float:
+    """The smallest absolute change detectable with `per_arm` units: the planning formula
+    solved for |mde| (upwards, or downwards when not `increase`; inf when none is)."""
+    from scipy.optimize import brentq
+
+    if per_arm <= 0:
+        return math.inf
+    level = planning_alpha(alpha, comparisons, correction)
+    sign = 1.0 if increase else -1.0
+
+    def gap(size: float) -> float:
+        return _required(baseline, sign * size, level, power, formula) - per_arm
+
+    top = (1 - baseline if increase else baseline) * (1 - 1e-9)
+    if gap(top) > 0:
+        return math.inf
+    return float(brentq(gap, 1e-12, top, xtol=1e-12))
+
+
+def _required(baseline: float, mde: float, level: float, power: float, formula: str) -> float:
+    from scipy.stats import norm
+
+    v0, v1, _ = _proportion_variances(baseline, mde, formula)
+    z_a, z_b = float(norm.ppf(1 - level / 2)), float(norm.ppf(power))
+    return (z_a * math.sqrt(v0) + z_b * math.sqrt(v1)) ** 2 / mde**2
+
+
+def sample_size_means(
+    sd: float,
+    mde: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    comparisons: int = 1,
+    correction: str = "holm",
+) -> SampleSize:
+    """Units per arm for a mean or ratio metric: n = (z_{1-a/2} + z_power)^2 * 2 sd^2 / mde^2.
+
+    `sd` is the per-unit standard deviation (for a ratio sum X / sum Y: of the linearised
+    (X - R Y) / mean Y, Deng et al. 2018), assumed equal in both arms; Welch's test is a z-test
+    at these sizes.
+    """
+    from scipy.stats import norm
+
+    if not sd > 0 or not math.isfinite(sd):
+        raise ValueError(f"sd must be a positive number, got {sd:g}")
+    if mde == 0 or not math.isfinite(mde):
+        raise ValueError(f"mde must be a non-zero number, got {mde:g}")
+    _check_levels(alpha, power)
+    level = planning_alpha(alpha, comparisons, correction)
+    z_sum = float(norm.ppf(1 - level / 2) + norm.ppf(power))
+    n = z_sum**2 * 2 * sd**2 / mde**2
+    return SampleSize(
+        math.ceil(n - 1e-9),
+        "two-sample z formula: n = (z_{1-a/2} + z_power)^2 * 2 sd^2 / mde^2",
+        level,
+    )
+
+
+def mde_means(
+    sd: float,
+    per_arm: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    comparisons: int = 1,
+    correction: str = "holm",
+) -> float:
+    """`sample_size_means` solved for mde."""
+    from scipy.stats import norm
+
+    if per_arm <= 0:
+        return math.inf
+    level = planning_alpha(alpha, comparisons, correction)
+    return float((norm.ppf(1 - level / 2) + norm.ppf(power)) * sd * math.sqrt(2 / per_arm))
+
+
+def _check_levels(alpha: float, power: float) -> None:
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be between 0 and 1 (exclusive), got {alpha:g}")
+    if not 0 < power < 1:
+        raise ValueError(f"power must be between 0 and 1 (exclusive), got {power:g}")
+
+
+def sample_size_non_inferiority(
+    baseline: float,
+    budget: float,
+    relative: bool,
+    harmful_up: bool,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    sd: float | None = None,
+) -> SampleSize:
+    """Units per arm for a guardrail's one-sided (1 - alpha) bound to fall within `budget`
+    with probability `power` when the true effect is 0.
+
+    Variance per unit at no effect: 2 p(1 - p) for a proportion (`sd` None), 2 sd^2 for a
+    mean. Absolute budget: n = (z_{1-a} + z_power)^2 * var / budget^2. Relative budget, on the
+    log scale the bound uses: n = (z_{1-a} + z_power)^2 * var / (baseline^2 log(1 +/- budget)^2).
+    """
+    from scipy.stats import norm
+
+    _check_levels(alpha, power)
+    if not budget > 0:
+        raise ValueError(f"budget must be > 0, got {budget:g}")
+    if sd is None:
+        if not 0 < baseline < 1:
+            raise ValueError(f"baseline must be a rate between 0 and 1, got {baseline:g}")
+        variance, kind = 2 * baseline * (1 - baseline), "2p(1-p)"
     else:
-        raise ValueError(f"unknown formula {formula!r}: use 'pooled' or 'unpooled'")
-    return SampleSize(per_arm=math.ceil(z_sum**2 * variance / mde**2 - 1e-9), formula=name)
+        if not sd > 0:
+            raise ValueError(f"sd must be > 0, got {sd:g}")
+        variance, kind = 2 * sd**2, "2 sd^2"
+    z_sum = float(norm.ppf(1 - alpha) + norm.ppf(power))
+    if relative:
+        if baseline == 0 or (not harmful_up and budget >= 1):
+            raise ValueError("a relative budget needs a non-zero baseline (and a decrease < 100%)")
+        margin = abs(baseline * math.log1p(budget if harmful_up else -budget))
+        name = (
+            f"non-inferiority, log scale: n = (z_{{1-a}} + z_power)^2 * {kind} / (p log(1 +/- b))^2"
+        )
+    else:
+        margin = budget
+        name = f"non-inferiority: n = (z_{{1-a}} + z_power)^2 * {kind} / budget^2"
+    return SampleSize(math.ceil(z_sum**2 * variance / margin**2 - 1e-9), name, alpha)
 
 
 # --- ratio metrics -------------------------------------------------------------------------
@@ -428,28 +754,29 @@ def with_method(comparison: Comparison, method: str) -> Comparison:
 # --- multiple arms --------------------------------------------------------------------------
 
 
-def adjust_p_values(p_values: Sequence[float], method: str = "holm") -> list[float]:
+def adjust_p_values(p_values: Sequence[float | None], method: str = "holm") -> list[float]:
     """Holm (1979) step-down FWER or Benjamini-Hochberg (1995) step-up FDR adjusted p-values.
 
     The same numbers as statsmodels' multipletests(method="holm" / "fdr_bh"). "none" returns the
-    raw p-values.
+    raw p-values. A p-value that could not be computed (None: discrete values) counts as 1.
     """
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
+    values = [1.0 if p is None else p for p in p_values]
+    m = len(values)
+    order = sorted(range(m), key=lambda i: values[i])
     adjusted = [0.0] * m
     if method == "none":
-        return list(p_values)
+        return values
     if method == "holm":
         running = 0.0
         for rank, i in enumerate(order):
-            running = max(running, min(1.0, (m - rank) * p_values[i]))
+            running = max(running, min(1.0, (m - rank) * values[i]))
             adjusted[i] = running
         return adjusted
     if method == "bh":
         running = 1.0
         for rank in range(m - 1, -1, -1):
             i = order[rank]
-            running = min(running, m * p_values[i] / (rank + 1))
+            running = min(running, m * values[i] / (rank + 1))
             adjusted[i] = min(running, 1.0)
         return adjusted
     raise ValueError(f"unknown correction {method!r}: use holm, bh or none")
@@ -459,10 +786,18 @@ def adjust_p_values(p_values: Sequence[float], method: str = "holm") -> list[flo
 
 
 def obrien_fleming_spending(t: float, alpha: float) -> float:
-    """Lan & DeMets (1983) O'Brien-Fleming-type spending: 2 - 2 Phi(z_{1-alpha/2} / sqrt t)."""
+    """Two-sided alpha spent by information fraction t: Lan & DeMets (1983) O'Brien-Fleming-type
+    spending of alpha/2 on each side, 2 * (2 - 2 Phi(z_{1-alpha/4} / sqrt t)).
+
+    The convention of gsDesign (`sfLDOF`) and ldbounds for a symmetric two-sided test: the
+    per-side function alpha_s(t) = 2 - 2 Phi(z_{1-alpha_s/2} / sqrt t) with alpha_s = alpha/2.
+    (Putting the two-sided alpha into the function instead spends more early: K = 5 boundaries
+    4.38, 3.10, ... instead of the published 4.88, 3.36, 2.68, 2.29, 2.03.)
+    """
     if t <= 0:
         return 0.0
-    return min(2.0 * _normal_tail(_z(alpha) / math.sqrt(min(t, 1.0))), alpha)
+    per_side = 2.0 * _normal_tail(_z(alpha / 2) / math.sqrt(min(t, 1.0)))
+    return min(2.0 * per_side, alpha)
 
 
 def _normal_tail(x: float) -> float:
@@ -557,7 +892,7 @@ def sequential_look(z: float, look: int, planned_looks: int, alpha: float = 0.05
     boundary = group_sequential_boundaries(fractions, alpha)[look - 1]
     t = fractions[look - 1]
     return SequentialLook(
-        method="group-sequential, Lan-DeMets O'Brien-Fleming-type alpha spending",
+        method="group-sequential, Lan-DeMets O'Brien-Fleming-type spending of alpha/2 per side",
         look=look,
         planned_looks=planned_looks,
         information_fraction=t,
@@ -566,18 +901,3 @@ def sequential_look(z: float, look: int, planned_looks: int, alpha: float = 0.05
         z=z,
         crossed=abs(z) >= boundary,
     )
-
-
-# --- planning -------------------------------------------------------------------------------
-
-
-def mde_two_proportions(
-    baseline: float, per_arm: int, alpha: float = 0.05, power: float = 0.8
-) -> float:
-    """The absolute lift detectable with `per_arm` units (inverse of the 2p(1-p) formula)."""
-    from scipy.stats import norm
-
-    if per_arm <= 0:
-        return math.inf
-    z_sum = float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
-    return z_sum * math.sqrt(2 * baseline * (1 - baseline) / per_arm)

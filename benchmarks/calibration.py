@@ -1,4 +1,5 @@
-"""Full calibration suite: prints the table and writes it into docs/statistics.md.
+"""Full calibration suite and the planning table: prints both and writes them into
+docs/statistics.md.
 
     .venv/bin/python benchmarks/calibration.py [--scale 1.0] [--no-write]
 
@@ -10,12 +11,20 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from datetime import date
 from pathlib import Path
 
-from ab_pipeline.calibration import markdown_table, run_all
+from ab_pipeline.calibration import markdown_table, plan_table, run_all
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "statistics.md"
 BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
+PLANS_BEGIN, PLANS_END = "<!-- plans:begin -->", "<!-- plans:end -->"
+
+
+def replace_block(text: str, begin: str, end: str, block: str) -> str:
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    wrapped = f"{begin}\n{block}\n{end}"
+    return pattern.sub(lambda _: wrapped, text) if pattern.search(text) else f"{text}\n{wrapped}\n"
 
 
 def main() -> None:
@@ -27,19 +36,15 @@ def main() -> None:
     table = markdown_table(run_all(args.scale))
     elapsed = time.perf_counter() - started
     block = (
-        f"{BEGIN}\n{table}\n\nMeasured by `.venv/bin/python benchmarks/calibration.py` "
-        f"(scale {args.scale:g}, {elapsed:.0f} s).\n{END}"
+        f"{table}\n\nMeasured on {date.today().isoformat()} by "
+        f"`.venv/bin/python benchmarks/calibration.py` (scale {args.scale:g}, {elapsed:.0f} s on "
+        "one core)."
     )
-    print(table)
-    print(f"\n{elapsed:.1f} s")
+    plans = plan_table()
+    print(table, f"\n{elapsed:.1f} s\n", plans, sep="\n")
     if not args.no_write:
-        text = DOC.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-        DOC.write_text(
-            pattern.sub(lambda _: block, text)
-            if pattern.search(text)
-            else text + "\n" + block + "\n"
-        )
+        text = replace_block(DOC.read_text(), BEGIN, END, block)
+        DOC.write_text(replace_block(text, PLANS_BEGIN, PLANS_END, plans))
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def test_cli_validate_passes_on_samples(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_cli_plan_names_the_formula(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "--baseline", "0.38", "--mde", "0.02"]) == 0
+    assert main(["plan", "--baseline", "0.38", "--mde", "0.02", "--formula", "pooled"]) == 0
     out = capsys.readouterr().out
     assert "9,246 units per arm" in out and "2p(1-p)" in out
     assert main(["plan", "--baseline", "0.25", "--mde", "0.03", "--formula", "unpooled"]) == 0

@@ -75,14 +75,14 @@ def test_a_guardrail_covers_its_topic_by_name_event_or_description() -> None:
 def test_a_stated_rate_that_cannot_reach_the_plan() -> None:
     plan = {**refund()["plan"], "expected_units_per_day": 400}
     [warning] = lint_config(parse_config(refund(plan=plan)))
-    assert warning.field == "plan" and "9,246" in warning.reason and "5,600" in warning.reason
-    plan["expected_units_per_day"] = 700  # 700 * 28 * 0.5 = 9,800 >= 9,246
+    assert warning.field == "plan" and "9,336" in warning.reason and "5,600" in warning.reason
+    plan["expected_units_per_day"] = 700  # 700 * 28 * 0.5 = 9,800 >= 9,336
     assert fields(refund(plan=plan)) == []
 
 
 def test_an_observed_rate_from_the_warehouse(duckdb_warehouse: Warehouse) -> None:
     config = load_config(REFUND)
-    # 4,000 customers over the run cannot reach the plan's 9,246 per arm.
+    # 4,000 customers over the run cannot reach the plan's 9,336 per arm.
     scenario = load_scenario(REPO / "simulations" / "refund-query-rewrite.yaml").with_units(4000)
     simulate(config, scenario, duckdb_warehouse.url)
     [warning] = lint_config(config, duckdb_warehouse)

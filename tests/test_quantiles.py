@@ -299,3 +299,41 @@ def test_metrics_named_with_capitals_are_analysed_on_every_engine(
         got = results["Latency_P95"]["arms"][arm]["value"]
         assert got == pytest.approx(float(np.quantile(values, 0.95)), rel=1e-12)
     assert results["Solved_Rate"]["arms"]["control"]["units"] == 200
+
+
+def load_tied(warehouse: Warehouse, prefix: str, tie: float) -> None:
+    """Latencies whose p95 sits on an atom: 10% of events are exactly `tie` ms (a timeout
+    or a rounded value), 87% below it and 3% above, in 800 units of 1-6 events."""
+    rng = np.random.default_rng(21)
+    create_contract_tables(warehouse, prefix.rstrip("."))
+    exposures, events = [], []
+    for i in range(800):
+        arm = "treatment" if i % 2 else "control"
+        unit, first = f"u{i}", START + timedelta(minutes=11 * i)
+        exposures.append(("quantile-check", unit, arm, first, False, False, None))
+        for k in range(1 + i % 6):
+            draw = rng.random()
+            value = (
+                float(rng.uniform(10, tie - 1))
+                if draw < 0.87
+                else tie
+                if draw < 0.97
+                else float(rng.uniform(tie + 1, 400))
+            )
+            events.append((unit, "served", first + timedelta(minutes=k + 1), value, None))
+    insert_rows(warehouse, exposures, events, prefix.rstrip("."))
+
+
+def test_a_quantile_on_tied_values_is_flagged_discrete_without_se_or_p_value(
+    duckdb_warehouse: Warehouse,
+) -> None:
+    load_tied(duckdb_warehouse, "", 80.0)
+    config = clustered_config(0.95, "")
+    table = build_units_table(duckdb_warehouse, config, RUN)
+    latency = analysis.analyse(duckdb_warehouse, config, table, RUN)["latency"]
+    comparison = latency["comparisons"]["treatment"]
+    assert {a["value"] for a in latency["arms"].values()} == {80.0}
+    assert comparison["discrete"] is True and "discrete values" in comparison["note"]
+    assert comparison["se"] is None and comparison["p_value"] is None
+    assert comparison["ci"] == [0.0, 0.0]  # both arms' intervals are the atom itself
+    assert comparison["one_sided"]["absolute"] == [0.0, 0.0]

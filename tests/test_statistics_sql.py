@@ -100,9 +100,9 @@ def test_ratio_and_cuped_columns_and_analysis(duckdb_warehouse: Warehouse) -> No
     assert ratio["arms"]["control"]["denominator"] > 0
     assert "delta" in ratio["comparisons"]["a"]["method"]
     latency = metrics["latency"]["comparisons"]["a"]
-    assert (
-        "Deng" in latency["method"] and latency["ci"][0] <= latency["absolute"] <= latency["ci"][1]
-    )
+    # Few distinct latencies (100 + 10 k + e): the p90 sits on a tie, so it is discrete.
+    assert latency["discrete"] and latency["se"] is None and latency["p_value"] is None
+    assert latency["ci"][0] <= latency["absolute"] <= latency["ci"][1]
 
 
 def test_srm_diagnosis_and_progress(duckdb_warehouse: Warehouse) -> None:
@@ -120,8 +120,9 @@ def test_srm_diagnosis_and_progress(duckdb_warehouse: Warehouse) -> None:
     }
     assert "by_day" not in srm_diagnosis(duckdb_warehouse, cfg, table, failed=False)
     made = progress(cfg, {"control": 30, "a": 30, "b": 30}, date(2026, 5, 13))
-    assert made is not None and made["planned_per_arm"] == 9246
-    assert made["enrolment_per_day"] == pytest.approx(3.0) and made["days_left"] == 3072
+    # Two treatment arms: the plan (Fleiss formula) at alpha / 2 per comparison.
+    assert made is not None and made["planned_per_arm"] == 11305
+    assert made["enrolment_per_day"] == pytest.approx(3.0) and made["days_left"] == 3759
     assert made["mde_now"] > 0.3
 
 
