@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from ab_pipeline.config import ExperimentConfig, Guardrail
+from ab_pipeline.config import ExperimentConfig, Guardrail, format_duration
 
 GATE_NAMES = ("data_quality", "srm", "receipt", "assignment")
 
@@ -360,19 +360,13 @@ def decide(
     integrity = traffic_integrity(gates)
     if not integrity.passed:
         return Decision("RERUN", _rerun_reason(gates), status, (integrity,))
-    per_arm = {arm: _arm_checks(config, metrics, arm) for arm in config.treatments}
+    per_arm = {arm: _arm_checks(config, metrics, arm, run_date) for arm in config.treatments}
     checks = (integrity,) + tuple(c for arm_checks in per_arm.values() for c in arm_checks)
     early = _sequential_early_decision(config, per_arm, metrics, status, checks)
     if early is not None:
         return early
     if status == "interim":
-        return Decision(
-            "CONTINUE",
-            f"Interim readout on {run_date} before the planned end {config.end}: no launch call "
-            "yet; the estimates below are provisional.",
-            status,
-            checks,
-        )
+        return Decision("CONTINUE", _continue_reason(config, run_date), status, checks)
     harmed = [c for c in checks if c.outcome == "harmed"]
     if harmed:
         return Decision("STOP", _stop_reason(config, metrics, harmed, checks), status, checks)
@@ -381,6 +375,22 @@ def decide(
         arm = max(winners, key=lambda a: _primary_estimate(metrics, config, a))
         return Decision("SHIP", _ship_reason(config, metrics, arm), status, checks)
     return Decision("ITERATE", _iterate_reason(config, metrics, per_arm), status, checks)
+
+
+def _continue_reason(config: ExperimentConfig, run_date: date) -> str:
+    reason = (
+        f"Interim readout on {run_date} before the planned end {config.end}: no launch call "
+        "yet; the estimates below are provisional."
+    )
+    first = first_comparison_date(config)
+    if first is not None and run_date < first:
+        window = format_duration(config.metrics[config.primary].window)  # type: ignore[union-attr]
+        reason = (
+            f"Interim readout on {run_date} before the planned end {config.end}: no launch call "
+            f"yet. No unit has completed its {window} {config.primary} window, so there is no "
+            f"comparison yet; the first is possible at the readout of {first}."
+        )
+    return reason
 
 
 def _stop_reason(
@@ -511,8 +521,31 @@ def _sequential_early_decision(
     )
 
 
+def first_comparison_date(config: ExperimentConfig) -> date | None:
+    """The first readout at which some unit has completed the primary's window (units exposed
+    at the start's midnight complete it at start + window; a readout counts data up to the end
+    of its day). None when the primary has no window."""
+    window = getattr(config.metrics.get(config.primary), "window", None)
+    if window is None:
+        return None
+    closes = datetime.combine(config.start, time()) + window
+    first_day = closes.date() if closes.time() == time() else closes.date() + timedelta(days=1)
+    return first_day - timedelta(days=1)
+
+
+def _window_note(config: ExperimentConfig, run_date: date) -> str:
+    first = first_comparison_date(config)
+    if first is None or run_date >= first:
+        return ""
+    window = format_duration(config.metrics[config.primary].window)  # type: ignore[union-attr]
+    return (
+        f"; no unit has completed its {window} {config.primary} window yet: the first "
+        f"comparison is possible at the readout of {first}"
+    )
+
+
 def _arm_checks(
-    config: ExperimentConfig, metrics: dict[str, dict[str, Any]], arm: str
+    config: ExperimentConfig, metrics: dict[str, dict[str, Any]], arm: str, run_date: date
 ) -> list[Check]:
     primary = metrics.get(config.primary, {})
     if arm not in primary.get("comparisons", {}):
@@ -520,7 +553,8 @@ def _arm_checks(
             Check(
                 "positive_lift_interval",
                 False,
-                f"{config.primary} {arm}: not evaluable: no comparison (no data)",
+                f"{config.primary} {arm}: not evaluable: no comparison (no data)"
+                + _window_note(config, run_date),
                 metric=config.primary,
                 arm=arm,
                 outcome="not_evaluable",

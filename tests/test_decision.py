@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ab_pipeline.config import ExperimentConfig, load_config, parse_config
-from ab_pipeline.decision import decide
+from ab_pipeline.decision import decide, first_comparison_date
 from ab_pipeline.gates.srm import evaluate_srm
 from ab_pipeline.statistics import (
     QuantileSummary,
@@ -388,3 +388,20 @@ def test_relative_budget_not_shown_safe_reports_units_on_the_log_scale() -> None
     se_log = (math.log1p(high) - math.log1p(low)) / (2 * float(norm.ppf(0.975)))
     bound = math.expm1(math.log1p(rescaled.relative) + float(norm.ppf(0.95)) * se_log)
     assert bound == pytest.approx(0.2, abs=0.005)
+
+
+def test_interim_before_the_first_window_closes_says_when_it_does() -> None:
+    config = load_config(REFUND.with_name("delivery-estimate.yaml"))  # 3d primary window
+    assert first_comparison_date(config) == config.start + timedelta(days=2)
+    metrics = {
+        name: {"role": "x", "type": "proportion", "arms": {}, "comparisons": {}}
+        for name in config.metrics
+    }
+    gates = passing_gates(config, {"control": 500, "treatment": 500})
+    early = decide(config, config.start + timedelta(days=1), gates, metrics)
+    assert early.decision == "CONTINUE"
+    first = (config.start + timedelta(days=2)).isoformat()
+    assert f"the first is possible at the readout of {first}" in early.reason
+    assert "3d order_completion window" in checks_by_name(early)["positive_lift_interval"].detail
+    later = decide(config, config.start + timedelta(days=2), gates, metrics)
+    assert "window" not in later.reason
