@@ -339,13 +339,15 @@ def _more_units_text(verdict: GuardrailVerdict) -> str:
     return f"about {verdict.units_needed_per_arm:,} units per arm would settle it"
 
 
-def _missing(name: str, arm: str) -> Check:
+def _missing(name: str, guardrail: Guardrail, arm: str) -> Check:
     return Check(
         f"guardrail:{name}",
         False,
         f"{name} {arm}: not evaluable: no comparison (no data in an arm)",
         metric=name,
         arm=arm,
+        budget=guardrail.budget,
+        budget_kind=guardrail.budget_kind,
         outcome="not_evaluable",
     )
 
@@ -366,7 +368,7 @@ def decide(
     if early is not None:
         return early
     if status == "interim":
-        return Decision("CONTINUE", _continue_reason(config, run_date), status, checks)
+        return Decision("CONTINUE", _continue_reason(config, run_date, metrics), status, checks)
     harmed = [c for c in checks if c.outcome == "harmed"]
     if harmed:
         return Decision("STOP", _stop_reason(config, metrics, harmed, checks), status, checks)
@@ -377,18 +379,18 @@ def decide(
     return Decision("ITERATE", _iterate_reason(config, metrics, per_arm), status, checks)
 
 
-def _continue_reason(config: ExperimentConfig, run_date: date) -> str:
+def _continue_reason(
+    config: ExperimentConfig, run_date: date, metrics: dict[str, dict[str, Any]]
+) -> str:
     reason = (
         f"Interim readout on {run_date} before the planned end {config.end}: no launch call "
         "yet; the estimates below are provisional."
     )
-    first = first_comparison_date(config)
-    if first is not None and run_date < first:
-        window = format_duration(config.metrics[config.primary].window)  # type: ignore[union-attr]
+    no_comparison = not metrics.get(config.primary, {}).get("comparisons")
+    if no_comparison and (note := _window_note(config, run_date)):
         reason = (
             f"Interim readout on {run_date} before the planned end {config.end}: no launch call "
-            f"yet. No unit has completed its {window} {config.primary} window, so there is no "
-            f"comparison yet; the first is possible at the readout of {first}."
+            f"yet, and no comparison: {note}."
         )
     return reason
 
@@ -522,25 +524,26 @@ def _sequential_early_decision(
 
 
 def first_comparison_date(config: ExperimentConfig) -> date | None:
-    """The first readout at which some unit has completed the primary's window (units exposed
-    at the start's midnight complete it at start + window; a readout counts data up to the end
-    of its day). None when the primary has no window."""
+    """The readout by which every unit enrolled on the first day has completed the primary's
+    window: a unit exposed during day D completes it by D + 1 day + window at the latest, and a
+    readout counts data up to the end of its day. None when the primary has no window."""
     window = getattr(config.metrics.get(config.primary), "window", None)
     if window is None:
         return None
-    closes = datetime.combine(config.start, time()) + window
-    first_day = closes.date() if closes.time() == time() else closes.date() + timedelta(days=1)
-    return first_day - timedelta(days=1)
+    closes = datetime.combine(config.start, time()) + timedelta(days=1) + window
+    last_day = closes.date() if closes.time() == time() else closes.date() + timedelta(days=1)
+    return last_day - timedelta(days=1)
 
 
 def _window_note(config: ExperimentConfig, run_date: date) -> str:
+    """Why there is no comparison yet, when the primary's window has not closed for anyone."""
     first = first_comparison_date(config)
     if first is None or run_date >= first:
         return ""
     window = format_duration(config.metrics[config.primary].window)  # type: ignore[union-attr]
     return (
-        f"; no unit has completed its {window} {config.primary} window yet: the first "
-        f"comparison is possible at the readout of {first}"
+        f"no unit has completed its {window} {config.primary} window yet; the units enrolled "
+        f"on the first day have all completed it by the readout of {first}"
     )
 
 
@@ -554,7 +557,7 @@ def _arm_checks(
                 "positive_lift_interval",
                 False,
                 f"{config.primary} {arm}: not evaluable: no comparison (no data)"
-                + _window_note(config, run_date),
+                + (f"; {note}" if (note := _window_note(config, run_date)) else ""),
                 metric=config.primary,
                 arm=arm,
                 outcome="not_evaluable",
@@ -565,7 +568,7 @@ def _arm_checks(
     for name, guardrail in config.guardrails.items():
         metric = metrics.get(name, {})
         if arm not in metric.get("comparisons", {}):
-            checks.append(_missing(name, arm))
+            checks.append(_missing(name, guardrail, arm))
         else:
             checks.append(guardrail_check(config, name, guardrail, metric, arm))
     return checks

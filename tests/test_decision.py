@@ -392,7 +392,8 @@ def test_relative_budget_not_shown_safe_reports_units_on_the_log_scale() -> None
 
 def test_interim_before_the_first_window_closes_says_when_it_does() -> None:
     config = load_config(REFUND.with_name("delivery-estimate.yaml"))  # 3d primary window
-    assert first_comparison_date(config) == config.start + timedelta(days=2)
+    # Units exposed during the start day complete a 3-day window by the end of start + 3.
+    assert first_comparison_date(config) == config.start + timedelta(days=3)
     metrics = {
         name: {"role": "x", "type": "proportion", "arms": {}, "comparisons": {}}
         for name in config.metrics
@@ -400,8 +401,8 @@ def test_interim_before_the_first_window_closes_says_when_it_does() -> None:
     gates = passing_gates(config, {"control": 500, "treatment": 500})
     early = decide(config, config.start + timedelta(days=1), gates, metrics)
     assert early.decision == "CONTINUE"
-    first = (config.start + timedelta(days=2)).isoformat()
-    assert f"the first is possible at the readout of {first}" in early.reason
+    first = (config.start + timedelta(days=3)).isoformat()
+    assert f"have all completed it by the readout of {first}" in early.reason
     assert "3d order_completion window" in checks_by_name(early)["positive_lift_interval"].detail
-    later = decide(config, config.start + timedelta(days=2), gates, metrics)
+    later = decide(config, config.start + timedelta(days=3), gates, metrics)
     assert "window" not in later.reason

@@ -59,7 +59,7 @@ def _runs(root: Path) -> dict[str, tuple[Path, date]]:
         "rerun": (search, load_config(search).end),
         "continue": (delivery, start + timedelta(days=10)),
         "continue-early": (delivery, start + timedelta(days=1)),  # before the 3d window closes
-        "continue-first": (delivery, start + timedelta(days=2)),  # the first units complete it
+        "continue-first": (delivery, start + timedelta(days=3)),  # the first day's units did
     }
 
 
