@@ -144,10 +144,10 @@ def test_iterate_shows_an_interval_that_crosses_zero() -> None:
         assert "ITERATE" in body
 
 
-def test_stop_names_the_breached_guardrail() -> None:
+def test_stop_names_the_harmed_guardrail() -> None:
     brief = render("stop")
     assert re.search(r"\[FAIL\] guardrail:p95_latency_ms", brief.text)
-    assert "[FAIL] p95_latency_ms (treatment): observed +212.0, bound +259.4" in brief.text
+    assert "[HARMED] p95_latency_ms (treatment): observed +212.0, bound +259.4" in brief.text
     assert "max increase 150.0" in brief.html
     assert "FAIL" in brief.html
 
@@ -188,7 +188,9 @@ def test_hostile_text_is_escaped_in_html_and_verbatim_in_text() -> None:
     html = brief.html.lower()
     assert "<script" not in html and "<img src=x" not in html and "<b>ctl" not in html
     assert all(src.startswith("data:image/png;base64,") for src in image_sources(brief.html))
-    assert "</td></tr></table>" not in html
+    # The payload "</td></tr></table>" arrives escaped: every table the page opens, it closes.
+    assert "&lt;/td&gt;&lt;/tr&gt;&lt;/table&gt;" in html
+    assert html.count("<table") == html.count("</table>")
     assert "&lt;script&gt;alert(" in brief.html
     assert "&lt;img src=x onerror=alert(1)&gt;" in brief.html
     assert "<script>alert('x')</script>" in brief.text
@@ -293,7 +295,11 @@ def test_a_gate_that_started_failing_is_named() -> None:
 
 
 def test_reported_changes_are_shown_as_given() -> None:
-    text = render("stop").text
+    results = load("stop")
+    results["changes"] = [
+        {"kind": "check started failing", "detail": "guardrail:p95_latency_ms (treatment)"}
+    ]
+    text = render_brief(results).text
     assert "check started failing: guardrail:p95_latency_ms (treatment)" in text
 
 
@@ -303,9 +309,14 @@ def test_absent_extension_keys_degrade_gracefully() -> None:
         results.pop(key, None)
     brief = render_brief(results)
     for body in both(brief):
-        assert "No progress was reported for this run." not in body or "Enrolled so far" in body
+        # Without `progress`, the plan and the analysed units stand in for it.
+        assert "No progress was reported for this run." not in body
+        assert "Analysed so far: control 10,000, treatment 10,000 (108% of the plan" in body
         assert "This is the first readout: there is no trajectory yet." in body
         assert "No earlier readout to compare with." in body
+    results["plan"] = None
+    for body in both(render_brief(results)):
+        assert "No progress was reported for this run." in body
 
 
 def test_rerun_leads_with_the_srm_breakdown_and_assignment_examples() -> None:
@@ -359,3 +370,95 @@ def test_charts_are_pngs_referenced_by_cid_in_the_email_copy() -> None:
     assert all(c.png.startswith(b"\x89PNG") for c in brief.images)
     assert "data:" not in brief.email_html and "cid:effects@ab-pipeline" in brief.email_html
     assert "cid:" not in brief.html
+
+
+# ---- fixtures cannot drift from what a real run writes ----------------------------------------
+
+# Dicts keyed by data (metric, arm, gate property names) rather than by a fixed set of fields.
+DATA_KEYED = {"metrics", "arms", "comparisons", "counts", "expected", "by_property", "values"}
+DATA_KEYED |= {"enrolled_per_arm"}
+# Each fixture against the real run of the same kind (the hostile one is a SHIP).
+REAL_KIND = {"ship": "ship", "iterate": "iterate", "stop": "stop", "rerun": "rerun"}
+REAL_KIND |= {"continue": "continue", "hostile": "ship"}
+
+
+def shape(value: Any, key: str | None = None) -> Any:
+    """The nested key structure of a results.json value (leaves are None)."""
+    if isinstance(value, dict):
+        if key in DATA_KEYED:
+            return ("each", merge_shapes([shape(v) for v in value.values()]))
+        return {k: shape(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return merge_shapes([shape(v) for v in value])
+    return None
+
+
+def merge_shapes(shapes: list[Any]) -> Any:
+    merged: Any = None
+    for s in shapes:
+        if merged is None:
+            merged = s
+        elif isinstance(merged, dict) and isinstance(s, dict):
+            merged = {k: merge_shapes([merged.get(k), s.get(k)]) for k in merged.keys() | s.keys()}
+        elif isinstance(merged, tuple) and isinstance(s, tuple):
+            merged = ("each", merge_shapes([merged[1], s[1]]))
+    return merged
+
+
+def shape_differences(fixture: Any, real: Any, path: str) -> list[str]:
+    """Where the key sets differ; a null on either side is not compared further."""
+    if fixture is None or real is None:
+        return []
+    if isinstance(fixture, tuple) and isinstance(real, tuple):
+        return shape_differences(fixture[1], real[1], path + "[*]")
+    if isinstance(fixture, dict) and isinstance(real, dict):
+        problems = []
+        if only := sorted(fixture.keys() - real.keys()):
+            problems.append(f"{path}: only in the fixture: {only}")
+        if only := sorted(real.keys() - fixture.keys()):
+            problems.append(f"{path}: only in a real run: {only}")
+        for k in fixture.keys() & real.keys():
+            problems += shape_differences(fixture[k], real[k], f"{path}.{k}")
+        return problems
+    return [
+        f"{path}: a {type(fixture).__name__} in the fixture, {type(real).__name__} in a real run"
+    ]
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    from tests.browser.real_runs import real_results
+
+    return real_results(tmp_path_factory.mktemp("real"))
+
+
+def metric_shapes(runs: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    """Each (metric type, role)'s shape over every real run that has it."""
+    by_type: dict[tuple[str, str], list[Any]] = {}
+    for results in runs:
+        for metric in results["metrics"].values():
+            by_type.setdefault((metric["type"], metric["role"]), []).append(shape(metric))
+    return {kind: merge_shapes(shapes) for kind, shapes in by_type.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(REAL_KIND))
+def test_fixture_keys_match_a_real_run(kind: str, real_runs: dict[str, dict[str, Any]]) -> None:
+    fixture, real = load(kind), real_runs[REAL_KIND[kind]]
+    assert real["decision"] == fixture["decision"]
+    assert sorted(fixture) == sorted(real), "top-level keys differ"
+    problems = []
+    for name in fixture["gates"].keys() | real["gates"].keys():
+        theirs = real["gates"].get(name) or next(
+            (r["gates"][name] for r in real_runs.values() if r["gates"].get(name)), None
+        )
+        problems += shape_differences(
+            shape(fixture["gates"].get(name)), shape(theirs), f"gates.{name}"
+        )
+    assert sorted(fixture["gates"]) == sorted(real["gates"])
+    real_metrics = metric_shapes(list(real_runs.values()))
+    for name, metric in fixture["metrics"].items():
+        kind_role = (metric["type"], metric["role"])
+        assert kind_role in real_metrics, f"no real run has a {kind_role} metric"
+        problems += shape_differences(shape(metric), real_metrics[kind_role], f"metrics.{name}")
+    assert problems == []

@@ -43,7 +43,7 @@ KEY_TEXT: dict[str, list[str]] = {
         "newly significant",
     ],
     "iterate": ["ITERATE", "+0.9 pp", "[-0.4 pp, +2.2 pp]", "includes zero", "first readout"],
-    "stop": ["STOP", "+212.0", "+259.4", "max increase 150.0", "FAIL", "check started failing"],
+    "stop": ["STOP", "+212.0", "+259.4", "max increase 150.0", "FAIL", "HARMED"],
     "rerun": [
         "RERUN",
         "What failed, and what to look at",
