@@ -57,6 +57,14 @@ def both(brief: RenderedBrief) -> list[str]:
     return [brief.html, brief.text]
 
 
+def readable(brief: RenderedBrief) -> list[str]:
+    """The HTML as a reader sees its text (tags dropped, entities decoded), and the text part."""
+    import html
+
+    seen = html.unescape(re.sub(r"<[^>]+>", "", brief.html))
+    return [" ".join(seen.split()), " ".join(brief.text.split())]
+
+
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("results_*.json")), ids=lambda p: p.stem)
 def test_every_fixture_renders_self_contained(path: Path) -> None:
     results = json.loads(path.read_text())
@@ -462,3 +470,138 @@ def test_fixture_keys_match_a_real_run(kind: str, real_runs: dict[str, dict[str,
         assert kind_role in real_metrics, f"no real run has a {kind_role} metric"
         problems += shape_differences(shape(metric), real_metrics[kind_role], f"metrics.{name}")
     assert problems == []
+
+
+# ---- a brief a product manager reads in ten seconds ------------------------------------------
+
+
+def test_data_quality_is_one_line_when_all_pass_and_the_full_list_comes_later() -> None:
+    results = load("ship")
+    for check in results["gates"]["data_quality"]["checks"]:
+        check["passed"] = True
+    html, text = both(render_brief(results))
+    for body in (html, text):
+        assert "All 3 data-quality checks passed." in body
+        # Check names appear only in the full list, after the result.
+        assert body.index("exposures.unit_id not null") > body.index("Checks behind the decision")
+
+
+def test_data_quality_failures_and_warnings_are_spelled_out_first() -> None:
+    results = load("ship")
+    checks = results["gates"]["data_quality"]["checks"]
+    checks[2]["passed"] = False  # the warning-severity check
+    for body in both(render_brief(results)):
+        assert "2 of 3 data-quality checks passed; 1 warning." in body
+        assert "WARNING" in body and "it does not block the analysis" in body
+        assert body.index("0.4% of events untagged") < body.index("Primary metric")
+        assert "FAIL warning" not in body and "(error)" not in body
+
+
+def test_gates_that_do_not_apply_say_so_and_why() -> None:
+    results = load("ship")
+    results["gates"]["receipt"] = None
+    for body in readable(render_brief(results)):
+        assert "This gate did not run" not in body and "NOT RUN" not in body
+        assert "Assignment integrity: not applicable" in body and "assignment: hash" in body
+        assert "Receipt (same system in every arm): not applicable" in body
+        assert "no receipt fields" in body
+
+
+def test_adjusted_p_value_formula_and_enrolment_read_as_sentences() -> None:
+    results = load("ship")
+    primary = results["metrics"]["resolution_rate"]
+    primary["arms"]["treatment"]["units"] = 2105
+    comparison = primary["comparisons"]["treatment"]
+    comparison["correction"] = {"method": "holm", "family": 2, "alpha": 0.05}
+    comparison["p_value_adjusted"] = 0.00155
+    results["plan"]["formula"] = (
+        "2p(1-p) formula: n = (z_{1-alpha/2} + z_power)^2 * 2p(1-p) / mde^2"
+    )
+    for body in readable(render_brief(results)):
+        assert "{'" not in body and "'method'" not in body
+        assert "0.00155 (Holm correction over 2 treatment arms at alpha 0.05; unadjusted" in body
+        assert "Sample size from the 2p(1-p) formula: n = " in body
+        assert "formula: 2p(1-p) formula" not in body.lower()
+        assert "Analysed so far: control 2,000, treatment 2,105" in body
+
+
+GLOSSARY_WORDS = [
+    "pp = percentage points",
+    "Sample ratio mismatch (SRM):",
+    "The chi-square test says",
+    "One-sided bound: the worst difference",
+    "Holm correction: p-values are raised",
+    "Receipt: the system versions",
+    "Novelty: whether the effect fades",
+]
+
+
+@pytest.mark.parametrize("phrase", GLOSSARY_WORDS)
+def test_jargon_is_explained_once_where_it_first_appears(phrase: str) -> None:
+    for body in both(render("ship")):
+        assert body.count(phrase) == 1, phrase
+
+
+def test_explanations_sit_before_the_first_use_in_the_body() -> None:
+    for body in both(render("ship")):
+        assert body.index("pp = percentage points") < body.index("Can we trust the data?")
+        assert body.index("Sample ratio mismatch (SRM):") < body.index("Primary metric")
+
+
+def test_guardrail_not_shown_safe_says_how_many_units_would_settle_it() -> None:
+    results = load("iterate")
+    check = next(c for c in results["checks"] if c["name"] == "guardrail:escalation_rate")
+    check.update(passed=False, outcome="not_shown_within_budget", units_needed_per_arm=14_200)
+    for body in both(render_brief(results)):
+        assert "NOT SHOWN SAFE" in body
+        assert "About 14,200 units per arm (4,200 more) would settle it." in body
+
+
+def test_interim_without_a_comparison_says_when_the_window_closes() -> None:
+    results = load("continue")
+    results["metrics"]["resolution_rate"]["comparisons"] = {}
+    detail = (
+        "resolution_rate treatment: not evaluable: no comparison (no data); no unit has completed "
+        "its 1d resolution_rate window yet; the units enrolled on the first day have all "
+        "completed it by the readout of 2026-05-05"
+    )
+    for check in results["checks"]:
+        if check["name"] == "positive_lift_interval":
+            check.update(passed=False, outcome="not_evaluable", detail=detail)
+    for body in both(render_brief(results, charts=False)):
+        assert "No comparison could be computed" not in body
+        assert "completed it by the readout of 2026-05-05" in body
+        assert "none has yet" in body  # beside the enrolment percentage
+
+
+def test_chart_ticks_show_the_decimals_their_spacing_needs() -> None:
+    from ab_pipeline.charts import tick_digits
+
+    assert tick_digits([-0.0125, 0.0, 0.0125], 100) == 2  # -1.25 pp, not -1.2
+    assert tick_digits([-0.01, 0.0, 0.01, 0.02], 100) == 0
+    assert tick_digits([0.0, 2.5, 5.0], 1) == 1
+
+
+def test_relative_budgets_are_labelled_as_a_share_of_control() -> None:
+    from ab_pipeline.brief import _budget_line
+
+    metric = {"arms": {"control": {"value": 52.4}}}
+    check = {"budget": 0.05, "budget_kind": "max_relative_decrease"}
+    value, label = _budget_line(check, metric, "control", "mean")  # type: ignore[misc]
+    assert value == pytest.approx(-2.62)
+    assert label == "budget -5.0% (-2.62)"
+
+
+def test_the_mail_html_carries_its_styles_inline() -> None:
+    from ab_pipeline.delivery import build_message
+
+    for kind in ("ship", "rerun"):
+        results = load(kind)
+        message = build_message(results, render_brief(results), "readouts@example.com")
+        html = message.get_body(preferencelist=("html",)).get_content()
+        assert "<style" not in html.lower() and "stylesheet" not in html.lower()
+        styled = {"body", "div", "p", "h1", "h2", "table", "th", "td", "ul", "img"}
+        bare = [
+            t for t, attrs in TagCollector.of(html) if t in styled and not dict(attrs).get("style")
+        ]
+        assert bare == [], bare
