@@ -24,10 +24,10 @@ INK, MUTED, GRID = "#1f2328", "#57606a", "#d0d7de"
 POINT, ZERO, THRESHOLD, INTERIM = "#0969da", "#57606a", "#1a7f37", "#9a6700"
 # Charts are drawn for a phone: WIDTH_IN inches shown at CSS_PX_PER_IN CSS pixels per inch (400
 # CSS px, the image's `width`), with pixels at PIXEL_RATIO for sharp text on dense screens. The
-# smallest text, FONT_PT points, is then FONT_PT * 100 / 72 = 12.5 CSS px at full width, and
-# still 11.5 px on a 400 px phone (the brief's 16 px margins leave 368 px for the image).
+# smallest text, FONT_PT points, is then FONT_PT * 100 / 72 = 13.9 CSS px at full width, and
+# still about 12 px on a 400 px phone (scroll bar and the brief's margins leave ~353 px).
 WIDTH_IN, CSS_PX_PER_IN, PIXEL_RATIO = 4.0, 100, 2
-FONT_PT = 9
+FONT_PT = 10
 DPI = CSS_PX_PER_IN * PIXEL_RATIO
 
 
@@ -160,13 +160,17 @@ def trajectory_chart(
     ax.axhline(0.0, color=ZERO, linewidth=1.2)
     for value, label in lines:
         ax.axhline(value, color=THRESHOLD, linewidth=1.2, linestyle="--")
+        # At the left edge on a white box: the label stays readable over the markers.
         ax.annotate(
             safe_label(label),
-            (0, value),
-            xytext=(2, 2),
+            (0.0, value),
+            xycoords=("axes fraction", "data"),
+            xytext=(2, 3),
             textcoords="offset points",
             fontsize=FONT_PT,
             color=THRESHOLD,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1},
+            zorder=4,
         )
     ax.set_xticks(
         xs, [p.run_date[5:] + ("\ninterim" if p.interim else "") for p in points], fontsize=FONT_PT

@@ -454,8 +454,21 @@ def _blocker_words(check: Check, metrics: dict[str, dict[str, Any]], control: st
         return f"{who} is not shown to be within its budget{_settle_text(check, metrics, control)}"
     if check.outcome == "not_evaluable":
         return f"{who} could not be evaluated (no comparison)"
-    if check.outcome == "below_min_lift":
-        return f"{who} moved less than the required min_lift"
+    metric = metrics.get(check.metric or "", {})
+    comparison = metric.get("comparisons", {}).get(check.arm)
+    kind = metric.get("type", "mean")
+    if check.outcome == "below_min_lift" and comparison:
+        required = (check.budget or 0.0) * (1 if comparison["absolute"] >= 0 else -1)
+        return (
+            f"{who} moved {fmt(comparison['absolute'], kind)}, less than the required "
+            f"{fmt(required, kind)} (min_lift)"
+        )
+    if comparison:
+        low, high = comparison["ci"]
+        return (
+            f"{who} moved {fmt(comparison['absolute'], kind)} (95% CI {fmt(low, kind)} to "
+            f"{fmt(high, kind)}), not proven"
+        )
     return f"{who} effect is not proven"
 
 
@@ -471,12 +484,17 @@ def _settle_text(check: Check, metrics: dict[str, dict[str, Any]], control: str)
 def _iterate_reason(
     config: ExperimentConfig, metrics: dict[str, dict[str, Any]], per_arm: dict[str, list[Check]]
 ) -> str:
-    blockers = [
-        _blocker_words(c, metrics, config.control)
-        for cs in per_arm.values()
-        for c in cs
-        if not c.passed
-    ]
+    blockers = []
+    for checks in per_arm.values():
+        failed = [c for c in checks if not c.passed]
+        unproven = any(c.outcome == "not_proven" for c in failed)
+        for check in failed:
+            if unproven and check.outcome == "below_min_lift":
+                continue  # said with the unproven effect, below
+            text = _blocker_words(check, metrics, config.control)
+            if check.outcome == "not_proven" and any(c.outcome == "below_min_lift" for c in failed):
+                text += f" and below the required min_lift of {check.metric}"
+            blockers.append(text)
     return "Valid and nothing harmed, but no launch: " + "; ".join(blockers) + "."
 
 
