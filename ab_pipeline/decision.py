@@ -493,7 +493,8 @@ def _iterate_reason(
                 continue  # said with the unproven effect, below
             text = _blocker_words(check, metrics, config.control)
             if check.outcome == "not_proven" and any(c.outcome == "below_min_lift" for c in failed):
-                text += f" and below the required min_lift of {check.metric}"
+                kind = metrics.get(check.metric or "", {}).get("type", "mean")
+                text += f", and below the required {fmt(config.decision.min_lift, kind)} (min_lift)"
             blockers.append(text)
     return "Valid and nothing harmed, but no launch: " + "; ".join(blockers) + "."
 

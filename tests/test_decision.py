@@ -110,6 +110,22 @@ def test_higher_min_lift_iterates() -> None:
     decision = decide(config, FINAL, passing_gates(config), refund_metrics())
     assert decision.decision == "ITERATE"
     assert not checks_by_name(decision)["observed_lift_threshold"].passed
+    assert decision.reason == (
+        "Valid and nothing harmed, but no launch: treatment: resolution_rate moved +4.0 pp, "
+        "less than the required +5.0 pp (min_lift)."
+    )
+
+
+def test_an_unproven_small_effect_iterates_and_says_both_in_one_clause() -> None:
+    config = refund_config()
+    metrics = refund_metrics()
+    metrics["resolution_rate"] = proportion_metric("primary", 760, 2000, 780, 2000)
+    decision = decide(config, FINAL, passing_gates(config), metrics)
+    assert decision.decision == "ITERATE"
+    assert decision.reason == (
+        "Valid and nothing harmed, but no launch: treatment: resolution_rate moved +1.0 pp "
+        "(95% CI -2.0 pp to +4.0 pp), not proven, and below the required +2.0 pp (min_lift)."
+    )
 
 
 def test_failed_srm_reruns_without_analysis() -> None:
