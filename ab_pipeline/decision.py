@@ -557,11 +557,12 @@ def first_comparison_date(config: ExperimentConfig) -> date | None:
 def _window_note(config: ExperimentConfig, run_date: date) -> str:
     """Why there is no comparison yet, when the primary's window has not closed for anyone."""
     first = first_comparison_date(config)
-    if first is None or run_date >= first:
+    window = getattr(config.metrics.get(config.primary), "window", None)
+    if first is None or window is None or run_date >= first:
         return ""
-    window = format_duration(config.metrics[config.primary].window)  # type: ignore[union-attr]
     return (
-        f"no unit has completed its {window} {config.primary} window yet; the units enrolled "
+        f"no unit has completed its {format_duration(window)} {config.primary} window yet; the "
+        "units enrolled "
         f"on the first day have all completed it by the readout of {first}"
     )
 
