@@ -112,7 +112,7 @@ LAYOUT = (
 # What a reader must find in each real brief, and what must never show.
 REAL_TEXT: dict[str, list[str]] = {
     "ship": ["SHIP", "data-quality checks passed", "Holm correction over 1 treatment arm"],
-    "iterate": ["ITERATE", "moved less than the required min_lift"],
+    "iterate": ["ITERATE", "moved +3.7 pp, less than the required +5.0 pp (min_lift)"],
     "stop": ["STOP", "p95_latency_ms rose 77.93", "beyond the budget", "HARMED"],
     "rerun": ["RERUN", "What failed, and what to look at", "not applicable"],
     "continue": ["CONTINUE", "INTERIM LOOK"],
