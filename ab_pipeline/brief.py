@@ -52,10 +52,15 @@ GATE_HINTS = {
 
 DECISIONS = {
     "SHIP": ("#1a7f37", "Every launch check passed: roll the change out."),
-    "ITERATE": ("#9a6700", "Valid and safe, but the effect is not proven or too small to ship."),
+    "ITERATE": (
+        "#9a6700",
+        "Valid and nothing harmed, but no launch: the effect is not proven or too small, or a "
+        "guardrail is not yet shown to be within its budget.",
+    ),
     "STOP": (
         "#cf222e",
-        "A guardrail was breached or the primary metric moved the wrong way: roll back.",
+        "Harm was shown (the primary metric moved significantly the wrong way, or a guardrail "
+        "is harmed): roll back.",
     ),
     "RERUN": (
         "#8250df",
@@ -69,6 +74,38 @@ BUDGET_LABELS = {
     "max_decrease": "max decrease",
     "max_relative_increase": "max relative increase",
     "max_relative_decrease": "max relative decrease",
+}
+
+
+# Gates that only apply to some experiments: why one did not run.
+NOT_APPLICABLE = {
+    "assignment": "not applicable: it recomputes each unit's arm, which is possible only when "
+    "the config assigns arms by hash (assignment: hash)",
+    "receipt": "not applicable: the config names no receipt fields (system versions to compare "
+    "across arms)",
+}
+
+# One plain-language line where a term first appears (the email has no tooltips).
+GLOSSARY = {
+    "pp": "pp = percentage points, the difference between two percentages: 38% to 42% is +4 pp.",
+    "srm": "Sample ratio mismatch (SRM): arms much larger or smaller than planned mean assignment "
+    "or logging is broken. The chi-square test says how surprising the counts are if the split "
+    "were as planned.",
+    "receipt": "Receipt: the system versions each arm actually ran; they must be identical, so "
+    "that the tested change is the only difference.",
+    "bound": "One-sided bound: the worst difference still plausible at 95% confidence. A "
+    "guardrail passes only when even this stays within its budget.",
+    "holm": "Holm correction: p-values are raised when several treatment arms are compared, so "
+    "the chance of any false win stays at alpha.",
+    "novelty": "Novelty: whether the effect fades for units that joined later, as a change that "
+    "is merely new wears off.",
+}
+
+GUARDRAIL_STATES = {
+    "pass": "PASS",
+    "harmed": "HARMED",
+    "not_shown_within_budget": "NOT SHOWN SAFE",
+    "not_evaluable": "NOT EVALUABLE",
 }
 
 
@@ -208,7 +245,7 @@ def fmt_p(p: float | None) -> str:
 
 
 def fmt_passfail(passed: bool | None) -> str:
-    return "NOT RUN" if passed is None else "PASS" if passed else "FAIL"
+    return "N/A" if passed is None else "PASS" if passed else "FAIL"
 
 
 def fmt_value(x: float | None, kind: str) -> str:
@@ -263,6 +300,10 @@ def build_view(results: Mapping[str, Any], archive_root: Path | None = None) -> 
         "rerun": rerun,
         "failures": _failure_lines(results),
         "gates": _gates_view(results["gates"]),
+        "dq": _data_quality_view(results["gates"].get("data_quality")),
+        "glossary": GLOSSARY,
+        "uses_pp": _uses_pp(results),
+        "primary_missing": None if rerun else _primary_missing(results),
         "primary": primary,
         "others": [] if rerun else _other_metrics(results),
         "guardrails": [] if rerun else _guardrail_rows(results),
@@ -312,6 +353,7 @@ def _gates_view(gates: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "name": name,
                 "title": GATE_TITLES.get(name, name),
                 "state": fmt_passfail(None if gate is None else gate["passed"]),
+                "not_run": NOT_APPLICABLE.get(name, "did not run") if gate is None else None,
                 "gate": gate,
                 "srm_arms": _srm_arms(gate) if name == "srm" and gate else [],
                 "diagnosis": _srm_diagnosis(gate) if name == "srm" and gate else None,
@@ -319,6 +361,58 @@ def _gates_view(gates: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _data_quality_view(gate: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """One line when every check passes; failures and warnings spelled out; the full list
+    (`checks`) for further down the brief."""
+    if gate is None:
+        return None
+    rows = [_dq_row(c) for c in gate.get("checks") or []]
+    failures = [r for r in rows if r["state"] == "FAIL"]
+    warnings = [r for r in rows if r["state"] == "WARNING"]
+    passed = len(rows) - len(failures) - len(warnings)
+    summary = f"{passed} of {len(rows)} data-quality checks passed"
+    if not failures and not warnings:
+        summary = f"All {len(rows)} data-quality checks passed."
+    else:
+        counts = [f"{len(failures)} failed"] if failures else []
+        counts += [_plural_count(len(warnings), "warning")] if warnings else []
+        summary += f"; {', '.join(counts)}."
+    return {"summary": summary, "problems": failures + warnings, "checks": rows}
+
+
+def _dq_row(check: Mapping[str, Any]) -> dict[str, Any]:
+    warning = check.get("severity") == "warning"
+    state = "PASS" if check["passed"] else "WARNING" if warning else "FAIL"
+    unexpected = check.get("unexpected_count")
+    detail = str(check.get("detail") or "")
+    examples = [str(e) for e in check.get("examples") or []]
+    return {
+        "name": check["name"],
+        "detail": detail,
+        "state": state,
+        "unexpected": fmt_count(unexpected) if unexpected else None,
+        # Some checks already list their examples in the detail: do not say them twice.
+        "examples": "" if all(e in detail for e in examples) else ", ".join(examples),
+    }
+
+
+def _plural_count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _uses_pp(results: Mapping[str, Any]) -> bool:
+    """Is any difference in the brief said in percentage points?"""
+    return any(m.get("type") == "proportion" for m in (results.get("metrics") or {}).values())
+
+
+def _primary_missing(results: Mapping[str, Any]) -> str | None:
+    """Why the primary has no comparison, from its check (it says when the first is possible)."""
+    for check in results.get("checks", []):
+        if check["name"] == "positive_lift_interval" and check.get("outcome") == "not_evaluable":
+            return str(check["detail"])
+    return None
 
 
 def _srm_arms(gate: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -363,6 +457,11 @@ def _primary_view(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "type": metric["type"],
         "rows": rows,
         "units": _min_units(metric),
+        "arm_units": {
+            arm: entry["units"]
+            for arm, entry in metric["arms"].items()
+            if entry.get("units") is not None
+        },
         "threshold": None if threshold is None else fmt_diff(threshold, metric["type"]),
     }
 
@@ -467,10 +566,29 @@ def _guardrail_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "bound": show(check.get("bound")),
                 "budget": show(check.get("budget"), signed=False),
                 "budget_kind": BUDGET_LABELS.get(budget_kind, budget_kind or MISSING),
-                "state": fmt_passfail(check["passed"]),
+                "state": _guardrail_state(check),
+                "settle": _settle_text(check, entry, results["control"]),
             }
         )
     return rows
+
+
+def _guardrail_state(check: Mapping[str, Any]) -> str:
+    outcome = check.get("outcome")
+    if outcome in GUARDRAIL_STATES:
+        return GUARDRAIL_STATES[outcome]
+    return fmt_passfail(check["passed"])
+
+
+def _settle_text(check: Mapping[str, Any], metric: Mapping[str, Any], control: str) -> str | None:
+    """'About 6,326 units per arm (4,326 more) would settle it.' for an unproven guardrail."""
+    needed = check.get("units_needed_per_arm")
+    if check.get("outcome") != "not_shown_within_budget" or not needed:
+        return None
+    arms = metric.get("arms") or {}
+    now = [arms.get(a, {}).get("units") for a in (control, check.get("arm"))]
+    more = "" if None in now else f" ({fmt_count(max(needed - round(sum(now) / 2), 0))} more)"
+    return f"About {fmt_count(needed)} units per arm{more} would settle it."
 
 
 def _budget_value(
@@ -493,16 +611,32 @@ def _plan_view(
     proportion = primary is None or primary["type"] == "proportion"
     required = plan["required_per_arm"]
     units = primary["units"] if primary else None
+    formula_name, formula = _formula(str(plan["formula"]))
     return {
         "baseline": fmt_pct(plan["baseline"]) if proportion else fmt_num(plan["baseline"]),
         "mde": fmt_pp(plan["mde"], signed=False) if proportion else fmt_num(plan["mde"]),
         "alpha": f"{plan['alpha']:g}",
         "power": fmt_pct(plan["power"], digits=0),
         "required": fmt_count(required),
-        "formula": plan["formula"],
-        "enrolled": fmt_count(units) if units is not None else None,
-        "progress": fmt_pct(units / required, digits=0) if units is not None and required else None,
+        "formula": formula,
+        "formula_name": formula_name,
+        "enrolled": _enrolled_text(primary) if units else None,
+        "progress": fmt_pct(units / required, digits=0) if units and required else None,
     }
+
+
+def _formula(text: str) -> tuple[str, str]:
+    """('the 2p(1-p) formula', 'n = ...') from '2p(1-p) formula: n = ...'."""
+    name, colon, rest = text.partition(": ")
+    if colon and "formula" in name.lower():
+        return f"the {name}", rest
+    return "the formula", text
+
+
+def _enrolled_text(primary: Mapping[str, Any] | None) -> str:
+    """'control 44,700, treatment 45,489': each arm's analysed units."""
+    arms = (primary or {}).get("arm_units") or {}
+    return ", ".join(f"{arm} {fmt_count(n)}" for arm, n in arms.items())
 
 
 # ---- validity details (the RERUN brief leads with these) ---------------------------------------
@@ -823,20 +957,20 @@ def _extras_view(results: Mapping[str, Any]) -> list[dict[str, str]]:
     comparisons = results["metrics"][name]["comparisons"] if name else {}
     for arm, c in comparisons.items():
         if c.get("p_value_adjusted") is not None:
-            method = c.get("correction") or "corrected"
-            text = f"{fmt_p(c['p_value_adjusted'])} ({method}; raw {fmt_p(c.get('p_value'))})"
-            lines.append({"label": f"Adjusted p-value ({arm})", "text": text})
+            text = f"{fmt_p(c['p_value_adjusted'])} ({_correction_text(c.get('correction'))}; "
+            text += f"unadjusted {fmt_p(c.get('p_value'))})"
+            lines.append({"label": f"Adjusted p-value ({arm})", "text": text, "term": "holm"})
         if cuped := c.get("cuped"):
             reduced = _maybe_pct(cuped.get("variance_reduction"), 0) or MISSING
             text = f"covariate {cuped.get('covariate')}, variance reduced by {reduced}"
-            lines.append({"label": f"CUPED ({arm})", "text": text})
+            lines.append({"label": f"CUPED ({arm})", "text": text, "term": ""})
         if seq := c.get("sequential"):
             crossed = "crossed" if seq.get("crossed") else "not crossed"
             text = (
                 f"{seq.get('method')}: look {seq.get('look')} of {seq.get('planned_looks')}, "
                 f"boundary {fmt_p(seq.get('boundary'))}, {crossed}"
             )
-            lines.append({"label": f"Sequential ({arm})", "text": text})
+            lines.append({"label": f"Sequential ({arm})", "text": text, "term": ""})
     novelty = results.get("novelty") or {}
     if trend := novelty.get("trend") or {}:
         flag = (
@@ -847,8 +981,25 @@ def _extras_view(results: Mapping[str, Any]) -> list[dict[str, str]]:
         slope = fmt_num(trend.get("slope"), signed=True, digits=4)
         p_value = fmt_p(trend.get("p_value"))
         text = f"effect change per later exposure day {slope} (p = {p_value}), {flag}"
-        lines.append({"label": "Novelty", "text": text})
+        lines.append({"label": "Novelty", "text": text, "term": "novelty"})
     return lines
+
+
+CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "bonferroni": "Bonferroni"}
+
+
+def _correction_text(correction: Any) -> str:
+    """'Holm correction over 2 treatment arms at alpha 0.05' from the correction record."""
+    if not isinstance(correction, Mapping):
+        return str(correction or "corrected")
+    method = str(correction.get("method") or "")
+    name = CORRECTION_NAMES.get(method.lower(), method or "multiple-testing")
+    family = correction.get("family")
+    over = f" over {_plural_count(int(family), 'treatment arm')}" if family else ""
+    alpha = correction.get("alpha")
+    at = f" at alpha {alpha:g}" if isinstance(alpha, int | float) else ""
+    same = ": one arm, so nothing to adjust" if family == 1 else ""
+    return f"{name} correction{over}{at}{same}"
 
 
 # ---- charts -----------------------------------------------------------------------------------
@@ -905,7 +1056,12 @@ def build_charts(results: Mapping[str, Any], view: Mapping[str, Any]) -> list[Ch
         )
         charts.append(
             trajectory_chart(
-                "trajectory", points, _threshold_lines(results, kind), _tick(kind), alt
+                "trajectory",
+                points,
+                _threshold_lines(results, kind),
+                _tick(kind),
+                alt,
+                _scale(kind),
             )
         )
     return charts
@@ -921,12 +1077,26 @@ def _row_text(panel: Panel, row: Any) -> str:
     return f"{row.label} {show(row.estimate)} [{show(row.low)}, {show(row.high)}]"
 
 
-def _tick(kind: str) -> Callable[[float], str]:
+def _label(kind: str) -> Callable[[float], str]:
+    """Interval ends in the chart's alt text: pp with one decimal, else the metric's unit."""
     return (
         partial(fmt_diff, kind=kind, digits=1)
         if kind == "proportion"
         else partial(fmt_num, signed=True)
     )
+
+
+def _tick(kind: str) -> Callable[[float, int], str]:
+    """An axis tick with the decimals its spacing needs (charts.tick_digits picks them)."""
+
+    def tick(value: float, digits: int) -> str:
+        return fmt_diff(value, kind, digits)
+
+    return tick
+
+
+def _scale(kind: str) -> float:
+    return 100.0 if kind == "proportion" else 1.0
 
 
 def _threshold_lines(results: Mapping[str, Any], kind: str) -> list[tuple[float, str]]:
@@ -945,9 +1115,9 @@ def _effect_panels(results: Mapping[str, Any]) -> list[Panel]:
         kind = metrics[name]["type"]
         rows = _interval_rows(metrics[name], control)
         if rows:
-            panels.append(
-                Panel(f"{name} (primary)", rows, _threshold_lines(results, kind), _tick(kind))
-            )
+            lines = _threshold_lines(results, kind)
+            title = f"{name} (primary)"
+            panels.append(Panel(title, rows, lines, _label(kind), _tick(kind), _scale(kind)))
     for metric, checks in _guardrail_checks(results).items():
         entry = metrics.get(metric)
         if not entry:
@@ -956,7 +1126,8 @@ def _effect_panels(results: Mapping[str, Any]) -> list[Panel]:
         rows = _interval_rows(entry, control)
         lines = [line for c in checks if (line := _budget_line(c, entry, control, kind))]
         if rows:
-            panels.append(Panel(f"{metric} (guardrail)", rows, lines, _tick(kind)))
+            title = f"{metric} (guardrail)"
+            panels.append(Panel(title, rows, lines, _label(kind), _tick(kind), _scale(kind)))
     return panels
 
 
@@ -964,7 +1135,7 @@ def _interval_rows(metric: Mapping[str, Any], control: str) -> list[Any]:
     from ab_pipeline.charts import IntervalRow
 
     return [
-        IntervalRow(f"{arm} vs {control}", c["absolute"], c["ci"][0], c["ci"][1])
+        IntervalRow(arm, c["absolute"], c["ci"][0], c["ci"][1])
         for arm, c in metric.get("comparisons", {}).items()
         if c.get("ci") and c.get("absolute") is not None
     ]
@@ -987,11 +1158,12 @@ def _budget_line(
     if budget is None or not budget_kind:
         return None
     value = float(budget)
+    sign = -1.0 if "decrease" in budget_kind else 1.0
     if "relative" in budget_kind:
         base = metric.get("arms", {}).get(control, {}).get("value")
         if base is None:
             return None
-        value *= float(base)
-    if "decrease" in budget_kind:
-        value = -value
-    return value, f"budget {fmt_diff(value, kind)}"
+        # Said as the budget is written (a share of control), then in the chart's unit.
+        shown = fmt_diff(sign * value * float(base), kind)
+        return sign * value * float(base), f"budget {fmt_pct(sign * value, signed=True)} ({shown})"
+    return sign * value, f"budget {fmt_diff(sign * value, kind)}"

@@ -57,6 +57,14 @@ def both(brief: RenderedBrief) -> list[str]:
     return [brief.html, brief.text]
 
 
+def readable(brief: RenderedBrief) -> list[str]:
+    """The HTML as a reader sees its text (tags dropped, entities decoded), and the text part."""
+    import html
+
+    seen = html.unescape(re.sub(r"<[^>]+>", "", brief.html))
+    return [" ".join(seen.split()), " ".join(brief.text.split())]
+
+
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("results_*.json")), ids=lambda p: p.stem)
 def test_every_fixture_renders_self_contained(path: Path) -> None:
     results = json.loads(path.read_text())
@@ -144,10 +152,10 @@ def test_iterate_shows_an_interval_that_crosses_zero() -> None:
         assert "ITERATE" in body
 
 
-def test_stop_names_the_breached_guardrail() -> None:
+def test_stop_names_the_harmed_guardrail() -> None:
     brief = render("stop")
     assert re.search(r"\[FAIL\] guardrail:p95_latency_ms", brief.text)
-    assert "[FAIL] p95_latency_ms (treatment): observed +212.0, bound +259.4" in brief.text
+    assert "[HARMED] p95_latency_ms (treatment): observed +212.0, bound +259.4" in brief.text
     assert "max increase 150.0" in brief.html
     assert "FAIL" in brief.html
 
@@ -179,7 +187,7 @@ def test_continue_is_clearly_an_interim_look() -> None:
     for body in both(brief):
         assert "INTERIM LOOK" in body and "not a launch call" in body
         assert "interim" in body
-        assert "2,000 per arm (22% of plan)" in body
+        assert "Analysed so far: control 2,000, treatment 2,000" in body  # each arm
         assert body.index("INTERIM LOOK") < body.index("Can we trust the data?")
 
 
@@ -188,7 +196,9 @@ def test_hostile_text_is_escaped_in_html_and_verbatim_in_text() -> None:
     html = brief.html.lower()
     assert "<script" not in html and "<img src=x" not in html and "<b>ctl" not in html
     assert all(src.startswith("data:image/png;base64,") for src in image_sources(brief.html))
-    assert "</td></tr></table>" not in html
+    # The payload "</td></tr></table>" arrives escaped: every table the page opens, it closes.
+    assert "&lt;/td&gt;&lt;/tr&gt;&lt;/table&gt;" in html
+    assert html.count("<table") == html.count("</table>")
     assert "&lt;script&gt;alert(" in brief.html
     assert "&lt;img src=x onerror=alert(1)&gt;" in brief.html
     assert "<script>alert('x')</script>" in brief.text
@@ -293,7 +303,11 @@ def test_a_gate_that_started_failing_is_named() -> None:
 
 
 def test_reported_changes_are_shown_as_given() -> None:
-    text = render("stop").text
+    results = load("stop")
+    results["changes"] = [
+        {"kind": "check started failing", "detail": "guardrail:p95_latency_ms (treatment)"}
+    ]
+    text = render_brief(results).text
     assert "check started failing: guardrail:p95_latency_ms (treatment)" in text
 
 
@@ -303,9 +317,14 @@ def test_absent_extension_keys_degrade_gracefully() -> None:
         results.pop(key, None)
     brief = render_brief(results)
     for body in both(brief):
-        assert "No progress was reported for this run." not in body or "Enrolled so far" in body
+        # Without `progress`, the plan and the analysed units stand in for it.
+        assert "No progress was reported for this run." not in body
+        assert "Analysed so far: control 10,000, treatment 10,000 (108% of the plan" in body
         assert "This is the first readout: there is no trajectory yet." in body
         assert "No earlier readout to compare with." in body
+    results["plan"] = None
+    for body in both(render_brief(results)):
+        assert "No progress was reported for this run." in body
 
 
 def test_rerun_leads_with_the_srm_breakdown_and_assignment_examples() -> None:
@@ -359,3 +378,230 @@ def test_charts_are_pngs_referenced_by_cid_in_the_email_copy() -> None:
     assert all(c.png.startswith(b"\x89PNG") for c in brief.images)
     assert "data:" not in brief.email_html and "cid:effects@ab-pipeline" in brief.email_html
     assert "cid:" not in brief.html
+
+
+# ---- fixtures cannot drift from what a real run writes ----------------------------------------
+
+# Dicts keyed by data (metric, arm, gate property names) rather than by a fixed set of fields.
+DATA_KEYED = {"metrics", "arms", "comparisons", "counts", "expected", "by_property", "values"}
+DATA_KEYED |= {"enrolled_per_arm"}
+# Each fixture against the real run of the same kind (the hostile one is a SHIP).
+REAL_KIND = {"ship": "ship", "iterate": "iterate", "stop": "stop", "rerun": "rerun"}
+REAL_KIND |= {"continue": "continue", "hostile": "ship"}
+
+
+def shape(value: Any, key: str | None = None) -> Any:
+    """The nested key structure of a results.json value (leaves are None)."""
+    if isinstance(value, dict):
+        if key in DATA_KEYED:
+            return ("each", merge_shapes([shape(v) for v in value.values()]))
+        return {k: shape(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return merge_shapes([shape(v) for v in value])
+    return None
+
+
+def merge_shapes(shapes: list[Any]) -> Any:
+    merged: Any = None
+    for s in shapes:
+        if merged is None:
+            merged = s
+        elif isinstance(merged, dict) and isinstance(s, dict):
+            merged = {k: merge_shapes([merged.get(k), s.get(k)]) for k in merged.keys() | s.keys()}
+        elif isinstance(merged, tuple) and isinstance(s, tuple):
+            merged = ("each", merge_shapes([merged[1], s[1]]))
+    return merged
+
+
+def shape_differences(fixture: Any, real: Any, path: str) -> list[str]:
+    """Where the key sets differ; a null on either side is not compared further."""
+    if fixture is None or real is None:
+        return []
+    if isinstance(fixture, tuple) and isinstance(real, tuple):
+        return shape_differences(fixture[1], real[1], path + "[*]")
+    if isinstance(fixture, dict) and isinstance(real, dict):
+        problems = []
+        if only := sorted(fixture.keys() - real.keys()):
+            problems.append(f"{path}: only in the fixture: {only}")
+        if only := sorted(real.keys() - fixture.keys()):
+            problems.append(f"{path}: only in a real run: {only}")
+        for k in fixture.keys() & real.keys():
+            problems += shape_differences(fixture[k], real[k], f"{path}.{k}")
+        return problems
+    return [
+        f"{path}: a {type(fixture).__name__} in the fixture, {type(real).__name__} in a real run"
+    ]
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    from tests.browser.real_runs import real_results
+
+    return real_results(tmp_path_factory.mktemp("real"))
+
+
+def metric_shapes(runs: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    """Each (metric type, role)'s shape over every real run that has it."""
+    by_type: dict[tuple[str, str], list[Any]] = {}
+    for results in runs:
+        for metric in results["metrics"].values():
+            by_type.setdefault((metric["type"], metric["role"]), []).append(shape(metric))
+    return {kind: merge_shapes(shapes) for kind, shapes in by_type.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(REAL_KIND))
+def test_fixture_keys_match_a_real_run(kind: str, real_runs: dict[str, dict[str, Any]]) -> None:
+    fixture, real = load(kind), real_runs[REAL_KIND[kind]]
+    assert real["decision"] == fixture["decision"]
+    assert sorted(fixture) == sorted(real), "top-level keys differ"
+    problems = []
+    for name in fixture["gates"].keys() | real["gates"].keys():
+        theirs = real["gates"].get(name) or next(
+            (r["gates"][name] for r in real_runs.values() if r["gates"].get(name)), None
+        )
+        problems += shape_differences(
+            shape(fixture["gates"].get(name)), shape(theirs), f"gates.{name}"
+        )
+    assert sorted(fixture["gates"]) == sorted(real["gates"])
+    real_metrics = metric_shapes(list(real_runs.values()))
+    for name, metric in fixture["metrics"].items():
+        kind_role = (metric["type"], metric["role"])
+        assert kind_role in real_metrics, f"no real run has a {kind_role} metric"
+        problems += shape_differences(shape(metric), real_metrics[kind_role], f"metrics.{name}")
+    assert problems == []
+
+
+# ---- a brief a product manager reads in ten seconds ------------------------------------------
+
+
+def test_data_quality_is_one_line_when_all_pass_and_the_full_list_comes_later() -> None:
+    results = load("ship")
+    for check in results["gates"]["data_quality"]["checks"]:
+        check["passed"] = True
+    html, text = both(render_brief(results))
+    for body in (html, text):
+        assert "All 3 data-quality checks passed." in body
+        # Check names appear only in the full list, after the result.
+        assert body.index("exposures.unit_id not null") > body.index("Checks behind the decision")
+
+
+def test_data_quality_failures_and_warnings_are_spelled_out_first() -> None:
+    results = load("ship")
+    checks = results["gates"]["data_quality"]["checks"]
+    checks[2]["passed"] = False  # the warning-severity check
+    for body in both(render_brief(results)):
+        assert "2 of 3 data-quality checks passed; 1 warning." in body
+        assert "WARNING" in body and "it does not block the analysis" in body
+        assert body.index("0.4% of events untagged") < body.index("Primary metric")
+        assert "FAIL warning" not in body and "(error)" not in body
+
+
+def test_gates_that_do_not_apply_say_so_and_why() -> None:
+    results = load("ship")
+    results["gates"]["receipt"] = None
+    for body in readable(render_brief(results)):
+        assert "This gate did not run" not in body and "NOT RUN" not in body
+        assert "Assignment integrity: not applicable" in body and "assignment: hash" in body
+        assert "Receipt (same system in every arm): not applicable" in body
+        assert "no receipt fields" in body
+
+
+def test_adjusted_p_value_formula_and_enrolment_read_as_sentences() -> None:
+    results = load("ship")
+    primary = results["metrics"]["resolution_rate"]
+    primary["arms"]["treatment"]["units"] = 2105
+    comparison = primary["comparisons"]["treatment"]
+    comparison["correction"] = {"method": "holm", "family": 2, "alpha": 0.05}
+    comparison["p_value_adjusted"] = 0.00155
+    results["plan"]["formula"] = (
+        "2p(1-p) formula: n = (z_{1-alpha/2} + z_power)^2 * 2p(1-p) / mde^2"
+    )
+    for body in readable(render_brief(results)):
+        assert "{'" not in body and "'method'" not in body
+        assert "0.00155 (Holm correction over 2 treatment arms at alpha 0.05; unadjusted" in body
+        assert "Sample size from the 2p(1-p) formula: n = " in body
+        assert "formula: 2p(1-p) formula" not in body.lower()
+        assert "Analysed so far: control 2,000, treatment 2,105" in body
+
+
+GLOSSARY_WORDS = [
+    "pp = percentage points",
+    "Sample ratio mismatch (SRM):",
+    "The chi-square test says",
+    "One-sided bound: the worst difference",
+    "Holm correction: p-values are raised",
+    "Receipt: the system versions",
+    "Novelty: whether the effect fades",
+]
+
+
+@pytest.mark.parametrize("phrase", GLOSSARY_WORDS)
+def test_jargon_is_explained_once_where_it_first_appears(phrase: str) -> None:
+    for body in both(render("ship")):
+        assert body.count(phrase) == 1, phrase
+
+
+def test_explanations_sit_before_the_first_use_in_the_body() -> None:
+    for body in both(render("ship")):
+        assert body.index("pp = percentage points") < body.index("Can we trust the data?")
+        assert body.index("Sample ratio mismatch (SRM):") < body.index("Primary metric")
+
+
+def test_guardrail_not_shown_safe_says_how_many_units_would_settle_it() -> None:
+    results = load("iterate")
+    check = next(c for c in results["checks"] if c["name"] == "guardrail:escalation_rate")
+    check.update(passed=False, outcome="not_shown_within_budget", units_needed_per_arm=14_200)
+    for body in both(render_brief(results)):
+        assert "NOT SHOWN SAFE" in body
+        assert "About 14,200 units per arm (4,200 more) would settle it." in body
+
+
+def test_interim_without_a_comparison_says_when_the_window_closes() -> None:
+    results = load("continue")
+    results["metrics"]["resolution_rate"]["comparisons"] = {}
+    detail = (
+        "resolution_rate treatment: not evaluable: no comparison (no data); no unit has completed "
+        "its 1d resolution_rate window yet; the units enrolled on the first day have all "
+        "completed it by the readout of 2026-05-05"
+    )
+    for check in results["checks"]:
+        if check["name"] == "positive_lift_interval":
+            check.update(passed=False, outcome="not_evaluable", detail=detail)
+    for body in both(render_brief(results, charts=False)):
+        assert "No comparison could be computed" not in body
+        assert "completed it by the readout of 2026-05-05" in body
+        assert "none has yet" in body  # beside the enrolment percentage
+
+
+def test_chart_ticks_show_the_decimals_their_spacing_needs() -> None:
+    from ab_pipeline.charts import tick_digits
+
+    assert tick_digits([-0.0125, 0.0, 0.0125], 100) == 2  # -1.25 pp, not -1.2
+    assert tick_digits([-0.01, 0.0, 0.01, 0.02], 100) == 0
+    assert tick_digits([0.0, 2.5, 5.0], 1) == 1
+
+
+def test_relative_budgets_are_labelled_as_a_share_of_control() -> None:
+    from ab_pipeline.brief import _budget_line
+
+    metric = {"arms": {"control": {"value": 52.4}}}
+    check = {"budget": 0.05, "budget_kind": "max_relative_decrease"}
+    value, label = _budget_line(check, metric, "control", "mean")  # type: ignore[misc]
+    assert value == pytest.approx(-2.62)
+    assert label == "budget -5.0% (-2.62)"
+
+
+def test_the_mail_html_carries_its_styles_inline() -> None:
+    from ab_pipeline.delivery import build_message
+
+    for kind in ("ship", "rerun"):
+        results = load(kind)
+        message = build_message(results, render_brief(results), "readouts@example.com")
+        html = message.get_body(preferencelist=("html",)).get_content()
+        assert "<style" not in html.lower() and "stylesheet" not in html.lower()
+        styled = {"body", "div", "p", "h1", "h2", "table", "th", "td", "ul", "img"}
+        bare = [
+            t for t, attrs in TagCollector.of(html) if t in styled and not dict(attrs).get("style")
+        ]
+        assert bare == [], bare

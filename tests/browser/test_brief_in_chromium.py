@@ -3,11 +3,15 @@
 Asserts what a reader would see: the page loads without console errors or exceptions, no
 script from a hostile payload runs (no dialog, no injected element), every chart image decodes,
 and the key numbers are in the rendered text. Screenshots are written to the test's tmp dir;
-with AB_PIPELINE_UPDATE_SCREENSHOTS=1 they also replace docs/screenshots/<kind>.png.
+with AB_PIPELINE_UPDATE_SCREENSHOTS=1 the real pipeline outputs' ones also replace
+docs/screenshots/<kind>.png (1,400 px wide) and <kind>-phone.png (400 px).
 """
 
 from __future__ import annotations
 
+import base64
+import email
+import email.policy
 import json
 import os
 from pathlib import Path
@@ -15,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from ab_pipeline.brief import write_brief
+from ab_pipeline.brief import render_brief, write_brief
+from ab_pipeline.charts import PIXEL_RATIO
+from tests.browser.real_runs import real_results, run_dir
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -38,7 +44,7 @@ KEY_TEXT: dict[str, list[str]] = {
         "newly significant",
     ],
     "iterate": ["ITERATE", "+0.9 pp", "[-0.4 pp, +2.2 pp]", "includes zero", "first readout"],
-    "stop": ["STOP", "+212.0", "+259.4", "max increase 150.0", "FAIL", "check started failing"],
+    "stop": ["STOP", "+212.0", "+259.4", "max increase 150.0", "FAIL", "HARMED"],
     "rerun": [
         "RERUN",
         "What failed, and what to look at",
@@ -80,9 +86,6 @@ def test_brief_renders_in_chromium(kind: str, chromium: Any, tmp_path: Path) -> 
 
     assert run.screenshot.startswith(PNG) and len(run.screenshot) > 10_000
     (tmp_path / f"{kind}.png").write_bytes(run.screenshot)
-    if os.environ.get("AB_PIPELINE_UPDATE_SCREENSHOTS") and kind != "hostile":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        (SCREENSHOTS / f"{kind}.png").write_bytes(run.screenshot)
 
     assert run.console_errors == [] and run.exceptions == []
     assert run.dialogs == [], "a payload's script ran"
@@ -95,3 +98,96 @@ def test_brief_renders_in_chromium(kind: str, chromium: Any, tmp_path: Path) -> 
     text = " ".join(run.text.split())
     for expected in KEY_TEXT[kind]:
         assert " ".join(expected.split()) in text, expected
+
+
+# ---- real pipeline outputs, on a phone and on a desktop -------------------------------------
+
+WIDTHS = (400, 1400)
+REAL_KINDS = ("ship", "iterate", "stop", "rerun", "continue", "continue-early")
+LAYOUT = (
+    "({scroll: document.documentElement.scrollWidth, inner: window.innerWidth,"
+    " images: [...document.images].map(i => ({alt: i.alt, shown: i.getBoundingClientRect().width,"
+    " natural: i.naturalWidth}))})"
+)
+# What a reader must find in each real brief, and what must never show.
+REAL_TEXT: dict[str, list[str]] = {
+    "ship": ["SHIP", "data-quality checks passed", "Holm correction over 1 treatment arm"],
+    "iterate": ["ITERATE", "moved +3.7 pp, less than the required +5.0 pp (min_lift)"],
+    "stop": ["STOP", "p95_latency_ms rose 77.93", "beyond the budget", "HARMED"],
+    "rerun": ["RERUN", "What failed, and what to look at", "not applicable"],
+    "continue": ["CONTINUE", "INTERIM LOOK"],
+    "continue-early": ["CONTINUE", "have all completed it by the readout of 2026-04-09"],
+}
+NEVER = ["{'", "NOT RUN", "This gate did not run", "breached"]
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, Any]]]:
+    root = tmp_path_factory.mktemp("real")
+    return root, real_results(root)
+
+
+def check_layout(run: Any, charts: dict[str, Any], width: int) -> None:
+    """No sideways scrolling of the page; every chart scaled to fit with readable text."""
+    layout = run.probe
+    assert layout["scroll"] <= layout["inner"] == width, layout
+    for image in layout["images"]:
+        chart = charts[image["alt"]]
+        assert image["natural"] == chart.width * PIXEL_RATIO
+        font_px = image["shown"] / chart.width * chart.min_font_px
+        assert font_px >= 11, (image, font_px)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("kind", REAL_KINDS)
+def test_real_brief_reads_on_a_phone_and_a_desktop(
+    kind: str, width: int, real: Any, chromium: Any, tmp_path: Path
+) -> None:
+    root, results = real
+    page = run_dir(root, kind, results[kind]) / "brief.html"
+    run = chromium.open(page.as_uri(), width=width, probe=LAYOUT)
+
+    assert run.console_errors == [] and run.exceptions == []
+    assert all(image["complete"] and image["width"] > 0 for image in run.images), run.images
+    charts = {c.alt: c for c in render_brief(results[kind]).images}
+    assert len(run.images) == len(charts)
+    assert (kind in ("rerun", "continue-early")) == (not charts)  # no estimate, no chart
+    check_layout(run, charts, width)
+    text = " ".join(run.text.split())
+    for expected in REAL_TEXT[kind]:
+        assert expected in text, expected
+    for wrong in NEVER:
+        assert wrong not in text, wrong
+    (tmp_path / f"{kind}-{width}.png").write_bytes(run.screenshot)
+    if os.environ.get("AB_PIPELINE_UPDATE_SCREENSHOTS") and kind in KEY_TEXT:
+        name = f"{kind}.png" if width > 1000 else f"{kind}-phone.png"
+        (SCREENSHOTS / name).write_bytes(run.screenshot)
+
+
+def email_as_page(eml: Path, out: Path) -> Path:
+    """The mail's HTML part with its cid: images swapped for data: URIs, as a file to open."""
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    html_part = message.get_body(preferencelist=("html",))
+    assert html_part is not None
+    html = html_part.get_content()
+    for part in message.walk():
+        if part.get_content_type() == "image/png":
+            cid = str(part["Content-ID"]).strip("<>")
+            data = base64.b64encode(part.get_payload(decode=True)).decode("ascii")
+            html = html.replace(f"cid:{cid}", f"data:image/png;base64,{data}")
+    # A client that strips <style> blocks sees the same page: there must be none to strip.
+    assert "<style" not in html.lower()
+    out.write_text(html, encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["ship", "stop", "rerun"])
+def test_real_email_reads_on_a_phone(kind: str, real: Any, chromium: Any, tmp_path: Path) -> None:
+    root, results = real
+    page = email_as_page(run_dir(root, kind, results[kind]) / "brief.eml", tmp_path / "mail.html")
+    run = chromium.open(page.as_uri(), width=400, probe=LAYOUT)
+    assert run.console_errors == [] and run.exceptions == []
+    assert all(image["complete"] and image["width"] > 0 for image in run.images), run.images
+    check_layout(run, {c.alt: c for c in render_brief(results[kind]).images}, 400)
+    assert results[kind]["decision"] in run.text
+    (tmp_path / f"mail-{kind}-400.png").write_bytes(run.screenshot)
