@@ -249,7 +249,7 @@ def decision_color(decision: str) -> str:
 STYLE = """<style>
 body{margin:0;background:#f6f8fa;font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;
 font-size:14px;color:#1f2328}
-main{max-width:1200px;margin:0 auto;padding:20px;background:#fff;box-sizing:border-box}
+main{max-width:1280px;margin:0 auto;padding:20px;background:#fff;box-sizing:border-box}
 h1{font-size:20px;margin:0 0 4px}
 .sub{color:#57606a;margin:0 0 12px}
 .chips a{display:inline-block;margin:0 6px 6px 0;padding:3px 10px;border-radius:12px;
@@ -267,9 +267,15 @@ td{padding:6px 8px;border-bottom:1px solid #d0d7de;vertical-align:top}
 .badge{display:inline-block;padding:2px 8px;border-radius:10px;color:#fff;font-weight:600;
 font-size:12px}
 .muted{color:#57606a;font-size:12px}
-.num{white-space:nowrap;font-variant-numeric:tabular-nums}
+.num{font-variant-numeric:tabular-nums}
+.nowrap{white-space:nowrap}
 .legend{font-size:12px;color:#57606a;margin-top:12px}
 @media (max-width:600px){main{padding:12px}h1{font-size:18px}}
+/* A phone gets one card per experiment instead of a table to scroll sideways. */
+@media (max-width:700px){#portfolio,#portfolio tbody,#portfolio tr,#portfolio td{display:block}
+#portfolio tr.head{display:none}#portfolio tr{padding:6px 0;border-bottom:1px solid #d0d7de}
+#portfolio td{border:0;padding:2px 10px}
+#portfolio td[data-label]::before{content:attr(data-label) ": ";color:#57606a;font-size:12px}}
 </style>"""
 
 PAGE = """<!DOCTYPE html>
@@ -313,26 +319,28 @@ PORTFOLIO = """<!DOCTYPE html>
 <button type="submit">Filter</button>{% if decision or owner %} <a href="./">clear</a>{% endif %}
 </form>
 <div class="scroll"><table id="portfolio">
-<tr><th>Experiment</th><th>Decision</th><th>Status</th><th>Days left</th>\
+<tr class="head"><th>Experiment</th><th>Decision</th><th>Status</th><th>Days left</th>\
 <th>Primary: latest estimate [interval]</th><th>Owner</th><th>Latest readout</th></tr>
 {% for r in rows %}<tr data-experiment="{{ r.experiment }}">
 <td><a href="{{ r.experiment }}/">{{ r.experiment }}</a><br><span class="muted">{{ r.title }}\
 </span></td>
 <td><span class="badge" style="background:{{ r.color }}" title="{{ r.reason }}">\
 {{ r.decision }}</span></td>
-<td title="{{ status_meaning.get(r.status, '') }}">{{ r.status }}</td>
-<td class="num">{{ r.days_left }}</td>
-<td>{% if r.estimate %}<span class="muted">{{ r.estimate.metric }}</span>\
-{% for e in r.estimate.rows %}<br><span class="num">{{ e.arm }}: <b>{{ e.absolute }}</b> \
-{{ e.ci }}</span> <span class="num muted">{{ e.relative }} {{ e.relative_ci }}</span>\
+<td data-label="Status" title="{{ status_meaning.get(r.status, '') }}">{{ r.status }}</td>
+<td class="num" data-label="Days left">{{ r.days_left }}</td>
+<td data-label="Primary">{% if r.estimate %}<span class="muted">{{ r.estimate.metric }}</span>\
+{% for e in r.estimate.rows %}<br><span class="num">{{ e.arm }}: <b class="nowrap">\
+{{ e.absolute }}</b> <span class="nowrap">{{ e.ci }}</span></span> <span class="num muted \
+nowrap">{{ e.relative }} {{ e.relative_ci }}</span>\
 {% endfor %}{% else %}<span class="muted">no estimate{% if r.decision == "RERUN" %} \
 (gate failed){% endif %}</span>{% endif %}</td>
-<td>{{ r.owner }}</td>
-<td class="num">{{ r.run_date }}<br>{% if r.brief %}<a href="{{ r.brief }}">brief</a>\
-{% else %}<span class="muted">no brief</span>{% endif %} · {% if r.results %}\
-<a href="{{ r.results }}">results.json</a>{% else %}<span class="muted">no results</span>\
-{% endif %} · <a href="{{ r.experiment }}/">{{ r.count }} readout{{ "" if r.count == 1 \
-else "s" }}</a></td>
+<td data-label="Owner">{{ r.owner }}</td>
+<td data-label="Latest readout"><span class="num nowrap">{{ r.run_date }}</span><br>\
+{% if r.brief %}<a href="{{ r.brief }}">brief</a>{% else %}<span class="muted">no brief</span>\
+{% endif %} · \
+{% if r.results %}<a href="{{ r.results }}">results.json</a>{% else %}<span class="muted">\
+no results</span>{% endif %}<br><a href="{{ r.experiment }}/">{{ r.count }} readout\
+{{ "" if r.count == 1 else "s" }}</a></td>
 </tr>
 {% else %}<tr><td colspan="7" class="muted">{% if total %}No experiment matches these \
 filters.{% else %}No briefs yet.{% endif %}</td></tr>{% endfor %}
