@@ -1,4 +1,4 @@
-"""The decision rule, written down before the data arrives (DESIGN.md vocabulary).
+"""The decision rule, written down before the data arrives (docs/results.md vocabulary).
 
 RERUN when a validity gate failed; CONTINUE before the planned end; STOP when a guardrail is
 breached or the primary moved the wrong way; SHIP when every launch check passes; ITERATE
