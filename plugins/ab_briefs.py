@@ -187,22 +187,46 @@ def primary_estimates(results: dict[str, Any]) -> dict[str, Any] | None:
     """The primary metric's latest estimate per treatment arm, formatted as in the brief."""
     from ab_pipeline.brief import fmt_diff, fmt_interval, fmt_pct, fmt_rel_interval
 
-    metrics = results.get("metrics") or {}
-    name = next((n for n, m in metrics.items() if m.get("role") == "primary"), None)
-    if name is None:
+    metrics = results.get("metrics")
+    if not isinstance(metrics, dict):
         return None
-    kind = metrics[name].get("type", "")
-    rows = [
-        {
-            "arm": arm,
-            "absolute": fmt_diff(c.get("absolute"), kind),
-            "ci": fmt_interval(c.get("ci"), kind),
-            "relative": fmt_pct(c.get("relative"), signed=True),
-            "relative_ci": fmt_rel_interval(c.get("relative_ci")),
-        }
-        for arm, c in sorted((metrics[name].get("comparisons") or {}).items())
-    ]
+    name = next((n for n, m in metrics.items() if _get(m, "role") == "primary"), None)
+    comparisons = _get(metrics.get(name), "comparisons")
+    if name is None or not isinstance(comparisons, dict):
+        return None
+    kind = _get(metrics[name], "type")
+    try:
+        rows = [
+            {
+                "arm": arm,
+                "absolute": fmt_diff(c.get("absolute"), kind),
+                "ci": fmt_interval(c.get("ci"), kind),
+                "relative": fmt_pct(c.get("relative"), signed=True),
+                "relative_ci": fmt_rel_interval(c.get("relative_ci")),
+            }
+            for arm, c in sorted(comparisons.items())
+        ]
+    except (AttributeError, TypeError, ValueError):
+        return None  # a hand-edited results.json costs its estimate, not the whole page
     return {"metric": name, "rows": rows} if rows else None
+
+
+def owner_decision(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The owner's latest recorded decision (`ab-pipeline decide`), if any."""
+    records = results.get("human_decisions")
+    latest = records[-1] if isinstance(records, list) and records else None
+    if not isinstance(latest, dict) or not latest.get("decision"):
+        return None
+    return {
+        "decision": str(latest["decision"]).upper(),
+        "by": str(latest.get("by", "")),
+        "note": str(latest.get("note", "")),
+        "disagrees": bool(latest.get("disagrees")),
+    }
+
+
+def _get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
 
 
 def portfolio_row(entry: dict[str, Any], on: date) -> dict[str, Any]:
@@ -216,6 +240,7 @@ def portfolio_row(entry: dict[str, Any], on: date) -> dict[str, Any]:
         "status": portfolio_status(latest, end, on),
         "days_left": days_left(end, on),
         "estimate": primary_estimates(results),
+        "owner_decision": owner_decision(results),
         "owner": str(results.get("owner", "")),
         "run_date": latest["run_date"],
         "count": entry["count"],
@@ -325,7 +350,10 @@ PORTFOLIO = """<!DOCTYPE html>
 <td><a href="{{ r.experiment }}/">{{ r.experiment }}</a><br><span class="muted">{{ r.title }}\
 </span></td>
 <td><span class="badge" style="background:{{ r.color }}" title="{{ r.reason }}">\
-{{ r.decision }}</span></td>
+{{ r.decision }}</span>{% if r.owner_decision %}<br><span class="muted" \
+title="{{ r.owner_decision.note }}">{{ r.owner_decision.by }} decided \
+{{ r.owner_decision.decision }}{% if r.owner_decision.disagrees %} (differs){% endif %}\
+</span>{% endif %}</td>
 <td data-label="Status" title="{{ status_meaning.get(r.status, '') }}">{{ r.status }}</td>
 <td class="num" data-label="Days left">{{ r.days_left }}</td>
 <td data-label="Primary">{% if r.estimate %}<span class="muted">{{ r.estimate.metric }}</span>\
@@ -347,7 +375,8 @@ filters.{% else %}No briefs yet.{% endif %}</td></tr>{% endfor %}
 </table></div>
 <p class="legend">Status: {% for s, meaning in status_meaning.items() %}<b>{{ s }}</b> \
 {{ meaning }}{{ "; " if not loop.last else "." }}{% endfor %} Days left count to the \
-experiment's planned end. Hover a decision for its reason.</p>
+experiment's planned end. Hover a decision for its reason; under it, the owner's recorded \
+decision (<code>ab-pipeline decide</code>) when there is one.</p>
 </main></body></html>
 """
 _ENV = Environment(autoescape=True)

@@ -37,6 +37,18 @@ FIXTURES = Path(__file__).parent / "fixtures"
 USER, PASSWORD = "reader", "archive-test-password"
 KINDS = ["continue", "ship", "iterate", "stop", "rerun", "hostile"]
 GROWTH = "growth@example.com"  # a second owner, for the owner filter
+# Every experiment in the archive: one per fixture kind and one whose results.json is garbled.
+EXPERIMENTS = sorted([f"exp-{kind}" for kind in KINDS] + ["exp-broken"])
+OWNER_DECISION = {
+    "run_date": "2026-05-31",
+    "decision": "ITERATE",
+    "by": "lead@example.com",
+    "note": "<b>one more</b> week",
+    "follow_up": "2026-06-14",
+    "recorded_at": "2026-06-01T09:00:00Z",
+    "pipeline_decision": "STOP",
+    "disagrees": True,
+}
 DAYS_LEFT = 19  # exp-continue's planned end, counted from today
 
 pytestmark = pytest.mark.slow
@@ -57,7 +69,7 @@ def fill_archive(briefs: Path) -> None:
     """One experiment per fixture kind, two readouts for the SHIP one (latest must win).
 
     exp-continue is still running (its end DAYS_LEFT days from today); exp-iterate has its own
-    owner.
+    owner; exp-stop's owner recorded a decision; exp-broken's results.json is hand-garbled.
     """
     for kind in KINDS:
         results = json.loads((FIXTURES / f"results_{kind}.json").read_text())
@@ -66,6 +78,8 @@ def fill_archive(briefs: Path) -> None:
             results["end"] = (today() + timedelta(days=DAYS_LEFT)).isoformat()
         if kind == "iterate":
             results["owner"] = GROWTH
+        if kind == "stop":
+            results["human_decisions"] = [OWNER_DECISION]
         run_dir = briefs / results["experiment"] / results["run_date"]
         run_dir.mkdir(parents=True)
         (run_dir / "results.json").write_text(json.dumps(results))
@@ -74,6 +88,9 @@ def fill_archive(briefs: Path) -> None:
     earlier["experiment"] = "exp-ship"
     (briefs / "exp-ship" / earlier["run_date"]).mkdir()
     (briefs / "exp-ship" / earlier["run_date"] / "results.json").write_text(json.dumps(earlier))
+    garbled = {"decision": "ITERATE", "metrics": "oops", "end": 12, "human_decisions": "x"}
+    (briefs / "exp-broken" / "2026-05-20").mkdir(parents=True)
+    (briefs / "exp-broken" / "2026-05-20" / "results.json").write_text(json.dumps(garbled))
 
 
 class NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -217,10 +234,16 @@ def test_index_is_a_portfolio_of_latest_decisions(server: Server) -> None:
     status, headers, body = request(server.base + "/ab-briefs/", server.token)
     assert status == 200, body[:500]
     page = body.decode()
-    assert sorted(listed(page)) == sorted(f"exp-{kind}" for kind in KINDS)
-    # What needs attention first: RERUN, STOP, SHIP (newest first), ITERATE, CONTINUE.
-    assert listed(page)[:2] == ["exp-rerun", "exp-stop"]
-    assert listed(page)[-2:] == ["exp-iterate", "exp-continue"]
+    # What needs attention first: RERUN, STOP, SHIP, ITERATE, CONTINUE; newest readout first.
+    assert listed(page) == [
+        "exp-rerun",
+        "exp-stop",
+        "exp-ship",
+        "exp-hostile",
+        "exp-iterate",
+        "exp-broken",
+        "exp-continue",
+    ]
 
     ship = row_text(page, "exp-ship")  # the latest of its two readouts wins
     assert "SHIP" in ship and "2026-05-31" in ship and "CONTINUE" not in ship
@@ -241,6 +264,12 @@ def test_index_is_a_portfolio_of_latest_decisions(server: Server) -> None:
     rerun = row_text(page, "exp-rerun")
     assert "RERUN" in rerun.split() and "no estimate (gate failed)" in rerun
     assert GROWTH in row_text(page, "exp-iterate")
+    # The owner's recorded decision shows under the pipeline's, escaped; a garbled
+    # results.json costs its row's details, not the page.
+    assert "lead@example.com decided ITERATE (differs)" in row_text(page, "exp-stop")
+    assert 'title="&lt;b&gt;one more&lt;/b&gt; week"' in page
+    broken = row_text(page, "exp-broken")
+    assert broken.startswith("exp-broken ITERATE interim —") and "no estimate" in broken
 
     # Each decision has its colour; the links go to the latest brief and results.json.
     assert 'style="background:#1a7f37" title="' in page.split('data-experiment="exp-ship"')[1]
@@ -267,7 +296,8 @@ def test_filters_by_decision_and_owner(server: Server) -> None:
     assert shown("?owner=a%26b+%3Cevil%40example.com%3E") == ["exp-hostile"]
     assert shown("?decision=SHIP&owner=support-ml%40example.com") == ["exp-ship"]
     assert shown("?decision=STOP&owner=" + GROWTH) == []
-    assert shown("?decision=&owner=") == sorted(f"exp-{kind}" for kind in KINDS)
+    assert shown("?decision=&owner=") == EXPERIMENTS
+    assert shown("?decision=ITERATE") == ["exp-broken", "exp-iterate"]
     status, _, body = request(server.base + "/ab-briefs/?decision=NOPE", server.token)
     assert "No experiment matches these filters." in body.decode()
     # The filter links keep the other filter: SHIP for GROWTH's owner is a count of 0.
