@@ -202,6 +202,29 @@ def test_warehouse_doc_loads_into_postgresql(tmp_path: Path, scratch_database: s
     assert enrolled(warehouse, "raw.exposures", "raw.events") == ENROLLED
 
 
+def ddl_columns(ddl: str) -> list[str]:
+    """Column names of a CREATE TABLE body (constraints left out)."""
+    parts = re.split(r",\s*(?![^()]*\))", ddl)  # commas outside parentheses
+    names = [part.split()[0] for part in parts if part.split()]
+    return [n for n in names if n.upper() not in ("PRIMARY", "CHECK", "(")]
+
+
+def test_warehouse_doc_names_every_column_the_pipeline_writes() -> None:
+    from ab_pipeline import decision_records, results_store
+
+    text = (DOCS / "warehouse.md").read_text()
+    tables = {name: ddl_columns(ddl) for name, ddl in results_store.TABLES.items()}
+    human = decision_records._DDL.split("(", 1)[1].rsplit(")", 1)[0]
+    tables[decision_records.TABLE] = ddl_columns(human)
+    assert len(tables) == 5 and "disagrees" in tables["ab_human_decisions"]
+    missing = {
+        table: gaps
+        for table, columns in tables.items()
+        if (gaps := [c for c in [table, *columns] if f"`{c}`" not in text])
+    }
+    assert missing == {}, f"docs/warehouse.md does not mention {missing}"
+
+
 # ---- docs/connections.md ----
 
 WAREHOUSE_EXAMPLE = re.compile(r"^export AIRFLOW_CONN_AB_WAREHOUSE='([^'\n]+)'\n# -> (\S+)$", re.M)
