@@ -254,7 +254,7 @@ def guardrails_at_budget(reps: int, seed: int = 9) -> tuple[Row, ...]:
 
 
 def cuped(reps: int, seed: int = 7, n: int = 2000) -> tuple[Row, Row, Row]:
-    """Pre-period resolutions predict resolution (DESIGN.md-style): bias, SE and coverage.
+    """Pre-period resolutions predict resolution: bias, SE and coverage.
 
     Each account has a propensity pi ~ Beta(0.5, 1.2); in the 14 days before exposure it
     resolved Binomial(10, pi) questions (the covariate); after exposure it resolves with

@@ -1,4 +1,4 @@
-"""The experiment config contract (DESIGN.md), as strict pydantic models.
+"""The experiment config contract (docs/config.md), as strict pydantic models.
 
 Unknown fields are errors so a typo cannot pass silently. Loading is cheap (pydantic and yaml
 only) because the DAG factory calls it at parse time.

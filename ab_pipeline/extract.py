@@ -8,7 +8,7 @@ variance) and `c_<metric>` per CUPED covariate. Raw events never leave the wareh
 plain enough for DuckDB and PostgreSQL alike (bound parameters, `INTERVAL 'N seconds'`,
 window functions).
 
-Metric semantics (DESIGN.md):
+Metric semantics (docs/warehouse.md):
 - enrollment = first exposure in [start, end] up to the run date; arm = that exposure's arm;
   a unit with any internal/bot exposure is excluded (when the audience says so);
 - proportion: 1 when a matching event falls in [first exposure, first exposure + window), and

@@ -3,7 +3,7 @@
 A scenario (`simulations/<experiment>.yaml`) states the truth of one experiment: how many units
 enrol, how they are really assigned, and each metric's true value per arm. `simulate` writes
 exposures and events for it into a warehouse (DuckDB file or PostgreSQL), creating the
-DESIGN.md tables when missing and replacing only this experiment's rows, so several experiments
+contract tables when missing and replacing only this experiment's rows, so several experiments
 share one warehouse and a re-run is idempotent.
 
 The data follows the semantics the extraction SQL implements, so observed values match the

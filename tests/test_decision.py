@@ -1,4 +1,4 @@
-"""The decision rule on the DESIGN.md refund numbers: SHIP, STOP, ITERATE, RERUN, CONTINUE."""
+"""The decision rule on the reference refund numbers: SHIP, STOP, ITERATE, RERUN, CONTINUE."""
 
 from __future__ import annotations
 

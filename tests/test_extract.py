@@ -81,7 +81,7 @@ def random_data(seed: int, units: int = 300) -> tuple[list[Exposure], list[Event
 def expected_units(
     exposures: list[Exposure], events: list[Event], run_date: date
 ) -> dict[str, dict[str, Any]]:
-    """The metric semantics of DESIGN.md, computed row by row in Python."""
+    """The metric semantics of docs/warehouse.md, computed row by row in Python."""
     run_end = datetime(run_date.year, run_date.month, run_date.day) + timedelta(days=1)
     end_excl = datetime(END.year, END.month, END.day) + timedelta(days=1)
     mine = [

@@ -1,4 +1,4 @@
-"""The pipeline's stages in one process on exact simulated data: the DESIGN.md reference
+"""The pipeline's stages in one process on exact simulated data: the reference
 numbers come out of the warehouse, and each decision kind follows from the data."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The simulator: seeded, idempotent, and its data says what the scenario says.
 
-Observed values are computed here by SQL written from DESIGN.md's semantics (correlated
+Observed values are computed here by SQL written from the documented semantics (correlated
 EXISTS, not the pipeline's window functions), so a simulator bug and an extraction bug cannot
 cancel out. Real DuckDB files in tmp_path; one real PostgreSQL run in a throwaway schema.
 """
@@ -107,7 +107,7 @@ GROUP BY u.arm"""
 
 
 def observed(url: str, config: ExperimentConfig, run_date: date) -> dict[str, dict[str, Any]]:
-    """{metric: {arm: (n, value, sd)}} by DESIGN.md's definitions, for units with whole windows.
+    """{metric: {arm: (n, value, sd)}} by the documented definitions, for units with whole windows.
 
     n counts units (events, for a quantile); sd is the per-unit spread of a mean metric.
     """
@@ -205,7 +205,7 @@ def test_sample_scenarios_match_their_truth(key: str, tmp_path: Path) -> None:
 
 
 def test_exact_gives_the_textbook_numbers(tmp_path: Path) -> None:
-    """760/2,000 vs 840/2,000 (DESIGN.md), also when internal and bot units are mixed in."""
+    """760/2,000 vs 840/2,000, also when internal and bot units are mixed in."""
     config, url = config_of("refund-query-rewrite"), duckdb_url(tmp_path)
     scn = scenario(
         "refund-query-rewrite",

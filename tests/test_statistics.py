@@ -1,4 +1,4 @@
-"""Statistics against independent scipy/statsmodels calls and the DESIGN.md reference numbers."""
+"""Statistics against independent scipy/statsmodels calls and the reference refund numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small hand-made warehouses in the DESIGN.md contract, for tests.
+"""Small hand-made warehouses in the warehouse contract (docs/warehouse.md), for tests.
 
 Rows are built in Python (tests only; the product never moves raw events into Python) and
 inserted with executemany, so the same fixture loads into DuckDB and PostgreSQL.

@@ -1,0 +1,336 @@
+"""The documentation's contracts, checked against the code and real services.
+
+docs/config.md names every field of the config's schema and its example is a valid config;
+docs/warehouse.md's CREATE TABLE, COPY/\\copy and INSERT statements and its CSV files load into
+real DuckDB and PostgreSQL and enroll the units the page says; docs/connections.md's connection
+values resolve (through Airflow's own environment-variable backend) to the URLs it shows, and
+its SMTP example delivers; nothing in the repository points outside it, and docs speak of dates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ab_pipeline.config import json_schema, parse_config
+from ab_pipeline.extract import build_units_table
+from ab_pipeline.lint import lint_config
+from ab_pipeline.warehouse import (
+    Warehouse,
+    dispose_all,
+    url_from_connection_fields,
+    warehouse_for_connection,
+)
+from tests.conftest import POSTGRES_URL
+from tests.local_services import Inbox, serving_smtp
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```", re.M | re.S)
+
+
+def blocks(page: str, info: str) -> list[str]:
+    """The bodies of the page's fenced code blocks whose info string is exactly `info`."""
+    text = (DOCS / page).read_text()
+    return [m["body"] for m in FENCE.finditer(text) if m["info"].strip() == info]
+
+
+def one_block(page: str, info: str) -> str:
+    [body] = blocks(page, info)
+    return body
+
+
+# ---- docs/config.md ----
+
+
+def schema_fields() -> dict[str, list[str]]:
+    """{model title: its field names}, the top level included, from the live pydantic model."""
+    schema = json_schema()
+    models = {"(top level)": list(schema["properties"])}
+    for name, definition in schema["$defs"].items():
+        models[name] = list(definition.get("properties", {}))
+    return models
+
+
+def test_config_doc_names_every_schema_field() -> None:
+    text = (DOCS / "config.md").read_text()
+    top = text[text.index("## Top level") : text.index("## `hypothesis`")]
+    missing_top = [f for f in schema_fields()["(top level)"] if f"| `{f}` |" not in top]
+    assert missing_top == [], f"docs/config.md's top-level table lacks {missing_top}"
+    missing = {
+        model: gaps
+        for model, fields in schema_fields().items()
+        if (gaps := [f for f in fields if f"`{f}`" not in text])
+    }
+    assert missing == {}, f"docs/config.md does not mention {missing}"
+
+
+def test_config_doc_example_is_a_clean_valid_config() -> None:
+    config = parse_config(yaml.safe_load(one_block("config.md", "yaml")), "docs/config.md")
+    assert config.key == "checkout-copy"
+    assert lint_config(config) == []  # no checklist warning either
+    # Every kind of metric and the optional sections the page describes are exercised.
+    assert {m.type for m in config.metrics.values()} == {"proportion", "mean", "ratio", "quantile"}
+    assert config.assignment_check is not None and config.plan is not None
+
+
+# ---- docs/warehouse.md ----
+
+
+def example_config(exposures: str, events: str) -> Any:
+    return parse_config(
+        {
+            "key": "checkout-copy",
+            "version": 1,
+            "title": "the warehouse page's example",
+            "owner": "growth@example.com",
+            "recipients": ["growth@example.com"],
+            "hypothesis": {"change": "c", "metric": "purchase_rate", "direction": "increase"},
+            "unit": "account",
+            "arms": {"control": 0.5, "treatment": 0.5},
+            "control": "control",
+            "start": "2026-06-01",
+            "end": "2026-06-28",
+            "source": {"exposures": exposures, "events": events},
+            "metrics": {
+                "purchase_rate": {"type": "proportion", "event": "purchase", "window": "1d"}
+            },
+            "primary": "purchase_rate",
+        }
+    )
+
+
+def write_csv_files(directory: Path) -> None:
+    for name in ("exposures.csv", "events.csv"):
+        (directory / name).write_text(one_block("warehouse.md", f"csv {name}"))
+
+
+def enrolled(warehouse: Warehouse, exposures: str, events: str) -> list[dict[str, Any]]:
+    table = build_units_table(warehouse, example_config(exposures, events), date(2026, 6, 5))
+    rows = warehouse.query(
+        f"SELECT unit_id, arm, first_exposed_at, exposures, m_purchase_rate FROM {table} "
+        "ORDER BY unit_id"
+    )
+    return [{**row, "first_exposed_at": str(row["first_exposed_at"])} for row in rows]
+
+
+# What the page says a readout on 2026-06-05 enrolls (u3 is internal).
+ENROLLED = [
+    {
+        "unit_id": "u1",
+        "arm": "control",
+        "first_exposed_at": str(datetime(2026, 6, 1, 9, 0)),
+        "exposures": 2,
+        "m_purchase_rate": 1,
+    },
+    {
+        "unit_id": "u2",
+        "arm": "treatment",
+        "first_exposed_at": str(datetime(2026, 6, 1, 9, 5)),
+        "exposures": 1,
+        "m_purchase_rate": 0,
+    },
+]
+
+
+def statements(sql: str) -> list[str]:
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def test_warehouse_doc_loads_into_duckdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_csv_files(tmp_path)
+    monkeypatch.chdir(tmp_path)  # COPY reads 'exposures.csv' relative to the process
+    warehouse = Warehouse(f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    try:
+        warehouse.execute(statements(one_block("warehouse.md", "sql duckdb")))
+        warehouse.execute(statements(one_block("warehouse.md", "sql duckdb-load")))
+        [counts] = warehouse.query(
+            "SELECT (SELECT COUNT(*) FROM exposures) AS x, (SELECT COUNT(*) FROM events) AS e, "
+            "(SELECT properties->>'app_version' FROM exposures LIMIT 1) AS app"
+        )
+        assert counts == {"x": 4, "e": 4, "app": "5.2"}
+        assert enrolled(warehouse, "exposures", "events") == ENROLLED
+    finally:
+        dispose_all()
+
+
+@pytest.fixture
+def scratch_database() -> Iterator[str]:
+    """A PostgreSQL database of its own (the page's schema name `raw` is fixed), dropped after."""
+    name = f"ab_docs_{uuid.uuid4().hex[:10]}"
+    admin = POSTGRES_URL.rsplit("/", 1)[0]
+    subprocess.run(["psql", f"{admin}/postgres", "-qc", f"CREATE DATABASE {name}"], check=True)
+    try:
+        yield f"{admin}/{name}"
+    finally:
+        dispose_all()
+        subprocess.run(
+            ["psql", f"{admin}/postgres", "-qc", f"DROP DATABASE {name} WITH (FORCE)"], check=True
+        )
+
+
+def test_warehouse_doc_loads_into_postgresql(tmp_path: Path, scratch_database: str) -> None:
+    write_csv_files(tmp_path)
+    script = tmp_path / "load.sql"
+    script.write_text(
+        one_block("warehouse.md", "sql postgresql")
+        + one_block("warehouse.md", "sql postgresql-load")
+    )
+    # psql itself, as the page says: `\copy` is a psql command, run from the CSVs' directory.
+    loaded = subprocess.run(
+        ["psql", scratch_database, "-v", "ON_ERROR_STOP=1", "-qf", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    warehouse = Warehouse(scratch_database)
+    [counts] = warehouse.query(
+        "SELECT (SELECT COUNT(*) FROM raw.exposures) AS x, (SELECT COUNT(*) FROM raw.events) AS e"
+    )
+    assert counts == {"x": 4, "e": 4}
+    assert enrolled(warehouse, "raw.exposures", "raw.events") == ENROLLED
+
+
+def ddl_columns(ddl: str) -> list[str]:
+    """Column names of a CREATE TABLE body (constraints left out)."""
+    parts = re.split(r",\s*(?![^()]*\))", ddl)  # commas outside parentheses
+    names = [part.split()[0] for part in parts if part.split()]
+    return [n for n in names if n.upper() not in ("PRIMARY", "CHECK", "(")]
+
+
+def test_warehouse_doc_names_every_column_the_pipeline_writes() -> None:
+    from ab_pipeline import decision_records, results_store
+
+    text = (DOCS / "warehouse.md").read_text()
+    tables = {name: ddl_columns(ddl) for name, ddl in results_store.TABLES.items()}
+    human = decision_records._DDL.split("(", 1)[1].rsplit(")", 1)[0]
+    tables[decision_records.TABLE] = ddl_columns(human)
+    assert len(tables) == 5 and "disagrees" in tables["ab_human_decisions"]
+    missing = {
+        table: gaps
+        for table, columns in tables.items()
+        if (gaps := [c for c in [table, *columns] if f"`{c}`" not in text])
+    }
+    assert missing == {}, f"docs/warehouse.md does not mention {missing}"
+
+
+# ---- docs/connections.md ----
+
+WAREHOUSE_EXAMPLE = re.compile(r"^export AIRFLOW_CONN_AB_WAREHOUSE='([^'\n]+)'\n# -> (\S+)$", re.M)
+
+
+def warehouse_examples() -> list[tuple[str, str]]:
+    return WAREHOUSE_EXAMPLE.findall((DOCS / "connections.md").read_text())
+
+
+def resolve(value: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL the pipeline builds from AIRFLOW_CONN_AB_WAREHOUSE=value, as Airflow parses it."""
+    from airflow.secrets.environment_variables import EnvironmentVariablesBackend
+
+    monkeypatch.setenv("AIRFLOW_CONN_AB_WAREHOUSE", value)
+    conn = EnvironmentVariablesBackend().get_connection("ab_warehouse")
+    assert conn is not None
+    return url_from_connection_fields(
+        conn.conn_type or "",
+        conn.host,
+        conn.login,
+        conn.password,
+        conn.port,
+        conn.schema,
+        conn.extra,
+    )
+
+
+def test_connection_examples_resolve_to_the_urls_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    examples = warehouse_examples()
+    assert len(examples) == 7, examples  # every example on the page is checked
+    for value, url in examples:
+        assert resolve(value, monkeypatch) == url, value
+
+
+def test_connection_examples_reach_real_warehouses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline's own resolution (`warehouse_for_connection`) against real databases."""
+    examples = dict((url, value) for value, url in warehouse_examples())
+    monkeypatch.setenv("AIRFLOW_CONN_AB_WAREHOUSE", examples[POSTGRES_URL])
+    assert warehouse_for_connection("ab_warehouse").query("SELECT 1 AS one") == [{"one": 1}]
+    # The relative DuckDB path lands under the task process's working directory.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    monkeypatch.setenv("AIRFLOW_CONN_AB_WAREHOUSE", examples["duckdb:///var/warehouse.duckdb"])
+    try:
+        warehouse_for_connection("ab_warehouse").execute("CREATE TABLE t AS SELECT 1 AS one")
+    finally:
+        dispose_all()
+    assert (tmp_path / "var" / "warehouse.duckdb").is_file()
+
+
+def test_smtp_example_delivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ab_pipeline.delivery import send_message
+
+    [local, relay] = re.findall(
+        r"^export AIRFLOW_CONN_SMTP_DEFAULT='([^'\n]+)'$",
+        (DOCS / "connections.md").read_text(),
+        re.M,
+    )
+    assert json.loads(relay)["port"] == 587 and "disable_tls" not in json.loads(relay)["extra"]
+    inbox = Inbox()
+    with serving_smtp(inbox) as server:
+        conn = json.loads(local)
+        assert conn["port"] == 1025
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({**conn, "port": server.port}))
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "a@example.com", "b@example.com", "hi"
+        message.set_content("the documented connection works")
+        assert send_message(message) is True
+    assert inbox.subjects() == ["hi"]
+
+
+# ---- the repository as a whole ----
+
+
+def tracked_text_files() -> Iterator[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listed:
+        path = REPO / name
+        if path.is_file() and path.suffix not in (".png", ".duckdb", ".lock"):
+            yield path
+
+
+def test_nothing_refers_to_files_outside_the_repository() -> None:
+    outside = ("../" + "shared", "DESIGN" + ".md")  # spelled apart: this file is scanned too
+    offenders = [
+        f"{path.relative_to(REPO)}: {needle}"
+        for path in tracked_text_files()
+        for needle in outside
+        if needle in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert offenders == []
+
+
+def test_docs_speak_of_dates_not_work_sessions() -> None:
+    pages = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+    found = [
+        f"{page.name}: {match.group(0)}"
+        for page in pages
+        for match in re.finditer(r"\b[Ss]essions? \d+|\b[Ee]arlier sessions\b", page.read_text())
+    ]
+    assert found == []
