@@ -27,7 +27,7 @@ import pytest
 from ab_pipeline.warehouse import Warehouse, dispose_all
 from tests.local_services import Inbox, serving_smtp, smtp_connection
 
-from .stack import REPO, WORKER_NAME, Stack, running_stack, wait_for
+from .stack import REPO, Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +158,7 @@ def test_runs_and_backfill_on_celery(
         {"d": DAG_ID},
     )
     ran = [t for t in tasks if t["state"] == "success"]
-    assert ran and {t["hostname"] for t in ran} == {WORKER_NAME}, tasks
+    assert ran and {t["hostname"] for t in ran} == {running.worker_name}, tasks
     assert_the_worker_executed(running, ran)
 
     briefs = running.root / "briefs" / EXPERIMENT
