@@ -22,6 +22,11 @@ demo: install
 test: install browser
 	$(BIN)/python -m pytest
 
+# The suite without the tests marked `slow` (real Airflow DAG runs, api-server, Celery stack,
+# Chromium): quick feedback while developing; `make test` stays what CI runs.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
 # The brief's browser tests drive Debian's chromium; install it only when it is missing
 # (CI runs `make test` as root, so apt-get needs no sudo there).
 browser:

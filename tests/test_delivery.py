@@ -291,8 +291,21 @@ def test_owner_is_notified_when_a_dag_run_fails(smtp_server: Recorder) -> None:
     assert "<script" not in body["text/html"] and "&lt;script&gt;" in body["text/html"]
 
 
-def test_failure_notifier_without_smtp_only_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_notifier_without_smtp_only_logs(
+    monkeypatch: pytest.MonkeyPatch, smtp_server: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """smtp_default points at a live server: a notifier whose own connection is missing logs
+    and sends nothing, rather than falling back to another connection."""
     from ab_pipeline.notify import OwnerFailureNotifier
 
     monkeypatch.delenv("AIRFLOW_CONN_AB_PIPELINE_TEST_NOWHERE", raising=False)
-    OwnerFailureNotifier("exp-1", "o@example.com", "t", "ab_pipeline_test_nowhere")({})
+    notifier = OwnerFailureNotifier("exp-1", "o@example.com", "t", "ab_pipeline_test_nowhere")
+    notifier({"run_id": "scheduled__2026-05-31"})
+
+    assert smtp_server.envelopes == []
+    # The notifier logs through Airflow's task SDK (structlog, rendered to stdout), not through
+    # the stdlib logging that caplog captures.
+    lines = [line for line in capsys.readouterr().out.splitlines() if "not emailed" in line]
+    assert len(lines) == 1, lines
+    assert "warning" in lines[0]
+    assert "run failure of exp-1 not emailed (no SMTP connection)" in lines[0]

@@ -5,6 +5,10 @@ machine's PostgreSQL. Only the connection differs: the PostgreSQL URL selects th
 through `search_path`, so the configs (and their hashes) are byte-identical, and the run's
 units table and results tables land in that schema too. The connection URL carries a password
 (trust auth ignores it): it must not appear in any file the runs write or any log line.
+
+The sample experiments have no ratio and no CUPED metric, so one more readout runs a copy of
+onboarding-checklist that adds both (over events the simulation already writes: support tickets
+per session, and session counts adjusted by the sessions before exposure).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ab_pipeline.config import load_config
 from ab_pipeline.extract import units_table_name
@@ -43,17 +48,37 @@ def readout_dates(config_path: Path) -> list[date]:
     return [config.end]
 
 
-def run_all(url: str, out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+def with_ratio_and_cuped(folder: Path) -> Path:
+    """onboarding-checklist plus a ratio metric and a CUPED-adjusted mean, written to folder."""
+    data = yaml.safe_load((REPO / "dags" / "experiments" / "onboarding-checklist.yaml").read_text())
+    data["metrics"]["tickets_per_session"] = {
+        "type": "ratio",
+        "numerator": {"event": "support_ticket"},
+        "denominator": {"event": "session_start"},
+        "window": "7d",
+    }
+    data["metrics"]["sessions_7d"]["cuped"] = {"covariate": "same", "lookback": "3d"}
+    folder.mkdir(parents=True)
+    path = folder / "onboarding-checklist.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_all(url: str, out: Path, variant: Path) -> dict[tuple[str, str], dict[str, Any]]:
     runs = {}
-    for path in CONFIGS:
+    for label, path, where in [
+        *((p.stem, p, out) for p in CONFIGS),
+        (VARIANT, variant, out / "variant"),
+    ]:
         for day in readout_dates(path):
-            ctx = RunContext(path, day, url, out)
+            ctx = RunContext(path, day, url, where)
             run_pipeline(ctx, deliver=False)
-            runs[path.stem, day.isoformat()] = json.loads(
-                (ctx.run_dir / "results.json").read_text()
-            )
+            runs[label, day.isoformat()] = json.loads((ctx.run_dir / "results.json").read_text())
     dispose_all()
     return runs
+
+
+VARIANT = "onboarding-checklist+ratio+cuped"
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +97,10 @@ def both(
         # Freshly loaded tables have no planner statistics; without them PostgreSQL picks
         # nested loops and the extract takes minutes instead of milliseconds.
         admin.execute([f"ANALYZE {schema}.exposures", f"ANALYZE {schema}.events"])
+        variant = with_ratio_and_cuped(root / "variant")
         yield (
-            run_all(duck, root / "duckdb"),
-            run_all(secret_url, root / "postgres"),
+            run_all(duck, root / "duckdb", variant),
+            run_all(secret_url, root / "postgres", variant),
             {"root": root, "schema": schema, "tables": _tables(admin, schema)},  # type: ignore[dict-item]
         )
     finally:
@@ -115,7 +141,7 @@ def comparable(results: dict[str, Any]) -> dict[str, Any]:
 
 def test_decisions_and_numbers_match_duckdb(both: tuple[Any, ...]) -> None:
     duck, postgres, _ = both
-    assert duck.keys() == postgres.keys() and len(duck) == len(CONFIGS)
+    assert duck.keys() == postgres.keys() and len(duck) == len(CONFIGS) + 1
     for run, expected in duck.items():
         got = postgres[run]
         assert got["decision"] == expected["decision"], run
@@ -124,6 +150,23 @@ def test_decisions_and_numbers_match_duckdb(both: tuple[Any, ...]) -> None:
         # two engines add the same numbers in a different order.
         assert got["gates"]["srm"]["counts"] == expected["gates"]["srm"]["counts"], run
         assert same(comparable(expected), comparable(got)) == [], run
+
+
+def test_the_ratio_and_cuped_readout_is_compared_with_real_data(both: tuple[Any, ...]) -> None:
+    """The parity above covers these numbers; here: they exist and are not degenerate."""
+    duck, postgres, _ = both
+    for runs in (duck, postgres):
+        metrics = runs[VARIANT, "2026-03-29"]["metrics"]
+        ratio = metrics["tickets_per_session"]
+        for arm in ("control", "treatment"):
+            assert (
+                ratio["arms"][arm]["numerator"] > 100 and ratio["arms"][arm]["denominator"] > 1000
+            )
+        assert "delta" in ratio["comparisons"]["treatment"]["method"]
+        assert ratio["comparisons"]["treatment"]["se"] > 0
+        cuped = metrics["sessions_7d"]["comparisons"]["treatment"]["cuped"]
+        assert cuped["theta"] != 0 and cuped["se_unadjusted"] > 0
+        assert cuped["covariate"] == "sessions_7d" and cuped["lookback"] == "3d"
 
 
 def test_everything_stays_in_the_throwaway_schema(both: tuple[Any, ...]) -> None:

@@ -1,26 +1,39 @@
 """The statistics engine's SQL path: ratio and CUPED columns, clustered quantiles, corrections,
-SRM diagnosis, on a hand-made warehouse (DuckDB and PostgreSQL)."""
+SRM diagnosis, on a hand-made warehouse (DuckDB and PostgreSQL).
+
+The ratio and CUPED sums the warehouse computes are checked against numpy, scipy and
+statsmodels applied to the units table's own per-unit rows, read back in the test.
+"""
 
 from __future__ import annotations
 
+import random
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from ab_pipeline.analysis import analyse, current_look
 from ab_pipeline.config import parse_config
 from ab_pipeline.diagnosis import progress, srm_diagnosis
 from ab_pipeline.errors import ConfigError
 from ab_pipeline.extract import build_units_table, covariate_column, ratio_columns
-from ab_pipeline.warehouse import Warehouse
-from tests.warehouse_fixtures import create_contract_tables, experiment_data, insert_rows
+from ab_pipeline.warehouse import Warehouse, quote_ident
+from tests.warehouse_fixtures import (
+    Event,
+    Exposure,
+    create_contract_tables,
+    experiment_data,
+    insert_rows,
+)
 
 RUN = date(2026, 5, 31)
 START = datetime(2026, 5, 4, 9)
 
 
-def config(**extra: Any) -> Any:
+def config(schema: str = "", **extra: Any) -> Any:
     metrics = {
         "solved": {
             "type": "proportion",
@@ -40,6 +53,7 @@ def config(**extra: Any) -> Any:
         "stats-check",
         metrics,
         "solved",
+        schema,
         arms={"control": 0.34, "a": 0.33, "b": 0.33},
         plan={"baseline": 0.38, "mde": 0.02},
     )
@@ -126,34 +140,150 @@ def test_srm_diagnosis_and_progress(duckdb_warehouse: Warehouse) -> None:
     assert made["mde_now"] > 0.3
 
 
-def test_units_table_with_ratio_and_cuped_builds_on_postgresql(
-    postgres_schema: tuple[Warehouse, str],
-) -> None:
-    warehouse, _ = postgres_schema
-    from ab_pipeline.extract import build_units_sql
-
-    statements, params = build_units_sql(config(), RUN, "ab_units_stats_check")
-    create_contract_tables(warehouse)  # empty: the statements run, the table has every column
-    try:
-        warehouse.execute(statements, params)
-        built = warehouse.query("SELECT * FROM ab_units_stats_check")
-        assert built == []
-        columns = {
-            row["column_name"]
-            for row in warehouse.query(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_name = 'ab_units_stats_check'"
+def seeded_rows(units: int = 600, seed: int = 20260531) -> tuple[list[Exposure], list[Event]]:
+    """Random units whose outcome depends on their pre-exposure history (so CUPED has
+    something to remove) and whose clicks and sessions vary per unit and arm."""
+    rng = random.Random(seed)
+    exposures: list[Exposure] = []
+    events: list[Event] = []
+    for i in range(units):
+        unit, arm = f"s{i:04d}", rng.choice(["control", "a", "b"])
+        first = START + timedelta(minutes=rng.randrange(0, 20 * 24 * 60))
+        exposures.append(("stats-check", unit, arm, first, False, False, {"platform": "web"}))
+        history = rng.choice([0, 0, 1, 1, 2, 3, 5])
+        for _ in range(history):  # the covariate: solved within the 14 days before exposure
+            events.append(
+                (unit, "solved", first - timedelta(minutes=rng.randrange(1, 20_000)), None, None)
             )
+        lift = {"control": 0.0, "a": 0.06, "b": 0.02}[arm]
+        if rng.random() < 0.15 + 0.15 * min(history, 3) + lift:
+            events.append(
+                (unit, "solved", first + timedelta(minutes=rng.randrange(0, 1440)), None, None)
+            )
+        sessions = rng.randint(1, 6)
+        for _ in range(sessions):
+            events.append(
+                (unit, "session", first + timedelta(minutes=rng.randrange(0, 1440)), None, None)
+            )
+        for _ in range(sum(rng.random() < 0.4 + lift for _ in range(2 * sessions))):
+            events.append(
+                (unit, "click", first + timedelta(minutes=rng.randrange(0, 1440)), None, None)
+            )
+        for _ in range(rng.randint(1, 3)):
+            value = round(rng.lognormvariate(5, 0.3), 1)
+            events.append(
+                (unit, "served", first + timedelta(minutes=rng.randrange(0, 600)), value, None)
+            )
+    return exposures, events
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def loaded_warehouse(request: pytest.FixtureRequest) -> tuple[Warehouse, str]:
+    """(warehouse, schema) holding seeded_rows(), on either engine."""
+    if request.param == "duckdb":
+        warehouse, schema = request.getfixturevalue("duckdb_warehouse"), ""
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, *seeded_rows(), schema)
+    return warehouse, schema
+
+
+def units_rows(warehouse: Warehouse, table: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per arm, the units table's ratio and CUPED columns as float arrays."""
+    num, den = ratio_columns("clicks_per_session")
+    rows = warehouse.query(
+        f"SELECT arm, {num} AS x, {den} AS y, m_solved AS outcome, "
+        f"{covariate_column('solved')} AS covariate FROM {quote_ident(table)}"
+    )
+    arms: dict[str, dict[str, np.ndarray]] = {}
+    for arm in ("control", "a", "b"):
+        mine = [r for r in rows if r["arm"] == arm]
+        arms[arm] = {
+            k: np.array([float(r[k]) for r in mine]) for k in ("x", "y", "outcome", "covariate")
         }
-        assert {"m_solved", "c_solved", "n_latency", "m_clicks_per_session__num"} <= columns
-    finally:
-        warehouse.execute(
-            [
-                "DROP TABLE IF EXISTS ab_units_stats_check",
-                "DROP TABLE IF EXISTS exposures",
-                "DROP TABLE IF EXISTS events",
-            ]
+    return arms
+
+
+def delta_ratio(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """sum X / sum Y and its variance by linearisation: Var(mean(X - R Y)) / mean(Y)^2."""
+    r = x.sum() / y.sum()
+    return float(r), float(np.var(x - r * y, ddof=1) / (len(x) * y.mean() ** 2))
+
+
+def test_ratio_and_cuped_equal_numpy_and_statsmodels_on_the_units_rows(
+    loaded_warehouse: tuple[Warehouse, str],
+) -> None:
+    warehouse, schema = loaded_warehouse
+    cfg = config(schema)
+    table = build_units_table(warehouse, cfg, RUN)
+    arms = units_rows(warehouse, table)
+    assert sum(len(a["x"]) for a in arms.values()) == 600
+    metrics = analyse(warehouse, cfg, table, RUN)
+
+    z = stats.norm.ppf(0.975)
+    ratio = metrics["clicks_per_session"]
+    r_c, var_c = delta_ratio(arms["control"]["x"], arms["control"]["y"])
+    for arm in ("control", "a", "b"):
+        got = ratio["arms"][arm]
+        assert got["numerator"] == pytest.approx(arms[arm]["x"].sum())
+        assert got["denominator"] == pytest.approx(arms[arm]["y"].sum())
+    for arm in ("a", "b"):
+        r_t, var_t = delta_ratio(arms[arm]["x"], arms[arm]["y"])
+        se = np.sqrt(var_c + var_t)
+        comparison = ratio["comparisons"][arm]
+        assert comparison["absolute"] == pytest.approx(r_t - r_c, rel=1e-9)
+        assert comparison["se"] == pytest.approx(se, rel=1e-9)
+        assert comparison["ci"] == pytest.approx([r_t - r_c - z * se, r_t - r_c + z * se])
+        assert comparison["p_value"] == pytest.approx(2 * stats.norm.sf(abs(r_t - r_c) / se))
+        assert comparison["relative"] == pytest.approx(r_t / r_c - 1, rel=1e-9)
+    assert ratio["comparisons"]["a"]["p_value"] < 0.05  # the seeded click lift is found
+
+    check_cuped(metrics["solved"]["comparisons"], arms)
+
+
+def check_cuped(comparisons: dict[str, Any], arms: dict[str, dict[str, np.ndarray]]) -> None:
+    """CUPED = the treatment coefficient of OLS y ~ arm + x (pooled within-arm theta), with
+    Welch's test on y - theta (x - mean x); the unadjusted numbers are the Wald ones."""
+    import statsmodels.api as sm
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    names = list(arms)
+    y = np.concatenate([arms[a]["outcome"] for a in names])
+    x = np.concatenate([arms[a]["covariate"] for a in names])
+    dummies = np.column_stack(
+        [
+            np.concatenate([np.full(len(arms[b]["outcome"]), float(a == b)) for b in names])
+            for a in ("a", "b")
+        ]
+    )
+    fit = sm.OLS(y, sm.add_constant(np.column_stack([dummies, x]))).fit()
+    theta = fit.params[3]
+    adjusted = {a: arms[a]["outcome"] - theta * (arms[a]["covariate"] - x.mean()) for a in names}
+    control = arms["control"]["outcome"]
+    for i, arm in enumerate(("a", "b"), start=1):
+        comparison, treated = comparisons[arm], arms[arm]["outcome"]
+        cuped = comparison["cuped"]
+        assert cuped["theta"] == pytest.approx(theta, rel=1e-9) and theta > 0.1
+        assert comparison["absolute"] == pytest.approx(fit.params[i], rel=1e-9)
+        lift = adjusted[arm].mean() / adjusted["control"].mean() - 1
+        assert comparison["relative"] == pytest.approx(lift, rel=1e-9)
+        welch = stats.ttest_ind(adjusted[arm], adjusted["control"], equal_var=False)
+        assert comparison["p_value"] == pytest.approx(welch.pvalue, rel=1e-6)
+        assert comparison["ci"] == pytest.approx(list(welch.confidence_interval(0.95)), rel=1e-9)
+        se = np.sqrt(
+            adjusted[arm].var(ddof=1) / len(treated)
+            + adjusted["control"].var(ddof=1) / len(control)
         )
+        assert comparison["se"] == pytest.approx(se, rel=1e-9)
+        se0 = np.sqrt(treated.var() / len(treated) + control.var() / len(control))
+        assert cuped["se_unadjusted"] == pytest.approx(se0, rel=1e-9)
+        assert cuped["variance_reduction"] == pytest.approx(1 - se**2 / se0**2, rel=1e-9)
+        wald = confint_proportions_2indep(
+            treated.sum(), len(treated), control.sum(), len(control), method="wald"
+        )
+        assert cuped["ci_unadjusted"] == pytest.approx(list(wald), rel=1e-9)
+        assert cuped["absolute_unadjusted"] == pytest.approx(treated.mean() - control.mean())
 
 
 def test_a_covariate_window_reaching_past_exposure_is_a_config_error() -> None:

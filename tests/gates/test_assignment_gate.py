@@ -123,6 +123,9 @@ def test_postgres_gate_counts_mismatches_and_early_exposures(
     config, table = _hand_made(warehouse, schema, flip)
     gate = run_assignment_gate(warehouse, config, table, FINAL)
     assert gate is not None
-    assert gate["passed"] is not flip and gate["mismatches"] == len(flip)
+    # Any logged arm the hash does not give fails the gate, even 2 of 200 units.
+    assert gate["passed"] is (not flip)
+    assert gate["mismatches"] == len(flip) and gate["units"] == 200
+    assert gate["rate"] == pytest.approx(len(flip) / 200)
     assert {e["unit_id"] for e in gate["examples"]} == flip
     assert gate["early_exposures"]["early"] == 10 and gate["early_exposures"]["without_event"] == 0

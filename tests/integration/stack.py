@@ -25,7 +25,9 @@ from tests.local_services import free_port
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
-WORKER_NAME = "ab-celery-worker-1"
+# The worker's name, unique per run: Celery refuses to start a second worker with a name
+# already running on this machine (another checkout's test, say). Its tasks report it.
+WORKER_NAME_ENV = "AB_TEST_CELERY_WORKER_NAME"
 # The compose services that this stack mirrors (tests/test_compose.py checks the file).
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "worker")
 
@@ -45,6 +47,7 @@ class Stack:
     env: dict[str, str]
     api_port: int
     metadata_url: str
+    worker_name: str = field(default_factory=lambda: f"ab-celery-worker-{uuid.uuid4().hex[:8]}")
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def log(self, name: str) -> Path:
@@ -168,12 +171,15 @@ def running_stack(
             "celery",
             "worker",
             "--celery-hostname",
-            WORKER_NAME,
+            stack.worker_name,
             "--concurrency",
             "2",
             "--without-gossip",
             "--without-mingle",
-            env={"AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.integration.stack.worker_hostname"},
+            env={
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.integration.stack.worker_hostname",
+                WORKER_NAME_ENV: stack.worker_name,
+            },
         )
         yield stack
     finally:
@@ -183,7 +189,7 @@ def running_stack(
 
 def worker_hostname() -> str:
     """The hostname callable the worker's tasks report (AIRFLOW__CORE__HOSTNAME_CALLABLE)."""
-    return WORKER_NAME
+    return os.environ[WORKER_NAME_ENV]
 
 
 def _flush_redis(db: int) -> None:
