@@ -210,7 +210,12 @@ def ensure_metadata_db(env: dict[str, str]) -> None:
 
 
 def run_experiment(
-    config_path: Path, run_date: date, warehouse: str, out: Path, verbose: bool = False
+    config_path: Path,
+    run_date: date,
+    warehouse: str,
+    out: Path,
+    verbose: bool = False,
+    quiet_exit: bool = False,
 ) -> int:
     """Run the experiment's real DAG for one readout date; print the decision, the files
     written and whether the email went out.
@@ -220,6 +225,9 @@ def run_experiment(
     $AB_PIPELINE_ONLY_CONFIG tells the DAG file (dags/ab_experiments.py) to build exactly this
     config's DAG. Airflow serializes the DAG the DAG file builds, as the dag-processor would,
     and a copy of a committed config runs as the copy, not as the committed file.
+
+    `quiet_exit`: the process ends after this run; what libraries print at interpreter exit
+    (DuckDB's binding reports leaked objects) goes to the run's log too, unless `verbose`.
     """
     from ab_pipeline.config import load_config
 
@@ -265,7 +273,12 @@ def run_experiment(
             file=sys.stderr,
         )
         return EXIT_BROKEN
-    return report_run(config.key, readout, dag, dag_run, run_dir, None if verbose else log_path)
+    code = report_run(config.key, readout, dag, dag_run, run_dir, None if verbose else log_path)
+    if quiet_exit and not verbose:
+        sys.stderr.flush()
+        with log_path.open("ab") as log:
+            os.dup2(log.fileno(), 2)
+    return code
 
 
 @contextmanager
@@ -346,7 +359,12 @@ def email_outcome(dag: Any, dag_run: Any, results: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     return run_experiment(
-        Path(args.config), args.date, args.warehouse, Path(args.out), verbose=args.verbose
+        Path(args.config),
+        args.date,
+        args.warehouse,
+        Path(args.out),
+        verbose=args.verbose,
+        quiet_exit=True,
     )
 
 
