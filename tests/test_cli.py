@@ -234,3 +234,31 @@ def test_assign_refuses_an_externally_assigned_experiment(world: World) -> None:
     hashed.write_text((world.folder / "my-experiment.yaml").read_text() + "\nassignment: hash\n")
     done = world.cli("assign", "hashed.yaml", "u1")
     assert done.returncode == 0 and re.fullmatch(r"u1\t(control|treatment)\n", done.stdout)
+
+
+@pytest.mark.parametrize(
+    "schedule,accepted",
+    [
+        ("every blue moon", False),
+        ("61 * * * *", False),
+        ("@once", False),
+        ("@continuous", False),
+        ("@weekly", True),
+        ("30 6 * * 1-5", True),
+        (None, True),
+    ],
+)
+def test_validate_checks_the_schedule_airflow_will_read(
+    schedule: str | None, accepted: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ab_pipeline.cli import main
+
+    sample = (REPO / "dags" / "experiments" / "refund-query-rewrite.yaml").read_text()
+    config = tmp_path / "x.yaml"
+    config.write_text(sample.replace('schedule: "@daily"', f"schedule: {json.dumps(schedule)}"))
+    code = main(["validate", str(config)])
+    out = capsys.readouterr().out
+    if accepted:
+        assert code == 0, out
+    else:
+        assert code == 2 and out.startswith(f"{config}: schedule: {schedule!r}"), out
