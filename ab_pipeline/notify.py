@@ -123,7 +123,8 @@ def run_xcoms(dag_id: str, run_id: str, key: str) -> dict[str, Any]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = session.scalars(XComModel.get_many(run_id=run_id, key=key, dag_ids=dag_id)).all()
+        query = XComModel.get_many(run_id=run_id, key=key, dag_ids=dag_id)
+        rows: list[Any] = list(session.scalars(query))
         return {row.task_id: XComModel.deserialize_value(row) for row in rows}
 
 
@@ -144,9 +145,9 @@ def failure_facts(context: Mapping[str, Any]) -> dict[str, str]:
     facts = {"run": run_id, "DAG": dag_id}
     try:
         failures = failed_tasks_upstream_first(dag, run_id) if dag is not None else []
-    except Exception as error:  # the owner must hear of the failure even if this lookup fails
+    except Exception as lookup:  # the owner must hear of the failure even if this lookup fails
         failures = []
-        facts["first failed task"] = f"unknown (the run's errors could not be read: {error})"
+        facts["first failed task"] = f"unknown (the run's errors could not be read: {lookup})"
     if failures:
         (first, error), *others = failures
         facts["first failed task"] = first

@@ -46,7 +46,11 @@ def test_the_notifier_accepts_the_serialized_dag_dag_test_gives_callbacks(
     [(recipients, message)] = inbox.messages
     assert recipients == ["support-ml@example.com"]
     assert "DAG run FAILED" in str(message["Subject"])
-    text = message.get_payload()[0].get_payload(decode=True).decode()
+    [text] = [
+        str(part.get_payload(decode=True), "utf-8")  # type: ignore[arg-type]
+        for part in message.walk()
+        if part.get_content_type() == "text/plain"
+    ]
     link = "https://airflow.example.test/dags/ab_refund_query_rewrite/runs/manual__2026-06-01"
     assert f"link: {link}" in text and "reason: task_failure" in text
 
