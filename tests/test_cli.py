@@ -98,6 +98,7 @@ def printed_paths(stdout: str) -> dict[str, Path]:
     return {label: Path(path) for label, path in found}
 
 
+@pytest.mark.slow  # a real DAG run
 def test_a_new_config_outside_the_dags_folder_runs_its_real_dag(
     world: World, final_readout: subprocess.CompletedProcess[str]
 ) -> None:
@@ -125,6 +126,7 @@ def test_a_new_config_outside_the_dags_folder_runs_its_real_dag(
     assert message["X-AB-Decision"] == results["decision"]
 
 
+@pytest.mark.slow  # a real DAG run
 def test_without_smtp_the_summary_says_the_email_was_not_sent(world: World) -> None:
     env = {k: v for k, v in world.env.items() if k != "AIRFLOW_CONN_SMTP_DEFAULT"}
     before = len(world.inbox.messages)
@@ -151,6 +153,7 @@ def text_of(message: Message) -> str:
     raise AssertionError("no text/plain part")
 
 
+@pytest.mark.slow  # a real DAG run
 def test_a_failed_run_emails_the_owner_the_first_failed_task_its_error_and_a_link(
     world: World,
 ) -> None:
@@ -179,6 +182,7 @@ def test_a_date_before_start_is_refused_before_anything_runs(world: World) -> No
     assert not (world.out / KEY / "2026-05-01").exists()
 
 
+@pytest.mark.slow  # a real DAG run
 def test_decide_accepts_only_experiment_keys(
     world: World, final_readout: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> None:
@@ -203,6 +207,7 @@ def unreachable_postgres() -> str:
     return f"postgresql://postgres@127.0.0.1:{free_port()}/test"
 
 
+@pytest.mark.slow  # a real DAG run
 def test_decide_says_in_one_line_that_the_warehouse_is_unreachable(
     world: World, final_readout: subprocess.CompletedProcess[str]
 ) -> None:
