@@ -28,9 +28,6 @@ VAR = REPO_ROOT / "var"
 DEFAULT_WAREHOUSE = f"duckdb:///{VAR / 'warehouse.duckdb'}"
 EXPERIMENTS = REPO_ROOT / "dags" / "experiments"
 EXIT_INVALID, EXIT_BROKEN = 2, 1
-# Read by dags/ab_experiments.py (ab_pipeline.dag_factory.ONLY_CONFIG_ENV), kept here so that
-# `run` can set it before anything imports Airflow.
-ONLY_CONFIG_ENV = "AB_PIPELINE_ONLY_CONFIG"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -221,10 +218,11 @@ def run_experiment(
     written and whether the email went out.
 
     Any config runs, wherever it lives: `dag.test()` serializes the DAG into the metadata
-    database by parsing the dags folder (and refuses a DAG that parse did not produce), so
-    $AB_PIPELINE_ONLY_CONFIG tells the DAG file (dags/ab_experiments.py) to build exactly this
-    config's DAG. Airflow serializes the DAG the DAG file builds, as the dag-processor would,
-    and a copy of a committed config runs as the copy, not as the committed file.
+    database by parsing the dags folder in this process (and refuses a DAG that parse did not
+    produce), so `dag_factory.only_config` tells the DAG file (dags/ab_experiments.py) to build
+    exactly this config's DAG. Airflow serializes the DAG the DAG file builds, as the
+    dag-processor would, and a copy of a committed config runs as the copy, not as the
+    committed file.
 
     `quiet_exit`: the process ends after this run; what libraries print at interpreter exit
     (DuckDB's binding reports leaked objects) goes to the run's log too, unless `verbose`.
@@ -239,8 +237,8 @@ def run_experiment(
     out = out.resolve()
     # Before Airflow is imported: it reads some settings (the dags folder) once, at import.
     env = airflow_environment(warehouse, out, config.source.conn_id)
-    env[ONLY_CONFIG_ENV] = str(config_path.resolve())
     os.environ.update(env)
+    from ab_pipeline import dag_factory
     from ab_pipeline.dag_factory import build_dag, midnight_utc, readout_date
 
     try:
@@ -259,6 +257,7 @@ def run_experiment(
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a stale brief must not pass for this run's
     dag = build_dag(config_path.resolve(), config)
+    dag_factory.only_config = config_path.resolve()
     logical = midnight_utc(readout) + timedelta(days=1)
     with airflow_output(None if verbose else log_path):
         ensure_metadata_db(env)

@@ -29,7 +29,6 @@ running DAG.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -45,9 +44,11 @@ from ab_pipeline.notify import OwnerFailureNotifier
 
 SMTP_CONN_ID = "smtp_default"
 GATES = ("data_quality", "srm", "receipt", "assignment")
-# Set by `ab-pipeline run` (see ab_pipeline.cli.run_experiment): the DAG file then builds the DAG
-# of this one config file, wherever it lives, instead of every config in dags/experiments/.
-ONLY_CONFIG_ENV = "AB_PIPELINE_ONLY_CONFIG"
+# Set by `ab-pipeline run` in its own process before `dag.test()`, which parses the DAG file in
+# that process (ab_pipeline.cli.run_experiment): the DAG file then builds the DAG of this one
+# config file, wherever it lives, instead of every config in dags/experiments/. A module
+# attribute, not an environment variable, so that no Airflow component can inherit it.
+only_config: Path | None = None
 
 
 class ExperimentConfigsInvalid(Exception):
@@ -320,10 +321,10 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> ExperimentDAG:
 
 
 def dag_file_dags(experiments_dir: Path) -> dict[str, DAG]:
-    """What the DAG file defines: every config in `experiments_dir`, or only the config named by
-    $AB_PIPELINE_ONLY_CONFIG (set by `ab-pipeline run`)."""
-    only = os.environ.get(ONLY_CONFIG_ENV)
-    return build_dags_from([Path(only)] if only else sorted(experiments_dir.glob("*.yaml")))
+    """What the DAG file defines: every config in `experiments_dir`, or only `only_config`."""
+    if only_config is not None:
+        return build_dags_from([only_config])
+    return build_dags_from(sorted(experiments_dir.glob("*.yaml")))
 
 
 def build_dags(experiments_dir: Path) -> dict[str, DAG]:

@@ -1,7 +1,7 @@
 """Airflow DAG file: one DAG per experiment config in dags/experiments/*.yaml.
 
-The work is in ab_pipeline.dag_factory; this file stays thin and fast to parse. Under
-`ab-pipeline run CONFIG`, $AB_PIPELINE_ONLY_CONFIG makes it build that one config's DAG instead.
+The work is in ab_pipeline.dag_factory; this file stays thin and fast to parse. Parsed by
+`ab-pipeline run CONFIG` (in its own process), it builds that one config's DAG instead.
 """
 
 from pathlib import Path

@@ -18,9 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.cli import ONLY_CONFIG_ENV as CLI_ONLY_CONFIG_ENV
 from ab_pipeline.config import load_config
-from ab_pipeline.dag_factory import ONLY_CONFIG_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
@@ -45,15 +43,12 @@ print(json.dumps({"dags": dags, "errors": bag.import_errors}))
 """
 
 
-def run_fresh_python(
-    script: str, argument: Path, tmp_path: Path, extra_env: dict[str, str] | None = None
-) -> Any:
+def run_fresh_python(script: str, argument: Path, tmp_path: Path) -> Any:
     """Run `script` in a new interpreter (own AIRFLOW_HOME); return its last line as JSON."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        **(extra_env or {}),
     }
     done = subprocess.run(
         [sys.executable, "-c", script, str(argument)],
@@ -156,16 +151,24 @@ def test_the_dag_processor_stores_the_bad_configs_as_an_import_error_of_the_dag_
     assert "moon.yaml: schedule: 'every blue moon'" in result["errors"]["ab_experiments.py"]
 
 
-def test_the_dag_file_builds_only_the_config_the_cli_names(tmp_path: Path) -> None:
-    # `ab-pipeline run` points the DAG file at one config, wherever it lives (any key).
-    elsewhere = tmp_path / "mine"
-    elsewhere.mkdir()
-    config = sample_with(elsewhere, "fresh.yaml", key="fresh-from-elsewhere")
-    env = {ONLY_CONFIG_ENV: str(config)}
-    result = dict(run_fresh_python(PARSE, DAGS, tmp_path, env))
-    assert result["errors"] == {}
-    assert set(result["dags"]) == {"ab_fresh_from_elsewhere"}
-    assert ONLY_CONFIG_ENV == CLI_ONLY_CONFIG_ENV  # the CLI sets it before importing Airflow
+ONLY_ONE = """
+import json, sys
+from pathlib import Path
+from airflow.dag_processing.dagbag import DagBag
+from ab_pipeline import dag_factory
+
+dag_factory.only_config = Path(sys.argv[1]) / "mine" / "fresh.yaml"  # as `ab-pipeline run` does
+bag = DagBag(str(Path(dag_factory.__file__).parent.parent / "dags"))
+print(json.dumps({"dags": sorted(bag.dags), "errors": bag.import_errors}))
+"""
+
+
+def test_the_dag_file_builds_only_the_config_the_cli_runs(tmp_path: Path) -> None:
+    # `ab-pipeline run` has the DAG file build the one config it runs, wherever it lives.
+    (tmp_path / "mine").mkdir()
+    sample_with(tmp_path / "mine", "fresh.yaml", key="fresh-from-elsewhere")
+    result = run_fresh_python(ONLY_ONE, tmp_path, tmp_path)
+    assert result == {"dags": ["ab_fresh_from_elsewhere"], "errors": {}}
 
 
 def test_duplicate_keys_are_reported_not_silently_merged(tmp_path: Path) -> None:
