@@ -6,8 +6,13 @@ email: the run whose readout date is the experiment's *latest date with data*, i
 min(the day of the experiment's last exposure, `end`). Earlier backfilled dates would mail
 stakeholders stale news, in a burst, out of order.
 
-Runs that are not backfills (the nightly schedule, a manual trigger) always email: a nightly
-run reads out the day that just ended, and a manual trigger is someone asking for the brief.
+Runs that are not backfills (the nightly schedule, a manual trigger) email: a nightly run reads
+out the day that just ended, and a manual trigger is someone asking for the brief.
+
+After the final readout nothing automatic emails again: a scheduled or backfill run that comes
+after the run reading out `end` (it would read out `end` again) stores its readout and stays
+quiet. The DAG's `end_date` already stops scheduling there (ab_pipeline.dag_factory); this is
+the guard for runs that exist anyway (a backfill past the end, an `end` moved earlier).
 
 Why the data and not the backfill's own range: a task does not see its backfill's range, and the
 rule "is there a newer readout than this one?" is what stakeholders care about. A backfill that
@@ -23,6 +28,7 @@ from ab_pipeline.config import ExperimentConfig
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 BACKFILL = "backfill"
+SCHEDULED = "scheduled"
 
 
 def latest_data_date(warehouse: Warehouse, config: ExperimentConfig) -> date | None:
@@ -39,8 +45,16 @@ def latest_data_date(warehouse: Warehouse, config: ExperimentConfig) -> date | N
     return min(day, config.end)
 
 
-def should_email(run_type: str, run_date: date, latest: date | None) -> tuple[bool, str]:
-    """(send?, why) for a run of the given Airflow run type."""
+def should_email(
+    run_type: str, run_date: date, latest: date | None, *, past_final: bool = False
+) -> tuple[bool, str]:
+    """(send?, why) for a run of the given Airflow run type. `past_final`: the run's logical date
+    is after the scheduled run that reads out `end` (ab_pipeline.dag_factory.final_run_at)."""
+    if past_final and run_type in (BACKFILL, SCHEDULED):
+        return False, (
+            f"{run_type} run after the final readout: the final brief ({run_date}) already went "
+            "out; readout stored, no email"
+        )
     if run_type != BACKFILL:
         return True, f"{run_type} run: the brief goes out"
     if latest is not None and run_date >= latest:

@@ -2,7 +2,9 @@
 
 `run` executes the experiment's real Airflow DAG (`dag.test()`, SQLite metadata under a
 project-local AIRFLOW_HOME unless one is set) and exits 0 when a brief was produced, RERUN
-included, non-zero when the pipeline itself broke.
+included, 1 when the pipeline itself broke, 2 when the config or the date is refused. It prints
+the decision, the files written and whether the email went out; Airflow's logs go to a file
+(`-v` shows them).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{path}: {problem.field}: {problem.reason}")
             continue
         # Checklist warnings: printed, not failing, unless --strict (CI).
-        warnings = lint_config(config, warehouse)
+        try:
+            warnings = lint_config(config, warehouse)
+        except Exception as error:  # the warehouse (--warehouse) is unreachable or broken
+            assert warehouse is not None
+            print(warehouse_problem("validate", warehouse.url, error), file=sys.stderr)
+            return EXIT_INVALID
         label = "error" if args.strict else "warning"
         for warning in warnings:
             print(f"{path}: {warning.field}: {label}: {warning.reason}")
@@ -62,6 +71,13 @@ def cmd_assign(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
+    if config.assignment == "external":
+        print(
+            f"assign: {args.config}: `assignment: external`: another system assigns the arms of "
+            f"{config.key}, so the hash assignment would print arms that are not the real ones",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     for unit_id, arm in zip(
         args.units, assign_many(config.key, config.version, args.units, config.arms), strict=True
     ):
@@ -72,8 +88,16 @@ def cmd_assign(args: argparse.Namespace) -> int:
 def cmd_decide(args: argparse.Namespace) -> int:
     """Record the owner's decision against the experiment's latest final brief."""
     from ab_pipeline import decision_records as records
+    from ab_pipeline.config import KEY_PATTERN
     from ab_pipeline.warehouse import Warehouse
 
+    if not KEY_PATTERN.match(args.experiment):
+        print(
+            f"decide: {args.experiment!r} is not an experiment key (lowercase letters, digits "
+            "and '-', at most 63, as in the config's `key`)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     briefs = Path(args.out)
     warehouse = Warehouse(args.warehouse)
     results = records.latest_final_results(briefs, args.experiment, warehouse)
@@ -88,11 +112,15 @@ def cmd_decide(args: argparse.Namespace) -> int:
         record = records.record_decision(
             warehouse, args.experiment, args.decision, args.by, args.note, args.follow_up, results
         )
+        decisions = records.load_decisions(warehouse, args.experiment)
     except ValueError as error:
         print(f"decide: {error}", file=sys.stderr)
         return EXIT_INVALID
+    except Exception as error:  # the warehouse is unreachable or broken
+        print(warehouse_problem("decide", warehouse.url, error), file=sys.stderr)
+        return EXIT_INVALID
     run_dir = briefs / args.experiment / record.run_date
-    records.annotate_archive(run_dir, records.load_decisions(warehouse, args.experiment))
+    records.annotate_archive(run_dir, decisions)
     verdict = (
         f"DISAGREES with the pipeline's {record.pipeline_decision}"
         if record.disagrees
@@ -103,6 +131,17 @@ def cmd_decide(args: argparse.Namespace) -> int:
         f"(follow-up {record.follow_up}); {verdict}"
     )
     return 0
+
+
+def warehouse_problem(command: str, url: str, error: BaseException) -> str:
+    """One line (no traceback) saying the warehouse failed, with the URL's password hidden."""
+    from ab_pipeline.warehouse import redacted
+
+    detail = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return (
+        f"{command}: the warehouse {redacted(url)} is unreachable or failed: "
+        f"{type(error).__name__}: {detail}"
+    )
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -235,8 +274,27 @@ def ensure_metadata_db(env: dict[str, str]) -> None:
     marker.write_text("migrated\n")
 
 
-def run_experiment(config_path: Path, run_date: date, warehouse: str, out: Path) -> int:
-    """Run the experiment's real DAG for one date; print the decision and where the brief is."""
+def run_experiment(
+    config_path: Path,
+    run_date: date,
+    warehouse: str,
+    out: Path,
+    verbose: bool = False,
+    quiet_exit: bool = False,
+) -> int:
+    """Run the experiment's real DAG for one readout date; print the decision, the files
+    written and whether the email went out.
+
+    Any config runs, wherever it lives: `dag.test()` serializes the DAG into the metadata
+    database by parsing the dags folder in this process (and refuses a DAG that parse did not
+    produce), so `dag_factory.only_config` tells the DAG file (dags/ab_experiments.py) to build
+    exactly this config's DAG. Airflow serializes the DAG the DAG file builds, as the
+    dag-processor would, and a copy of a committed config runs as the copy, not as the
+    committed file.
+
+    `quiet_exit`: the process ends after this run; what libraries print at interpreter exit
+    (DuckDB's binding reports leaked objects) goes to the run's log too, unless `verbose`.
+    """
     from ab_pipeline.config import load_config
 
     try:
@@ -245,39 +303,149 @@ def run_experiment(config_path: Path, run_date: date, warehouse: str, out: Path)
         print(error, file=sys.stderr)
         return EXIT_INVALID
     out = out.resolve()
+    # Before Airflow is imported: it reads some settings (the dags folder) once, at import.
     env = airflow_environment(warehouse, out, config.source.conn_id)
     os.environ.update(env)
-    ensure_metadata_db(env)
-    run_dir = out / config.key / run_date.isoformat()
+    from ab_pipeline import dag_factory
+    from ab_pipeline.dag_factory import build_dag, midnight_utc, readout_date
+
+    try:
+        readout = readout_date(run_date, config)
+    except ValueError as error:
+        print(f"{config.key}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    if readout != run_date:
+        print(
+            f"{config.key}: {run_date} is after the experiment's end {config.end}: reading out "
+            f"as of {readout} (the final readout)"
+        )
+    logs = Path(env["AIRFLOW_HOME"]) / "logs" / "ab-pipeline-run"
+    log_path = logs / config.key / f"{readout}.log"
+    run_dir = out / config.key / readout.isoformat()
     from ab_pipeline.pipeline import publication
 
     before = publication(run_dir)  # the earlier readout stays unless this run publishes
-
-    from ab_pipeline.dag_factory import build_dag, midnight_utc
-
     dag = build_dag(config_path.resolve(), config)
-    logical = midnight_utc(run_date) + timedelta(days=1)
-    dag_run = dag.test(logical_date=logical, run_conf={"run_date": run_date.isoformat()})
-    results_path = run_dir / "results.json"
-    if not results_path.exists() or publication(run_dir) in (None, before):
-        state = getattr(dag_run, "state", "unknown")
+    dag_factory.only_config = config_path.resolve()
+    logical = midnight_utc(readout) + timedelta(days=1)
+    with airflow_output(None if verbose else log_path):
+        ensure_metadata_db(env)
+        try:
+            dag_run = dag.test(logical_date=logical, run_conf={"run_date": readout.isoformat()})
+        except Exception as error:
+            dag_run, crash = None, error
+    if dag_run is None:
+        where = "" if verbose else f"\n  log:     {log_path}"
         print(
-            f"{config.key} {run_date}: the pipeline broke (run {state}); no brief", file=sys.stderr
+            f"{config.key} {readout}: Airflow could not run the DAG: {crash!r}{where}",
+            file=sys.stderr,
         )
         return EXIT_BROKEN
-    results = json.loads(results_path.read_text())
+    code = report_run(
+        config.key, readout, dag, dag_run, run_dir, before, None if verbose else log_path
+    )
+    if quiet_exit and not verbose:
+        sys.stderr.flush()
+        with log_path.open("ab") as log:
+            os.dup2(log.fileno(), 2)
+    return code
+
+
+@contextmanager
+def airflow_output(log_path: Path | None) -> Iterator[None]:
+    """Send everything written to stdout/stderr (Airflow's and the tasks' logs) to `log_path`;
+    None leaves the terminal alone (`-v`). File descriptors, not sys.stdout: Airflow's log
+    handlers hold their own references to the streams."""
+    if log_path is None:
+        yield
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with log_path.open("wb") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def report_run(
+    key: str,
+    readout: date,
+    dag: Any,
+    dag_run: Any,
+    run_dir: Path,
+    before: Any,
+    log: Path | None,
+) -> int:
+    """The run's summary: exit 0 only when this run published a brief (`before` is the
+    publication marker found before it started); only files that exist are named."""
+    from ab_pipeline.notify import failed_tasks_upstream_first
+    from ab_pipeline.pipeline import publication
+
     state = getattr(dag_run, "state", "unknown")
-    print(f"{config.key} {run_date}: {results['decision']} ({results['status']}); DAG run {state}")
-    print(f"  brief:   {run_dir / 'brief.html'}")
-    print(f"  results: {results_path}")
-    eml = run_dir / "brief.eml"
-    if eml.exists():
-        print(f"  email:   {eml}")
+    log_line = f"  log:     {log}" if log else ""
+    published = publication(run_dir) not in (None, before)
+    files_exist = (run_dir / "brief.html").exists() and (run_dir / "results.json").exists()
+    if not (published and files_exist):
+        failures = failed_tasks_upstream_first(dag, dag_run.run_id)
+        where = f" at {failures[0][0]}: {failures[0][1]}" if failures else ""
+        print(
+            f"{key} {readout}: the pipeline broke{where}; no brief (DAG run {state})\n{log_line}",
+            file=sys.stderr,
+        )
+        return EXIT_BROKEN
+    results = json.loads((run_dir / "results.json").read_text())
+    print(f"{key} {readout}: {results['decision']} ({results['status']}); DAG run {state}")
+    files = (("brief", "brief.html"), ("text", "brief.txt"), ("results", "results.json"))
+    for label, name in files:
+        if (run_dir / name).exists():
+            print(f"  {label + ':':<8} {run_dir / name}")
+    print(f"  email:   {email_outcome(dag, dag_run, results)}")
+    if log_line:
+        print(log_line)
     return 0
 
 
+def email_outcome(dag: Any, dag_run: Any, results: dict[str, Any]) -> str:
+    """Whether the brief went out, from the send_email task's state and return value (XCom)."""
+    from ab_pipeline.dag_factory import SMTP_CONN_ID
+    from ab_pipeline.notify import recorded_errors, run_xcoms
+
+    task = dag_run.get_task_instance("send_email")
+    state = str(getattr(getattr(task, "state", None), "value", getattr(task, "state", None)))
+    returned = run_xcoms(dag.dag_id, dag_run.run_id, "return_value").get("send_email") or {}
+    eml = Path(str(returned.get("eml") or "")) if returned.get("eml") else None
+    saved = f"; saved as {eml}" if eml and eml.is_file() else ""
+    if state == "success" and returned.get("sent"):
+        return f"sent to {', '.join(results['recipients'])}{saved}"
+    if state == "success":
+        return f"not sent (no SMTP connection {SMTP_CONN_ID}){saved}"
+    if state == "failed":
+        error = recorded_errors(dag.dag_id, dag_run.run_id, ["send_email"]).get("send_email")
+        return f"NOT sent (sending failed: {error or 'see the log'})"
+    return f"not sent (send_email {state}; see the log)"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    return run_experiment(Path(args.config), args.date, args.warehouse, Path(args.out))
+    return run_experiment(
+        Path(args.config),
+        args.date,
+        args.warehouse,
+        Path(args.out),
+        verbose=args.verbose,
+        quiet_exit=True,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -387,6 +555,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--date", type=_date, required=True, help="readout date YYYY-MM-DD")
     run.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="SQLAlchemy URL")
     run.add_argument("--out", default=str(VAR / "briefs"), help="briefs directory")
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="show Airflow's logs instead of a log file"
+    )
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="simulate the sample experiments and run every DAG")

@@ -31,7 +31,18 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+KEY_PATTERN = _KEY  # public: the CLI checks the experiment keys it is given
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Airflow's cron presets (airflow.sdk.definitions.timetables._cron.CRON_PRESETS); the DAG factory
+# hands the expression to a CronTriggerTimetable.
+CRON_PRESETS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+}
 
 
 def parse_duration(text: Any) -> timedelta:
@@ -407,6 +418,27 @@ class ExperimentConfig(_Strict):
             raise ValueError(
                 f"{value!r}: use lowercase letters, digits and '-' (at most 63), starting with a "
                 "letter or digit"
+            )
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        """A cron expression or preset, checked here: Airflow would drop a bad one at parse time
+        with an error naming only the DAG file."""
+        if value is None:
+            return None
+        from croniter import croniter  # what Airflow's cron timetables validate with
+
+        if value in ("@once", "@continuous"):
+            raise ValueError(
+                f"{value!r}: a readout runs on a cron schedule; use null for manual runs only"
+            )
+        expression = CRON_PRESETS.get(value, value)
+        if not croniter.is_valid(expression):
+            raise ValueError(
+                f"{value!r} is not a cron expression (minute hour day month weekday, e.g. "
+                f"'0 6 * * *'), one of {', '.join(CRON_PRESETS)}, or null (manual runs only)"
             )
         return value
 

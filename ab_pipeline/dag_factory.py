@@ -2,8 +2,23 @@
 
 Parse-time cost is kept to airflow.sdk, pydantic and yaml: everything heavy is imported inside
 the task bodies (through `ab_pipeline.pipeline`). A config that fails validation does not break
-the other experiments: it becomes an `InvalidExperimentConfigs` DAG whose validation raises, so
-Airflow lists it among the import errors (file and field) and bags the rest of the file's DAGs.
+the other experiments: the bad configs become one `InvalidExperimentConfigs` DAG whose validation
+raises, so Airflow lists them among the import errors and bags the rest of the file's DAGs.
+
+Why one import error for all bad configs, not one per config: Airflow 3.3's DagBag keys import
+errors by the parsed file (`DagBag.process_file` stores a DAG's failed `validate()` under the
+DAG file's path), so two failing DAGs of one file overwrite each other and only the last would
+be shown. The dag-processor does key *serialization* failures by a DAG's `relative_fileloc`,
+but a DAG that fails to serialize also breaks `dag.test()`, `airflow dags test` and
+`airflow dags reserialize` (their `sync_bag_to_db` does not catch it), and the dag-processor's
+orphan clean-up deletes import errors of files it does not list (a YAML config is not a DAG
+file), so such errors would come and go. The one error names every bad config: file, field and
+reason, one line each.
+
+Readout dates: a run reads out the day before its logical date (a nightly run at midnight
+reads out the day that just ended), never before `start`, and never after `end`: a run after
+`end` reads out as of `end`. The DAG's `end_date` is the schedule's first tick after `end`, the
+run that reads out `end`, so scheduling stops after the final readout.
 
 The dag-processor rebuilds every experiment's DAG on every parse, so building one is kept cheap:
 the task callables exist once, at import, and every DAG's tasks are plain PythonOperators calling
@@ -13,20 +28,27 @@ running DAG.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG, Param, TriggerRule
+from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule
 from airflow.sdk.definitions.param import ParamsDict
 
-from ab_pipeline.config import ExperimentConfig, load_config
+from ab_pipeline.config import CRON_PRESETS, ExperimentConfig, load_config
 from ab_pipeline.errors import ConfigError
 from ab_pipeline.notify import OwnerFailureNotifier
 
 SMTP_CONN_ID = "smtp_default"
 GATES = ("data_quality", "srm", "receipt", "assignment")
+# Set by `ab-pipeline run` in its own process before `dag.test()`, which parses the DAG file in
+# that process (ab_pipeline.cli.run_experiment): the DAG file then builds the DAG of this one
+# config file, wherever it lives, instead of every config in dags/experiments/. A module
+# attribute, not an environment variable, so that no Airflow component can inherit it.
+only_config: Path | None = None
 
 
 class ExperimentConfigsInvalid(Exception):
@@ -63,16 +85,40 @@ def midnight_utc(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _run_date(context: dict[str, Any]) -> date:
-    """The day a readout covers: `params.run_date`, else the day before the run's logical time.
+def _run_moment(context: dict[str, Any]) -> datetime:
+    return context.get("logical_date") or context["dag_run"].run_after
 
-    A nightly run at midnight reads out the day that just ended.
-    """
+
+def _run_date(context: dict[str, Any]) -> date:
+    """The day a readout is asked for: `params.run_date`, else the day before the run's logical
+    time (a nightly run at midnight reads out the day that just ended). See `readout_date`."""
     explicit = context["params"].get("run_date")
     if explicit:
         return date.fromisoformat(str(explicit))
-    moment = context.get("logical_date") or context["dag_run"].run_after
-    return (moment - timedelta(days=1)).date()
+    return (_run_moment(context) - timedelta(days=1)).date()
+
+
+def readout_date(requested: date, config: ExperimentConfig) -> date:
+    """The date a run reads out: `requested`, or `end` when asked for a later day (the final
+    readout). Raises ValueError before `start`: there is nothing to read out yet."""
+    if requested < config.start:
+        raise ValueError(
+            f"{requested} is before the experiment's start {config.start}: nothing to read out"
+        )
+    return min(requested, config.end)
+
+
+def final_run_at(config: ExperimentConfig) -> datetime | None:
+    """When the scheduled run that reads out `end` starts: the schedule's first tick at or after
+    midnight after `end` (for `@daily`, that midnight). None without a schedule."""
+    if config.schedule is None:
+        return None
+    from croniter import croniter  # Airflow's cron timetables import it at parse time anyway
+
+    after_end = midnight_utc(config.end) + timedelta(days=1)
+    expression = CRON_PRESETS.get(config.schedule, config.schedule)
+    tick: datetime = croniter(expression, after_end - timedelta(seconds=1)).get_next(datetime)
+    return tick
 
 
 def run_date_param(source: Literal["dag", "task"] | None = None) -> Param:
@@ -97,12 +143,35 @@ def _run_context() -> Any:
     dag = context["dag"]
     if not isinstance(dag, ExperimentDAG):
         raise TypeError(f"{dag!r} was not built by ab_pipeline.dag_factory.build_dag")
+    config_path = Path(dag.config_path)
     return RunContext(
-        config_path=Path(dag.config_path),
-        run_date=_run_date(dict(context)),
+        config_path=config_path,
+        run_date=readout_date(_run_date(dict(context)), load_config(config_path)),
         warehouse_url=warehouse_for_connection(dag.conn_id).url,
         out_root=briefs_root(),
     )
+
+
+Task = TypeVar("Task", bound=Callable[..., Any])
+
+
+def _records_its_error(task: Task) -> Task:
+    """A failing task keeps its error for the owner's failure email (ab_pipeline.notify)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except AirflowSkipException:
+            raise
+        except Exception as error:
+            from ab_pipeline.notify import record_task_error
+
+            record_task_error(error)
+            raise
+
+    return run  # type: ignore[return-value]
 
 
 # The task callables exist once, at import; every DAG's tasks are classic PythonOperators that
@@ -110,36 +179,42 @@ def _run_context() -> Any:
 # __init__s and re-inspects the callable; at 500 experiments that was ~30% of the parse).
 
 
+@_records_its_error
 def _extract() -> str:
     from ab_pipeline.pipeline import stage_extract
 
     return stage_extract(_run_context())
 
 
+@_records_its_error
 def _gate(gate: str, units_table: str) -> bool:
     from ab_pipeline.pipeline import stage_gate
 
     return stage_gate(_run_context(), gate, units_table)
 
 
+@_records_its_error
 def _validity() -> None:
     from ab_pipeline.pipeline import stage_validity
 
     stage_validity(_run_context())
 
 
+@_records_its_error
 def _analyse(units_table: str) -> None:
     from ab_pipeline.pipeline import stage_analyse
 
     stage_analyse(_run_context(), units_table)
 
 
+@_records_its_error
 def _brief() -> dict[str, Any]:
     from ab_pipeline.pipeline import stage_brief
 
     return stage_brief(_run_context())
 
 
+@_records_its_error
 def _send_email() -> dict[str, Any]:
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowSkipException
@@ -148,29 +223,44 @@ def _send_email() -> dict[str, Any]:
     from ab_pipeline.pipeline import stage_deliver
 
     ctx = _run_context()
+    context = get_current_context()
     # A backfill emails only for the latest date with data (see ab_pipeline.backfill).
-    kind = get_current_context()["dag_run"].run_type
+    kind = context["dag_run"].run_type
     run_type = str(getattr(kind, "value", kind))  # an enum: "backfill", "manual", ...
     latest = latest_data_date(ctx.warehouse, ctx.config) if run_type == BACKFILL else None
-    send, why = should_email(run_type, ctx.run_date, latest)
+    final = final_run_at(ctx.config)
+    past_final = final is not None and _run_moment(dict(context)) > final
+    send, why = should_email(run_type, ctx.run_date, latest, past_final=past_final)
     if not send:
         raise AirflowSkipException(why)
     return stage_deliver(ctx, SMTP_CONN_ID)
 
 
 def _run_failed_watcher() -> None:
+    """Fails the run, naming the first task that failed and its error."""
+    from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
-    raise AirflowFailException("an upstream task failed (see the brief for gate failures)")
+    from ab_pipeline.notify import failed_tasks_upstream_first
+
+    context = get_current_context()
+    failures = failed_tasks_upstream_first(context["dag"], context["run_id"])
+    first = f"{failures[0][0]} failed: {failures[0][1]}" if failures else "an upstream task failed"
+    raise AirflowFailException(f"{first} (see the brief for gate failures)")
 
 
 def build_dag(config_path: Path, config: ExperimentConfig) -> ExperimentDAG:
     start = midnight_utc(config.start) + timedelta(days=1)
-    end = midnight_utc(config.end) + timedelta(days=1)
+    end = final_run_at(config) or midnight_utc(config.end) + timedelta(days=1)
+    # A trigger timetable, whatever [scheduler] create_cron_data_intervals says: a run's logical
+    # date is its tick, which `_run_date` and `final_run_at` count on.
+    schedule = config.schedule and CronTriggerTimetable(
+        CRON_PRESETS.get(config.schedule, config.schedule), timezone="UTC"
+    )
     with ExperimentDAG(
         dag_id=config.dag_id,
         description=config.title,
-        schedule=config.schedule,
+        schedule=schedule,
         start_date=start,
         end_date=end,
         catchup=False,
@@ -230,12 +320,23 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> ExperimentDAG:
     return dag
 
 
+def dag_file_dags(experiments_dir: Path) -> dict[str, DAG]:
+    """What the DAG file defines: every config in `experiments_dir`, or only `only_config`."""
+    if only_config is not None:
+        return build_dags_from([only_config])
+    return build_dags_from(sorted(experiments_dir.glob("*.yaml")))
+
+
 def build_dags(experiments_dir: Path) -> dict[str, DAG]:
     """Every valid config's DAG, plus one InvalidExperimentConfigs DAG listing the bad files."""
+    return build_dags_from(sorted(experiments_dir.glob("*.yaml")))
+
+
+def build_dags_from(config_paths: Iterable[Path]) -> dict[str, DAG]:
     dags: dict[str, DAG] = {}
     errors: list[str] = []
     sources: dict[str, Path] = {}
-    for config_path in sorted(experiments_dir.glob("*.yaml")):
+    for config_path in config_paths:
         try:
             config = load_config(config_path)
         except ConfigError as error:
@@ -247,7 +348,10 @@ def build_dags(experiments_dir: Path) -> dict[str, DAG]:
             )
             continue
         sources[config.dag_id] = config_path
-        dags[config.dag_id] = build_dag(config_path, config)
+        try:
+            dags[config.dag_id] = build_dag(config_path, config)
+        except Exception as error:  # one config Airflow refuses must not hide the others
+            errors.append(f"{config_path}: (DAG) {type(error).__name__}: {error}")
     if errors:
         invalid = InvalidExperimentConfigs(
             dag_id="ab_invalid_experiment_configs",

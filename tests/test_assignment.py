@@ -117,8 +117,12 @@ def test_postgres_computes_the_same_buckets(postgres_schema: tuple[Warehouse, st
     assert _sql_arms(warehouse, PARITY_IDS, schema) == _python_arms(PARITY_IDS)
 
 
-def test_cli_assign_prints_each_units_arm(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["assign", str(REFUND), "acct-1", "acct-2"]) == 0
+def test_cli_assign_prints_each_units_arm(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    hashed = tmp_path / "refund-query-rewrite.yaml"  # `assign` refuses `assignment: external`
+    hashed.write_text(REFUND.read_text() + "\nassignment: hash\n")
+    assert main(["assign", str(hashed), "acct-1", "acct-2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     expected = [
         f"{u}\t{assign('refund-query-rewrite', 1, u, {'control': 0.5, 'treatment': 0.5})}"

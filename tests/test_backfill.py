@@ -44,3 +44,13 @@ def test_latest_data_date_is_the_last_exposure_capped_at_end(
     late = (config.key, "u2", "control", datetime(2026, 6, 9, 1), False, False, None)
     insert_rows(duckdb_warehouse, [late], [])
     assert latest_data_date(duckdb_warehouse, config) == config.end
+
+
+def test_after_the_final_readout_only_a_manual_run_emails() -> None:
+    # A scheduled or backfill run after the run that read out `end` reads out `end` again:
+    # stakeholders already have that final brief.
+    for run_type in ("scheduled", "backfill"):
+        send, why = should_email(run_type, LATEST, LATEST, past_final=True)
+        assert not send and "after the final readout" in why
+    assert should_email("backfill", LATEST, LATEST, past_final=False)[0]
+    assert should_email("manual", LATEST, LATEST, past_final=True)[0]  # someone asked for it

@@ -11,10 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from ab_pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
@@ -81,19 +85,90 @@ def test_sample_configs_load_with_zero_import_errors(tmp_path: Path) -> None:
     assert refund["owner"] == "support-ml@example.com"
 
 
-def test_a_broken_config_is_one_import_error_and_the_others_still_load(tmp_path: Path) -> None:
+def sample_with(folder: Path, name: str, **changes: Any) -> Path:
+    """A copy of the refund sample under `folder` with top-level fields changed."""
+    data = yaml.safe_load((DAGS / "experiments" / "refund-query-rewrite.yaml").read_text())
+    data.update(changes)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_every_broken_config_is_reported_by_file_and_field_and_the_others_still_load(
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "dags"
     shutil.copytree(DAGS, folder)
-    bad = yaml.safe_load((DAGS / "experiments" / "refund-query-rewrite.yaml").read_text())
-    bad["key"] = "refund-broken"
-    bad["metrics"]["resolution_rate"]["window"] = "one day"
-    (folder / "experiments" / "refund-broken.yaml").write_text(yaml.safe_dump(bad))
+    window = sample_with(folder / "experiments", "refund-window.yaml", key="refund-window")
+    data = yaml.safe_load(window.read_text())
+    data["metrics"]["resolution_rate"]["window"] = "one day"
+    window.write_text(yaml.safe_dump(data))
+    for name in ("moon-a", "moon-b"):  # Airflow alone keeps only the last of these
+        sample_with(folder / "experiments", f"{name}.yaml", key=name, schedule="every blue moon")
     result = parse(folder, tmp_path)
     assert set(result["dags"]) == SAMPLE_DAG_IDS
+    # Airflow keys import errors by DAG file: one error, naming every bad config.
     [(path, message)] = result["errors"].items()
     assert path.endswith("ab_experiments.py")
-    assert "refund-broken.yaml" in message
-    assert "metrics.resolution_rate.window" in message and "not a duration" in message
+    lines = [line.strip() for line in message.splitlines()]
+    assert any(
+        "refund-window.yaml: metrics.resolution_rate.window" in line and "not a duration" in line
+        for line in lines
+    ), message
+    for name in ("moon-a", "moon-b"):
+        assert any(
+            f"{name}.yaml: schedule: 'every blue moon' is not a cron expression" in line
+            for line in lines
+        ), message
+
+
+DAG_PROCESSOR_PARSE = """
+import json, sys
+from pathlib import Path
+import structlog
+from airflow.dag_processing.processor import DagFileParseRequest, _parse_file
+
+folder = Path(sys.argv[1])
+request = DagFileParseRequest(
+    file=str(folder / "ab_experiments.py"), bundle_path=folder, bundle_name="dags-folder"
+)
+result = _parse_file(request, structlog.get_logger())
+print(json.dumps({"dags": sorted(d.dag_id for d in result.serialized_dags),
+                  "errors": result.import_errors}))
+"""
+
+
+def test_the_dag_processor_stores_the_bad_configs_as_an_import_error_of_the_dag_file(
+    tmp_path: Path,
+) -> None:
+    # What the dag-processor sends its manager to store (ParseImportError rows keyed by file).
+    folder = tmp_path / "dags"
+    shutil.copytree(DAGS, folder)
+    sample_with(folder / "experiments", "moon.yaml", key="moon", schedule="every blue moon")
+    result = run_fresh_python(DAG_PROCESSOR_PARSE, folder, tmp_path)
+    assert set(result["dags"]) == SAMPLE_DAG_IDS
+    assert list(result["errors"]) == ["ab_experiments.py"]
+    assert "moon.yaml: schedule: 'every blue moon'" in result["errors"]["ab_experiments.py"]
+
+
+ONLY_ONE = """
+import json, sys
+from pathlib import Path
+from airflow.dag_processing.dagbag import DagBag
+from ab_pipeline import dag_factory
+
+dag_factory.only_config = Path(sys.argv[1]) / "mine" / "fresh.yaml"  # as `ab-pipeline run` does
+bag = DagBag(str(Path(dag_factory.__file__).parent.parent / "dags"))
+print(json.dumps({"dags": sorted(bag.dags), "errors": bag.import_errors}))
+"""
+
+
+def test_the_dag_file_builds_only_the_config_the_cli_runs(tmp_path: Path) -> None:
+    # `ab-pipeline run` has the DAG file build the one config it runs, wherever it lives.
+    (tmp_path / "mine").mkdir()
+    sample_with(tmp_path / "mine", "fresh.yaml", key="fresh-from-elsewhere")
+    result = run_fresh_python(ONLY_ONE, tmp_path, tmp_path)
+    assert result == {"dags": ["ab_fresh_from_elsewhere"], "errors": {}}
 
 
 def test_duplicate_keys_are_reported_not_silently_merged(tmp_path: Path) -> None:
@@ -153,6 +228,7 @@ def test_tasks_get_the_dag_params_exactly_as_airflow_merges_them(tmp_path: Path)
 
 RUN_CONTEXT = """
 import json, sys
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 import airflow.sdk
@@ -161,16 +237,32 @@ from ab_pipeline import dag_factory
 from ab_pipeline.config import load_config
 
 ab_pipeline.warehouse.warehouse_for_connection = lambda conn: SimpleNamespace(url="conn:" + conn)
+
+def run_date_of(dag, task, params, logical_date=None):
+    context = {"dag": dag, "task": task, "params": params, "logical_date": logical_date}
+    airflow.sdk.get_current_context = lambda: context
+    try:
+        return str(dag_factory._run_context().run_date)
+    except ValueError as error:
+        return "refused: " + str(error)
+
 seen = []
 for config_path in sorted((Path(sys.argv[1]) / "experiments").glob("*.yaml")):
     config = load_config(config_path)
     dag = dag_factory.build_dag(config_path, config)
+    inside = str(config.start + timedelta(days=2))
     for task in dag.tasks:
-        context = {"dag": dag, "task": task, "params": {"run_date": "2026-05-10"}}
+        context = {"dag": dag, "task": task, "params": {"run_date": inside}}
         airflow.sdk.get_current_context = lambda: context
         ctx = dag_factory._run_context()
         seen.append([task.task_id, config_path.name, ctx.config_path.name, ctx.warehouse_url,
-                     "conn:" + config.source.conn_id, str(ctx.run_date)])
+                     "conn:" + config.source.conn_id, str(ctx.run_date), inside])
+    extract = dag.get_task("extract")
+    months_later = dag.end_date + timedelta(days=90)
+    seen.append(["dates", config_path.name, str(config.start), str(config.end),
+                 run_date_of(dag, extract, {"run_date": None}, months_later),
+                 run_date_of(dag, extract, {"run_date": str(config.end + timedelta(days=9))}),
+                 run_date_of(dag, extract, {"run_date": str(config.start - timedelta(days=1))})])
 print(json.dumps(seen))
 """
 
@@ -179,6 +271,62 @@ def test_the_shared_task_callables_run_the_experiment_of_their_dag(tmp_path: Pat
     # One set of task callables serves every DAG: at run time each finds its experiment (config
     # file, warehouse connection) on the DAG it runs in.
     seen = run_fresh_python(RUN_CONTEXT, DAGS, tmp_path)
-    assert len(seen) == 10 * len(SAMPLE_DAG_IDS)
-    for task_id, config_name, run_config, url, expected_url, run_date in seen:
-        assert (run_config, url, run_date) == (config_name, expected_url, "2026-05-10"), task_id
+    runs = [row for row in seen if row[0] != "dates"]
+    assert len(runs) == 10 * len(SAMPLE_DAG_IDS)
+    for task_id, config_name, run_config, url, expected_url, run_date, asked in runs:
+        assert (run_config, url, run_date) == (config_name, expected_url, asked), task_id
+    dates = [row for row in seen if row[0] == "dates"]
+    assert len(dates) == len(SAMPLE_DAG_IDS)
+    for _, name, start, end, months_later, after_end, before_start in dates:
+        # A run after `end` reads out as of `end`; before `start` there is nothing to read out.
+        assert months_later == end and after_end == end, name
+        assert before_start.startswith("refused: ") and f"start {start}" in before_start, name
+
+
+def scheduled_runs(dag: Any) -> list[Any]:
+    """Every run Airflow's scheduler creates over the DAG's life (the timetable's own next-run
+    computation within the DAG's start_date and end_date, as a scheduler that ran throughout)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    scheduler_dag: Any = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    restriction = TimeRestriction(scheduler_dag.start_date, scheduler_dag.end_date, catchup=True)
+    runs: list[Any] = []
+    info = None
+    while info := scheduler_dag.timetable.next_dagrun_info_v2(
+        last_dagrun_info=info, restriction=restriction
+    ):
+        runs.append(info.logical_date)
+        assert len(runs) < 1000
+    return runs
+
+
+@pytest.mark.parametrize("schedule", ["@daily", "30 6 * * *", "@weekly", "0 */6 * * *"])
+def test_scheduling_stops_after_the_run_that_reads_out_end(schedule: str, tmp_path: Path) -> None:
+    from ab_pipeline.backfill import should_email
+    from ab_pipeline.dag_factory import build_dag, final_run_at, readout_date
+
+    today = date.today()
+    config_path = sample_with(
+        tmp_path,
+        "x.yaml",
+        schedule=schedule,
+        start=today - timedelta(days=45),
+        end=today - timedelta(days=17),  # whatever weekday it is: @weekly must still end there
+    )
+    config = load_config(config_path)
+    dag = build_dag(config_path, config)
+    runs = scheduled_runs(dag)
+    readouts = [readout_date((run - timedelta(days=1)).date(), config) for run in runs]
+    assert readouts[-1] == config.end and readouts.count(config.end) == 1, (runs[-3:], readouts)
+    assert runs[-1] == final_run_at(config) == dag.end_date
+    # A run after the final one (were one created) stores its readout but emails nobody.
+    after = runs[-1] + (runs[-1] - runs[-2])
+    assert dag.end_date is not None and after > dag.end_date
+    assert should_email("scheduled", config.end, None, past_final=True)[0] is False
+    assert should_email("scheduled", config.end, None, past_final=False)[0] is True
+    # A DAG switched on after its end schedules nothing (catchup is off).
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    live = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    assert live.next_dagrun_info(last_automated_run_info=None) is None
