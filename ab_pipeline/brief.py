@@ -485,6 +485,8 @@ def _comparison_row(
         if kind == "proportion"
         else fmt_num(comparison["se"], digits=digits),
         "method": comparison["method"],
+        # A quantile on tied values: no SE or p-value, and the reader must be told why.
+        "note": comparison.get("note") if comparison.get("discrete") else None,
     }
 
 

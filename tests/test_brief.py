@@ -605,3 +605,16 @@ def test_the_mail_html_carries_its_styles_inline() -> None:
             t for t, attrs in TagCollector.of(html) if t in styled and not dict(attrs).get("style")
         ]
         assert bare == [], bare
+
+
+def test_a_discrete_primary_says_why_it_has_no_standard_error_or_p_value() -> None:
+    from ab_pipeline.statistics import DISCRETE_NOTE
+
+    results = load("ship")
+    primary = next(m for m in results["metrics"].values() if m["role"] == "primary")
+    for comparison in primary["comparisons"].values():
+        comparison.update(discrete=True, note=DISCRETE_NOTE, se=None, p_value=None)
+    brief = render_brief(results)
+    for body in readable(brief):
+        assert f"Discrete metric: {DISCRETE_NOTE}" in body
+    assert "Discrete metric" not in render("ship").text  # only when the comparison is discrete
