@@ -98,8 +98,11 @@ def test_a_rerun_after_a_ship_keeps_the_ship_queryable(store: tuple[Warehouse, s
     assert decisions(warehouse, "ab_latest_readouts", schema) == ["SHIP"]
     latest_metrics = count(warehouse, "ab_latest_metric_results", schema)
     assert latest_metrics == sum(len(m["arms"]) for m in ship()["metrics"].values())
-    gates = warehouse.query(f"SELECT passed FROM {table('ab_latest_gate_results', schema)}")
-    assert gates and all(g["passed"] for g in gates)
+    gates = warehouse.query(
+        f"SELECT gate, passed FROM {table('ab_latest_gate_results', schema)} WHERE ran"
+    )
+    assert {g["gate"] for g in gates} == {"data_quality", "srm", "receipt"}
+    assert all(g["passed"] for g in gates)
     [later] = history(warehouse, "refund-query-rewrite", date(2026, 6, 1), schema)
     assert later["decision"] == "SHIP" and later["primary"]["absolute"] == 0.04
     final = latest_final_readout(warehouse, "refund-query-rewrite", schema)
