@@ -100,7 +100,11 @@ def cmd_decide(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     briefs = Path(args.out)
     warehouse = Warehouse(args.warehouse)
-    results = records.latest_final_results(briefs, args.experiment, warehouse)
+    try:
+        results = records.latest_final_results(briefs, args.experiment, warehouse)
+    except Exception as error:  # the warehouse is unreachable or broken
+        print(warehouse_problem("decide", warehouse.url, error), file=sys.stderr)
+        return EXIT_INVALID
     if results is None:
         print(
             f"decide: no final brief for {args.experiment} under {briefs}; run the final "

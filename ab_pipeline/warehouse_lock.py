@@ -51,6 +51,10 @@ class WarehouseLockTimeout(TimeoutError):
         self.database = database
 
 
+class WarehouseMissing(FileNotFoundError):
+    """The DuckDB file's folder does not exist (a typo in the warehouse URL)."""
+
+
 @dataclass
 class _Held:
     fd: int
@@ -88,6 +92,12 @@ def acquire(database: str, shared: bool, deadline: float) -> bool:
                 )
             held.count += 1
             return held.shared
+        folder = os.path.dirname(os.path.abspath(database))
+        if not os.path.isdir(folder):
+            # DuckDB would say "Cannot open file"; say which part of the path is wrong.
+            raise WarehouseMissing(
+                f"cannot open the DuckDB warehouse {database}: its folder {folder} does not exist"
+            )
         fd = os.open(lock_file(database), os.O_RDWR | os.O_CREAT, 0o666)
         try:
             waited = _wait_for_flock(fd, database, shared, deadline)

@@ -161,7 +161,9 @@ def test_a_failed_run_emails_the_owner_the_first_failed_task_its_error_and_a_lin
     done = world.run("2026-05-20", warehouse=missing)
     assert done.returncode == 1
     assert f"{KEY} 2026-05-20: the pipeline broke at extract: " in done.stderr
-    assert "Cannot open file" in done.stderr and "DAG run failed" in done.stderr
+    assert "cannot open the DuckDB warehouse" in done.stderr
+    assert f"its folder {world.folder / 'no-such-dir'} does not exist" in done.stderr
+    assert "DAG run failed" in done.stderr
     assert not printed_paths(done.stdout) and "brief:" not in done.stdout + done.stderr
     assert not (world.out / KEY / "2026-05-20" / "brief.html").exists()
     # The DAG's on_failure_callback, run by Airflow at the end of the failed run.
@@ -169,7 +171,9 @@ def test_a_failed_run_emails_the_owner_the_first_failed_task_its_error_and_a_lin
     assert str(message["Subject"]).startswith(f"[ab-pipeline] {KEY}: DAG run FAILED at extract")
     body = text_of(message)
     assert "first failed task: extract\n" in body
-    assert re.search(r"(?m)^error: PipelineError: .*extraction failed: .*Cannot open file", body)
+    assert re.search(
+        r"(?m)^error: PipelineError: .*extraction failed: cannot open the DuckDB warehouse", body
+    )
     assert re.search(rf"(?m)^link: {BASE_URL}/dags/{DAG_ID}/runs/manual__\S+$", body)
 
 

@@ -164,7 +164,7 @@ def test_scenario_rejects_unknown_fields_and_names_them(tmp_path: Path) -> None:
     assert str(path) in str(error.value)
 
 
-def test_scenario_must_fit_its_config() -> None:
+def test_scenario_must_fit_its_config(tmp_path: Path) -> None:
     config = config_of("refund-query-rewrite")
     bad = scenario(
         "refund-query-rewrite",
@@ -176,7 +176,7 @@ def test_scenario_must_fit_its_config() -> None:
         },
     )
     with pytest.raises(ScenarioError) as error:
-        simulate(config, bad, "duckdb:///unused.duckdb")
+        simulate(config, bad, f"duckdb:///{tmp_path}/unused.duckdb")
     fields = {p.field for p in error.value.problems}
     assert {
         "assignment",

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -446,17 +447,19 @@ def test_suites_are_well_formed() -> None:
             assert {"passed", "one", "other"} <= set(expectation["meta"]["detail"])
 
 
-def test_a_value_that_is_not_safe_sql_text_is_refused() -> None:
+def test_a_value_that_is_not_safe_sql_text_is_refused(tmp_path: Path) -> None:
     config = load_config(REPO_ROOT / "dags" / "experiments" / f"{KEY}.yaml")
     forged = config.model_copy(update={"key": "x' OR :p0 {batch}"})  # bypasses config validation
     with pytest.raises(PipelineError, match="cannot be written into a data-quality query"):
-        run_data_quality("duckdb:///unused.duckdb", forged, RUN_DATE, "units")
+        run_data_quality(f"duckdb:///{tmp_path}/unused.duckdb", forged, RUN_DATE, "units")
 
 
-def test_unsafe_table_name_is_refused_before_any_sql() -> None:
+def test_unsafe_table_name_is_refused_before_any_sql(tmp_path: Path) -> None:
     config = load_config(REPO_ROOT / "dags" / "experiments" / f"{KEY}.yaml")
     with pytest.raises(ValueError, match="not a safe SQL identifier"):
-        run_data_quality("duckdb:///unused.duckdb", config, RUN_DATE, 'units"; DROP TABLE x; --')
+        run_data_quality(
+            f"duckdb:///{tmp_path}/unused.duckdb", config, RUN_DATE, 'units"; DROP TABLE x; --'
+        )
 
 
 def test_importing_the_gate_does_not_import_great_expectations() -> None:

@@ -136,7 +136,7 @@ def test_non_finite_values_are_a_rerun_and_never_reach_results(
 
 
 def test_results_json_refuses_non_finite_numbers(tmp_path: Path) -> None:
-    ctx = RunContext(CONFIG, FINAL, "duckdb:///unused.duckdb", tmp_path)
+    ctx = RunContext(CONFIG, FINAL, f"duckdb:///{tmp_path}/unused.duckdb", tmp_path)
     with pytest.raises(ValueError, match="not JSON compliant"):
         ctx.write_json("results.json", {"value": math.nan})
 
