@@ -3,7 +3,9 @@
 Parse-time cost is kept to airflow.sdk, pydantic and yaml: everything heavy is imported inside
 the task bodies (through `ab_pipeline.pipeline`). A config that fails validation does not break
 the other experiments: the bad configs become one `InvalidExperimentConfigs` DAG whose validation
-raises, so Airflow lists them among the import errors and bags the rest of the file's DAGs.
+raises, so Airflow lists them among the import errors and bags the rest of the file's DAGs; and
+each bad config gets its own stand-in DAG (`build_broken_dag`: the experiment's DAG id, never
+scheduled, its problems in its description), so it shows in the DAG list by its own name.
 
 Why one import error for all bad configs, not one per config: Airflow 3.3's DagBag keys import
 errors by the parsed file (`DagBag.process_file` stores a DAG's failed `validate()` under the
@@ -29,16 +31,18 @@ running DAG.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import yaml
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule
 from airflow.sdk.definitions.param import ParamsDict
 
-from ab_pipeline.config import CRON_PRESETS, ExperimentConfig, load_config
+from ab_pipeline.config import CRON_PRESETS, KEY_PATTERN, ExperimentConfig, load_config
 from ab_pipeline.errors import ConfigError
 from ab_pipeline.notify import OwnerFailureNotifier
 
@@ -336,11 +340,13 @@ def build_dags_from(config_paths: Iterable[Path]) -> dict[str, DAG]:
     dags: dict[str, DAG] = {}
     errors: list[str] = []
     sources: dict[str, Path] = {}
+    broken: dict[str, tuple[Path, ConfigError]] = {}
     for config_path in config_paths:
         try:
             config = load_config(config_path)
         except ConfigError as error:
             errors.append(str(error))
+            broken.setdefault(broken_dag_id(config_path), (config_path, error))
             continue
         if config.dag_id in sources:
             errors.append(
@@ -352,6 +358,9 @@ def build_dags_from(config_paths: Iterable[Path]) -> dict[str, DAG]:
             dags[config.dag_id] = build_dag(config_path, config)
         except Exception as error:  # one config Airflow refuses must not hide the others
             errors.append(f"{config_path}: (DAG) {type(error).__name__}: {error}")
+    for dag_id, (bad_path, problem) in broken.items():
+        if dag_id not in dags:  # a valid config's DAG wins over a stray file's stand-in
+            dags[dag_id] = build_broken_dag(dag_id, bad_path, problem)
     if errors:
         invalid = InvalidExperimentConfigs(
             dag_id="ab_invalid_experiment_configs",
@@ -361,3 +370,49 @@ def build_dags_from(config_paths: Iterable[Path]) -> dict[str, DAG]:
         invalid.config_errors = "\n".join(errors)
         dags[invalid.dag_id] = invalid
     return dags
+
+
+def broken_dag_id(config_path: Path) -> str:
+    """The DAG id a bad config stands in for: its experiment's, when its `key` can be read."""
+    try:
+        key = yaml.safe_load(config_path.read_text()).get("key")
+    except Exception:  # unreadable or not a mapping: name the stand-in after the file
+        key = None
+    if not (isinstance(key, str) and KEY_PATTERN.match(key)):
+        key = re.sub(r"[^a-z0-9]+", "-", config_path.stem.lower()).strip("-") or "config"
+    return f"ab_{key.replace('-', '_')}"
+
+
+def build_broken_dag(dag_id: str, config_path: Path, error: ConfigError) -> DAG:
+    """A bad config's own entry in Airflow: never scheduled, its problems in its description
+    and docs, and one task that fails with them if someone triggers it.
+
+    Airflow shows import errors per DAG file (see the module docstring), so this is where an
+    operator looking for one experiment finds what is wrong with its config, and an
+    experiment whose config broke keeps its DAG id and run history instead of vanishing.
+    """
+    problems = [f"{config_path.name}: {problem}" for problem in error.problems]
+    with DAG(
+        dag_id=dag_id,
+        description=f"INVALID CONFIG: {problems[0]}"[:200],
+        schedule=None,
+        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        catchup=False,
+        is_paused_upon_creation=True,
+        tags=["ab-experiment", "invalid-config"],
+        doc_md="**This experiment's config is invalid; nothing runs until it is fixed.**\n\n"
+        + "\n".join(f"- `{problem}`" for problem in problems)
+        + f"\n\nFile: `{config_path}`. Check it with `ab-pipeline validate {config_path.name}`.",
+    ) as dag:
+        PythonOperator(
+            task_id="config_invalid",
+            python_callable=_config_invalid,
+            op_kwargs={"problems": problems},
+        )
+    return dag
+
+
+def _config_invalid(problems: list[str]) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException("invalid experiment config: " + "; ".join(problems))

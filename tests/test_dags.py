@@ -36,7 +36,8 @@ from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(sys.argv[1])
 dags = {
     dag_id: {"tasks": sorted(t.task_id for t in dag.tasks), "schedule": str(dag.schedule),
-             "start": str(dag.start_date), "end": str(dag.end_date), "owner": dag.owner}
+             "start": str(dag.start_date), "end": str(dag.end_date), "owner": dag.owner,
+             "description": dag.description, "tags": sorted(dag.tags)}
     for dag_id, dag in bag.dags.items()
 }
 print(json.dumps({"dags": dags, "errors": bag.import_errors}))
@@ -105,8 +106,20 @@ def test_every_broken_config_is_reported_by_file_and_field_and_the_others_still_
     window.write_text(yaml.safe_dump(data))
     for name in ("moon-a", "moon-b"):  # Airflow alone keeps only the last of these
         sample_with(folder / "experiments", f"{name}.yaml", key=name, schedule="every blue moon")
+    (folder / "experiments" / "not yaml.yaml").write_text("key: [unclosed\n")
     result = parse(folder, tmp_path)
-    assert set(result["dags"]) == SAMPLE_DAG_IDS
+    # Each bad config stands in under its experiment's DAG id (or its file's name).
+    stand_ins = {"ab_refund_window", "ab_moon_a", "ab_moon_b", "ab_not_yaml"}
+    assert set(result["dags"]) == SAMPLE_DAG_IDS | stand_ins
+    moon = result["dags"]["ab_moon_a"]
+    assert moon["tasks"] == ["config_invalid"] and moon["schedule"] == "None"
+    assert "invalid-config" in moon["tags"]
+    assert moon["description"].startswith(
+        "INVALID CONFIG: moon-a.yaml: schedule: 'every blue moon' is not a cron expression"
+    )
+    assert result["dags"]["ab_refund_window"]["description"].startswith(
+        "INVALID CONFIG: refund-window.yaml: metrics.resolution_rate.window: "
+    )
     # Airflow keys import errors by DAG file: one error, naming every bad config.
     [(path, message)] = result["errors"].items()
     assert path.endswith("ab_experiments.py")
@@ -146,7 +159,7 @@ def test_the_dag_processor_stores_the_bad_configs_as_an_import_error_of_the_dag_
     shutil.copytree(DAGS, folder)
     sample_with(folder / "experiments", "moon.yaml", key="moon", schedule="every blue moon")
     result = run_fresh_python(DAG_PROCESSOR_PARSE, folder, tmp_path)
-    assert set(result["dags"]) == SAMPLE_DAG_IDS
+    assert set(result["dags"]) == SAMPLE_DAG_IDS | {"ab_moon"}  # the bad config's stand-in
     assert list(result["errors"]) == ["ab_experiments.py"]
     assert "moon.yaml: schedule: 'every blue moon'" in result["errors"]["ab_experiments.py"]
 
@@ -330,3 +343,15 @@ def test_scheduling_stops_after_the_run_that_reads_out_end(schedule: str, tmp_pa
 
     live = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
     assert live.next_dagrun_info(last_automated_run_info=None) is None
+
+
+def test_triggering_a_bad_configs_stand_in_fails_with_its_problems(tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ab_pipeline.dag_factory import build_dags_from
+
+    path = sample_with(tmp_path, "moon.yaml", key="moon", schedule="every blue moon")
+    dags = build_dags_from([path])
+    [task] = dags["ab_moon"].tasks
+    with pytest.raises(AirflowFailException, match="moon.yaml: schedule: 'every blue moon'"):
+        task.python_callable(**task.op_kwargs)
