@@ -178,7 +178,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     print(
         f"{size.per_arm:,} units per arm ({given}, {level}, power {args.power:g})\n"
-        f"formula: {size.formula}"
+        f"by the {size.formula}"
     )
     return 0
 

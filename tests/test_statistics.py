@@ -441,7 +441,7 @@ def test_cli_plan_prints_the_powered_size_and_names_its_formula(
 
     assert main(["plan", "--baseline", "0.006", "--mde", "0.003"]) == 0
     out = capsys.readouterr().out
-    assert "12,983 units per arm" in out and "Fleiss" in out
+    assert "12,983 units per arm" in out and "\nby the Fleiss formula (" in out
     assert main(["plan", "--baseline", "0.006", "--mde", "0.003", "--arms", "2"]) == 0
     assert "15,722 units per arm" in capsys.readouterr().out
     assert main(["plan", "--baseline", "0.38", "--mde", "0.02", "--formula", "pooled"]) == 0
