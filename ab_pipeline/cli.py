@@ -21,11 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ab_pipeline.errors import ConfigError
+from ab_pipeline.paths import DEFAULT_WAREHOUSE, EXPERIMENTS, REPO_ROOT, VAR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VAR = REPO_ROOT / "var"
-DEFAULT_WAREHOUSE = f"duckdb:///{VAR / 'warehouse.duckdb'}"
-EXPERIMENTS = REPO_ROOT / "dags" / "experiments"
 EXIT_INVALID, EXIT_BROKEN = 2, 1
 
 

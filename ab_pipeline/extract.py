@@ -745,14 +745,6 @@ def _execute_with_sql_metrics(
 
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
     """Build (or rebuild) the run's units table in one transaction; returns its name."""
-    try:
-        return _build_units_table(warehouse, config, run_date)
-    except Exception as error:
-        _explain_wrong_column_types(warehouse, config, run_date, error)
-        raise
-
-
-def _build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
     table = units_table_name(config, run_date)
     plan = ExtractPlan.for_warehouse(warehouse, config, run_date)
     statements, params = build_units_sql(config, run_date, table, plan)
@@ -776,26 +768,6 @@ def _build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date:
     else:
         warehouse.execute(statements, params)
     return table
-
-
-def _explain_wrong_column_types(
-    warehouse: Warehouse, config: ExperimentConfig, run_date: date, error: Exception
-) -> None:
-    """Raise a clear error when the source columns do not have the contract's types.
-
-    Columns the extract can still read (an integer arm, TIMESTAMP WITH TIME ZONE) reach the
-    data-quality gate, whose `contract_column_types` check makes the run a RERUN; text
-    timestamps cannot be compared at all, so the extract stops here, naming them.
-    """
-    from ab_pipeline.gates.data_quality import contract_problems
-
-    problems = contract_problems(warehouse, config, run_date)
-    if problems:
-        raise ValueError(
-            f"the source columns do not have the contract's types ({'; '.join(problems)}): "
-            "timestamps must be TIMESTAMP (without time zone, UTC), ids and arms text; cast "
-            "them in a view and point `source` at it"
-        ) from error
 
 
 def quantile_events_sql(

@@ -38,8 +38,6 @@ from ab_pipeline.warehouse import Warehouse, quote_ident
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-    from ab_pipeline.pipeline import RunContext
-
 log = logging.getLogger(__name__)
 
 RESULTS_SCHEMA_ENV = "AB_PIPELINE_RESULTS_SCHEMA"
@@ -339,18 +337,20 @@ def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, date) else str(value)[:10]
 
 
-def store_readout(ctx: RunContext, results: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline hook: write the readout's rows, add `history`, rewrite results.json."""
-    schema = results_schema(ctx.config.source.units_schema)
-    warehouse = ctx.warehouse
-    write_readout(warehouse, results, schema, attempt=ctx.attempt_id)
-    earlier = history(warehouse, results["experiment"], ctx.run_date, schema)
-    results = {**results, "history": earlier}
-    ctx.write_json("results.json", results)
+def store_readout(
+    warehouse: Warehouse,
+    results: dict[str, Any],
+    schema: str | None,
+    attempt: str,
+    run_date: date,
+) -> dict[str, Any]:
+    """Write the readout's rows (this attempt's), and return `results` with `history` added."""
+    write_readout(warehouse, results, schema, attempt=attempt)
+    earlier = history(warehouse, results["experiment"], run_date, schema)
     log.info(
         "[experiment=%s run_date=%s] readout stored in the results tables (%d earlier)",
         results["experiment"],
         results["run_date"],
         len(earlier),
     )
-    return results
+    return {**results, "history": earlier}

@@ -62,14 +62,13 @@ from ab_pipeline.config import (
     load_config,
 )
 from ab_pipeline.errors import ConfigError, ConfigProblem
+from ab_pipeline.paths import DEFAULT_WAREHOUSE, EXPERIMENTS, SIMULATIONS
 from ab_pipeline.warehouse import dialect_of, normalize_url, quote_ident, redacted
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SIMULATIONS = REPO_ROOT / "simulations"
 CHUNK_UNITS = 200_000  # ~2M events a chunk; the same seed and chunk size give the same data
 _DAY = 86_400
 _STATUS = ("included", "internal", "bot")
@@ -1276,8 +1275,6 @@ def _day_end(start: date, day: date) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ab_pipeline.cli import DEFAULT_WAREHOUSE, EXPERIMENTS
-
     parser = argparse.ArgumentParser(
         prog="ab-pipeline simulate",
         description="Write seeded, realistic exposures and events for experiments into a "
