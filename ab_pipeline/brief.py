@@ -777,11 +777,12 @@ def _history_entry(results: Mapping[str, Any]) -> dict[str, Any]:
 
 def _first_comparison(results: Mapping[str, Any]) -> dict[str, Any] | None:
     """The primary metric's first treatment comparison by arm name (as the results tables)."""
+    from ab_pipeline.results_store import first_treatment
+
     name = _primary_name(results) if results.get("metrics") else None
     if name is None:
         return None
-    comparisons = results["metrics"][name].get("comparisons") or {}
-    return comparisons[min(comparisons)] if comparisons else None
+    return first_treatment(results["metrics"][name].get("comparisons") or {})
 
 
 def _primary_kind(results: Mapping[str, Any]) -> str:

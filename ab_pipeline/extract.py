@@ -34,6 +34,7 @@ from ab_pipeline.config import (
     QuantileMetric,
     RatioMetric,
 )
+from ab_pipeline.dates import midnight
 from ab_pipeline.quantiles import bucket_sql, histogram_sql
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
@@ -50,9 +51,6 @@ class RunWindow:
 
     @classmethod
     def of(cls, config: ExperimentConfig, run_date: date) -> RunWindow:
-        def midnight(day: date) -> datetime:
-            return datetime(day.year, day.month, day.day)
-
         return cls(
             start=midnight(config.start),
             end_exclusive=midnight(config.end) + timedelta(days=1),

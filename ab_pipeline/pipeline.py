@@ -35,11 +35,11 @@ from typing import Any
 from ab_pipeline import __version__
 from ab_pipeline.config import ExperimentConfig, config_sha256, load_config
 from ab_pipeline.errors import GateFailed, PipelineError
+from ab_pipeline.paths import REPO_ROOT
 from ab_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GATES = ("data_quality", "srm", "receipt", "assignment")
 
 
@@ -411,7 +411,7 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
     """Email the published readout, its `.eml` beside it; never a readout another attempt
     published since this run's brief."""
     from ab_pipeline.brief import render_brief
-    from ab_pipeline.delivery import build_message, deliver
+    from ab_pipeline.delivery import build_message, default_sender, deliver
 
     tags = {"experiment": ctx.config.key, "run_date": str(ctx.run_date)}
     results_path = ctx.run_dir / "results.json"
@@ -425,8 +425,9 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
             **tags,
         )
     results = json.loads(results_path.read_text())
-    sender = os.environ.get("AB_PIPELINE_SENDER", "ab-pipeline@localhost")
-    message = build_message(results, render_brief(results, archive_root=ctx.out_root), sender)
+    message = build_message(
+        results, render_brief(results, archive_root=ctx.out_root), default_sender()
+    )
     outcome = deliver(message, ctx.run_dir, smtp_conn_id)
     return {"sent": outcome.sent, "eml": str(outcome.eml_path), "detail": outcome.detail}
 

@@ -31,7 +31,7 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
@@ -64,6 +64,7 @@ TABLES: dict[str, str] = {
         detail TEXT, metric TEXT, arm TEXT, observed DOUBLE PRECISION, bound DOUBLE PRECISION,
         {_ATTEMPT}, PRIMARY KEY (experiment, run_date, attempt_id, position)""",
 }
+T = TypeVar("T")
 LATEST = "ab_latest_"  # + the table's name without `ab_`: the view of the attempts dates stand on
 # Any fixed number: serialises concurrent writers on PostgreSQL (DDL included).
 _PG_LOCK_KEY = 0x61625F72
@@ -301,21 +302,34 @@ def history(
         ORDER BY r.run_date, m.arm""",
         {"experiment": experiment, "before": before},
     )
-    out: dict[str, dict[str, Any]] = {}
+    days: dict[str, dict[str, Any]] = {}
+    arms: dict[str, dict[str, Any]] = {}
     for row in readouts:
         day = _iso(row["run_date"])
-        if day in out:  # several treatment arms: the first (by name) stands for the readout
-            continue
+        days.setdefault(day, row)
+        if row["arm"] is not None:
+            arms.setdefault(day, {})[row["arm"]] = row
+    out = []
+    for day, row in days.items():
+        first = first_treatment(arms.get(day, {}))
         primary = None
-        if row["absolute"] is not None:
-            primary = {"absolute": row["absolute"], "ci": [row["ci_low"], row["ci_high"]]}
-        out[day] = {
-            "run_date": day,
-            "decision": row["decision"],
-            "status": row["status"],
-            "primary": primary,
-        }
-    return list(out.values())
+        if first is not None and first["absolute"] is not None:
+            primary = {"absolute": first["absolute"], "ci": [first["ci_low"], first["ci_high"]]}
+        out.append(
+            {
+                "run_date": day,
+                "decision": row["decision"],
+                "status": row["status"],
+                "primary": primary,
+            }
+        )
+    return out
+
+
+def first_treatment(comparisons: Mapping[str, T]) -> T | None:
+    """What stands for a readout with several treatment arms (`history`, the brief's
+    trajectory): the first treatment arm by name. None without any."""
+    return comparisons[min(comparisons)] if comparisons else None
 
 
 def latest_final_readout(

@@ -42,8 +42,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -59,6 +57,7 @@ from ab_pipeline.config import (
     QuantileMetric,
     RatioMetric,
     _problems_from,
+    _Strict,
     load_config,
 )
 from ab_pipeline.errors import ConfigError, ConfigProblem
@@ -103,10 +102,6 @@ class ScenarioError(ConfigError):
 
 
 # --- the scenario ---------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Share = Annotated[float, Field(ge=0, lt=1)]
