@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from ab_pipeline.paths import data_dir
+
 if TYPE_CHECKING:
     from ab_pipeline.charts import Chart, Panel
 
 log = logging.getLogger(__name__)
 
 TEMPLATES_ENV = "AB_PIPELINE_TEMPLATES"
-DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+DEFAULT_TEMPLATES_DIR = data_dir("templates")
 HTML_TEMPLATE = "brief.html.j2"
 TEXT_TEMPLATE = "brief.txt.j2"
 MISSING = "—"

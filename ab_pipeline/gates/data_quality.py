@@ -51,6 +51,7 @@ from ab_pipeline.config import ExperimentConfig
 from ab_pipeline.dates import midnight
 from ab_pipeline.errors import PipelineError
 from ab_pipeline.gates.gx_sql import prepare_gx_for
+from ab_pipeline.paths import data_dir
 from ab_pipeline.warehouse import engine_url, normalize_url, quote_ident
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 
     from ab_pipeline.warehouse import Warehouse
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
+SUITES_DIR = data_dir("expectations")
 SUITE_FILES = ("contract.json", "exposures.json", "events.json", "units.json")
 MAX_EXAMPLES = 5
 # The largest magnitude a metric value may have. No product measure (milliseconds, cents,
