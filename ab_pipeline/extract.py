@@ -286,9 +286,8 @@ ENROLLED, METRIC_AGGREGATES, UNLESS_AGGREGATES, COVARIATES = (
 
 
 # Rows of the experiment's exposures (about 1.45 per unit) one hash partition of the metric pass
-# may hold per GiB of DuckDB's memory limit. Measured at 1 GB (953.6 MiB; docs/benchmarks.md):
-# 7.2M rows took 10.4-10.5 s in one pass and 11.4-12.7 s in two; 14.3M rows took 41-45 s in
-# one pass, 27-29 s in two and 39 s in four.
+# may hold per GiB of DuckDB's memory limit: chosen from runs at 1 GB (953.6 MiB) with one, two,
+# three and four passes (docs/benchmarks.md, "The metric pass runs in hash partitions").
 EXPOSURES_PER_PARTITION_GIB = 10_000_000
 
 
@@ -458,8 +457,8 @@ def build_units_sql(
     pass; pre-exposure events once when a metric uses CUPED.
 
     Each step writes a temporary table and the last joins them: one plan per step keeps each
-    join's and aggregate's memory to itself. One statement with the same steps as CTEs took
-    57-67 s at 10M units under DuckDB's 1 GB cap, the steps 36-45 s (docs/benchmarks.md).
+    join's and aggregate's memory to itself: at 10M units under DuckDB's 1 GB cap, faster than
+    one statement with the same steps as CTEs (docs/benchmarks.md).
 
     Quantile metrics' histograms are stored too: with `plan.histograms_in_pass`, as a second
     grouping set of the metric pass (`_quantile_histograms`); otherwise by a pass of their own
@@ -782,7 +781,7 @@ def quantile_events_sql(
     the join builds its hash table from them and streams the units table past it: the
     optimizer cannot know how selective a bound range is and would otherwise hash every
     enrolled unit. (Cutting the units to those with such an event first, by a semi-join, read
-    the events twice: 5.2-5.7 s against 3.0-4.4 s per pass at 10M units.)
+    the events twice and was slower: docs/benchmarks.md, "Narrow quantile passes".)
     """
     window = _before_window_end(metric.window, event="e", unit="u")
     events = quote_ident(config.source.events)

@@ -1078,10 +1078,10 @@ class _Sink:
 class _DuckDBSink(_Sink):
     """Writes through the duckdb API: INSERT ... SELECT over a registered DataFrame.
 
-    Measured for 1M units (1.4M exposures, 6.5M events) on 2 cores: 7.0 s as is, 3.7 s with
-    `preserve_insertion_order` off (the insert then runs in parallel; row order in a table
-    means nothing). The setting is database-wide, so it is restored afterwards. Unit ids are
-    built in SQL from integers: ~10x cheaper than making Python strings.
+    `preserve_insertion_order` is off while it writes: the insert then runs in parallel (row
+    order in a table means nothing), much faster (docs/benchmarks.md). The setting is
+    database-wide, so it is restored afterwards. Unit ids are built in SQL from integers, far
+    cheaper than making Python strings.
     """
 
     def __init__(self, path: str) -> None:

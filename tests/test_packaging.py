@@ -86,7 +86,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.slow  # builds and installs the wheel (about 20 s)
+@pytest.mark.slow  # builds and installs the wheel
 def test_the_built_wheel_renders_a_brief_and_loads_the_suites_without_the_checkout(
     tmp_path: Path,
 ) -> None:
