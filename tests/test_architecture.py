@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import ab_pipeline
 
 PACKAGE = Path(ab_pipeline.__file__).resolve().parent
@@ -122,12 +124,13 @@ def _cycle_through(start: str, graph: dict[str, set[str]], group: set[str]) -> l
     return paths[start]
 
 
-def _write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
+def _package(root: Path, files: dict[str, str]) -> Path:
+    """A package `pkg` under `root` with these files (paths relative to the package)."""
+    for name, text in {"__init__.py": "", **files}.items():
+        path = root / "pkg" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return root / next(iter(files)).split("/")[0]
+    return root / "pkg"
 
 
 def test_ab_pipeline_has_no_import_cycle() -> None:
@@ -143,48 +146,42 @@ def test_the_graph_sees_lazy_relative_and_type_checking_imports_of_the_package()
     assert "ab_pipeline.paths" in graph["ab_pipeline.cli"]
 
 
-def test_a_cycle_through_a_function_level_import_is_found_and_named(tmp_path: Path) -> None:
-    package = _write(
-        tmp_path,
-        {
-            "pkg/__init__.py": "",
-            "pkg/low.py": "import os\n\ndef helper():\n    from pkg.high import run\n",
-            "pkg/high.py": "from pkg import low\n\ndef run():\n    return low\n",
-            "pkg/leaf.py": "from .low import helper\n",
-        },
-    )
-    assert import_cycles(package) == [["pkg.high", "pkg.low", "pkg.high"]]
+FUNCTION_LEVEL = {
+    "low.py": "import os\n\ndef helper():\n    from pkg.high import run\n",
+    "high.py": "from pkg import low\n\ndef run():\n    return low\n",
+    "leaf.py": "from .low import helper\n",
+}
+RELATIVE_IN_SUBPACKAGE = {
+    "a.py": "from pkg.sub import b\n",
+    "sub/__init__.py": "",
+    "sub/b.py": "from . import c\n",
+    "sub/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..a import thing\n",
+}
+ONE_WAY = {"a.py": "from pkg import b\nimport pkg.c\n", "b.py": "from pkg.c import x\n", "c.py": ""}
 
 
-def test_a_longer_cycle_through_relative_imports_in_a_subpackage_is_named(tmp_path: Path) -> None:
-    package = _write(
-        tmp_path,
-        {
-            "pkg/__init__.py": "",
-            "pkg/a.py": "from pkg.sub import b\n",
-            "pkg/sub/__init__.py": "",
-            "pkg/sub/b.py": "from . import c\n",
-            "pkg/sub/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-            "    from ..a import thing\n",
-        },
-    )
-    assert import_cycles(package) == [["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]]
+@pytest.mark.parametrize(
+    ("files", "cycles"),
+    [
+        pytest.param(FUNCTION_LEVEL, [["pkg.high", "pkg.low", "pkg.high"]], id="function-level"),
+        pytest.param(
+            RELATIVE_IN_SUBPACKAGE,
+            [["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]],
+            id="relative-type-checking",
+        ),
+        pytest.param(ONE_WAY, [], id="one-way"),
+    ],
+)
+def test_each_cycle_of_a_package_is_found_and_named(
+    tmp_path: Path, files: dict[str, str], cycles: list[list[str]]
+) -> None:
+    assert import_cycles(_package(tmp_path, files)) == cycles
 
 
-def test_a_one_way_chain_has_no_cycle(tmp_path: Path) -> None:
-    package = _write(
-        tmp_path,
-        {
-            "pkg/__init__.py": "",
-            "pkg/a.py": "from pkg import b\nimport pkg.c\n",
-            "pkg/b.py": "from pkg.c import x\n",
-            "pkg/c.py": "x = 1\n",
-        },
-    )
-    assert import_graph(package) == {
+def test_a_one_way_package_graph_has_an_edge_per_imported_module(tmp_path: Path) -> None:
+    assert import_graph(_package(tmp_path, ONE_WAY)) == {
         "pkg": set(),
         "pkg.a": {"pkg.b", "pkg.c"},
         "pkg.b": {"pkg.c"},
         "pkg.c": set(),
     }
-    assert import_cycles(package) == []
