@@ -15,16 +15,17 @@ WORKDIR /opt/ab-pipeline
 COPY requirements.lock pyproject.toml ./
 RUN pip install --requirement requirements.lock
 COPY ab_pipeline ./ab_pipeline
+# expectations/ and templates/ are package data (pyproject.toml maps them into the package), so
+# they are there before the install. Baked in for `docker run` without mounts; docker-compose.yaml
+# mounts the working copies over these so a template or suite change needs no rebuild.
+COPY expectations ./expectations
+COPY templates ./templates
 # The project itself without dependencies (everything came from the lock), editable: the code
 # finds expectations/ and templates/ next to the package, where compose mounts them.
 RUN pip install --no-deps --editable . && python -c "import ab_pipeline, airflow.sdk"
 
-# Baked in for `docker run` without mounts; docker-compose.yaml mounts the working copies over
-# these so a config or template change needs no rebuild.
 COPY dags ./dags
 COPY plugins ./plugins
-COPY expectations ./expectations
-COPY templates ./templates
 COPY simulations ./simulations
 
 USER airflow

@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from ab_pipeline.paths import data_dir
+
 if TYPE_CHECKING:
     from ab_pipeline.charts import Chart, Panel
 
 log = logging.getLogger(__name__)
 
 TEMPLATES_ENV = "AB_PIPELINE_TEMPLATES"
-DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+DEFAULT_TEMPLATES_DIR = data_dir("templates")
 HTML_TEMPLATE = "brief.html.j2"
 TEXT_TEMPLATE = "brief.txt.j2"
 MISSING = "—"
@@ -777,11 +779,12 @@ def _history_entry(results: Mapping[str, Any]) -> dict[str, Any]:
 
 def _first_comparison(results: Mapping[str, Any]) -> dict[str, Any] | None:
     """The primary metric's first treatment comparison by arm name (as the results tables)."""
+    from ab_pipeline.results_store import first_treatment
+
     name = _primary_name(results) if results.get("metrics") else None
     if name is None:
         return None
-    comparisons = results["metrics"][name].get("comparisons") or {}
-    return comparisons[min(comparisons)] if comparisons else None
+    return first_treatment(results["metrics"][name].get("comparisons") or {})
 
 
 def _primary_kind(results: Mapping[str, Any]) -> str:

@@ -16,16 +16,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from pathlib import Path
 from typing import Any
 
 from ab_pipeline.errors import ConfigError
+from ab_pipeline.paths import DEFAULT_WAREHOUSE, EXPERIMENTS, REPO_ROOT, VAR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VAR = REPO_ROOT / "var"
-DEFAULT_WAREHOUSE = f"duckdb:///{VAR / 'warehouse.duckdb'}"
-EXPERIMENTS = REPO_ROOT / "dags" / "experiments"
 EXIT_INVALID, EXIT_BROKEN = 2, 1
 
 
@@ -311,7 +308,8 @@ def run_experiment(
     env = airflow_environment(warehouse, out, config.source.conn_id)
     os.environ.update(env)
     from ab_pipeline import dag_factory
-    from ab_pipeline.dag_factory import build_dag, midnight_utc, readout_date
+    from ab_pipeline.dag_factory import build_dag, readout_date
+    from ab_pipeline.dates import midnight
 
     try:
         readout = readout_date(run_date, config)
@@ -331,7 +329,7 @@ def run_experiment(
     before = publication(run_dir)  # the earlier readout stays unless this run publishes
     dag = build_dag(config_path.resolve(), config)
     dag_factory.only_config = config_path.resolve()
-    logical = midnight_utc(readout) + timedelta(days=1)
+    logical = midnight(readout, UTC) + timedelta(days=1)
     with airflow_output(None if verbose else log_path):
         ensure_metadata_db(env)
         try:

@@ -580,8 +580,9 @@ def parse_config(data: Any, path: str = "<config>") -> ExperimentConfig:
         raise ConfigError(path, _problems_from(error)) from None
 
 
-# libyaml's safe loader parses ~8x faster than the pure-Python one: the dag-processor loads
-# every config on every parse. Same safety (no arbitrary objects); pure Python if absent.
+# libyaml's safe loader parses faster than the pure-Python one (docs/benchmarks.md): the
+# dag-processor loads every config on every parse. Same safety (no arbitrary objects); pure
+# Python if absent.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

@@ -43,6 +43,7 @@ from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule
 from airflow.sdk.definitions.param import ParamsDict
 
 from ab_pipeline.config import CRON_PRESETS, KEY_PATTERN, ExperimentConfig, load_config
+from ab_pipeline.dates import midnight
 from ab_pipeline.errors import ConfigError
 from ab_pipeline.notify import OwnerFailureNotifier
 
@@ -84,11 +85,6 @@ class ExperimentDAG(DAG):
     conn_id: str = ""
 
 
-def midnight_utc(day: date) -> datetime:
-    """Airflow refuses naive datetimes: experiment dates are UTC days."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
 def _run_moment(context: dict[str, Any]) -> datetime:
     return context.get("logical_date") or context["dag_run"].run_after
 
@@ -119,7 +115,7 @@ def final_run_at(config: ExperimentConfig) -> datetime | None:
         return None
     from croniter import croniter  # Airflow's cron timetables import it at parse time anyway
 
-    after_end = midnight_utc(config.end) + timedelta(days=1)
+    after_end = midnight(config.end, UTC) + timedelta(days=1)
     expression = CRON_PRESETS.get(config.schedule, config.schedule)
     tick: datetime = croniter(expression, after_end - timedelta(seconds=1)).get_next(datetime)
     return tick
@@ -254,8 +250,8 @@ def _run_failed_watcher() -> None:
 
 
 def build_dag(config_path: Path, config: ExperimentConfig) -> ExperimentDAG:
-    start = midnight_utc(config.start) + timedelta(days=1)
-    end = final_run_at(config) or midnight_utc(config.end) + timedelta(days=1)
+    start = midnight(config.start, UTC) + timedelta(days=1)
+    end = final_run_at(config) or midnight(config.end, UTC) + timedelta(days=1)
     # A trigger timetable, whatever [scheduler] create_cron_data_intervals says: a run's logical
     # date is its tick, which `_run_date` and `final_run_at` count on.
     schedule = config.schedule and CronTriggerTimetable(

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from ab_pipeline.brief import fmt_pct, fmt_pp
 from ab_pipeline.config import ExperimentConfig, Guardrail, format_duration
 
 GATE_NAMES = ("data_quality", "srm", "receipt", "assignment")
@@ -51,9 +52,9 @@ class Decision:
 def fmt(value: float, kind: str) -> str:
     """Numbers the way the brief says them: pp for proportion differences."""
     if kind == "proportion":
-        return f"{value * 100:+.1f} pp"
+        return fmt_pp(value)
     if kind == "relative":
-        return f"{value * 100:+.1f}%"
+        return fmt_pct(value, signed=True)
     return f"{value:+,.4g}"
 
 

@@ -34,6 +34,7 @@ from ab_pipeline.config import (
     QuantileMetric,
     RatioMetric,
 )
+from ab_pipeline.dates import midnight
 from ab_pipeline.quantiles import bucket_sql, histogram_sql
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
@@ -50,9 +51,6 @@ class RunWindow:
 
     @classmethod
     def of(cls, config: ExperimentConfig, run_date: date) -> RunWindow:
-        def midnight(day: date) -> datetime:
-            return datetime(day.year, day.month, day.day)
-
         return cls(
             start=midnight(config.start),
             end_exclusive=midnight(config.end) + timedelta(days=1),
@@ -288,9 +286,8 @@ ENROLLED, METRIC_AGGREGATES, UNLESS_AGGREGATES, COVARIATES = (
 
 
 # Rows of the experiment's exposures (about 1.45 per unit) one hash partition of the metric pass
-# may hold per GiB of DuckDB's memory limit. Measured at 1 GB (953.6 MiB; docs/benchmarks.md):
-# 7.2M rows took 10.4-10.5 s in one pass and 11.4-12.7 s in two; 14.3M rows took 41-45 s in
-# one pass, 27-29 s in two and 39 s in four.
+# may hold per GiB of DuckDB's memory limit: chosen from runs at 1 GB (953.6 MiB) with one, two,
+# three and four passes (docs/benchmarks.md, "The metric pass runs in hash partitions").
 EXPOSURES_PER_PARTITION_GIB = 10_000_000
 
 
@@ -460,8 +457,8 @@ def build_units_sql(
     pass; pre-exposure events once when a metric uses CUPED.
 
     Each step writes a temporary table and the last joins them: one plan per step keeps each
-    join's and aggregate's memory to itself. One statement with the same steps as CTEs took
-    57-67 s at 10M units under DuckDB's 1 GB cap, the steps 36-45 s (docs/benchmarks.md).
+    join's and aggregate's memory to itself: at 10M units under DuckDB's 1 GB cap, faster than
+    one statement with the same steps as CTEs (docs/benchmarks.md).
 
     Quantile metrics' histograms are stored too: with `plan.histograms_in_pass`, as a second
     grouping set of the metric pass (`_quantile_histograms`); otherwise by a pass of their own
@@ -745,14 +742,6 @@ def _execute_with_sql_metrics(
 
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
     """Build (or rebuild) the run's units table in one transaction; returns its name."""
-    try:
-        return _build_units_table(warehouse, config, run_date)
-    except Exception as error:
-        _explain_wrong_column_types(warehouse, config, run_date, error)
-        raise
-
-
-def _build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
     table = units_table_name(config, run_date)
     plan = ExtractPlan.for_warehouse(warehouse, config, run_date)
     statements, params = build_units_sql(config, run_date, table, plan)
@@ -778,26 +767,6 @@ def _build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date:
     return table
 
 
-def _explain_wrong_column_types(
-    warehouse: Warehouse, config: ExperimentConfig, run_date: date, error: Exception
-) -> None:
-    """Raise a clear error when the source columns do not have the contract's types.
-
-    Columns the extract can still read (an integer arm, TIMESTAMP WITH TIME ZONE) reach the
-    data-quality gate, whose `contract_column_types` check makes the run a RERUN; text
-    timestamps cannot be compared at all, so the extract stops here, naming them.
-    """
-    from ab_pipeline.gates.data_quality import contract_problems
-
-    problems = contract_problems(warehouse, config, run_date)
-    if problems:
-        raise ValueError(
-            f"the source columns do not have the contract's types ({'; '.join(problems)}): "
-            "timestamps must be TIMESTAMP (without time zone, UTC), ids and arms text; cast "
-            "them in a view and point `source` at it"
-        ) from error
-
-
 def quantile_events_sql(
     config: ExperimentConfig,
     metric: QuantileMetric,
@@ -812,7 +781,7 @@ def quantile_events_sql(
     the join builds its hash table from them and streams the units table past it: the
     optimizer cannot know how selective a bound range is and would otherwise hash every
     enrolled unit. (Cutting the units to those with such an event first, by a semi-join, read
-    the events twice: 5.2-5.7 s against 3.0-4.4 s per pass at 10M units.)
+    the events twice and was slower: docs/benchmarks.md, "Narrow quantile passes".)
     """
     window = _before_window_end(metric.window, event="e", unit="u")
     events = quote_ident(config.source.events)

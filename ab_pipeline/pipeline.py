@@ -35,11 +35,11 @@ from typing import Any
 from ab_pipeline import __version__
 from ab_pipeline.config import ExperimentConfig, config_sha256, load_config
 from ab_pipeline.errors import GateFailed, PipelineError
+from ab_pipeline.paths import REPO_ROOT
 from ab_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GATES = ("data_quality", "srm", "receipt", "assignment")
 
 
@@ -169,15 +169,36 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(error, f"exchanging {a} and {b}: {os.strerror(error)}")
 
 
+def _build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
+    """The run's units table; a failure the source's column types explain says so.
+
+    Columns the extract can still read (an integer arm, TIMESTAMP WITH TIME ZONE) reach the
+    data-quality gate, whose `contract_column_types` check makes the run a RERUN; text
+    timestamps cannot be compared at all, so the extract stops here, naming them.
+    """
+    from ab_pipeline.extract import build_units_table
+    from ab_pipeline.gates.data_quality import contract_problems
+
+    try:
+        return build_units_table(warehouse, config, run_date)
+    except Exception as error:
+        problems = contract_problems(warehouse, config, run_date)
+        if problems:
+            raise ValueError(
+                f"the source columns do not have the contract's types ({'; '.join(problems)}): "
+                "timestamps must be TIMESTAMP (without time zone, UTC), ids and arms text; cast "
+                "them in a view and point `source` at it"
+            ) from error
+        raise
+
+
 def stage_extract(ctx: RunContext) -> str:
     """Start this attempt afresh (the published readout stays) and build the units table."""
-    from ab_pipeline.extract import build_units_table
-
     if ctx.attempt_dir.exists():
         shutil.rmtree(ctx.attempt_dir)  # this attempt's own earlier try (a retried task)
     ctx.attempt_dir.mkdir(parents=True)
     try:
-        table = build_units_table(ctx.warehouse, ctx.config, ctx.run_date)
+        table = _build_units_table(ctx.warehouse, ctx.config, ctx.run_date)
     except Exception as error:
         raise PipelineError(
             f"extraction failed: {error}", experiment=ctx.config.key, run_date=str(ctx.run_date)
@@ -345,13 +366,15 @@ def _display_path(path: Path) -> str:
 def stage_brief(ctx: RunContext) -> dict[str, Any]:
     """Decide, write results.json and the brief, store the readout, then publish the attempt."""
     from ab_pipeline.brief import write_brief
-    from ab_pipeline.results_store import store_readout
+    from ab_pipeline.results_store import results_schema, store_readout
 
     _resume_published(ctx)
     results = assemble_results(ctx)
     ctx.write_json("results.json", results)
     # Results tables (this attempt's rows, earlier attempts kept) and `history` for the brief.
-    results = store_readout(ctx, results)
+    schema = results_schema(ctx.config.source.units_schema)
+    results = store_readout(ctx.warehouse, results, schema, ctx.attempt_id, ctx.run_date)
+    ctx.write_json("results.json", results)
     write_brief(results, ctx.attempt_dir)
     published = publish(ctx)
     drop_old_run_tables(ctx)
@@ -388,7 +411,7 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
     """Email the published readout, its `.eml` beside it; never a readout another attempt
     published since this run's brief."""
     from ab_pipeline.brief import render_brief
-    from ab_pipeline.delivery import build_message, deliver
+    from ab_pipeline.delivery import build_message, default_sender, deliver
 
     tags = {"experiment": ctx.config.key, "run_date": str(ctx.run_date)}
     results_path = ctx.run_dir / "results.json"
@@ -402,8 +425,9 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
             **tags,
         )
     results = json.loads(results_path.read_text())
-    sender = os.environ.get("AB_PIPELINE_SENDER", "ab-pipeline@localhost")
-    message = build_message(results, render_brief(results, archive_root=ctx.out_root), sender)
+    message = build_message(
+        results, render_brief(results, archive_root=ctx.out_root), default_sender()
+    )
     outcome = deliver(message, ctx.run_dir, smtp_conn_id)
     return {"sent": outcome.sent, "eml": str(outcome.eml_path), "detail": outcome.detail}
 

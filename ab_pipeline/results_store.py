@@ -31,14 +31,12 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
-
-    from ab_pipeline.pipeline import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +64,7 @@ TABLES: dict[str, str] = {
         detail TEXT, metric TEXT, arm TEXT, observed DOUBLE PRECISION, bound DOUBLE PRECISION,
         {_ATTEMPT}, PRIMARY KEY (experiment, run_date, attempt_id, position)""",
 }
+T = TypeVar("T")
 LATEST = "ab_latest_"  # + the table's name without `ab_`: the view of the attempts dates stand on
 # Any fixed number: serialises concurrent writers on PostgreSQL (DDL included).
 _PG_LOCK_KEY = 0x61625F72
@@ -303,21 +302,34 @@ def history(
         ORDER BY r.run_date, m.arm""",
         {"experiment": experiment, "before": before},
     )
-    out: dict[str, dict[str, Any]] = {}
+    days: dict[str, dict[str, Any]] = {}
+    arms: dict[str, dict[str, Any]] = {}
     for row in readouts:
         day = _iso(row["run_date"])
-        if day in out:  # several treatment arms: the first (by name) stands for the readout
-            continue
+        days.setdefault(day, row)
+        if row["arm"] is not None:
+            arms.setdefault(day, {})[row["arm"]] = row
+    out = []
+    for day, row in days.items():
+        first = first_treatment(arms.get(day, {}))
         primary = None
-        if row["absolute"] is not None:
-            primary = {"absolute": row["absolute"], "ci": [row["ci_low"], row["ci_high"]]}
-        out[day] = {
-            "run_date": day,
-            "decision": row["decision"],
-            "status": row["status"],
-            "primary": primary,
-        }
-    return list(out.values())
+        if first is not None and first["absolute"] is not None:
+            primary = {"absolute": first["absolute"], "ci": [first["ci_low"], first["ci_high"]]}
+        out.append(
+            {
+                "run_date": day,
+                "decision": row["decision"],
+                "status": row["status"],
+                "primary": primary,
+            }
+        )
+    return out
+
+
+def first_treatment(comparisons: Mapping[str, T]) -> T | None:
+    """What stands for a readout with several treatment arms (`history`, the brief's
+    trajectory): the first treatment arm by name. None without any."""
+    return comparisons[min(comparisons)] if comparisons else None
 
 
 def latest_final_readout(
@@ -339,18 +351,20 @@ def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, date) else str(value)[:10]
 
 
-def store_readout(ctx: RunContext, results: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline hook: write the readout's rows, add `history`, rewrite results.json."""
-    schema = results_schema(ctx.config.source.units_schema)
-    warehouse = ctx.warehouse
-    write_readout(warehouse, results, schema, attempt=ctx.attempt_id)
-    earlier = history(warehouse, results["experiment"], ctx.run_date, schema)
-    results = {**results, "history": earlier}
-    ctx.write_json("results.json", results)
+def store_readout(
+    warehouse: Warehouse,
+    results: dict[str, Any],
+    schema: str | None,
+    attempt: str,
+    run_date: date,
+) -> dict[str, Any]:
+    """Write the readout's rows (this attempt's), and return `results` with `history` added."""
+    write_readout(warehouse, results, schema, attempt=attempt)
+    earlier = history(warehouse, results["experiment"], run_date, schema)
     log.info(
         "[experiment=%s run_date=%s] readout stored in the results tables (%d earlier)",
         results["experiment"],
         results["run_date"],
         len(earlier),
     )
-    return results
+    return {**results, "history": earlier}

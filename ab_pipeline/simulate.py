@@ -42,8 +42,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -59,17 +57,17 @@ from ab_pipeline.config import (
     QuantileMetric,
     RatioMetric,
     _problems_from,
+    _Strict,
     load_config,
 )
 from ab_pipeline.errors import ConfigError, ConfigProblem
+from ab_pipeline.paths import DEFAULT_WAREHOUSE, EXPERIMENTS, SIMULATIONS
 from ab_pipeline.warehouse import dialect_of, normalize_url, quote_ident, redacted
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SIMULATIONS = REPO_ROOT / "simulations"
 CHUNK_UNITS = 200_000  # ~2M events a chunk; the same seed and chunk size give the same data
 _DAY = 86_400
 _STATUS = ("included", "internal", "bot")
@@ -104,10 +102,6 @@ class ScenarioError(ConfigError):
 
 
 # --- the scenario ---------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Share = Annotated[float, Field(ge=0, lt=1)]
@@ -1084,10 +1078,10 @@ class _Sink:
 class _DuckDBSink(_Sink):
     """Writes through the duckdb API: INSERT ... SELECT over a registered DataFrame.
 
-    Measured for 1M units (1.4M exposures, 6.5M events) on 2 cores: 7.0 s as is, 3.7 s with
-    `preserve_insertion_order` off (the insert then runs in parallel; row order in a table
-    means nothing). The setting is database-wide, so it is restored afterwards. Unit ids are
-    built in SQL from integers: ~10x cheaper than making Python strings.
+    `preserve_insertion_order` is off while it writes: the insert then runs in parallel (row
+    order in a table means nothing), much faster (docs/benchmarks.md). The setting is
+    database-wide, so it is restored afterwards. Unit ids are built in SQL from integers, far
+    cheaper than making Python strings.
     """
 
     def __init__(self, path: str) -> None:
@@ -1276,8 +1270,6 @@ def _day_end(start: date, day: date) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ab_pipeline.cli import DEFAULT_WAREHOUSE, EXPERIMENTS
-
     parser = argparse.ArgumentParser(
         prog="ab-pipeline simulate",
         description="Write seeded, realistic exposures and events for experiments into a "

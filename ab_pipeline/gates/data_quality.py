@@ -43,13 +43,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ab_pipeline.config import ExperimentConfig
+from ab_pipeline.dates import midnight
 from ab_pipeline.errors import PipelineError
 from ab_pipeline.gates.gx_sql import prepare_gx_for
+from ab_pipeline.paths import data_dir
 from ab_pipeline.warehouse import engine_url, normalize_url, quote_ident
 
 if TYPE_CHECKING:
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
 
     from ab_pipeline.warehouse import Warehouse
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
+SUITES_DIR = data_dir("expectations")
 SUITE_FILES = ("contract.json", "exposures.json", "events.json", "units.json")
 MAX_EXAMPLES = 5
 # The largest magnitude a metric value may have. No product measure (milliseconds, cents,
@@ -145,9 +147,9 @@ def experiment_values(
             "experiment_key": config.key,
             "arms": list(config.arms),
             # Dates are inclusive: a timestamp belongs to day D iff it is < midnight of D + 1.
-            "window_start": _midnight(config.start),
-            "window_end": _midnight(config.end + timedelta(days=1)),
-            "run_end": _midnight(run_date + timedelta(days=1)),
+            "window_start": midnight(config.start),
+            "window_end": midnight(config.end + timedelta(days=1)),
+            "run_end": midnight(run_date + timedelta(days=1)),
             "future_cutoff": future_cutoff(run_date),
             "exclude_internal": config.audience.exclude_internal,
             "exclude_bots": config.audience.exclude_bots,
@@ -237,11 +239,7 @@ def future_cutoff(run_date: date) -> datetime:
     """After this instant an event cannot have happened yet: the end of the run date, or now
     (UTC) when the run is a backfill of an earlier date whose later data already exists."""
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-    return max(_midnight(run_date + timedelta(days=1)), now)
-
-
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time.min)
+    return max(midnight(run_date + timedelta(days=1)), now)
 
 
 def _dialect(url: str) -> Dialect:
