@@ -258,6 +258,29 @@ def airflow_environment(warehouse: str, out: Path, conn_id: str) -> dict[str, st
     return env
 
 
+@contextmanager
+def metadata_turn(env: dict[str, str]) -> Iterator[None]:
+    """Runs that share a SQLite Airflow home take turns; other metadata databases need not.
+
+    SQLite allows one writer, and two runs starting on one home race on Airflow's own rows
+    (`dag_bundle`, `dag`: "UNIQUE constraint failed") and on the first `db migrate`. The turn
+    is an exclusive flock on `$AIRFLOW_HOME/.ab-pipeline-run.lock`, waited for without limit:
+    the run holding it ends by itself (its tasks have their own timeouts).
+    """
+    import fcntl
+
+    from airflow.configuration import conf
+
+    if not conf.get("database", "sql_alchemy_conn").startswith("sqlite"):
+        yield
+        return
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".ab-pipeline-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def ensure_metadata_db(env: dict[str, str]) -> None:
     """`airflow db migrate` once per AIRFLOW_HOME (a SQLite file for local runs)."""
     home = Path(env["AIRFLOW_HOME"])
@@ -330,7 +353,7 @@ def run_experiment(
     dag = build_dag(config_path.resolve(), config)
     dag_factory.only_config = config_path.resolve()
     logical = midnight(readout, UTC) + timedelta(days=1)
-    with airflow_output(None if verbose else log_path):
+    with airflow_output(None if verbose else log_path), metadata_turn(env):
         ensure_metadata_db(env)
         try:
             dag_run = dag.test(logical_date=logical, run_conf={"run_date": readout.isoformat()})
