@@ -11,13 +11,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from ab_pipeline.config import (
-    ExperimentConfig,
-    MeanMetric,
-    ProportionMetric,
-    QuantileMetric,
-    RatioMetric,
-)
+from ab_pipeline.config import ExperimentConfig, QuantileMetric
 from ab_pipeline.errors import PipelineError
 from ab_pipeline.extract import (
     covariate_column,
@@ -25,8 +19,8 @@ from ab_pipeline.extract import (
     quantile_count_column,
     quantile_events_sql,
     quantile_histogram_table_name,
-    ratio_columns,
 )
+from ab_pipeline.metrics import kind_of
 from ab_pipeline.quantiles import (
     cont_ranks,
     disc_rank,
@@ -35,18 +29,13 @@ from ab_pipeline.quantiles import (
     stored_histograms,
 )
 from ab_pipeline.statistics import (
-    Comparison,
     CupedSummary,
     MeanSummary,
     QuantileClusterSums,
     QuantileSummary,
-    RatioSummary,
     adjust_p_values,
     clustered_quantile_bracket,
     compare_means,
-    compare_proportions,
-    compare_quantiles,
-    compare_ratios,
     cuped_adjust,
     sequential_look,
 )
@@ -59,58 +48,33 @@ def metric_role(config: ExperimentConfig, name: str) -> str:
     return "guardrail" if name in config.guardrails else "secondary"
 
 
-def unit_level_sums(
+def unit_sums(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str
-) -> dict[str, dict[str, MeanSummary]]:
-    """{metric: {arm: (n, sum, sum of squares)}} for every unit-level metric, in one scan."""
-    names = [
-        n for n, m in config.metrics.items() if not isinstance(m, QuantileMetric | RatioMetric)
-    ]
+) -> dict[str, dict[str, Any]]:
+    """{metric: {arm: summary}} for every metric whose kind reads its sufficient statistics
+    (counts, sums, sums of squares and cross-products) from the units table, in one scan."""
+    scanned = {
+        name: sums
+        for name, metric in config.metrics.items()
+        if (sums := kind_of(metric).scan_sums(name)) is not None
+    }
+    if not scanned:
+        return {}
     select = ", ".join(
-        f"COUNT({c}) AS n_{i}, SUM({c}) AS s_{i}, SUM({c} * {c}) AS q_{i}"
-        for i, c in enumerate(quote_ident(metric_column(n)) for n in names)
+        f"{expression} AS {key}_{i}"
+        for i, sums in enumerate(scanned.values())
+        for key, expression in sums.items()
     )
     rows = warehouse.query(
         f"SELECT arm, {select} FROM {quote_ident(units_table)} GROUP BY arm ORDER BY arm"
     )
-    sums: dict[str, dict[str, MeanSummary]] = {name: {} for name in names}
+    per_arm: dict[str, dict[str, Any]] = {name: {} for name in scanned}
     for row in rows:
-        for i, name in enumerate(names):
-            sums[name][str(row["arm"])] = MeanSummary(
-                n=int(row[f"n_{i}"] or 0),
-                total=float(row[f"s_{i}"] or 0.0),
-                total_sq=float(row[f"q_{i}"] or 0.0),
-            )
-    return sums
-
-
-def ratio_sums(
-    warehouse: Warehouse, config: ExperimentConfig, units_table: str
-) -> dict[str, dict[str, RatioSummary]]:
-    """{ratio metric: {arm: n, sums, sums of squares and cross-product of num/den}}, one scan."""
-    names = [n for n, m in config.metrics.items() if isinstance(m, RatioMetric)]
-    if not names:
-        return {}
-    parts = []
-    for i, name in enumerate(names):
-        x, y = map(quote_ident, ratio_columns(name))
-        parts.append(
-            f"COUNT({x}) AS n_{i}, SUM({x}) AS x_{i}, SUM({y}) AS y_{i}, SUM({x} * {x}) AS xx_{i},"
-            f" SUM({y} * {y}) AS yy_{i}, SUM({x} * {y}) AS xy_{i}"
-        )
-    rows = warehouse.query(
-        f"SELECT arm, {', '.join(parts)} FROM {quote_ident(units_table)} GROUP BY arm ORDER BY arm"
-    )
-    sums: dict[str, dict[str, RatioSummary]] = {name: {} for name in names}
-    for row in rows:
-        for i, name in enumerate(names):
-            sx, sy, sxx, syy, sxy = (
-                float(row[f"{k}_{i}"] or 0.0) for k in ("x", "y", "xx", "yy", "xy")
-            )
-            sums[name][str(row["arm"])] = RatioSummary(
-                int(row[f"n_{i}"] or 0), sx, sy, sxx, syy, sxy
-            )
-    return sums
+        for i, (name, sums) in enumerate(scanned.items()):
+            kind = kind_of(config.metrics[name])
+            values = {key: row[f"{key}_{i}"] for key in sums}
+            per_arm[name][str(row["arm"])] = kind.summary_from_sums(values)
+    return per_arm
 
 
 def cuped_sums(
@@ -264,33 +228,6 @@ def quantile_cluster_sums(
     return sums
 
 
-def _arm_entry(metric: Any, summary: MeanSummary | QuantileSummary) -> dict[str, Any]:
-    if isinstance(summary, QuantileSummary):
-        return {"events": summary.n, "value": summary.estimate}
-    if isinstance(summary, RatioSummary):
-        value = summary.ratio if summary.den else None
-        return {
-            "units": summary.n,
-            "value": value,
-            "numerator": summary.num,
-            "denominator": summary.den,
-        }
-    entry: dict[str, Any] = {"units": summary.n, "value": summary.mean if summary.n else None}
-    if isinstance(metric, ProportionMetric):
-        entry["successes"] = int(round(summary.total))
-    return entry
-
-
-def _compare(metric: Any, c: Any, t: Any, alpha: float) -> Comparison:
-    if isinstance(metric, ProportionMetric):
-        return compare_proportions(int(round(c.total)), c.n, int(round(t.total)), t.n, alpha)
-    if isinstance(metric, MeanMetric):
-        return compare_means(c, t, alpha)
-    if isinstance(metric, RatioMetric):
-        return compare_ratios(c, t, alpha)
-    return compare_quantiles(c, t, alpha)
-
-
 def _metric_result(
     config: ExperimentConfig, name: str, metric: Any, per_arm: dict[str, Any]
 ) -> dict[str, Any]:
@@ -301,7 +238,8 @@ def _metric_result(
         if control is None or treated is None or min(control.n, treated.n) < 2:
             continue
         try:
-            comparisons[arm] = _compare(metric, control, treated, config.decision.alpha).as_dict()
+            comparison = kind_of(metric).compare(control, treated, config.decision.alpha)
+            comparisons[arm] = comparison.as_dict()
         except ValueError as error:
             raise PipelineError(str(error), experiment=config.key, metric=name) from error
     return {
@@ -309,7 +247,9 @@ def _metric_result(
         "type": metric.type,
         "unit_label": config.unit,
         "description": getattr(metric, "description", None),
-        "arms": {arm: _arm_entry(metric, s) for arm, s in per_arm.items() if arm in config.arms},
+        "arms": {
+            arm: kind_of(metric).arm_entry(s) for arm, s in per_arm.items() if arm in config.arms
+        },
         "comparisons": comparisons,
     }
 
@@ -318,20 +258,15 @@ def analyse(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str, run_date: date
 ) -> dict[str, dict[str, Any]]:
     """Every metric's per-arm values and treatment-vs-control comparisons (results.json shape)."""
-    sums = unit_level_sums(warehouse, config, units_table)
-    ratios = ratio_sums(warehouse, config, units_table)
+    scanned = unit_sums(warehouse, config, units_table)
     results = {}
     for name, metric in config.metrics.items():
-        if isinstance(metric, QuantileMetric):
-            per_arm: dict[str, Any] = quantile_summaries(
-                warehouse, config, name, metric, units_table, run_date
-            )
-        elif isinstance(metric, RatioMetric):
-            per_arm = ratios[name]
-        else:
-            per_arm = sums[name]
+        kind = kind_of(metric)
+        per_arm = scanned.get(name)
+        if per_arm is None:
+            per_arm = kind.read_per_arm(warehouse, config, name, metric, units_table, run_date)
         results[name] = _metric_result(config, name, metric, per_arm)
-        if getattr(metric, "cuped", None) is not None:
+        if kind.cuped_of(metric) is not None:
             _apply_cuped(
                 config, name, results[name], cuped_sums(warehouse, config, units_table, name)
             )
@@ -345,7 +280,7 @@ def _apply_cuped(
 ) -> None:
     """Replace each comparison by its CUPED-adjusted one; keep the unadjusted SE for the brief."""
     metric = config.metrics[name]
-    cuped = getattr(metric, "cuped", None)
+    cuped = kind_of(metric).cuped_of(metric)
     assert cuped is not None
     fit = cuped_adjust({arm: s for arm, s in arms.items() if arm in config.arms})
     control = fit.adjusted.get(config.control)

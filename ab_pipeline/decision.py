@@ -17,6 +17,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from ab_pipeline.config import ExperimentConfig, Guardrail, format_duration
+from ab_pipeline.metrics import kind_named
 
 GATE_NAMES = ("data_quality", "srm", "receipt", "assignment")
 
@@ -49,12 +50,11 @@ class Decision:
 
 
 def fmt(value: float, kind: str) -> str:
-    """Numbers the way the brief says them: pp for proportion differences."""
-    if kind == "proportion":
-        return f"{value * 100:+.1f} pp"
+    """Numbers the way the brief says them: pp for proportion differences; `relative`: a
+    change as a share of control."""
     if kind == "relative":
         return f"{value * 100:+.1f}%"
-    return f"{value:+,.4g}"
+    return kind_named(kind).format_check(value)
 
 
 def failed_gates(gates: dict[str, dict[str, Any] | None]) -> list[str]:

@@ -29,20 +29,19 @@ from typing import Any
 
 from ab_pipeline.config import ExperimentConfig, QuantileMetric
 from ab_pipeline.metrics import KINDS, in_column_order, kind_of
+
+# The units table's column names are the kinds' (ab_pipeline.metrics); re-exported here.
 from ab_pipeline.metrics.base import SqlParams as _Params
 from ab_pipeline.metrics.base import before_window_end as _before_window_end
 from ab_pipeline.metrics.base import conditional_aggregate
+from ab_pipeline.metrics.base import covariate_column as covariate_column
 from ab_pipeline.metrics.base import interval as _interval
+from ab_pipeline.metrics.base import metric_column as metric_column
+from ab_pipeline.metrics.base import quantile_count_column as quantile_count_column
+from ab_pipeline.metrics.base import ratio_columns as ratio_columns
 from ab_pipeline.metrics.base import seconds as _seconds
-from ab_pipeline.metrics.proportion import UNLESS_AGGREGATES
 from ab_pipeline.quantiles import bucket_sql, histogram_sql
 from ab_pipeline.warehouse import Warehouse, quote_ident
-
-# The units table's column names (the kinds name them), re-exported for the extract's readers.
-from ab_pipeline.metrics.base import covariate_column as covariate_column  # noqa: E402
-from ab_pipeline.metrics.base import metric_column as metric_column  # noqa: E402
-from ab_pipeline.metrics.base import quantile_count_column as quantile_count_column  # noqa: E402
-from ab_pipeline.metrics.base import ratio_columns as ratio_columns  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def _covariate_aggregate(name: str, target: Any, metric: Any, params: _Params) -
 
 
 # Session-local (temporary) tables of the extract's steps; dropped when the units table is built.
-# (`UNLESS_AGGREGATES`, the `unless` step's, is the proportion kind's.)
+# (The `unless` step's table is the proportion kind's: metrics.proportion.UNLESS_AGGREGATES.)
 ENROLLED, METRIC_AGGREGATES, COVARIATES = ("ab_tmp_enrolled", "ab_tmp_metrics", "ab_tmp_covariates")
 
 
@@ -338,6 +337,7 @@ def build_units_sql(
     ]
     joins = ""
     ordered = list(in_column_order(config.metrics))
+
     def events_of_enrolled(names: list[str]) -> str:
         return _events_of_enrolled(events, names, params, plan)
 
@@ -372,7 +372,9 @@ SELECT ev.unit_key{aggregates}{grouping}"""
         joins += f"\nLEFT JOIN {METRIC_AGGREGATES} a ON a.unit_key = u.{plan.unit_key}"
     for step in side_steps:
         steps.append(step.statement)
-        joins += f"\nLEFT JOIN {step.table} {step.alias} ON {step.alias}.unit_key = u.{plan.unit_key}"
+        joins += (
+            f"\nLEFT JOIN {step.table} {step.alias} ON {step.alias}.unit_key = u.{plan.unit_key}"
+        )
     columns = "".join(k.unit_columns(n, m, aliases.get(n, "a")) for n, m, k in ordered)
     pre_step, pre_columns = _pre_exposure_sql(config, events, params, plan)
     if pre_step:

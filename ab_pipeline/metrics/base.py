@@ -288,9 +288,7 @@ class MetricKind(ABC, Generic[M]):
         return {"type": self.name, "units": n, "baseline": sx / n, "sd": math.sqrt(variance)}
 
 
-def unit_cohort_stats(
-    warehouse: Warehouse, column: str, units_table: str
-) -> list[dict[str, Any]]:
+def unit_cohort_stats(warehouse: Warehouse, column: str, units_table: str) -> list[dict[str, Any]]:
     """Per (exposure day, arm): count, mean and sample variance of one per-unit column."""
     column = quote_ident(column)
     rows = warehouse.query(
@@ -313,7 +311,6 @@ def unit_cohort_stats(
         }
         for row in rows
     ]
-
 
 
 class UnitValueKind(MetricKind[M]):

@@ -107,7 +107,13 @@ class RatioKind(MetricKind[RatioMetric]):
             vx, vy, cxy = (float(row[k] or 0.0) for k in ("vx", "vy", "cxy"))
             var = (vx - 2 * ratio * cxy + ratio**2 * vy) / mean_y**2
             stats.append(
-                {"day": day_of(row["day"]), "arm": str(row["arm"]), "n": n, "mean": ratio, "var": var}
+                {
+                    "day": day_of(row["day"]),
+                    "arm": str(row["arm"]),
+                    "n": n,
+                    "mean": ratio,
+                    "var": var,
+                }
             )
         return stats
 
