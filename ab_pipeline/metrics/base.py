@@ -133,12 +133,18 @@ class MetricKind(ABC, Generic[M]):
     stores_histogram: ClassVar[bool] = False
     # Its differences are said in percentage points (a share), else in the metric's own unit.
     in_points: ClassVar[bool] = False
+    # A plan of it needs a per-unit SD besides its baseline (a proportion's follows from it).
+    plan_needs_sd: ClassVar[bool] = True
 
     # ---- extract ----------------------------------------------------------------------------
 
     @abstractmethod
     def events(self, metric: M) -> list[str]:
         """Every event the metric's value is read from (none for a `sql:` metric)."""
+
+    def event_fields(self, metric: M) -> dict[str, str]:
+        """{field path under the metric: event name} for every event the config names."""
+        return {}
 
     def pass_events(self, metric: M) -> list[str]:
         """Events the shared metric pass must read for this metric."""
@@ -320,6 +326,9 @@ class UnitValueKind(MetricKind[M]):
 
     def events(self, metric: Any) -> list[str]:
         return [metric.event] if metric.event else []
+
+    def event_fields(self, metric: Any) -> dict[str, str]:
+        return {"event": metric.event} if metric.event else {}
 
     def aggregate(self, metric: Any, params: SqlParams, unless_column: str | None) -> str:
         """The per-unit aggregate of the metric's event over its window, in the pass `ev`."""

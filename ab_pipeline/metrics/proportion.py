@@ -33,9 +33,16 @@ class ProportionKind(UnitValueKind[ProportionMetric]):
     name = "proportion"
     config_type = ProportionMetric
     in_points = True
+    plan_needs_sd = False
     chart_scale: ClassVar[float] = 100.0
 
     # ---- extract ----------------------------------------------------------------------------
+
+    def event_fields(self, metric: ProportionMetric) -> dict[str, str]:
+        fields = super().event_fields(metric)
+        if metric.unless is not None:
+            fields["unless.event"] = metric.unless.event
+        return fields
 
     def per_unit_how(self, metric: ProportionMetric) -> str | None:
         return "any" if metric.event is not None else None

@@ -36,6 +36,9 @@ class QuantileKind(MetricKind[QuantileMetric]):
     def events(self, metric: QuantileMetric) -> list[str]:
         return [metric.event]
 
+    def event_fields(self, metric: QuantileMetric) -> dict[str, str]:
+        return {"event": metric.event}
+
     def pass_aggregates(self, name: str, metric: QuantileMetric, params: SqlParams) -> str:
         """Per unit: the metric's events with a value (N_i of the clustered variance)."""
         window = before_window_end(metric.window)

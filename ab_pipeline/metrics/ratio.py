@@ -32,6 +32,12 @@ class RatioKind(MetricKind[RatioMetric]):
     def events(self, metric: RatioMetric) -> list[str]:
         return [metric.numerator.event, metric.denominator.event]
 
+    def event_fields(self, metric: RatioMetric) -> dict[str, str]:
+        return {
+            "numerator.event": metric.numerator.event,
+            "denominator.event": metric.denominator.event,
+        }
+
     def pass_aggregates(self, name: str, metric: RatioMetric, params: SqlParams) -> str:
         """SUMs of the numerator and denominator events in the window, per unit."""
         window = before_window_end(metric.window)
