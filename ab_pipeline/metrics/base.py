@@ -126,8 +126,8 @@ class MetricKind(ABC, Generic[M]):
 
     name: ClassVar[str]
     config_type: ClassVar[type[BaseModel]]
-    # Units-table columns come grouped by this (then in config order): kept so the extract's
-    # SQL and the units table's column order stay as they were before kinds had classes.
+    # Units-table columns come grouped by this, then in config order: per-unit values (0),
+    # ratio parts (1), quantile event counts (2).
     column_order: ClassVar[int] = 0
     # Its events' values get an order-preserving histogram in the extract (quantiles).
     stores_histogram: ClassVar[bool] = False
