@@ -26,7 +26,7 @@ from ab_pipeline.formatting import fmt_count as fmt_count
 from ab_pipeline.formatting import fmt_num as fmt_num
 from ab_pipeline.formatting import fmt_pct as fmt_pct
 from ab_pipeline.formatting import fmt_pp as fmt_pp
-from ab_pipeline.metrics import kind_named
+from ab_pipeline.metrics import text_kind
 
 if TYPE_CHECKING:
     from ab_pipeline.charts import Chart, Panel
@@ -229,12 +229,12 @@ def fmt_passfail(passed: bool | None) -> str:
 
 
 def fmt_value(x: float | None, kind: str) -> str:
-    return kind_named(kind).format_value(x)
+    return text_kind(kind).format_value(x)
 
 
 def fmt_diff(x: float | None, kind: str, digits: int | None = None) -> str:
     """Treatment minus control: pp for proportions (1 decimal by default), else metric units."""
-    return kind_named(kind).format_difference(x, digits)
+    return text_kind(kind).format_difference(x, digits)
 
 
 def fmt_interval(ci: Iterable[float] | None, kind: str, digits: int | None = None) -> str:
@@ -371,7 +371,7 @@ def _plural_count(n: int, word: str) -> str:
 
 def _uses_pp(results: Mapping[str, Any]) -> bool:
     """Is any difference in the brief said in percentage points?"""
-    return any(kind_named(m["type"]).in_points for m in (results.get("metrics") or {}).values())
+    return any(text_kind(m.get("type")).in_points for m in (results.get("metrics") or {}).values())
 
 
 def _primary_missing(results: Mapping[str, Any]) -> str | None:
@@ -438,7 +438,7 @@ def _comparison_row(
 ) -> dict[str, Any]:
     kind = metric["type"]
     # One precision per comparison (set by its SE), so a point and its interval line up.
-    digits = kind_named(kind).headline_digits(_digits_for(comparison["se"]))
+    digits = text_kind(kind).headline_digits(_digits_for(comparison["se"]))
     return {
         "arm": arm,
         "control": control,
@@ -448,7 +448,7 @@ def _comparison_row(
         "relative": fmt_pct(comparison.get("relative"), signed=True),
         "relative_ci": fmt_rel_interval(comparison.get("relative_ci")),
         "p_value": fmt_p(comparison["p_value"]),
-        "se": kind_named(kind).format_precise(
+        "se": text_kind(kind).format_precise(
             comparison["se"], _digits_for(comparison["se"]), signed=False
         ),
         "method": comparison["method"],
@@ -462,7 +462,7 @@ def _plain_sentence(
 ) -> str:
     """'840 of 2,000 customer_accounts (42.0%) vs 760 of 2,000 (38.0%)', or the like."""
     units = _plural(metric.get("unit_label") or "unit")
-    return kind_named(metric["type"]).plain_sentence(treated, control, units)
+    return text_kind(metric["type"]).plain_sentence(treated, control, units)
 
 
 def _plural(label: str) -> str:
@@ -482,7 +482,7 @@ def _other_metrics(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         kind = metric["type"]
         for arm, comparison in metric["comparisons"].items():
-            digits = kind_named(kind).table_digits(_digits_for(comparison["se"]))
+            digits = text_kind(kind).table_digits(_digits_for(comparison["se"]))
             rows.append(
                 {
                     "metric": name,
@@ -552,7 +552,7 @@ def _budget_value(
     # Relative budgets are fractions of control; absolute ones are in the metric's own unit.
     if relative:
         return fmt_pct(x, signed=signed)
-    return kind_named(kind).format_precise(x, digits, signed)
+    return text_kind(kind).format_precise(x, digits, signed)
 
 
 def _plan_view(
@@ -561,7 +561,7 @@ def _plan_view(
     plan = results["plan"]
     if plan is None:
         return None
-    kind = kind_named("proportion" if primary is None else primary["type"])
+    kind = text_kind("proportion" if primary is None else primary["type"])
     required = plan["required_per_arm"]
     units = primary["units"] if primary else None
     formula_name, formula = _formula(str(plan["formula"]))
@@ -1045,7 +1045,7 @@ def _tick(kind: str) -> Callable[[float, int], str]:
 
 
 def _scale(kind: str) -> float:
-    return kind_named(kind).chart_scale
+    return text_kind(kind).chart_scale
 
 
 def _threshold_lines(results: Mapping[str, Any], kind: str) -> list[tuple[float, str]]:

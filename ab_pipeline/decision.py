@@ -17,7 +17,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from ab_pipeline.config import ExperimentConfig, Guardrail, format_duration
-from ab_pipeline.metrics import kind_named
+from ab_pipeline.metrics import text_kind
 
 GATE_NAMES = ("data_quality", "srm", "receipt", "assignment")
 
@@ -54,7 +54,7 @@ def fmt(value: float, kind: str) -> str:
     change as a share of control."""
     if kind == "relative":
         return f"{value * 100:+.1f}%"
-    return kind_named(kind).format_check(value)
+    return text_kind(kind).format_check(value)
 
 
 def failed_gates(gates: dict[str, dict[str, Any] | None]) -> list[str]:

@@ -5,6 +5,6 @@ for which config model each kind handles.
 """
 
 from ab_pipeline.metrics.base import MetricKind
-from ab_pipeline.metrics.registry import KINDS, in_column_order, kind_named, kind_of
+from ab_pipeline.metrics.registry import KINDS, in_column_order, kind_named, kind_of, text_kind
 
-__all__ = ["KINDS", "MetricKind", "in_column_order", "kind_named", "kind_of"]
+__all__ = ["KINDS", "MetricKind", "in_column_order", "kind_named", "kind_of", "text_kind"]

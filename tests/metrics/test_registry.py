@@ -7,7 +7,7 @@ from typing import Any, get_args
 import pytest
 
 from ab_pipeline.config import Metric, parse_config
-from ab_pipeline.metrics import KINDS, in_column_order, kind_named, kind_of
+from ab_pipeline.metrics import KINDS, in_column_order, kind_named, kind_of, text_kind
 from ab_pipeline.metrics.registry import BY_CONFIG_TYPE
 from tests.warehouse_fixtures import experiment_data
 
@@ -38,6 +38,12 @@ def test_a_results_type_name_finds_its_kind_and_an_unknown_one_is_refused() -> N
         kind_named("median")
     with pytest.raises(TypeError, match="no metric kind handles str"):
         kind_of("proportion")
+
+
+def test_a_results_type_this_version_does_not_know_reads_in_its_own_unit() -> None:
+    assert text_kind("proportion") is kind_named("proportion")
+    assert text_kind("median") is kind_named("mean")
+    assert text_kind(None).format_difference(0.5) == "+0.500"
 
 
 def test_units_table_columns_come_grouped_unit_values_then_ratios_then_quantiles() -> None:
