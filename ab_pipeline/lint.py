@@ -261,7 +261,7 @@ def check_sql_dialect(config: ExperimentConfig, warehouse: Warehouse) -> list[Li
 
     warnings = []
     for name, metric in config.metrics.items():
-        if (sql := getattr(metric, "sql", None)) is None:
+        if (sql := kind_of(metric).sql_text(metric)) is None:
             continue
         try:
             checked_select(sql, warehouse.dialect)
