@@ -30,7 +30,8 @@ from typing import Any
 from ab_pipeline.config import ExperimentConfig, QuantileMetric
 from ab_pipeline.metrics import KINDS, in_column_order, kind_of
 
-# The units table's column names are the kinds' (ab_pipeline.metrics); re-exported here.
+# SQL pieces shared with the metric kinds; the units table's column names (`x as x`) are
+# re-exported for the extract's readers.
 from ab_pipeline.metrics.base import SqlParams as _Params
 from ab_pipeline.metrics.base import before_window_end as _before_window_end
 from ab_pipeline.metrics.base import conditional_aggregate
