@@ -7,46 +7,21 @@ every unit-level metric; quantile metrics get their order statistics from the ev
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from ab_pipeline.config import (
-    ExperimentConfig,
-    MeanMetric,
-    ProportionMetric,
-    QuantileMetric,
-    RatioMetric,
-)
+from ab_pipeline.config import ExperimentConfig
 from ab_pipeline.errors import PipelineError
 from ab_pipeline.extract import (
     covariate_column,
     metric_column,
-    quantile_count_column,
-    quantile_events_sql,
-    quantile_histogram_table_name,
-    ratio_columns,
 )
-from ab_pipeline.quantiles import (
-    cont_ranks,
-    disc_rank,
-    histograms,
-    order_statistics,
-    stored_histograms,
-)
+from ab_pipeline.metrics import kind_of
 from ab_pipeline.statistics import (
-    Comparison,
     CupedSummary,
     MeanSummary,
-    QuantileClusterSums,
-    QuantileSummary,
-    RatioSummary,
     adjust_p_values,
-    clustered_quantile_bracket,
     compare_means,
-    compare_proportions,
-    compare_quantiles,
-    compare_ratios,
     cuped_adjust,
     sequential_look,
 )
@@ -59,58 +34,33 @@ def metric_role(config: ExperimentConfig, name: str) -> str:
     return "guardrail" if name in config.guardrails else "secondary"
 
 
-def unit_level_sums(
+def unit_sums(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str
-) -> dict[str, dict[str, MeanSummary]]:
-    """{metric: {arm: (n, sum, sum of squares)}} for every unit-level metric, in one scan."""
-    names = [
-        n for n, m in config.metrics.items() if not isinstance(m, QuantileMetric | RatioMetric)
-    ]
+) -> dict[str, dict[str, Any]]:
+    """{metric: {arm: summary}} for every metric whose kind reads its sufficient statistics
+    (counts, sums, sums of squares and cross-products) from the units table, in one scan."""
+    scanned = {
+        name: sums
+        for name, metric in config.metrics.items()
+        if (sums := kind_of(metric).scan_sums(name)) is not None
+    }
+    if not scanned:
+        return {}
     select = ", ".join(
-        f"COUNT({c}) AS n_{i}, SUM({c}) AS s_{i}, SUM({c} * {c}) AS q_{i}"
-        for i, c in enumerate(quote_ident(metric_column(n)) for n in names)
+        f"{expression} AS {key}_{i}"
+        for i, sums in enumerate(scanned.values())
+        for key, expression in sums.items()
     )
     rows = warehouse.query(
         f"SELECT arm, {select} FROM {quote_ident(units_table)} GROUP BY arm ORDER BY arm"
     )
-    sums: dict[str, dict[str, MeanSummary]] = {name: {} for name in names}
+    per_arm: dict[str, dict[str, Any]] = {name: {} for name in scanned}
     for row in rows:
-        for i, name in enumerate(names):
-            sums[name][str(row["arm"])] = MeanSummary(
-                n=int(row[f"n_{i}"] or 0),
-                total=float(row[f"s_{i}"] or 0.0),
-                total_sq=float(row[f"q_{i}"] or 0.0),
-            )
-    return sums
-
-
-def ratio_sums(
-    warehouse: Warehouse, config: ExperimentConfig, units_table: str
-) -> dict[str, dict[str, RatioSummary]]:
-    """{ratio metric: {arm: n, sums, sums of squares and cross-product of num/den}}, one scan."""
-    names = [n for n, m in config.metrics.items() if isinstance(m, RatioMetric)]
-    if not names:
-        return {}
-    parts = []
-    for i, name in enumerate(names):
-        x, y = map(quote_ident, ratio_columns(name))
-        parts.append(
-            f"COUNT({x}) AS n_{i}, SUM({x}) AS x_{i}, SUM({y}) AS y_{i}, SUM({x} * {x}) AS xx_{i},"
-            f" SUM({y} * {y}) AS yy_{i}, SUM({x} * {y}) AS xy_{i}"
-        )
-    rows = warehouse.query(
-        f"SELECT arm, {', '.join(parts)} FROM {quote_ident(units_table)} GROUP BY arm ORDER BY arm"
-    )
-    sums: dict[str, dict[str, RatioSummary]] = {name: {} for name in names}
-    for row in rows:
-        for i, name in enumerate(names):
-            sx, sy, sxx, syy, sxy = (
-                float(row[f"{k}_{i}"] or 0.0) for k in ("x", "y", "xx", "yy", "xy")
-            )
-            sums[name][str(row["arm"])] = RatioSummary(
-                int(row[f"n_{i}"] or 0), sx, sy, sxx, syy, sxy
-            )
-    return sums
+        for i, (name, sums) in enumerate(scanned.items()):
+            kind = kind_of(config.metrics[name])
+            values = {key: row[f"{key}_{i}"] for key in sums}
+            per_arm[name][str(row["arm"])] = kind.summary_from_sums(values)
+    return per_arm
 
 
 def cuped_sums(
@@ -136,161 +86,6 @@ def cuped_sums(
     }
 
 
-def bracket_margin(n: int) -> int:
-    """Ranks read on either side of the estimate's: a 95% bracket spans about
-    2 sqrt(n q (1 - q) deff) ranks; 4 sqrt(n) covers design effects up to ~16 at q = 0.5."""
-    return 4 * math.isqrt(n) + 16
-
-
-def quantile_summaries(
-    warehouse: Warehouse,
-    config: ExperimentConfig,
-    name: str,
-    metric: QuantileMetric,
-    units_table: str,
-    run_date: date,
-) -> dict[str, QuantileSummary]:
-    """Per arm: event count, the sample quantile and the order statistics bracketing it.
-
-    Exact `percentile_cont` / `percentile_disc` values, read through a bucket histogram (one
-    pass over the events, then narrow passes; `ab_pipeline.quantiles`) so memory stays bounded.
-    """
-    body, params = quantile_events_sql(config, metric, units_table, run_date)
-
-    def narrowed(values: str) -> str:
-        return quantile_events_sql(config, metric, units_table, run_date, values)[0]
-
-    q = metric.quantile
-    stored = quantile_histogram_table_name(config, run_date)
-    if warehouse.table_exists(stored):
-        found = stored_histograms(warehouse, stored, name)
-    else:  # a units table built before the extract stored histograms: one pass instead
-        found = histograms(warehouse, body, params)
-    hists = {arm: h for arm, h in found.items() if h.n >= 2}
-    cont = {arm: cont_ranks(q, h.n) for arm, h in hists.items()}
-    # The bracket's ranks lie within a few sqrt(n) of the estimate's: read that span with the
-    # estimate, and make a second pass only for a bracket outside it.
-    margins = {arm: bracket_margin(h.n) for arm, h in hists.items()}
-    values = order_statistics(
-        warehouse, narrowed, params, hists, {a: {r[0], r[1]} for a, r in cont.items()}, margins
-    )
-    estimates = {}
-    for arm, (below, above, fraction) in cont.items():
-        low, high = values[arm][below], values[arm][above]
-        estimates[arm] = low + fraction * (high - low)
-    clusters = quantile_cluster_sums(
-        warehouse, narrowed, params, estimates, units_table, quantile_count_column(name), q
-    )
-    brackets = {
-        arm: clustered_quantile_bracket(q, clusters[arm], config.decision.alpha) for arm in hists
-    }
-    ranks = {
-        arm: (disc_rank(brackets[arm][0], h.n), disc_rank(brackets[arm][1], h.n))
-        for arm, h in hists.items()
-    }
-    outside = {a: set(r) - set(values[a]) for a, r in ranks.items() if set(r) - set(values[a])}
-    if outside:
-        for arm, more in order_statistics(warehouse, narrowed, params, hists, outside).items():
-            values[arm].update(more)
-    return {
-        arm: QuantileSummary(
-            n=h.n,
-            estimate=estimates[arm],
-            lower=values[arm][ranks[arm][0]],
-            upper=values[arm][ranks[arm][1]],
-            z=brackets[arm][2],
-        )
-        for arm, h in hists.items()
-    }
-
-
-def quantile_cluster_sums(
-    warehouse: Warehouse,
-    narrowed: Callable[[str], str],
-    params: dict[str, Any],
-    estimates: dict[str, float],
-    units_table: str,
-    count_column: str,
-    q: float,
-) -> dict[str, QuantileClusterSums]:
-    """Per arm, over units: sums of N_i (events), I_i (events <= the arm's quantile), their
-    squares and cross-product: the pieces of the Deng-Knoblich-Lu variance.
-
-    N_i is a column of the units table (counted by the extract). Only the smaller side of the
-    quantile is read from the events: J_i = events above x_q when q >= 0.5 (then I_i = N_i - J_i),
-    else J_i = I_i itself; the value predicate is applied while scanning, so a p95 reads 5% of
-    the events past the scan.
-    """
-    if not estimates:
-        return {}
-    column = quote_ident(count_column)
-    units = warehouse.query(
-        f"""SELECT arm, COUNT(*) AS units, SUM({column}) AS sn, SUM({column} * {column}) AS snn
-            FROM {quote_ident(units_table)} WHERE {column} > 0 GROUP BY arm"""
-    )
-    above = q >= 0.5
-    arms = list(estimates)
-    bound: dict[str, Any] = {f"qa{i}": arm for i, arm in enumerate(arms)}
-    bound |= {f"qx{i}": estimates[arm] for i, arm in enumerate(arms)}
-    side = ">" if above else "<="
-    cases = " ".join(f"WHEN :qa{i} THEN e.value {side} :qx{i}" for i in range(len(arms)))
-    bound["qedge"] = min(estimates.values()) if above else max(estimates.values())
-    rows = warehouse.query(
-        f"""WITH per_unit AS (
-              SELECT u.arm AS arm, u.unit_id AS unit_id, MAX(u.{column}) AS n_i, COUNT(*) AS j_i
-              {narrowed("{v} " + side + " :qedge")} AND (CASE u.arm {cases} ELSE FALSE END)
-              GROUP BY u.arm, u.unit_id)
-            SELECT arm, SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn
-            FROM per_unit GROUP BY arm""",
-        {**params, **bound},
-    )
-    side_sums = {str(r["arm"]): (int(r["sj"]), int(r["sjj"]), int(r["sjn"])) for r in rows}
-    sums = {}
-    for row in units:
-        arm = str(row["arm"])
-        if arm not in estimates:
-            continue
-        n, sn, snn = int(row["units"]), int(row["sn"]), int(row["snn"])
-        sj, sjj, sjn = side_sums.get(arm, (0, 0, 0))
-        si, sii, sin = (sn - sj, snn - 2 * sjn + sjj, snn - sjn) if above else (sj, sjj, sjn)
-        sums[arm] = QuantileClusterSums(
-            units=n,
-            events=float(sn),
-            below=float(si),
-            events_sq=float(snn),
-            below_sq=float(sii),
-            cross=float(sin),
-        )
-    return sums
-
-
-def _arm_entry(metric: Any, summary: MeanSummary | QuantileSummary) -> dict[str, Any]:
-    if isinstance(summary, QuantileSummary):
-        return {"events": summary.n, "value": summary.estimate}
-    if isinstance(summary, RatioSummary):
-        value = summary.ratio if summary.den else None
-        return {
-            "units": summary.n,
-            "value": value,
-            "numerator": summary.num,
-            "denominator": summary.den,
-        }
-    entry: dict[str, Any] = {"units": summary.n, "value": summary.mean if summary.n else None}
-    if isinstance(metric, ProportionMetric):
-        entry["successes"] = int(round(summary.total))
-    return entry
-
-
-def _compare(metric: Any, c: Any, t: Any, alpha: float) -> Comparison:
-    if isinstance(metric, ProportionMetric):
-        return compare_proportions(int(round(c.total)), c.n, int(round(t.total)), t.n, alpha)
-    if isinstance(metric, MeanMetric):
-        return compare_means(c, t, alpha)
-    if isinstance(metric, RatioMetric):
-        return compare_ratios(c, t, alpha)
-    return compare_quantiles(c, t, alpha)
-
-
 def _metric_result(
     config: ExperimentConfig, name: str, metric: Any, per_arm: dict[str, Any]
 ) -> dict[str, Any]:
@@ -301,7 +96,8 @@ def _metric_result(
         if control is None or treated is None or min(control.n, treated.n) < 2:
             continue
         try:
-            comparisons[arm] = _compare(metric, control, treated, config.decision.alpha).as_dict()
+            comparison = kind_of(metric).compare(control, treated, config.decision.alpha)
+            comparisons[arm] = comparison.as_dict()
         except ValueError as error:
             raise PipelineError(str(error), experiment=config.key, metric=name) from error
     return {
@@ -309,7 +105,9 @@ def _metric_result(
         "type": metric.type,
         "unit_label": config.unit,
         "description": getattr(metric, "description", None),
-        "arms": {arm: _arm_entry(metric, s) for arm, s in per_arm.items() if arm in config.arms},
+        "arms": {
+            arm: kind_of(metric).arm_entry(s) for arm, s in per_arm.items() if arm in config.arms
+        },
         "comparisons": comparisons,
     }
 
@@ -318,20 +116,15 @@ def analyse(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str, run_date: date
 ) -> dict[str, dict[str, Any]]:
     """Every metric's per-arm values and treatment-vs-control comparisons (results.json shape)."""
-    sums = unit_level_sums(warehouse, config, units_table)
-    ratios = ratio_sums(warehouse, config, units_table)
+    scanned = unit_sums(warehouse, config, units_table)
     results = {}
     for name, metric in config.metrics.items():
-        if isinstance(metric, QuantileMetric):
-            per_arm: dict[str, Any] = quantile_summaries(
-                warehouse, config, name, metric, units_table, run_date
-            )
-        elif isinstance(metric, RatioMetric):
-            per_arm = ratios[name]
-        else:
-            per_arm = sums[name]
+        kind = kind_of(metric)
+        per_arm = scanned.get(name)
+        if per_arm is None:
+            per_arm = kind.read_per_arm(warehouse, config, name, metric, units_table, run_date)
         results[name] = _metric_result(config, name, metric, per_arm)
-        if getattr(metric, "cuped", None) is not None:
+        if kind.cuped_of(metric) is not None:
             _apply_cuped(
                 config, name, results[name], cuped_sums(warehouse, config, units_table, name)
             )
@@ -345,7 +138,7 @@ def _apply_cuped(
 ) -> None:
     """Replace each comparison by its CUPED-adjusted one; keep the unadjusted SE for the brief."""
     metric = config.metrics[name]
-    cuped = getattr(metric, "cuped", None)
+    cuped = kind_of(metric).cuped_of(metric)
     assert cuped is not None
     fit = cuped_adjust({arm: s for arm, s in arms.items() if arm in config.arms})
     control = fit.adjusted.get(config.control)
@@ -387,7 +180,6 @@ def _apply_correction(config: ExperimentConfig, primary: dict[str, Any] | None) 
 
 def current_look(config: ExperimentConfig, run_date: date) -> int:
     """Which of the planned, equally spaced looks this readout is (the last on `end`)."""
-    import math
 
     total = max((config.end - config.start).days, 1)
     elapsed = min(max((run_date - config.start).days, 0), total)

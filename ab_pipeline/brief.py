@@ -20,6 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from ab_pipeline.formatting import MISSING as MISSING
+from ab_pipeline.formatting import digits_for as _digits_for
+from ab_pipeline.formatting import fmt_count as fmt_count
+from ab_pipeline.formatting import fmt_num as fmt_num
+from ab_pipeline.formatting import fmt_pct as fmt_pct
+from ab_pipeline.formatting import fmt_pp as fmt_pp
+from ab_pipeline.metrics import text_kind
 from ab_pipeline.paths import data_dir
 
 if TYPE_CHECKING:
@@ -31,7 +38,6 @@ TEMPLATES_ENV = "AB_PIPELINE_TEMPLATES"
 DEFAULT_TEMPLATES_DIR = data_dir("templates")
 HTML_TEMPLATE = "brief.html.j2"
 TEXT_TEMPLATE = "brief.txt.j2"
-MISSING = "—"
 
 GATE_TITLES = {
     "data_quality": "Data quality",
@@ -213,33 +219,6 @@ def _environment(templates_dir: Path) -> Environment:
 # ---- number formatting ------------------------------------------------------------------------
 
 
-def fmt_count(n: Any) -> str:
-    return MISSING if n is None else f"{int(n):,}"
-
-
-def fmt_pct(x: float | None, digits: int = 1, signed: bool = False) -> str:
-    if x is None:
-        return MISSING
-    return f"{_clean(x * 100, digits):{'+' if signed else ''}.{digits}f}%"
-
-
-def fmt_pp(x: float | None, digits: int = 1, signed: bool = True) -> str:
-    """A difference of proportions, in percentage points: 0.04 -> '+4.0 pp'."""
-    if x is None:
-        return MISSING
-    return f"{_clean(x * 100, digits):{'+' if signed else ''}.{digits}f} pp"
-
-
-def fmt_num(x: float | None, signed: bool = False, digits: int | None = None) -> str:
-    """A value in the metric's own unit; precision suits its size unless `digits` is given."""
-    if x is None:
-        return MISSING
-    sign = "+" if signed else ""
-    if digits is None:
-        digits = 0 if float(x).is_integer() else _digits_for(x)
-    return f"{_clean(x, digits):{sign},.{digits}f}"
-
-
 def fmt_p(p: float | None) -> str:
     if p is None:
         return MISSING
@@ -251,14 +230,12 @@ def fmt_passfail(passed: bool | None) -> str:
 
 
 def fmt_value(x: float | None, kind: str) -> str:
-    return fmt_pct(x) if kind == "proportion" else fmt_num(x)
+    return text_kind(kind).format_value(x)
 
 
 def fmt_diff(x: float | None, kind: str, digits: int | None = None) -> str:
     """Treatment minus control: pp for proportions (1 decimal by default), else metric units."""
-    if kind == "proportion":
-        return fmt_pp(x, 1 if digits is None else digits)
-    return fmt_num(x, signed=True, digits=digits)
+    return text_kind(kind).format_difference(x, digits)
 
 
 def fmt_interval(ci: Iterable[float] | None, kind: str, digits: int | None = None) -> str:
@@ -273,17 +250,6 @@ def fmt_rel_interval(ci: Iterable[float] | None) -> str:
         return MISSING
     low, high = ci
     return f"[{fmt_pct(low, signed=True)}, {fmt_pct(high, signed=True)}]"
-
-
-def _digits_for(scale: float | None) -> int:
-    """Decimals that show a number of this size without false precision."""
-    scale = abs(scale or 0.0)
-    return 0 if scale >= 100 else 1 if scale >= 10 else 2 if scale >= 1 else 3
-
-
-def _clean(value: float, digits: int) -> float:
-    # Rounds away "-0.0" so a null effect never prints with a minus sign.
-    return round(value, digits) + 0.0
 
 
 # ---- view model -------------------------------------------------------------------------------
@@ -406,7 +372,7 @@ def _plural_count(n: int, word: str) -> str:
 
 def _uses_pp(results: Mapping[str, Any]) -> bool:
     """Is any difference in the brief said in percentage points?"""
-    return any(m.get("type") == "proportion" for m in (results.get("metrics") or {}).values())
+    return any(text_kind(m.get("type")).in_points for m in (results.get("metrics") or {}).values())
 
 
 def _primary_missing(results: Mapping[str, Any]) -> str | None:
@@ -473,7 +439,7 @@ def _comparison_row(
 ) -> dict[str, Any]:
     kind = metric["type"]
     # One precision per comparison (set by its SE), so a point and its interval line up.
-    digits = None if kind == "proportion" else _digits_for(comparison["se"])
+    digits = text_kind(kind).headline_digits(_digits_for(comparison["se"]))
     return {
         "arm": arm,
         "control": control,
@@ -483,9 +449,9 @@ def _comparison_row(
         "relative": fmt_pct(comparison.get("relative"), signed=True),
         "relative_ci": fmt_rel_interval(comparison.get("relative_ci")),
         "p_value": fmt_p(comparison["p_value"]),
-        "se": fmt_pp(comparison["se"], 2, signed=False)
-        if kind == "proportion"
-        else fmt_num(comparison["se"], digits=digits),
+        "se": text_kind(kind).format_precise(
+            comparison["se"], _digits_for(comparison["se"]), signed=False
+        ),
         "method": comparison["method"],
         # A quantile on tied values: no SE or p-value, and the reader must be told why.
         "note": comparison.get("note") if comparison.get("discrete") else None,
@@ -496,22 +462,8 @@ def _plain_sentence(
     metric: Mapping[str, Any], treated: Mapping[str, Any], control: Mapping[str, Any]
 ) -> str:
     """'840 of 2,000 customer_accounts (42.0%) vs 760 of 2,000 (38.0%)', or the like."""
-    kind, units = metric["type"], _plural(metric.get("unit_label") or "unit")
-    if kind == "proportion":
-        return (
-            f"{fmt_count(treated['successes'])} of {fmt_count(treated['units'])} {units} "
-            f"({fmt_pct(treated['value'])}) vs {fmt_count(control['successes'])} of "
-            f"{fmt_count(control['units'])} ({fmt_pct(control['value'])})"
-        )
-    if kind == "quantile":
-        return (
-            f"{fmt_num(treated['value'])} over {fmt_count(treated['events'])} events vs "
-            f"{fmt_num(control['value'])} over {fmt_count(control['events'])} events"
-        )
-    return (
-        f"an average of {fmt_num(treated['value'])} over {fmt_count(treated['units'])} {units} "
-        f"vs {fmt_num(control['value'])} over {fmt_count(control['units'])}"
-    )
+    units = _plural(metric.get("unit_label") or "unit")
+    return text_kind(metric["type"]).plain_sentence(treated, control, units)
 
 
 def _plural(label: str) -> str:
@@ -531,7 +483,7 @@ def _other_metrics(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         kind = metric["type"]
         for arm, comparison in metric["comparisons"].items():
-            digits = 2 if kind == "proportion" else _digits_for(comparison["se"])
+            digits = text_kind(kind).table_digits(_digits_for(comparison["se"]))
             rows.append(
                 {
                     "metric": name,
@@ -601,9 +553,7 @@ def _budget_value(
     # Relative budgets are fractions of control; absolute ones are in the metric's own unit.
     if relative:
         return fmt_pct(x, signed=signed)
-    if kind == "proportion":
-        return fmt_pp(x, 2, signed)
-    return fmt_num(x, signed, digits)
+    return text_kind(kind).format_precise(x, digits, signed)
 
 
 def _plan_view(
@@ -612,13 +562,13 @@ def _plan_view(
     plan = results["plan"]
     if plan is None:
         return None
-    proportion = primary is None or primary["type"] == "proportion"
+    kind = text_kind("proportion" if primary is None else primary["type"])
     required = plan["required_per_arm"]
     units = primary["units"] if primary else None
     formula_name, formula = _formula(str(plan["formula"]))
     return {
-        "baseline": fmt_pct(plan["baseline"]) if proportion else fmt_num(plan["baseline"]),
-        "mde": fmt_pp(plan["mde"], signed=False) if proportion else fmt_num(plan["mde"]),
+        "baseline": kind.format_value(plan["baseline"]),
+        "mde": kind.format_magnitude(plan["mde"]),
         "alpha": f"{plan['alpha']:g}",
         "power": fmt_pct(plan["power"], digits=0),
         "required": fmt_count(required),
@@ -1084,11 +1034,7 @@ def _row_text(panel: Panel, row: Any) -> str:
 
 def _label(kind: str) -> Callable[[float], str]:
     """Interval ends in the chart's alt text: pp with one decimal, else the metric's unit."""
-    return (
-        partial(fmt_diff, kind=kind, digits=1)
-        if kind == "proportion"
-        else partial(fmt_num, signed=True)
-    )
+    return partial(fmt_diff, kind=kind)
 
 
 def _tick(kind: str) -> Callable[[float, int], str]:
@@ -1101,7 +1047,7 @@ def _tick(kind: str) -> Callable[[float, int], str]:
 
 
 def _scale(kind: str) -> float:
-    return 100.0 if kind == "proportion" else 1.0
+    return text_kind(kind).chart_scale
 
 
 def _threshold_lines(results: Mapping[str, Any], kind: str) -> list[tuple[float, str]]:

@@ -222,6 +222,7 @@ def _from_warehouse(args: argparse.Namespace) -> str:
     and a pre-period query of the warehouse; returns where the numbers came from."""
     from ab_pipeline.config import load_config
     from ab_pipeline.diagnosis import pre_period_moments
+    from ab_pipeline.metrics import kind_named
     from ab_pipeline.warehouse import Warehouse
 
     try:
@@ -233,7 +234,7 @@ def _from_warehouse(args: argparse.Namespace) -> str:
     before = args.before or config.start
     moments = pre_period_moments(Warehouse(args.warehouse), config, before, args.lookback)
     args.baseline = moments["baseline"] if args.baseline is None else args.baseline
-    if moments["type"] != "proportion" and args.sd is None:
+    if kind_named(moments["type"]).plan_needs_sd and args.sd is None:
         args.sd = moments["sd"]
     args.arms = len(config.treatments) if args.arms is None else args.arms
     args.correction = args.correction or config.analysis.correction

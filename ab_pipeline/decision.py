@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from ab_pipeline.brief import fmt_pct, fmt_pp
 from ab_pipeline.config import ExperimentConfig, Guardrail, format_duration
+from ab_pipeline.formatting import fmt_pct
+from ab_pipeline.metrics import text_kind
 
 GATE_NAMES = ("data_quality", "srm", "receipt", "assignment")
 
@@ -50,12 +51,11 @@ class Decision:
 
 
 def fmt(value: float, kind: str) -> str:
-    """Numbers the way the brief says them: pp for proportion differences."""
-    if kind == "proportion":
-        return fmt_pp(value)
+    """Numbers the way the brief says them: pp for proportion differences; `relative`: a
+    change as a share of control."""
     if kind == "relative":
         return fmt_pct(value, signed=True)
-    return f"{value:+,.4g}"
+    return text_kind(kind).format_check(value)
 
 
 def failed_gates(gates: dict[str, dict[str, Any] | None]) -> list[str]:

@@ -15,6 +15,8 @@ from datetime import date
 from typing import Any
 
 from ab_pipeline.config import ExperimentConfig
+from ab_pipeline.metrics import kind_of
+from ab_pipeline.metrics.base import conditional_aggregate
 from ab_pipeline.statistics import (
     SampleSize,
     mde_means,
@@ -247,23 +249,20 @@ def pre_period_moments(
     """
     from datetime import datetime, time, timedelta
 
-    from ab_pipeline.config import MeanMetric, ProportionMetric, RatioMetric
-    from ab_pipeline.statistics import ratio_variance
-
     metric = config.metrics[config.primary]
-    params: dict[str, Any]
-    if isinstance(metric, RatioMetric):
-        x = _per_unit(metric.numerator.event, metric.numerator.aggregate, "nx")
-        y = _per_unit(metric.denominator.event, metric.denominator.aggregate, "ny")
-        params = {"nx": metric.numerator.event, "ny": metric.denominator.event}
-    elif isinstance(metric, ProportionMetric | MeanMetric) and metric.event is not None:
-        kind = "any" if isinstance(metric, ProportionMetric) else metric.aggregate
-        x, y, params = _per_unit(metric.event, kind, "nx"), "1", {"nx": metric.event}
-    else:
+    kind = kind_of(metric)
+    parts = kind.pre_period_parts(metric)
+    if parts is None:
         raise ValueError(
             f"primary {config.primary!r}: a pre-period plan needs an `event` metric (give "
             "--baseline / --sd instead)"
         )
+    (x_event, x_how), denominator = parts
+    x, y = _per_unit(x_event, x_how, "nx"), "1"
+    params: dict[str, Any] = {"nx": x_event}
+    if denominator is not None:
+        y_event, y_how = denominator
+        y, params["ny"] = _per_unit(y_event, y_how, "ny"), y_event
     until = datetime.combine(before, time())
     params |= {"since": until - timedelta(days=lookback_days), "until": until}
     [row] = warehouse.query(
@@ -281,18 +280,9 @@ def pre_period_moments(
             f"before {before}; a pre-period plan needs at least 2"
         )
     sx, sy, sxx, syy, sxy = (float(row[k] or 0.0) for k in ("sx", "sy", "sxx", "syy", "sxy"))
-    if isinstance(metric, RatioMetric):
-        sd = math.sqrt(ratio_variance(n, sx, sy, sxx, syy, sxy) * n)
-        return {"type": "ratio", "units": n, "baseline": sx / sy if sy else None, "sd": sd}
-    variance = max((sxx - sx * sx / n) / (n - 1), 0.0)
-    return {"type": metric.type, "units": n, "baseline": sx / n, "sd": math.sqrt(variance)}
+    return kind.pre_period_moments(metric, n, sx, sy, sxx, syy, sxy)
 
 
 def _per_unit(event: str, aggregate: str, param: str) -> str:
     """Per-unit aggregate of one event: any (0/1), count or sum of `value`."""
-    matched = f"event_name = :{param}"
-    if aggregate == "any":
-        return f"MAX(CASE WHEN {matched} THEN 1 ELSE 0 END)"
-    if aggregate == "count":
-        return f"SUM(CASE WHEN {matched} THEN 1 ELSE 0 END)"
-    return f"SUM(CASE WHEN {matched} THEN COALESCE(value, 0) ELSE 0 END)"
+    return conditional_aggregate(aggregate, f"event_name = :{param}", "value")

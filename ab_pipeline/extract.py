@@ -20,69 +20,33 @@ Metric semantics (docs/warehouse.md):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import date
+from typing import Any
 
-from ab_pipeline.config import (
-    ExperimentConfig,
-    MeanMetric,
-    ProportionMetric,
-    QuantileMetric,
-    RatioMetric,
-)
-from ab_pipeline.dates import midnight
+from ab_pipeline.config import ExperimentConfig, QuantileMetric
+from ab_pipeline.metrics import KINDS, in_column_order, kind_of
+
+# SQL pieces shared with the metric kinds; the units table's column names (`x as x`) are
+# re-exported for the extract's readers.
+from ab_pipeline.metrics.base import SqlParams as _Params
+from ab_pipeline.metrics.base import before_window_end as _before_window_end
+from ab_pipeline.metrics.base import conditional_aggregate
+from ab_pipeline.metrics.base import covariate_column as covariate_column
+from ab_pipeline.metrics.base import interval as _interval
+from ab_pipeline.metrics.base import metric_column as metric_column
+from ab_pipeline.metrics.base import quantile_count_column as quantile_count_column
+from ab_pipeline.metrics.base import ratio_columns as ratio_columns
+from ab_pipeline.metrics.base import seconds as _seconds
+from ab_pipeline.metrics.quantile import quantile_events_sql as quantile_events_sql
 from ab_pipeline.quantiles import bucket_sql, histogram_sql
+from ab_pipeline.run_tables import RunWindow as RunWindow
+from ab_pipeline.run_tables import _run_table_stem
+from ab_pipeline.run_tables import quantile_histogram_table_name as quantile_histogram_table_name
+from ab_pipeline.run_tables import units_table_name as units_table_name
 from ab_pipeline.warehouse import Warehouse, quote_ident
-
-M = TypeVar("M")
-
-
-@dataclass(frozen=True)
-class RunWindow:
-    """The data a run may see: exposures in [start, end], nothing after the run date."""
-
-    start: datetime
-    end_exclusive: datetime
-    run_end: datetime
-
-    @classmethod
-    def of(cls, config: ExperimentConfig, run_date: date) -> RunWindow:
-        return cls(
-            start=midnight(config.start),
-            end_exclusive=midnight(config.end) + timedelta(days=1),
-            run_end=midnight(run_date) + timedelta(days=1),
-        )
-
-
-def units_table_name(config: ExperimentConfig, run_date: date) -> str:
-    """`[schema.]ab_units__<key>__<yyyymmdd>`, shortened with a hash to fit PostgreSQL's 63
-    characters; the schema is `source.work_schema`, else the exposures table's schema."""
-    return _run_table_name("ab_units", config, run_date)
-
-
-def quantile_histogram_table_name(config: ExperimentConfig, run_date: date) -> str:
-    """`[schema.]ab_qhist__<key>__<yyyymmdd>`: the run's quantile histograms (see
-    `build_units_sql`), next to its units table."""
-    return _run_table_name("ab_qhist", config, run_date)
-
-
-def _run_table_name(prefix: str, config: ExperimentConfig, run_date: date) -> str:
-    name = f"{_run_table_stem(prefix, config)}__{run_date:%Y%m%d}"
-    schema = config.source.units_schema
-    return f"{schema}.{name}" if schema else name
-
-
-def _run_table_stem(prefix: str, config: ExperimentConfig) -> str:
-    stem = f"{prefix}__{config.key.replace('-', '_')}"
-    if len(stem) + len("__yyyymmdd") > 63:
-        digest = hashlib.sha256(config.key.encode()).hexdigest()[:8]
-        stem = f"{stem[: 63 - len('__yyyymmdd') - 9]}_{digest}"
-    return stem
-
 
 RUN_TABLE_PREFIXES = ("ab_units", "ab_qhist")
 KEEP_RUN_TABLES_ENV = "AB_PIPELINE_KEEP_RUN_TABLES"
@@ -127,162 +91,49 @@ def drop_old_run_tables(
     return dropped
 
 
-def metric_column(name: str) -> str:
-    """A unit-level metric's column. Generated column names keep the metric's case: SQL text
-    always writes them through `quote_ident` (PostgreSQL folds unquoted names to lowercase)."""
-    return f"m_{name}"
-
-
-def ratio_columns(name: str) -> tuple[str, str]:
-    """A ratio metric's per-unit numerator and denominator columns."""
-    return f"m_{name}__num", f"m_{name}__den"
-
-
-def quantile_count_column(name: str) -> str:
-    """A quantile metric's per-unit count of events with a value."""
-    return f"n_{name}"
-
-
-def covariate_column(name: str) -> str:
-    """A CUPED metric's pre-exposure covariate column."""
-    return f"c_{name}"
-
-
-def _seconds(delta: timedelta) -> int:
-    return int(delta.total_seconds())
-
-
-def _interval(delta: timedelta) -> str:
-    return f"INTERVAL '{_seconds(delta)} seconds'"
-
-
-class _Params:
-    """Collects bound parameters so every value from a config reaches SQL as a parameter."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def bind(self, value: Any) -> str:
-        name = f"p{len(self.values)}"
-        self.values[name] = value
-        return f":{name}"
-
-
-def _event_metrics(config: ExperimentConfig) -> dict[str, ProportionMetric | MeanMetric]:
+def _event_metrics(config: ExperimentConfig) -> dict[str, Any]:
+    """Metrics whose per-unit value is an aggregate of one event (what CUPED can adjust)."""
     return {
         name: metric
         for name, metric in config.metrics.items()
-        if isinstance(metric, ProportionMetric | MeanMetric) and metric.event is not None
+        if kind_of(metric).per_unit_how(metric) is not None
     }
 
 
-def _before_window_end(window: timedelta | None, event: str = "ev", unit: str = "ev") -> str:
-    """` AND <event>.occurred_at < <unit>.first_exposed_at + window`, or nothing without one."""
-    if window is None:
-        return ""
-    return f" AND {event}.occurred_at < {unit}.first_exposed_at + {_interval(window)}"
-
-
-def _aggregate(
-    metric: ProportionMetric | MeanMetric, params: _Params, unless_col: str | None
-) -> str:
-    match = f"ev.event_name = {params.bind(metric.event)}{_before_window_end(metric.window)}"
-    if isinstance(metric, ProportionMetric):
-        if metric.unless is not None and unless_col is not None:
-            spoiled = f"ev.{unless_col} <= ev.occurred_at + {_interval(metric.unless.within)}"
-            match += f" AND NOT COALESCE({spoiled}, FALSE)"
-        return f"MAX(CASE WHEN {match} THEN 1 ELSE 0 END)"
-    if metric.aggregate == "count":
-        return f"SUM(CASE WHEN {match} THEN 1 ELSE 0 END)"
-    return f"SUM(CASE WHEN {match} THEN COALESCE(ev.value, 0) ELSE 0 END)"
-
-
-def _unless_column(metric: ProportionMetric | MeanMetric, columns: dict[str, str]) -> str | None:
-    if isinstance(metric, ProportionMetric) and metric.unless is not None:
-        return columns[metric.unless.event]
-    return None
-
-
-def _metrics_of(config: ExperimentConfig, kind: type[M]) -> dict[str, M]:
-    return {n: m for n, m in config.metrics.items() if isinstance(m, kind)}
-
-
-def _ratio_aggregates(name: str, metric: RatioMetric, params: _Params) -> str:
-    """SUMs of the numerator and denominator events in the window, per unit."""
-    window = _before_window_end(metric.window)
-    parts = []
-    for part, column in zip(
-        (metric.numerator, metric.denominator), ratio_columns(name), strict=True
-    ):
-        value = "1" if part.aggregate == "count" else "COALESCE(ev.value, 0)"
-        match = f"ev.event_name = {params.bind(part.event)}{window}"
-        parts.append(
-            f",\n      SUM(CASE WHEN {match} THEN {value} ELSE 0 END) AS {quote_ident(column)}"
-        )
-    return "".join(parts)
-
-
-def _cuped_sources(config: ExperimentConfig) -> dict[str, ProportionMetric | MeanMetric]:
+def _cuped_sources(config: ExperimentConfig) -> dict[str, Any]:
     """{metric with CUPED: the metric whose event defines its covariate}."""
     sources = {}
     for name, metric in _event_metrics(config).items():
-        if metric.cuped is None:
+        cuped = kind_of(metric).cuped_of(metric)
+        if cuped is None:
             continue
-        covariate = metric.cuped.covariate
-        source = metric if covariate == "same" else config.metrics[covariate]
-        assert isinstance(source, ProportionMetric | MeanMetric)
-        sources[name] = source
+        covariate = cuped.covariate
+        sources[name] = metric if covariate == "same" else config.metrics[covariate]
     return sources
 
 
-def _covariate_aggregate(
-    name: str,
-    target: ProportionMetric | MeanMetric,
-    metric: ProportionMetric | MeanMetric,
-    params: _Params,
-) -> str:
+def _covariate_aggregate(name: str, target: Any, metric: Any, params: _Params) -> str:
     """The covariate: the source metric's aggregate over the target's pre-exposure window.
 
     The source's `unless` rule is not applied before exposure (it is a conversion detail, and
     CUPED needs only a covariate correlated with the outcome, not an identical definition).
     """
-    cuped = target.cuped
+    cuped = kind_of(target).cuped_of(target)
     assert cuped is not None
+    how = kind_of(metric).per_unit_how(metric)
+    assert how is not None
     match = (
         f"pe.event_name = {params.bind(metric.event)}"
         f" AND pe.occurred_at >= pe.first_exposed_at - {_interval(cuped.lookback)}"
         f" AND pe.occurred_at < pe.first_exposed_at - INTERVAL '{-_seconds(cuped.until)} seconds'"
     )
-    if isinstance(metric, ProportionMetric):
-        agg = f"MAX(CASE WHEN {match} THEN 1 ELSE 0 END)"
-    elif metric.aggregate == "count":
-        agg = f"SUM(CASE WHEN {match} THEN 1 ELSE 0 END)"
-    else:
-        agg = f"SUM(CASE WHEN {match} THEN COALESCE(pe.value, 0) ELSE 0 END)"
+    agg = conditional_aggregate(how, match, "pe.value")
     return f",\n      {agg} AS {quote_ident(covariate_column(name))}"
 
 
-def _window_complete(metric: ProportionMetric | MeanMetric | RatioMetric) -> str:
-    if metric.window is None:
-        return "TRUE"
-    return f"u.first_exposed_at + {_interval(metric.window)} <= :run_end"
-
-
-def _quantile_count(name: str, metric: QuantileMetric, params: _Params) -> str:
-    """Per unit: the quantile metric's events with a value (N_i of the clustered variance)."""
-    window = _before_window_end(metric.window)
-    match = f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL{window}"
-    column = quote_ident(quantile_count_column(name))
-    return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {column}"
-
-
 # Session-local (temporary) tables of the extract's steps; dropped when the units table is built.
-ENROLLED, METRIC_AGGREGATES, UNLESS_AGGREGATES, COVARIATES = (
-    "ab_tmp_enrolled",
-    "ab_tmp_metrics",
-    "ab_tmp_unless",
-    "ab_tmp_covariates",
-)
+# (The `unless` step's table is the proportion kind's: metrics.proportion.UNLESS_AGGREGATES.)
+ENROLLED, METRIC_AGGREGATES, COVARIATES = ("ab_tmp_enrolled", "ab_tmp_metrics", "ab_tmp_covariates")
 
 
 # Rows of the experiment's exposures (about 1.45 per unit) one hash partition of the metric pass
@@ -404,47 +255,6 @@ u.first_exposed_at{arm}
 {"" if part is None else plan.partition_filter(part, "e", "u")}"""
 
 
-def _unless_sql(
-    metrics: dict[str, ProportionMetric | MeanMetric],
-    events: str,
-    params: _Params,
-    plan: ExtractPlan,
-) -> tuple[str, dict[str, str]]:
-    """The step for proportions with an `unless` rule, apart from the other metrics: the window
-    function (next `unless` event after each event, per unit) sorts only these events.
-    Returns the statement (empty when no metric has `unless`) and {metric: its table alias}."""
-    spoilable = {
-        name: m for name, m in metrics.items() if isinstance(m, ProportionMetric) and m.unless
-    }
-    if not spoilable:
-        return "", {}
-    unless_events = sorted({m.unless.event for m in spoilable.values() if m.unless})
-    unless_cols = {event: f"next_unless_{i}" for i, event in enumerate(unless_events)}
-    names = sorted({m.event for m in spoilable.values() if m.event} | set(unless_events))
-    next_unless = "".join(
-        f",\n      MIN(CASE WHEN ev.event_name = {params.bind(event)} THEN ev.occurred_at END)"
-        f" OVER (PARTITION BY ev.unit_key ORDER BY ev.occurred_at"
-        f" RANGE BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS {col}"
-        for event, col in unless_cols.items()
-    )
-    aggregates = "".join(
-        f",\n      {_aggregate(m, params, _unless_column(m, unless_cols))}"
-        f" AS {quote_ident(metric_column(name))}"
-        for name, m in spoilable.items()
-    )
-    statement = f"""CREATE TEMP TABLE {UNLESS_AGGREGATES} AS
-WITH uev AS (
-  {_events_of_enrolled(events, names, params, plan)}
-),
-useq AS (
-  SELECT ev.*{next_unless}
-  FROM uev ev
-)
-SELECT ev.unit_key{aggregates}
-FROM useq ev GROUP BY ev.unit_key"""
-    return statement, {name: "ua" for name in spoilable}
-
-
 def build_units_sql(
     config: ExperimentConfig, run_date: date, table: str, plan: ExtractPlan | None = None
 ) -> tuple[list[str], dict[str, Any]]:
@@ -483,26 +293,23 @@ def build_units_sql(
         _first_arm_sql(exposures),
     ]
     joins = ""
-    metrics = _event_metrics(config)
-    unless_step, unless_source = _unless_sql(metrics, events, params, plan)
-    plain = {name: m for name, m in metrics.items() if name not in unless_source}
-    ratios = _metrics_of(config, RatioMetric)
-    quantiles = _metrics_of(config, QuantileMetric)
-    wanted = sorted(
-        {m.event for m in plain.values() if m.event}
-        | {p.event for m in ratios.values() for p in (m.numerator, m.denominator)}
-        | {m.event for m in quantiles.values()}
-    )
+    ordered = list(in_column_order(config.metrics))
+
+    def events_of_enrolled(names: list[str]) -> str:
+        return _events_of_enrolled(events, names, params, plan)
+
+    side_steps = []
+    for kind in KINDS:
+        of_kind = {n: m for n, m, k in ordered if k is kind}
+        if of_kind and (step := kind.side_step(of_kind, params, events_of_enrolled)):
+            side_steps.append(step)
+    aliases = {name: step.alias for step in side_steps for name in step.metrics}
+    plain = [(n, m, k) for n, m, k in ordered if n not in aliases]
+    quantiles = {n: m for n, m, k in ordered if k.stores_histogram}
+    wanted = sorted({event for _, m, k in plain for event in k.pass_events(m)})
     histogram = ""
     if wanted:
-        aggregates = (
-            "".join(
-                f",\n      {_aggregate(m, params, None)} AS {quote_ident(metric_column(name))}"
-                for name, m in plain.items()
-            )
-            + "".join(_ratio_aggregates(name, m, params) for name, m in ratios.items())
-            + "".join(_quantile_count(name, m, params) for name, m in quantiles.items())
-        )
+        aggregates = "".join(k.pass_aggregates(n, m, params) for n, m, k in plain)
         if plan.histograms_in_pass:
             grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
         else:
@@ -520,26 +327,12 @@ WITH ev AS (
 SELECT ev.unit_key{aggregates}{grouping}"""
             )
         joins += f"\nLEFT JOIN {METRIC_AGGREGATES} a ON a.unit_key = u.{plan.unit_key}"
-    if unless_step:
-        steps.append(unless_step)
-        joins += f"\nLEFT JOIN {UNLESS_AGGREGATES} ua ON ua.unit_key = u.{plan.unit_key}"
-    columns = (
-        "".join(
-            f",\n  CASE WHEN {_window_complete(m)} THEN "
-            f"COALESCE({'ua' if name in unless_source else 'a'}.{quote_ident(metric_column(name))}"
-            f", 0) END AS {quote_ident(metric_column(name))}"
-            for name, m in metrics.items()
+    for step in side_steps:
+        steps.append(step.statement)
+        joins += (
+            f"\nLEFT JOIN {step.table} {step.alias} ON {step.alias}.unit_key = u.{plan.unit_key}"
         )
-        + "".join(
-            f",\n  CASE WHEN {_window_complete(m)} THEN COALESCE(a.{column}, 0) END AS {column}"
-            for name, m in ratios.items()
-            for column in map(quote_ident, ratio_columns(name))
-        )
-        + "".join(
-            f",\n  COALESCE(a.{column}, 0) AS {column}"
-            for column in (quote_ident(quantile_count_column(name)) for name in quantiles)
-        )
-    )
+    columns = "".join(k.unit_columns(n, m, aliases.get(n, "a")) for n, m, k in ordered)
     pre_step, pre_columns = _pre_exposure_sql(config, events, params, plan)
     if pre_step:
         steps.append(pre_step)
@@ -629,7 +422,7 @@ def _pre_exposure_sql(
     if not sources:
         return "", ""
     targets = _event_metrics(config)
-    lookback = max(_seconds(targets[name].cuped.lookback) for name in sources)  # type: ignore[union-attr]
+    lookback = max(_seconds(targets[name].cuped.lookback) for name in sources)
     names = ", ".join(
         params.bind(e) for e in sorted({m.event for m in sources.values() if m.event})
     )
@@ -661,9 +454,9 @@ SQL_METRIC_VALUES = "ab_tmp_sql_metric_values"
 
 def _sql_metrics(config: ExperimentConfig) -> dict[str, str]:
     return {
-        name: metric.sql
+        name: sql
         for name, metric in config.metrics.items()
-        if isinstance(metric, ProportionMetric | MeanMetric) and metric.sql is not None
+        if (sql := kind_of(metric).sql_text(metric)) is not None
     }
 
 
@@ -765,36 +558,3 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     else:
         warehouse.execute(statements, params)
     return table
-
-
-def quantile_events_sql(
-    config: ExperimentConfig,
-    metric: QuantileMetric,
-    units_table: str,
-    run_date: date,
-    values: str | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """FROM-clause body: the quantile metric's event values of enrolled units, with their arm.
-
-    `values`, a predicate on `{v}` (the value), narrows the body to a few events (a bucket
-    range, the tail above a quantile). Those events are read once into a materialized CTE, so
-    the join builds its hash table from them and streams the units table past it: the
-    optimizer cannot know how selective a bound range is and would otherwise hash every
-    enrolled unit. (Cutting the units to those with such an event first, by a semi-join, read
-    the events twice and was slower: docs/benchmarks.md, "Narrow quantile passes".)
-    """
-    window = _before_window_end(metric.window, event="e", unit="u")
-    events = quote_ident(config.source.events)
-    if values:
-        events = (
-            f"(WITH narrow AS MATERIALIZED (SELECT unit_id, event_name, occurred_at, value "
-            f"FROM {events} WHERE event_name = :event AND value IS NOT NULL "
-            f"AND {values.format(v='value')}) SELECT * FROM narrow)"
-        )
-    sql = f"""
-FROM {events} e
-JOIN {quote_ident(units_table)} u ON u.unit_id = e.unit_id
-WHERE e.event_name = :event AND e.value IS NOT NULL
-  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end{window}
-"""
-    return sql, {"event": metric.event, "run_end": RunWindow.of(config, run_date).run_end}

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from ab_pipeline.config import ExperimentConfig
+from ab_pipeline.metrics import kind_of
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 # topic -> keywords. Substrings, so "escalat" matches escalation/escalated/escalations.
@@ -170,13 +171,8 @@ def config_events(config: ExperimentConfig) -> dict[str, str]:
     """{field path: event name} for every event the config reads."""
     events: dict[str, str] = {}
     for name, metric in config.metrics.items():
-        for part in ("numerator", "denominator"):
-            if (side := getattr(metric, part, None)) is not None:
-                events[f"metrics.{name}.{part}.event"] = side.event
-        if event := getattr(metric, "event", None):
-            events[f"metrics.{name}.event"] = event
-        if (unless := getattr(metric, "unless", None)) is not None:
-            events[f"metrics.{name}.unless.event"] = unless.event
+        for field, event in kind_of(metric).event_fields(metric).items():
+            events[f"metrics.{name}.{field}"] = event
     if config.assignment_check and config.assignment_check.first_event:
         events["assignment_check.first_event"] = config.assignment_check.first_event
     return events
@@ -265,7 +261,7 @@ def check_sql_dialect(config: ExperimentConfig, warehouse: Warehouse) -> list[Li
 
     warnings = []
     for name, metric in config.metrics.items():
-        if (sql := getattr(metric, "sql", None)) is None:
+        if (sql := kind_of(metric).sql_text(metric)) is None:
             continue
         try:
             checked_select(sql, warehouse.dialect)

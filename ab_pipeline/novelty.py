@@ -22,9 +22,9 @@ import math
 from datetime import date
 from typing import Any
 
-from ab_pipeline.config import ExperimentConfig, RatioMetric
-from ab_pipeline.extract import metric_column, ratio_columns
-from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.config import ExperimentConfig
+from ab_pipeline.metrics import kind_of
+from ab_pipeline.warehouse import Warehouse
 
 MIN_UNITS = 30
 METHOD = (
@@ -37,66 +37,10 @@ def cohort_stats(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str
 ) -> list[dict[str, Any]]:
     """Per (exposure day, arm): units, the primary's value and a per-unit variance such that
-    var / n is the variance of that value (sample variance for a mean or proportion)."""
-    if isinstance(config.metrics[config.primary], RatioMetric):
-        return _ratio_cohort_stats(warehouse, config, units_table)
-    column = quote_ident(metric_column(config.primary))
-    rows = warehouse.query(
-        f"""
-        SELECT CAST(first_exposed_at AS DATE) AS day, arm,
-               COUNT({column}) AS n, AVG({column}) AS mean, VAR_SAMP({column}) AS var
-        FROM {quote_ident(units_table)}
-        WHERE {column} IS NOT NULL
-        GROUP BY CAST(first_exposed_at AS DATE), arm
-        ORDER BY 1, 2
-        """
-    )
-    return [
-        {
-            "day": _day(row["day"]),
-            "arm": str(row["arm"]),
-            "n": int(row["n"]),
-            "mean": float(row["mean"]),
-            "var": float(row["var"] or 0.0),
-        }
-        for row in rows
-    ]
-
-
-def _day(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
-
-
-def _ratio_cohort_stats(
-    warehouse: Warehouse, config: ExperimentConfig, units_table: str
-) -> list[dict[str, Any]]:
-    """A ratio primary per cohort: R = sum(num) / sum(den), with the delta-method variance
-    n var(R) = (var(num) - 2 R cov(num, den) + R^2 var(den)) / mean(den)^2 (the analysis's
-    ratio method). A cohort without any denominator has no ratio and is left out."""
-    num, den = map(quote_ident, ratio_columns(config.primary))
-    rows = warehouse.query(
-        f"""
-        SELECT CAST(first_exposed_at AS DATE) AS day, arm, COUNT({num}) AS n,
-               SUM({num}) AS sx, SUM({den}) AS sy, VAR_SAMP({num}) AS vx,
-               VAR_SAMP({den}) AS vy, COVAR_SAMP({num}, {den}) AS cxy
-        FROM {quote_ident(units_table)}
-        WHERE {num} IS NOT NULL AND {den} IS NOT NULL
-        GROUP BY CAST(first_exposed_at AS DATE), arm
-        ORDER BY 1, 2
-        """
-    )
-    stats = []
-    for row in rows:
-        n, sy = int(row["n"]), float(row["sy"] or 0.0)
-        if sy <= 0:
-            continue
-        ratio, mean_y = float(row["sx"] or 0.0) / sy, sy / n
-        vx, vy, cxy = (float(row[k] or 0.0) for k in ("vx", "vy", "cxy"))
-        var = (vx - 2 * ratio * cxy + ratio**2 * vy) / mean_y**2
-        stats.append(
-            {"day": _day(row["day"]), "arm": str(row["arm"]), "n": n, "mean": ratio, "var": var}
-        )
-    return stats
+    var / n is the variance of that value (sample variance for a mean or proportion; for a
+    ratio, its delta-method variance: the primary's kind computes it)."""
+    primary = config.metrics[config.primary]
+    return kind_of(primary).cohort_stats(warehouse, config.primary, units_table)
 
 
 def cohort_effects(

@@ -52,15 +52,13 @@ from pydantic import (
 
 from ab_pipeline.config import (
     ExperimentConfig,
-    MeanMetric,
-    ProportionMetric,
-    QuantileMetric,
-    RatioMetric,
+    Metric,
     _problems_from,
     _Strict,
     load_config,
 )
 from ab_pipeline.errors import ConfigError, ConfigProblem
+from ab_pipeline.metrics import kind_of
 from ab_pipeline.paths import DEFAULT_WAREHOUSE, EXPERIMENTS, SIMULATIONS
 from ab_pipeline.warehouse import dialect_of, normalize_url, quote_ident, redacted
 
@@ -321,7 +319,8 @@ def load_scenario(path: Path) -> Scenario:
 
 # --- the scenario against its config ----------------------------------------------------------
 
-EventMetric = ProportionMetric | MeanMetric | QuantileMetric
+# A metric whose kind can simulate it (one generated event: `simulated_event`).
+EventMetric = Metric
 
 
 @dataclass(frozen=True)
@@ -369,26 +368,23 @@ def _seconds(delta: timedelta | None) -> int:
 
 
 def _event_metrics(config: ExperimentConfig) -> dict[str, EventMetric]:
-    # Ratio metrics have no single `event` (numerator/denominator); the simulator skips them.
+    # Ratio metrics have no single `event` (numerator/denominator) and `sql:` metrics none at
+    # all: their kinds give no simulated event, and the simulator skips them.
     return {
-        name: m
-        for name, m in config.metrics.items()
-        if not isinstance(m, RatioMetric) and getattr(m, "event", None)
+        name: m for name, m in config.metrics.items() if kind_of(m).simulated_event(m) is not None
     }
 
 
 def _event_of(metric: EventMetric) -> str:
     """The metric's event (only event metrics reach the simulator; `sql:` ones cannot)."""
-    assert metric.event is not None
-    return metric.event
+    event = kind_of(metric).simulated_event(metric)
+    assert event is not None
+    return event
 
 
 def _longest_window(config: ExperimentConfig) -> int:
     windows = [_seconds(m.window) for m in _event_metrics(config).values() if m.window]
     return max(windows, default=_DAY)  # window-less metrics still get a day to happen in
-
-
-_KIND = {ProportionMetric: "proportion", MeanMetric: "mean", QuantileMetric: "quantile"}
 
 
 def _check_arms(scenario: Scenario, arms: list[str]) -> list[ConfigProblem]:
@@ -419,17 +415,17 @@ def _check_arms(scenario: Scenario, arms: list[str]) -> list[ConfigProblem]:
 def _check_metric(name: str, truth: Any, metric: EventMetric | None) -> list[str]:
     if metric is None:
         return ["not a metric of the config (or a `sql:` metric, which cannot be simulated)"]
-    if _truth_kind(truth) != _KIND[type(metric)]:
-        return [f"the config's metric is a {_KIND[type(metric)]}; its truth does not fit"]
+    kind = kind_of(metric)
+    if _truth_kind(truth) != kind.name:
+        return [f"the config's metric is a {kind.name}; its truth does not fit"]
     problems = []
     if isinstance(truth, ProportionTruth):
-        assert isinstance(metric, ProportionMetric)
-        if truth.unless_share and metric.unless is None:
+        if truth.unless_share and kind.unless_of(metric) is None:
             problems.append("unless_share needs an `unless` rule on the config's metric")
         for arm, rate in truth.rate.items():
             if rate / (1 - truth.unless_share) > 1:
                 problems.append(f"rate {rate} for {arm} cannot be net of unless_share")
-    if isinstance(metric, MeanMetric) and metric.aggregate == "sum" and truth.value is None:
+    if kind.needs_values(metric) and truth.value is None:
         problems.append("a metric that sums `value` needs a `value` distribution")
     return problems
 
@@ -443,14 +439,11 @@ def _derived_problem(
     generator = metrics[source.metric]
     if metric.window != generator.window:
         return f"shares its event with {source.metric} but not its window; align the windows"
-    if isinstance(metric, ProportionMetric) and metric.unless is not None:
+    if kind_of(metric).unless_of(metric) is not None:
         return "a metric with `unless` needs its own truth"
-    if isinstance(generator, ProportionMetric) and generator.unless is not None:
+    if kind_of(generator).unless_of(generator) is not None:
         return f"{source.metric} has an `unless` rule; give this metric its own event"
-    needs_values = isinstance(metric, QuantileMetric) or (
-        isinstance(metric, MeanMetric) and metric.aggregate == "sum"
-    )
-    if needs_values and getattr(source.truth, "value", None) is None:
+    if kind_of(metric).needs_values(metric) and getattr(source.truth, "value", None) is None:
         return f"needs values: add a `value` distribution to metrics.{source.metric}"
     return None
 
@@ -504,7 +497,7 @@ def build_plan(config: ExperimentConfig, scenario: Scenario) -> _Plan:
         ]
         if metric is None:
             continue
-        unless = metric.unless if isinstance(metric, ProportionMetric) else None
+        unless = kind_of(metric).unless_of(metric)
         for event in [_event_of(metric)] + ([unless.event] if unless else []):
             if event in names:
                 problems.append(
@@ -583,8 +576,8 @@ def _all_event_names(config: ExperimentConfig) -> set[str]:
     names = set()
     for metric in _event_metrics(config).values():
         names.add(_event_of(metric))
-        if isinstance(metric, ProportionMetric) and metric.unless is not None:
-            names.add(metric.unless.event)
+        if (unless := kind_of(metric).unless_of(metric)) is not None:
+            names.add(unless.event)
     return names
 
 
@@ -607,15 +600,8 @@ def _expected(metric: EventMetric, source: _Source, arm: str) -> float:
     else:
         lam = truth.per_unit_mean[arm] if isinstance(truth, MeanTruth) else truth.per_unit_events
         count, any_event = lam, 1 - math.exp(-lam)
-    if isinstance(metric, ProportionMetric):
-        return any_event
-    if isinstance(metric, MeanMetric) and metric.aggregate == "count":
-        return count
-    value = truth.value  # build_plan made sure values exist where they are needed
-    assert value is not None
-    if isinstance(metric, QuantileMetric):
-        return value.quantile(arm, metric.quantile)
-    return count * value.expectation(arm)
+    # build_plan made sure values exist where the metric's kind needs them
+    return kind_of(metric).expected_value(metric, count, any_event, truth.value, arm)
 
 
 # --- generation ---------------------------------------------------------------------------------

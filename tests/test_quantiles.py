@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from ab_pipeline import analysis
-from ab_pipeline.analysis import quantile_cluster_sums, quantile_summaries
 from ab_pipeline.config import QuantileMetric, parse_config
 from ab_pipeline.extract import (
     build_units_table,
@@ -19,6 +18,8 @@ from ab_pipeline.extract import (
     quantile_events_sql,
     quantile_histogram_table_name,
 )
+from ab_pipeline.metrics import quantile as quantile_kind
+from ab_pipeline.metrics.quantile import quantile_cluster_sums, quantile_summaries
 from ab_pipeline.quantiles import (
     cont_ranks,
     disc_rank,
@@ -188,7 +189,7 @@ def test_clustered_quantile_sums_and_summaries_match_a_brute_force_computation(
 ) -> None:
     """Margin None: the bracket is read with the estimate; 0: by a pass of its own."""
     if margin is not None:
-        monkeypatch.setattr(analysis, "bracket_margin", lambda n: margin)
+        monkeypatch.setattr(quantile_kind, "bracket_margin", lambda n: margin)
     warehouse, prefix = warehouse_and_prefix
     truth = load_clustered(warehouse, prefix)
     config = clustered_config(quantile, prefix)
@@ -201,7 +202,7 @@ def test_clustered_quantile_sums_and_summaries_match_a_brute_force_computation(
         calls.append(args[4])
         return order_statistics(*args, **kwargs)
 
-    monkeypatch.setattr(analysis, "order_statistics", counted)
+    monkeypatch.setattr(quantile_kind, "order_statistics", counted)
     summaries = quantile_summaries(warehouse, config, "latency", metric, table, RUN)
     assert len(calls) == (2 if margin == 0 else 1)  # the bracket's own pass, or none
     params = quantile_events_sql(config, metric, table, RUN)[1]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ab_pipeline.assignment import arm_case_sql, bucket_sql, digest_sql, salt_prefix
 from ab_pipeline.config import ExperimentConfig
-from ab_pipeline.extract import RunWindow
+from ab_pipeline.run_tables import RunWindow
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 EXAMPLES = 5

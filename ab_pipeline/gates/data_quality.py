@@ -90,27 +90,25 @@ class ExperimentValues:
 
 def metric_events(config: ExperimentConfig) -> dict[str, list[str]]:
     """{event name: metrics reading it}, for every event a metric's value comes from."""
-    from ab_pipeline.config import RatioMetric
+    from ab_pipeline.metrics import kind_of
 
     events: dict[str, list[str]] = {}
     for name, metric in config.metrics.items():
-        if isinstance(metric, RatioMetric):
-            names = [metric.numerator.event, metric.denominator.event]
-        else:  # a proportion or mean defined by `sql:` has no event
-            names = [metric.event] if metric.event else []
-        for event in dict.fromkeys(names):
+        # A proportion or mean defined by `sql:` has no event.
+        for event in dict.fromkeys(kind_of(metric).events(metric)):
             events.setdefault(event, []).append(name)
     return dict(sorted(events.items()))
 
 
 def sql_metric_columns(config: ExperimentConfig) -> dict[str, str]:
     """{`sql:` metric: its units-table column}."""
-    from ab_pipeline.extract import metric_column
+    from ab_pipeline.metrics import kind_of
+    from ab_pipeline.metrics.base import metric_column
 
     return {
         name: metric_column(name)
         for name, metric in config.metrics.items()
-        if getattr(metric, "sql", None) is not None
+        if kind_of(metric).sql_text(metric) is not None
     }
 
 

@@ -12,7 +12,7 @@ from datetime import date
 from typing import Any
 
 from ab_pipeline.config import ExperimentConfig
-from ab_pipeline.extract import RunWindow
+from ab_pipeline.run_tables import RunWindow
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 MISSING = "(missing)"

@@ -1,0 +1,271 @@
+"""Quantile: a quantile of `value` over all matching events of enrolled units (e.g. p95
+latency). The extract counts each unit's events with a value (N_i of the clustered variance)
+and stores a histogram of their values; the analysis reads exact order statistics through it
+(`quantile_summaries`, below). Compared by the Deng-Knoblich-Lu clustered
+interval; said in the metric's own unit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from datetime import date
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ab_pipeline.config import QuantileMetric
+from ab_pipeline.formatting import fmt_count, fmt_num
+from ab_pipeline.metrics.base import (
+    MetricKind,
+    SqlParams,
+    before_window_end,
+    quantile_count_column,
+)
+from ab_pipeline.quantiles import (
+    cont_ranks,
+    disc_rank,
+    histograms,
+    order_statistics,
+    stored_histograms,
+)
+from ab_pipeline.run_tables import RunWindow, quantile_histogram_table_name
+from ab_pipeline.statistics import (
+    Comparison,
+    QuantileClusterSums,
+    QuantileSummary,
+    clustered_quantile_bracket,
+    compare_quantiles,
+)
+from ab_pipeline.warehouse import Warehouse, quote_ident
+
+if TYPE_CHECKING:
+    from ab_pipeline.config import ExperimentConfig
+
+
+class QuantileKind(MetricKind[QuantileMetric]):
+    name = "quantile"
+    config_type = QuantileMetric
+    column_order: ClassVar[int] = 2
+    stores_histogram: ClassVar[bool] = True
+
+    # ---- extract ----------------------------------------------------------------------------
+
+    def events(self, metric: QuantileMetric) -> list[str]:
+        return [metric.event]
+
+    def event_fields(self, metric: QuantileMetric) -> dict[str, str]:
+        return {"event": metric.event}
+
+    def pass_aggregates(self, name: str, metric: QuantileMetric, params: SqlParams) -> str:
+        """Per unit: the metric's events with a value (N_i of the clustered variance)."""
+        window = before_window_end(metric.window)
+        match = f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL{window}"
+        column = quote_ident(quantile_count_column(name))
+        return f",\n      SUM(CASE WHEN {match} THEN 1 ELSE 0 END) AS {column}"
+
+    def unit_columns(self, name: str, metric: QuantileMetric, alias: str) -> str:
+        column = quote_ident(quantile_count_column(name))
+        return f",\n  COALESCE({alias}.{column}, 0) AS {column}"
+
+    # ---- analysis ---------------------------------------------------------------------------
+
+    def read_per_arm(
+        self,
+        warehouse: Warehouse,
+        config: ExperimentConfig,
+        name: str,
+        metric: QuantileMetric,
+        units_table: str,
+        run_date: date,
+    ) -> dict[str, QuantileSummary]:
+        return quantile_summaries(warehouse, config, name, metric, units_table, run_date)
+
+    def arm_entry(self, summary: QuantileSummary) -> dict[str, Any]:
+        return {"events": summary.n, "value": summary.estimate}
+
+    def compare(
+        self, control: QuantileSummary, treated: QuantileSummary, alpha: float
+    ) -> Comparison:
+        return compare_quantiles(control, treated, alpha)
+
+    # ---- text -------------------------------------------------------------------------------
+
+    def plain_sentence(
+        self, treated: Mapping[str, Any], control: Mapping[str, Any], units: str
+    ) -> str:
+        return (
+            f"{fmt_num(treated['value'])} over {fmt_count(treated['events'])} events vs "
+            f"{fmt_num(control['value'])} over {fmt_count(control['events'])} events"
+        )
+
+    # ---- simulation -------------------------------------------------------------------------
+
+    def simulated_event(self, metric: QuantileMetric) -> str | None:
+        return metric.event
+
+    def needs_values(self, metric: QuantileMetric) -> bool:
+        return True
+
+    def expected_value(
+        self, metric: QuantileMetric, count: float, any_event: float, value: Any, arm: str
+    ) -> float:
+        return float(value.quantile(arm, metric.quantile))
+
+
+def quantile_events_sql(
+    config: ExperimentConfig,
+    metric: QuantileMetric,
+    units_table: str,
+    run_date: date,
+    values: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """FROM-clause body: the quantile metric's event values of enrolled units, with their arm.
+
+    `values`, a predicate on `{v}` (the value), narrows the body to a few events (a bucket
+    range, the tail above a quantile). Those events are read once into a materialized CTE, so
+    the join builds its hash table from them and streams the units table past it: the
+    optimizer cannot know how selective a bound range is and would otherwise hash every
+    enrolled unit. (Cutting the units to those with such an event first, by a semi-join, read
+    the events twice and was slower: docs/benchmarks.md, "Narrow quantile passes".)
+    """
+    window = before_window_end(metric.window, event="e", unit="u")
+    events = quote_ident(config.source.events)
+    if values:
+        events = (
+            f"(WITH narrow AS MATERIALIZED (SELECT unit_id, event_name, occurred_at, value "
+            f"FROM {events} WHERE event_name = :event AND value IS NOT NULL "
+            f"AND {values.format(v='value')}) SELECT * FROM narrow)"
+        )
+    sql = f"""
+FROM {events} e
+JOIN {quote_ident(units_table)} u ON u.unit_id = e.unit_id
+WHERE e.event_name = :event AND e.value IS NOT NULL
+  AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end{window}
+"""
+    return sql, {"event": metric.event, "run_end": RunWindow.of(config, run_date).run_end}
+
+
+def bracket_margin(n: int) -> int:
+    """Ranks read on either side of the estimate's: a 95% bracket spans about
+    2 sqrt(n q (1 - q) deff) ranks; 4 sqrt(n) covers design effects up to ~16 at q = 0.5."""
+    return 4 * math.isqrt(n) + 16
+
+
+def quantile_summaries(
+    warehouse: Warehouse,
+    config: ExperimentConfig,
+    name: str,
+    metric: QuantileMetric,
+    units_table: str,
+    run_date: date,
+) -> dict[str, QuantileSummary]:
+    """Per arm: event count, the sample quantile and the order statistics bracketing it.
+
+    Exact `percentile_cont` / `percentile_disc` values, read through a bucket histogram (one
+    pass over the events, then narrow passes; `ab_pipeline.quantiles`) so memory stays bounded.
+    """
+    body, params = quantile_events_sql(config, metric, units_table, run_date)
+
+    def narrowed(values: str) -> str:
+        return quantile_events_sql(config, metric, units_table, run_date, values)[0]
+
+    q = metric.quantile
+    stored = quantile_histogram_table_name(config, run_date)
+    if warehouse.table_exists(stored):
+        found = stored_histograms(warehouse, stored, name)
+    else:  # a units table built before the extract stored histograms: one pass instead
+        found = histograms(warehouse, body, params)
+    hists = {arm: h for arm, h in found.items() if h.n >= 2}
+    cont = {arm: cont_ranks(q, h.n) for arm, h in hists.items()}
+    # The bracket's ranks lie within a few sqrt(n) of the estimate's: read that span with the
+    # estimate, and make a second pass only for a bracket outside it.
+    margins = {arm: bracket_margin(h.n) for arm, h in hists.items()}
+    values = order_statistics(
+        warehouse, narrowed, params, hists, {a: {r[0], r[1]} for a, r in cont.items()}, margins
+    )
+    estimates = {}
+    for arm, (below, above, fraction) in cont.items():
+        low, high = values[arm][below], values[arm][above]
+        estimates[arm] = low + fraction * (high - low)
+    clusters = quantile_cluster_sums(
+        warehouse, narrowed, params, estimates, units_table, quantile_count_column(name), q
+    )
+    brackets = {
+        arm: clustered_quantile_bracket(q, clusters[arm], config.decision.alpha) for arm in hists
+    }
+    ranks = {
+        arm: (disc_rank(brackets[arm][0], h.n), disc_rank(brackets[arm][1], h.n))
+        for arm, h in hists.items()
+    }
+    outside = {a: set(r) - set(values[a]) for a, r in ranks.items() if set(r) - set(values[a])}
+    if outside:
+        for arm, more in order_statistics(warehouse, narrowed, params, hists, outside).items():
+            values[arm].update(more)
+    return {
+        arm: QuantileSummary(
+            n=h.n,
+            estimate=estimates[arm],
+            lower=values[arm][ranks[arm][0]],
+            upper=values[arm][ranks[arm][1]],
+            z=brackets[arm][2],
+        )
+        for arm, h in hists.items()
+    }
+
+
+def quantile_cluster_sums(
+    warehouse: Warehouse,
+    narrowed: Callable[[str], str],
+    params: dict[str, Any],
+    estimates: dict[str, float],
+    units_table: str,
+    count_column: str,
+    q: float,
+) -> dict[str, QuantileClusterSums]:
+    """Per arm, over units: sums of N_i (events), I_i (events <= the arm's quantile), their
+    squares and cross-product: the pieces of the Deng-Knoblich-Lu variance.
+
+    N_i is a column of the units table (counted by the extract). Only the smaller side of the
+    quantile is read from the events: J_i = events above x_q when q >= 0.5 (then I_i = N_i - J_i),
+    else J_i = I_i itself; the value predicate is applied while scanning, so a p95 reads 5% of
+    the events past the scan.
+    """
+    if not estimates:
+        return {}
+    column = quote_ident(count_column)
+    units = warehouse.query(
+        f"""SELECT arm, COUNT(*) AS units, SUM({column}) AS sn, SUM({column} * {column}) AS snn
+            FROM {quote_ident(units_table)} WHERE {column} > 0 GROUP BY arm"""
+    )
+    above = q >= 0.5
+    arms = list(estimates)
+    bound: dict[str, Any] = {f"qa{i}": arm for i, arm in enumerate(arms)}
+    bound |= {f"qx{i}": estimates[arm] for i, arm in enumerate(arms)}
+    side = ">" if above else "<="
+    cases = " ".join(f"WHEN :qa{i} THEN e.value {side} :qx{i}" for i in range(len(arms)))
+    bound["qedge"] = min(estimates.values()) if above else max(estimates.values())
+    rows = warehouse.query(
+        f"""WITH per_unit AS (
+              SELECT u.arm AS arm, u.unit_id AS unit_id, MAX(u.{column}) AS n_i, COUNT(*) AS j_i
+              {narrowed("{v} " + side + " :qedge")} AND (CASE u.arm {cases} ELSE FALSE END)
+              GROUP BY u.arm, u.unit_id)
+            SELECT arm, SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn
+            FROM per_unit GROUP BY arm""",
+        {**params, **bound},
+    )
+    side_sums = {str(r["arm"]): (int(r["sj"]), int(r["sjj"]), int(r["sjn"])) for r in rows}
+    sums = {}
+    for row in units:
+        arm = str(row["arm"])
+        if arm not in estimates:
+            continue
+        n, sn, snn = int(row["units"]), int(row["sn"]), int(row["snn"])
+        sj, sjj, sjn = side_sums.get(arm, (0, 0, 0))
+        si, sii, sin = (sn - sj, snn - 2 * sjn + sjj, snn - sjn) if above else (sj, sjj, sjn)
+        sums[arm] = QuantileClusterSums(
+            units=n,
+            events=float(sn),
+            below=float(si),
+            events_sq=float(snn),
+            below_sq=float(sii),
+            cross=float(sin),
+        )
+    return sums
