@@ -17,8 +17,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from ab_pipeline.config import ExperimentConfig, Guardrail, format_duration
-
-GATE_NAMES = ("data_quality", "srm", "receipt", "assignment")
+from ab_pipeline.gates import registry as gate_registry
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,10 @@ def fmt(value: float, kind: str) -> str:
 
 
 def failed_gates(gates: dict[str, dict[str, Any] | None]) -> list[str]:
-    return [name for name in GATE_NAMES if (gate := gates.get(name)) and not gate["passed"]]
+    """The registered gates that failed, in the registry's order."""
+    return [
+        name for name in gate_registry.names() if (gate := gates.get(name)) and not gate["passed"]
+    ]
 
 
 def traffic_integrity(gates: dict[str, dict[str, Any] | None]) -> Check:
@@ -69,7 +71,7 @@ def traffic_integrity(gates: dict[str, dict[str, Any] | None]) -> Check:
         if srm and srm.get("p_value") is not None
         else "SRM not computed"
     )
-    ran = [name for name in GATE_NAMES if gates.get(name) is not None]
+    ran = [name for name in gate_registry.names() if gates.get(name) is not None]
     if failed:
         return Check("traffic_integrity", False, f"gate(s) failed: {', '.join(failed)}; {srm_text}")
     return Check("traffic_integrity", True, f"gates passed: {', '.join(ran)}; {srm_text}")
