@@ -26,6 +26,7 @@ from ab_pipeline.formatting import fmt_count as fmt_count
 from ab_pipeline.formatting import fmt_num as fmt_num
 from ab_pipeline.formatting import fmt_pct as fmt_pct
 from ab_pipeline.formatting import fmt_pp as fmt_pp
+from ab_pipeline.gates import registry as gate_registry
 from ab_pipeline.metrics import text_kind
 from ab_pipeline.paths import data_dir
 
@@ -38,25 +39,6 @@ TEMPLATES_ENV = "AB_PIPELINE_TEMPLATES"
 DEFAULT_TEMPLATES_DIR = data_dir("templates")
 HTML_TEMPLATE = "brief.html.j2"
 TEXT_TEMPLATE = "brief.txt.j2"
-
-GATE_TITLES = {
-    "data_quality": "Data quality",
-    "srm": "Sample ratio (SRM)",
-    "receipt": "Receipt (same system in every arm)",
-    "assignment": "Assignment integrity",
-}
-# Gates every results.json has; the others are shown only when their key is present.
-CORE_GATES = ("data_quality", "srm", "receipt")
-
-# What to look at first when a gate fails (the RERUN brief leads with this).
-GATE_HINTS = {
-    "data_quality": "the failing checks' examples below: they are the offending rows' values.",
-    "srm": "where the imbalance concentrates (day and property breakdown below), redirects, "
-    "bot filtering and anything that triggers exposure differently per arm.",
-    "receipt": "the deployment: every arm must run the same system version.",
-    "assignment": "units whose logged arm differs from the recomputed one, and exposures "
-    "logged before the triggering event.",
-}
 
 DECISIONS = {
     "SHIP": ("#1a7f37", "Every launch check passed: roll the change out."),
@@ -84,23 +66,9 @@ BUDGET_LABELS = {
     "max_relative_decrease": "max relative decrease",
 }
 
-
-# Gates that only apply to some experiments: why one did not run.
-NOT_APPLICABLE = {
-    "assignment": "not applicable: it recomputes each unit's arm, which is possible only when "
-    "the config assigns arms by hash (assignment: hash)",
-    "receipt": "not applicable: the config names no receipt fields (system versions to compare "
-    "across arms)",
-}
-
 # One plain-language line where a term first appears (the email has no tooltips).
 GLOSSARY = {
     "pp": "pp = percentage points, the difference between two percentages: 38% to 42% is +4 pp.",
-    "srm": "Sample ratio mismatch (SRM): arms much larger or smaller than planned mean assignment "
-    "or logging is broken. The chi-square test says how surprising the counts are if the split "
-    "were as planned.",
-    "receipt": "Receipt: the system versions each arm actually ran; they must be identical, so "
-    "that the tested change is the only difference.",
     "bound": "One-sided bound: the worst difference still plausible at 95% confidence. A "
     "guardrail passes only when even this stays within its budget.",
     "holm": "Holm correction: p-values are raised when several treatment arms are compared, so "
@@ -268,7 +236,6 @@ def build_view(results: Mapping[str, Any], archive_root: Path | None = None) -> 
         "rerun": rerun,
         "failures": _failure_lines(results),
         "gates": _gates_view(results["gates"]),
-        "dq": _data_quality_view(results["gates"].get("data_quality")),
         "glossary": GLOSSARY,
         "uses_pp": _uses_pp(results),
         "primary_missing": None if rerun else _primary_missing(results),
@@ -306,64 +273,44 @@ def _failure_lines(results: Mapping[str, Any]) -> list[dict[str, str | None]]:
             for check in gate.get("checks", [])
             if not check["passed"]
         )
+        declared = gate_registry.find(name)
         lines.append(
-            {"title": GATE_TITLES.get(name, name), "detail": detail, "hint": GATE_HINTS.get(name)}
+            {
+                "title": _gate_title(name),
+                "detail": detail,
+                "hint": declared.hint if declared else None,
+            }
         )
     return lines
 
 
+def _gate_title(name: str) -> str:
+    """The registered gate's title; an older readout's gate no longer registered: its name."""
+    declared = gate_registry.find(name)
+    return declared.title if declared else name
+
+
 def _gates_view(gates: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each gate with its outcome (`gate`), its formatted view and the partials that show it:
+    the gates every results.json has, then the others present in this one."""
+    always = [g.name for g in gate_registry.gates() if g.always_shown]
     rows = []
-    for name in [*CORE_GATES, *(g for g in gates if g not in CORE_GATES)]:
+    for name in [*always, *(g for g in gates if g not in always)]:
         gate = gates.get(name)
+        declared = gate_registry.find(name)
+        not_run = declared.not_applicable if declared else "did not run"
         rows.append(
             {
                 "name": name,
-                "title": GATE_TITLES.get(name, name),
+                "title": _gate_title(name),
                 "state": fmt_passfail(None if gate is None else gate["passed"]),
-                "not_run": NOT_APPLICABLE.get(name, "did not run") if gate is None else None,
+                "not_run": not_run if gate is None else None,
                 "gate": gate,
-                "srm_arms": _srm_arms(gate) if name == "srm" and gate else [],
-                "diagnosis": _srm_diagnosis(gate) if name == "srm" and gate else None,
-                "assignment": _assignment_view(gate) if name == "assignment" and gate else None,
+                "view": declared.brief_view(gate) if declared and gate is not None else None,
+                "partials": declared.partials if declared else {},
             }
         )
     return rows
-
-
-def _data_quality_view(gate: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """One line when every check passes; failures and warnings spelled out; the full list
-    (`checks`) for further down the brief."""
-    if gate is None:
-        return None
-    rows = [_dq_row(c) for c in gate.get("checks") or []]
-    failures = [r for r in rows if r["state"] == "FAIL"]
-    warnings = [r for r in rows if r["state"] == "WARNING"]
-    passed = len(rows) - len(failures) - len(warnings)
-    summary = f"{passed} of {len(rows)} data-quality checks passed"
-    if not failures and not warnings:
-        summary = f"All {len(rows)} data-quality checks passed."
-    else:
-        counts = [f"{len(failures)} failed"] if failures else []
-        counts += [_plural_count(len(warnings), "warning")] if warnings else []
-        summary += f"; {', '.join(counts)}."
-    return {"summary": summary, "problems": failures + warnings, "checks": rows}
-
-
-def _dq_row(check: Mapping[str, Any]) -> dict[str, Any]:
-    warning = check.get("severity") == "warning"
-    state = "PASS" if check["passed"] else "WARNING" if warning else "FAIL"
-    unexpected = check.get("unexpected_count")
-    detail = str(check.get("detail") or "")
-    examples = [str(e) for e in check.get("examples") or []]
-    return {
-        "name": check["name"],
-        "detail": detail,
-        "state": state,
-        "unexpected": fmt_count(unexpected) if unexpected else None,
-        # Some checks already list their examples in the detail: do not say them twice.
-        "examples": "" if all(e in detail for e in examples) else ", ".join(examples),
-    }
 
 
 def _plural_count(n: int, word: str) -> str:
@@ -381,20 +328,6 @@ def _primary_missing(results: Mapping[str, Any]) -> str | None:
         if check["name"] == "positive_lift_interval" and check.get("outcome") == "not_evaluable":
             return str(check["detail"])
     return None
-
-
-def _srm_arms(gate: Mapping[str, Any]) -> list[dict[str, str]]:
-    counts, expected = gate["counts"], gate["expected"]
-    total = sum(counts.values())
-    return [
-        {
-            "arm": arm,
-            "count": fmt_count(n),
-            "observed": fmt_pct(n / total) if total else MISSING,
-            "expected": fmt_pct(expected.get(arm)),
-        }
-        for arm, n in counts.items()
-    ]
 
 
 def _primary_name(results: Mapping[str, Any]) -> str | None:
@@ -591,61 +524,6 @@ def _enrolled_text(primary: Mapping[str, Any] | None) -> str:
     """'control 44,700, treatment 45,489': each arm's analysed units."""
     arms = (primary or {}).get("arm_units") or {}
     return ", ".join(f"{arm} {fmt_count(n)}" for arm, n in arms.items())
-
-
-# ---- validity details (the RERUN brief leads with these) ---------------------------------------
-
-
-def _srm_diagnosis(gate: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The SRM breakdown (`gates.srm.diagnosis`) as rows; suspicious slices first by p-value."""
-    diagnosis = gate.get("diagnosis")
-    if not diagnosis:
-        return None
-    alpha = gate.get("alpha") or 0.001
-
-    def row(label: Any, entry: Mapping[str, Any]) -> dict[str, Any]:
-        p = entry.get("p_value")
-        counts = entry.get("counts") or {}
-        return {
-            "label": str(label),
-            "counts": ", ".join(f"{arm} {fmt_count(n)}" for arm, n in counts.items()),
-            "p_value": fmt_p(p),
-            "suspicious": p is not None and p < alpha,
-        }
-
-    by_property = {
-        str(name): sorted(
-            (row(s.get("value"), s) for s in slices),
-            key=lambda r: (not r["suspicious"], r["label"]),
-        )[:8]
-        for name, slices in (diagnosis.get("by_property") or {}).items()
-    }
-    return {
-        "by_day": [row(d.get("day"), d) for d in diagnosis.get("by_day") or []],
-        "by_property": by_property,
-        "multiple_exposure_rate": _maybe_pct(diagnosis.get("multiple_exposure_rate"), 2),
-        "repeat_exposure_rate": _maybe_pct(diagnosis.get("repeat_exposure_rate"), 1),
-    }
-
-
-def _assignment_view(gate: Mapping[str, Any]) -> dict[str, Any]:
-    early = gate.get("early_exposures") or None
-    return {
-        "method": gate.get("method"),
-        "units": fmt_count(gate.get("units")),
-        "mismatches": fmt_count(gate.get("mismatches")),
-        "rate": _maybe_pct(gate.get("rate"), 2),
-        "examples": list(gate.get("examples") or [])[:10],
-        "early": None
-        if early is None
-        else {
-            "event": early.get("event"),
-            "units": fmt_count(early.get("units")),
-            "early": fmt_count(early.get("early")),
-            "rate": _maybe_pct(early.get("rate"), 2),
-            "examples": list(early.get("examples") or [])[:10],
-        },
-    }
 
 
 def _maybe_pct(x: float | None, digits: int) -> str | None:
@@ -876,19 +754,16 @@ def compare_readouts(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[
 def _gate_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[dict[str, str]]:
     if before["gates"] is None:  # only the decision is known: RERUN means some gate failed
         if now["gates"] and before["decision"] != "RERUN":
-            return [
-                _change("gate started failing", GATE_TITLES.get(g, g)) for g in sorted(now["gates"])
-            ]
+            return [_change("gate started failing", _gate_title(g)) for g in sorted(now["gates"])]
         if not now["gates"] and before["decision"] == "RERUN":
             return [_change("gates pass again", "every validity gate passed this time")]
         return []
     started = [
-        _change("gate started failing", GATE_TITLES.get(g, g))
+        _change("gate started failing", _gate_title(g))
         for g in sorted(now["gates"] - before["gates"])
     ]
     fixed = [
-        _change("gate passes again", GATE_TITLES.get(g, g))
-        for g in sorted(before["gates"] - now["gates"])
+        _change("gate passes again", _gate_title(g)) for g in sorted(before["gates"] - now["gates"])
     ]
     return started + fixed
 

@@ -45,10 +45,10 @@ from airflow.sdk.definitions.param import ParamsDict
 from ab_pipeline.config import CRON_PRESETS, KEY_PATTERN, ExperimentConfig, load_config
 from ab_pipeline.dates import midnight
 from ab_pipeline.errors import ConfigError
+from ab_pipeline.gates import registry as gate_registry
 from ab_pipeline.notify import OwnerFailureNotifier
 
 SMTP_CONN_ID = "smtp_default"
-GATES = ("data_quality", "srm", "receipt", "assignment")
 # Set by `ab-pipeline run` in its own process before `dag.test()`, which parses the DAG file in
 # that process (ab_pipeline.cli.run_experiment): the DAG file then builds the DAG of this one
 # config file, wherever it lives, instead of every config in dags/experiments/. A module
@@ -283,7 +283,7 @@ def build_dag(config_path: Path, config: ExperimentConfig) -> ExperimentDAG:
                 python_callable=_gate,
                 op_kwargs={"gate": gate, "units_table": table},
             )
-            for gate in GATES
+            for gate in gate_registry.names()  # names only: a gate's code loads when it runs
         ]
         valid = PythonOperator(task_id="validity", python_callable=_validity)
         analysed = PythonOperator(

@@ -18,9 +18,8 @@ from typing import Any
 
 from ab_pipeline.config import ExperimentConfig, Guardrail, format_duration
 from ab_pipeline.formatting import fmt_pct
+from ab_pipeline.gates import registry as gate_registry
 from ab_pipeline.metrics import text_kind
-
-GATE_NAMES = ("data_quality", "srm", "receipt", "assignment")
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,10 @@ def fmt(value: float, kind: str) -> str:
 
 
 def failed_gates(gates: dict[str, dict[str, Any] | None]) -> list[str]:
-    return [name for name in GATE_NAMES if (gate := gates.get(name)) and not gate["passed"]]
+    """The registered gates that failed, in the registry's order."""
+    return [
+        name for name in gate_registry.names() if (gate := gates.get(name)) and not gate["passed"]
+    ]
 
 
 def traffic_integrity(gates: dict[str, dict[str, Any] | None]) -> Check:
@@ -70,7 +72,7 @@ def traffic_integrity(gates: dict[str, dict[str, Any] | None]) -> Check:
         if srm and srm.get("p_value") is not None
         else "SRM not computed"
     )
-    ran = [name for name in GATE_NAMES if gates.get(name) is not None]
+    ran = [name for name in gate_registry.names() if gates.get(name) is not None]
     if failed:
         return Check("traffic_integrity", False, f"gate(s) failed: {', '.join(failed)}; {srm_text}")
     return Check("traffic_integrity", True, f"gates passed: {', '.join(ran)}; {srm_text}")

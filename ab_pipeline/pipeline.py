@@ -35,12 +35,14 @@ from typing import Any
 from ab_pipeline import __version__
 from ab_pipeline.config import ExperimentConfig, config_sha256, load_config
 from ab_pipeline.errors import GateFailed, PipelineError
+from ab_pipeline.gates import registry as gate_registry
 from ab_pipeline.paths import REPO_ROOT
 from ab_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-GATES = ("data_quality", "srm", "receipt", "assignment")
+# The gates as declared (ab_pipeline.gates.registry); the stages read the registry itself.
+GATES = gate_registry.names()
 
 
 def briefs_root() -> Path:
@@ -211,25 +213,7 @@ def stage_extract(ctx: RunContext) -> str:
 
 def stage_gate(ctx: RunContext, gate: str, units_table: str) -> bool:
     """Run one validity gate and record its outcome; a failed gate is a finding, not an error."""
-    outcome: dict[str, Any] | None
-    if gate == "data_quality":
-        from ab_pipeline.gates.data_quality import run_data_quality
-
-        outcome = run_data_quality(ctx.warehouse_url, ctx.config, ctx.run_date, units_table)
-    elif gate == "srm":
-        from ab_pipeline.gates.srm import run_srm_gate
-
-        outcome = run_srm_gate(ctx.warehouse, ctx.config, units_table)
-    elif gate == "receipt":
-        from ab_pipeline.gates.receipt import run_receipt_gate
-
-        outcome = run_receipt_gate(ctx.warehouse, ctx.config, units_table, ctx.run_date)
-    elif gate == "assignment":
-        from ab_pipeline.gates.assignment import run_assignment_gate
-
-        outcome = run_assignment_gate(ctx.warehouse, ctx.config, units_table, ctx.run_date)
-    else:
-        raise ValueError(f"unknown gate {gate!r}")
+    outcome = gate_registry.get(gate).run(ctx, units_table)
     ctx.write_json(f"gates/{gate}.json", outcome)
     passed = outcome is None or bool(outcome["passed"])
     log.info(
@@ -243,12 +227,19 @@ def stage_gate(ctx: RunContext, gate: str, units_table: str) -> bool:
 
 
 def recorded_gates(ctx: RunContext) -> dict[str, dict[str, Any] | None]:
-    return {gate: ctx.read_json(f"gates/{gate}.json") for gate in GATES}
+    return {gate: ctx.read_json(f"gates/{gate}.json") for gate in gate_registry.names()}
+
+
+def missing_gates(ctx: RunContext) -> list[str]:
+    """Registered gates that recorded no outcome (a gate that does not apply records null)."""
+    return [
+        g for g in gate_registry.names() if not (ctx.attempt_dir / "gates" / f"{g}.json").exists()
+    ]
 
 
 def stage_validity(ctx: RunContext) -> None:
     """Stop here (raise GateFailed) when any gate failed or did not record an outcome."""
-    missing = [g for g in GATES if not (ctx.attempt_dir / "gates" / f"{g}.json").exists()]
+    missing = missing_gates(ctx)
     if missing:
         raise PipelineError(
             f"gate outcome(s) missing: {', '.join(missing)}",
@@ -296,10 +287,7 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
     gate_failures = failed_gates(gates)
     metrics = ctx.read_json("metrics.json")
     tags = {"experiment": config.key, "run_date": str(ctx.run_date)}
-    if not gate_failures and (
-        metrics is None
-        or any(not (ctx.attempt_dir / "gates" / f"{g}.json").exists() for g in GATES)
-    ):
+    if not gate_failures and (metrics is None or missing_gates(ctx)):
         raise PipelineError("the pipeline broke before a decision could be made; no brief", **tags)
     decision = decide(config, ctx.run_date, gates, metrics if not gate_failures and metrics else {})
     plan = plan_summary(config)
@@ -435,7 +423,7 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
 def run_pipeline(ctx: RunContext, deliver: bool = True) -> dict[str, Any]:
     """All stages in this process, in DAG order (for tests, benchmarks and debugging)."""
     table = stage_extract(ctx)
-    for gate in GATES:
+    for gate in gate_registry.names():
         stage_gate(ctx, gate, table)
     try:
         stage_validity(ctx)

@@ -15,13 +15,17 @@ The gate does not apply (returns None) when neither is configured.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ab_pipeline.assignment import arm_case_sql, bucket_sql, digest_sql, salt_prefix
 from ab_pipeline.config import ExperimentConfig
 from ab_pipeline.run_tables import RunWindow
 from ab_pipeline.warehouse import Warehouse, quote_ident
+
+if TYPE_CHECKING:
+    from ab_pipeline.gates.base import GateContext, GateResult
 
 EXAMPLES = 5
 
@@ -177,3 +181,37 @@ def run_assignment_gate(
         check_early_exposures(warehouse, config, units_table, run_date, event) if event else None
     )
     return evaluate_assignment(config, hashed, early)
+
+
+def run(context: GateContext, units_table: str) -> GateResult:
+    """The gate as the registry runs it (ab_pipeline.gates.registry)."""
+    return run_assignment_gate(context.warehouse, context.config, units_table, context.run_date)
+
+
+# ---- the brief ---------------------------------------------------------------------------------
+
+
+def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """Mismatches and early exposures, formatted (templates/gates/assignment.*.j2)."""
+    from ab_pipeline.brief import fmt_count, fmt_pct
+
+    def pct(value: float | None) -> str | None:
+        return None if value is None else fmt_pct(value, 2)
+
+    early = outcome.get("early_exposures") or None
+    return {
+        "method": outcome.get("method"),
+        "units": fmt_count(outcome.get("units")),
+        "mismatches": fmt_count(outcome.get("mismatches")),
+        "rate": pct(outcome.get("rate")),
+        "examples": list(outcome.get("examples") or [])[:10],
+        "early": None
+        if early is None
+        else {
+            "event": early.get("event"),
+            "units": fmt_count(early.get("units")),
+            "early": fmt_count(early.get("early")),
+            "rate": pct(early.get("rate")),
+            "examples": list(early.get("examples") or [])[:10],
+        },
+    }

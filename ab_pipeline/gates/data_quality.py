@@ -40,7 +40,7 @@ import re
 import string
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from great_expectations.datasource.fluent import SQLDatasource
     from sqlalchemy.engine import Dialect
 
+    from ab_pipeline.gates.base import GateContext, GateResult
     from ab_pipeline.warehouse import Warehouse
 
 SUITES_DIR = data_dir("expectations")
@@ -209,6 +210,46 @@ def _gate_detail(checks: list[dict[str, Any]], failures: list[dict[str, Any]]) -
     warnings = sum(not c["passed"] for c in checks)
     note = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
     return f"{len(checks)} checks passed{note}"
+
+
+def run(context: GateContext, units_table: str) -> GateResult:
+    """The gate as the registry runs it (ab_pipeline.gates.registry)."""
+    return run_data_quality(context.warehouse_url, context.config, context.run_date, units_table)
+
+
+def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """One line when every check passes; failures and warnings spelled out; the full list
+    (`checks`) for the brief's appendix (templates/gates/data_quality.*.j2)."""
+    rows = [_brief_row(c) for c in outcome.get("checks") or []]
+    failures = [r for r in rows if r["state"] == "FAIL"]
+    warned = [r for r in rows if r["state"] == "WARNING"]
+    passed = len(rows) - len(failures) - len(warned)
+    summary = f"{passed} of {len(rows)} data-quality checks passed"
+    if not failures and not warned:
+        summary = f"All {len(rows)} data-quality checks passed."
+    else:
+        counts = [f"{len(failures)} failed"] if failures else []
+        counts += [f"{len(warned)} warning" + ("" if len(warned) == 1 else "s")] if warned else []
+        summary += f"; {', '.join(counts)}."
+    return {"summary": summary, "problems": failures + warned, "checks": rows}
+
+
+def _brief_row(check: Mapping[str, Any]) -> dict[str, Any]:
+    from ab_pipeline.brief import fmt_count
+
+    warning = check.get("severity") == "warning"
+    state = "PASS" if check["passed"] else "WARNING" if warning else "FAIL"
+    unexpected = check.get("unexpected_count")
+    detail = str(check.get("detail") or "")
+    examples = [str(e) for e in check.get("examples") or []]
+    return {
+        "name": check["name"],
+        "detail": detail,
+        "state": state,
+        "unexpected": fmt_count(unexpected) if unexpected else None,
+        # Some checks already list their examples in the detail: do not say them twice.
+        "examples": "" if all(e in detail for e in examples) else ", ".join(examples),
+    }
 
 
 def contract_problems(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> list[str]:

@@ -7,17 +7,25 @@ run the system the experiment describes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ab_pipeline.config import ExperimentConfig
 from ab_pipeline.run_tables import RunWindow
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
+if TYPE_CHECKING:
+    from ab_pipeline.gates.base import GateContext, GateResult
+
 MISSING = "(missing)"
 # Values listed per field and arm in the outcome (the rest are counted).
 MAX_LISTED = 10
+# The brief's one plain-language line on the gate (the email has no tooltips).
+EXPLAINED = (
+    "Receipt: the system versions each arm actually ran; they must be identical, so that the "
+    "tested change is the only difference."
+)
 
 
 def receipt_values(
@@ -154,3 +162,13 @@ def run_receipt_gate(
     return evaluate_receipt(
         receipt_values_by_field(warehouse, config, units_table, config.receipt, run_date)
     )
+
+
+def run(context: GateContext, units_table: str) -> GateResult:
+    """The gate as the registry runs it (ab_pipeline.gates.registry)."""
+    return run_receipt_gate(context.warehouse, context.config, units_table, context.run_date)
+
+
+def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """templates/gates/receipt.*.j2 show the outcome's fields and mismatches as they are."""
+    return {"explain": EXPLAINED}

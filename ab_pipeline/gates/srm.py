@@ -6,11 +6,22 @@ planned allocation with a chi-square goodness-of-fit test; fails below `decision
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ab_pipeline.config import ExperimentConfig
 from ab_pipeline.statistics import srm_test
 from ab_pipeline.warehouse import Warehouse, quote_ident
+
+if TYPE_CHECKING:
+    from ab_pipeline.gates.base import GateContext, GateResult
+
+# The brief's one plain-language line on the gate (the email has no tooltips).
+EXPLAINED = (
+    "Sample ratio mismatch (SRM): arms much larger or smaller than planned mean assignment or "
+    "logging is broken. The chi-square test says how surprising the counts are if the split "
+    "were as planned."
+)
 
 
 def arm_counts(warehouse: Warehouse, units_table: str) -> dict[str, int]:
@@ -75,3 +86,74 @@ def run_srm_gate(
     # Always the multiple-exposure rate; the by-day/by-property breakdown when the gate failed.
     outcome["diagnosis"] = srm_diagnosis(warehouse, config, units_table, not outcome["passed"])
     return outcome
+
+
+def run(context: GateContext, units_table: str) -> GateResult:
+    """The gate as the registry runs it (ab_pipeline.gates.registry)."""
+    return run_srm_gate(context.warehouse, context.config, units_table)
+
+
+# ---- the brief ---------------------------------------------------------------------------------
+
+
+def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """Arm counts against the plan and the breakdown (templates/gates/srm.*.j2)."""
+    return {
+        "arms": _arm_rows(outcome),
+        "diagnosis": _diagnosis_view(outcome),
+        "explain": EXPLAINED,
+    }
+
+
+def _arm_rows(outcome: Mapping[str, Any]) -> list[dict[str, str]]:
+    from ab_pipeline.brief import MISSING, fmt_count, fmt_pct
+
+    counts, expected = outcome["counts"], outcome["expected"]
+    total = sum(counts.values())
+    return [
+        {
+            "arm": arm,
+            "count": fmt_count(n),
+            "observed": fmt_pct(n / total) if total else MISSING,
+            "expected": fmt_pct(expected.get(arm)),
+        }
+        for arm, n in counts.items()
+    ]
+
+
+def _diagnosis_view(outcome: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The breakdown (`gates.srm.diagnosis`) as rows; suspicious slices first by p-value."""
+    from ab_pipeline.brief import fmt_count, fmt_p, fmt_pct
+
+    diagnosis = outcome.get("diagnosis")
+    if not diagnosis:
+        return None
+    alpha = outcome.get("alpha") or 0.001
+
+    def row(label: Any, entry: Mapping[str, Any]) -> dict[str, Any]:
+        p = entry.get("p_value")
+        counts = entry.get("counts") or {}
+        return {
+            "label": str(label),
+            "counts": ", ".join(f"{arm} {fmt_count(n)}" for arm, n in counts.items()),
+            "p_value": fmt_p(p),
+            "suspicious": p is not None and p < alpha,
+        }
+
+    def rate(name: str, digits: int) -> str | None:
+        value = diagnosis.get(name)
+        return None if value is None else fmt_pct(value, digits)
+
+    by_property = {
+        str(name): sorted(
+            (row(s.get("value"), s) for s in slices),
+            key=lambda r: (not r["suspicious"], r["label"]),
+        )[:8]
+        for name, slices in (diagnosis.get("by_property") or {}).items()
+    }
+    return {
+        "by_day": [row(d.get("day"), d) for d in diagnosis.get("by_day") or []],
+        "by_property": by_property,
+        "multiple_exposure_rate": rate("multiple_exposure_rate", 2),
+        "repeat_exposure_rate": rate("repeat_exposure_rate", 1),
+    }
