@@ -131,31 +131,38 @@ def catalog_dir_for(config_path: str | Path | None) -> Path:
 
 # ---- loading ----------------------------------------------------------------------------------
 
-_CACHE: dict[Path, tuple[tuple[tuple[str, int, int], ...], Catalog]] = {}
+_CACHE: dict[Path, tuple[tuple[tuple[str, bytes | str], ...], Catalog]] = {}
 
 
 def load_catalog(directory: Path) -> Catalog:
     """Every `*.yaml` in `directory`, validated; a missing directory is an empty catalog.
 
-    Cached by the files' names, sizes and mtimes: the DAG factory asks once per config.
+    Cached by the files' names and contents (reading a few small files costs far less than
+    parsing them, and an edit within the file system's mtime granularity still shows): the DAG
+    factory asks once per config.
     """
     directory = directory.resolve()
-    paths = sorted(directory.glob("*.yaml")) if directory.is_dir() else []
-    signature = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    contents: list[tuple[str, bytes | str]] = []  # the file's bytes, or why it is unreadable
+    for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+        try:
+            contents.append((path.name, path.read_bytes()))
+        except OSError as error:
+            contents.append((path.name, str(error)))
+    signature = tuple(contents)
     cached = _CACHE.get(directory)
     if cached is not None and cached[0] == signature:
         return cached[1]
-    catalog = _load(directory, paths)
+    catalog = _load(directory, [(directory / name, text) for name, text in contents])
     _CACHE[directory] = (signature, catalog)
     return catalog
 
 
-def _load(directory: Path, paths: Iterable[Path]) -> Catalog:
+def _load(directory: Path, files: Iterable[tuple[Path, bytes | str]]) -> Catalog:
     catalog = Catalog(directory)
     defined_in: dict[str, list[str]] = {}
-    for path in paths:
+    for path, text in files:
         file = display_path(path)
-        entries = _read_file(path, file, catalog)
+        entries = _read_file(text, file, catalog)
         for name, raw in entries.items():
             defined_in.setdefault(name, []).append(file)
             entry, problems = _entry(name, raw, file)
@@ -164,11 +171,11 @@ def _load(directory: Path, paths: Iterable[Path]) -> Catalog:
                 catalog.broken.setdefault(name, []).extend(problems)
             elif entry is not None and name not in catalog.metrics:
                 catalog.metrics[name] = entry
-    for name, files in defined_in.items():
-        if len(files) > 1:
+    for name, defining in defined_in.items():
+        if len(defining) > 1:
             catalog.metrics.pop(name, None)
-            for file in files:
-                others = ", ".join(f for f in files if f != file)
+            for file in defining:
+                others = ", ".join(f for f in defining if f != file)
                 problem = CatalogProblem(
                     file, f"metrics.{name}", f"also defined in {others}; a name is defined once"
                 )
@@ -177,10 +184,12 @@ def _load(directory: Path, paths: Iterable[Path]) -> Catalog:
     return catalog
 
 
-def _read_file(path: Path, file: str, catalog: Catalog) -> dict[str, Any]:
+def _read_file(text: bytes | str, file: str, catalog: Catalog) -> dict[str, Any]:
     """The file's `metrics` mapping; problems with the file itself go to `catalog`."""
     try:
-        data = yaml.load(path.read_text(), Loader=_YAML_LOADER)
+        if isinstance(text, str):
+            raise OSError(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)
     except (OSError, yaml.YAMLError) as error:
         catalog.problems.append(CatalogProblem(file, "(yaml)", str(error)))
         catalog.unreadable.append(file)
@@ -220,7 +229,9 @@ def _entry(name: str, raw: Any, file: str) -> tuple[CatalogMetric | None, list[C
     try:
         _METRIC.validate_python(metric_fields)
     except ValidationError as error:
-        problems += [p for p in _problems(error, file, where) if not p.field.endswith("description")]
+        problems += [
+            p for p in _problems(error, file, where) if not p.field.endswith("description")
+        ]
     if problems:
         return None, problems
     return CatalogMetric(
@@ -319,7 +330,9 @@ def _lookup(
         return entry, []
     if ref.ref in catalog.broken:
         why = "; ".join(str(p) for p in catalog.broken[ref.ref])
-        return None, [ConfigProblem(f"{where}.ref", f"catalog metric {ref.ref!r} is invalid: {why}")]
+        return None, [
+            ConfigProblem(f"{where}.ref", f"catalog metric {ref.ref!r} is invalid: {why}")
+        ]
     return None, [ConfigProblem(f"{where}.ref", missing_reason(catalog, ref.ref))]
 
 

@@ -93,7 +93,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             problems.append(
                 f"{use.file}: metrics.{use.local}.ref: {cat.missing_reason(catalog, use.ref)}"
             )
-    entries = [
+    entries: list[dict[str, Any]] = [
         {
             "name": name,
             "type": entry.type,

@@ -21,7 +21,8 @@ date stands on: its latest decision-grade readout (anything but RERUN), else its
 trajectory chart; `latest_final_readout` serves `ab-pipeline decide`.
 
 Tables written before attempts existed are migrated on the next write (their rows become
-attempt `before-attempts`); columns added since (`ADDED_COLUMNS`) are added, NULL in old rows. Only SQL that DuckDB and PostgreSQL share; JSON is stored as TEXT.
+attempt `before-attempts`); columns added since (`ADDED_COLUMNS`) are added, NULL in old rows.
+Only SQL that DuckDB and PostgreSQL share; JSON is stored as TEXT.
 """
 
 from __future__ import annotations

@@ -110,7 +110,9 @@ def test_a_reference_resolves_to_the_catalog_definition_and_remembers_its_file(
         got = config.metrics[name]
         assert got.model_copy(update={"description": None}) == inline.metrics[name]
         assert got.description == SUPPORT[name]["description"]
-        assert config.metric_sources[name] == MetricSource(name, str(world.metrics / "support.yaml"))
+        assert config.metric_sources[name] == MetricSource(
+            name, str(world.metrics / "support.yaml")
+        )
     assert "grounding_failure_rate" not in config.metric_sources  # still inline
 
 
@@ -218,7 +220,9 @@ def test_a_name_defined_in_two_catalog_files_is_refused_naming_both(world: World
     assert f"{second}: metrics.p95_latency_ms: also defined in {first}" in reason
     # A config that does not use the name is unaffected.
     inline = yaml.safe_load(REFUND.read_text())
-    load_config(world.experiment("inline.yaml", **{k: inline[k] for k in ("metrics", "guardrails")}))
+    load_config(
+        world.experiment("inline.yaml", **{k: inline[k] for k in ("metrics", "guardrails")})
+    )
 
 
 def test_a_bad_catalog_field_names_the_catalog_file_and_field(world: World) -> None:
@@ -229,14 +233,17 @@ def test_a_bad_catalog_field_names_the_catalog_file_and_field(world: World) -> N
     }
     file = world.catalog("support", broken)
     found = problems_of(world.experiment())
-    assert f"{file}: metrics.escalation_rate.window: 'a day' is not a duration" in (
-        found["metrics.escalation_rate.ref"]
+    assert (
+        f"{file}: metrics.escalation_rate.window: 'a day' is not a duration"
+        in (found["metrics.escalation_rate.ref"])
     )
-    assert f"{file}: metrics.p95_latency_ms.quantil: unknown field" in (
-        found["metrics.p95_latency_ms.ref"]
+    assert (
+        f"{file}: metrics.p95_latency_ms.quantil: unknown field"
+        in (found["metrics.p95_latency_ms.ref"])
     )
-    assert f"{file}: metrics.resolution_rate.owner: Field required" in (
-        found["metrics.resolution_rate.ref"]
+    assert (
+        f"{file}: metrics.resolution_rate.owner: Field required"
+        in (found["metrics.resolution_rate.ref"])
     )
     listed = catalog.load_catalog(world.metrics).problems
     assert {p.field for p in listed} == {
@@ -264,8 +271,9 @@ def test_the_catalog_is_beside_the_configs_folder_else_the_environment_else_the_
     loose.parent.mkdir()
     loose.write_text(config.read_text())
     assert catalog.catalog_dir_for(loose) == catalog.REPO_CATALOG
-    assert "no metric 'resolution_rate' in the catalog dags/metrics" in (
-        problems_of(loose)["metrics.resolution_rate.ref"]
+    assert (
+        "no metric 'resolution_rate' in the catalog dags/metrics"
+        in (problems_of(loose)["metrics.resolution_rate.ref"])
     )
     monkeypatch.setenv(catalog.METRICS_DIR_ENV, str(world.metrics))
     assert catalog.catalog_dir_for(loose) == world.metrics
@@ -421,8 +429,9 @@ def test_cli_metrics_lists_each_metric_and_the_experiments_that_use_it(
     out = capsys.readouterr().out
     blocks = {block.split()[0]: block for block in out.split("\n\n")[1:]}
     assert out.startswith(f"Metric catalog {world.metrics.resolve()}: 4 metric(s) in 2 file(s)")
-    assert "  used by: other-experiment (as latency, window 7d, guardrail); refund-query-rewrite" in (
-        blocks["p95_latency_ms"]
+    assert (
+        "  used by: other-experiment (as latency, window 7d, guardrail); refund-query-rewrite"
+        in (blocks["p95_latency_ms"])
     )
     assert "quantile  platform@example.com" in blocks["p95_latency_ms"]
     assert "95th percentile of answer latency" in blocks["p95_latency_ms"]
