@@ -99,10 +99,6 @@ class Catalog:
     broken: dict[str, list[CatalogProblem]] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
 
-    @property
-    def files(self) -> list[str]:
-        return sorted({m.file for m in self.metrics.values()})
-
 
 def display_path(path: Path) -> str:
     """`path` relative to the repository when inside it (as results.json's `config_path`)."""
