@@ -695,7 +695,30 @@ def _changes_view(
     history: list[dict[str, Any]],
     previous: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """`changes` when the run reported it; else computed from the previous readout."""
+    """`changes` when the run reported it; else computed from the previous readout. Metric
+    definitions that changed since the previous readout come first."""
+    view = _readout_changes(results, history, previous)
+    view["items"] = _definition_changes(results, previous) + view["items"]
+    return view
+
+
+def _definition_changes(
+    results: Mapping[str, Any], previous: Mapping[str, Any] | None
+) -> list[dict[str, str]]:
+    """From results.json's `definition_changes`; without it, against the archived readout."""
+    from ab_pipeline.catalog import change_sentence, definition_changes
+
+    changes = results.get("definition_changes")
+    if changes is None:
+        changes = definition_changes(previous, results)
+    return [_change("definition changed", change_sentence(c)) for c in changes]
+
+
+def _readout_changes(
+    results: Mapping[str, Any],
+    history: list[dict[str, Any]],
+    previous: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     given = results.get("changes")
     if given is not None:
         against = history[-1]["run_date"] if history else None

@@ -54,8 +54,94 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if warnings and args.strict:
             failed += 1
             continue
-        print(f"{path}: ok ({config.key}, DAG {config.dag_id})")
+        print(f"{path}: ok ({config.key}, DAG {config.dag_id}){_catalog_note(config)}")
     return EXIT_INVALID if failed else 0
+
+
+def _catalog_note(config: Any) -> str:
+    """`; from the catalog: name (file), ...` for a config with catalog references."""
+    sources = config.metric_sources
+    if not sources:
+        return ""
+    named = [
+        name if s.catalog_metric == name else f"{name} (= {s.catalog_metric})"
+        for name, s in sources.items()
+    ]
+    files = sorted({s.catalog_file for s in sources.values()})
+    return f"; from the catalog: {', '.join(named)} ({', '.join(files)})"
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """List the metric catalog and, per metric, the experiments that use it; exit 2 when the
+    catalog has a problem or an experiment references a metric it cannot resolve."""
+    from ab_pipeline import catalog as cat
+
+    experiments = Path(args.experiments)
+    directory = Path(args.catalog) if args.catalog else cat.catalog_dir_beside(experiments)
+    catalog = cat.load_catalog(directory)
+    used = cat.uses(sorted(experiments.glob("*.yaml")))
+    problems = [str(p) for p in catalog.problems]
+    for use in used:
+        if use.ref in catalog.broken:
+            problems.append(
+                f"{use.file}: metrics.{use.local}.ref: catalog metric {use.ref!r} is invalid"
+            )
+        elif use.ref not in catalog.metrics:
+            problems.append(
+                f"{use.file}: metrics.{use.local}.ref: {cat.missing_reason(catalog, use.ref)}"
+            )
+    entries: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "type": entry.type,
+            "description": entry.description,
+            "owner": entry.owner,
+            "file": entry.file,
+            "guardrail": entry.guardrail,
+            "used_by": [
+                {
+                    "experiment": u.experiment,
+                    "file": u.file,
+                    "as": u.local,
+                    "overrides": dict(u.overrides),
+                    "guardrail": u.guardrail,
+                }
+                for u in used
+                if u.ref == name
+            ],
+        }
+        for name, entry in sorted(catalog.metrics.items())
+    ]
+    if args.json:
+        where = cat.display_path(catalog.directory)
+        listing = {"catalog": where, "metrics": entries, "problems": problems}
+        print(json.dumps(listing, indent=2, default=str))
+        return EXIT_INVALID if problems else 0
+    files = len({e["file"] for e in entries})
+    print(
+        f"Metric catalog {cat.display_path(catalog.directory)}: {len(entries)} metric(s) in "
+        f"{files} file(s); experiments from {cat.display_path(experiments)}"
+    )
+    for entry in entries:
+        print(f"\n{entry['name']}  {entry['type']}  {entry['owner']}  {entry['file']}")
+        print(f"  {entry['description']}")
+        uses_text = [_use_text(use, entry["name"]) for use in entry["used_by"]]
+        print(f"  used by: {'; '.join(uses_text) if uses_text else 'no experiment'}")
+    if problems:
+        print("\nProblems:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
+def _use_text(use: dict[str, Any], name: str) -> str:
+    """`delivery-estimate (as x, window 7d, guardrail)`: how one experiment uses a metric."""
+    details = [f"as {use['as']}"] if use["as"] != name else []
+    details += [f"{key} {value}" for key, value in use["overrides"].items()]
+    if use["guardrail"]:
+        details.append("guardrail")
+    return use["experiment"] + (f" ({', '.join(details)})" if details else "")
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
@@ -523,6 +609,20 @@ def parser() -> argparse.ArgumentParser:
         "--warehouse", help="SQLAlchemy URL: check the plan against the observed enrolment rate"
     )
     validate.set_defaults(func=cmd_validate)
+
+    metrics = sub.add_parser(
+        "metrics", help="list the metric catalog and the experiments that use each metric"
+    )
+    metrics.add_argument(
+        "--experiments", default=str(EXPERIMENTS), help="experiment configs folder"
+    )
+    metrics.add_argument(
+        "--catalog",
+        help="catalog folder (default: $AB_PIPELINE_METRICS_DIR, else metrics/ beside the "
+        "experiments folder, else the repository's dags/metrics)",
+    )
+    metrics.add_argument("--json", action="store_true", help="print JSON instead of text")
+    metrics.set_defaults(func=cmd_metrics)
 
     assign = sub.add_parser("assign", help="print the arm of each unit (deterministic hash)")
     assign.add_argument("config", help="experiment YAML")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -255,6 +258,26 @@ Metric = Annotated[
 ]
 
 
+class MetricRef(_Strict):
+    """A metric of the catalog (ab_pipeline.catalog), by name, with this experiment's overrides.
+
+    Resolved into the catalog's definition before the config is validated; only the JSON Schema
+    shows it (an editor accepts `{ref: name}` where a metric goes).
+    """
+
+    ref: str = Field(pattern=_IDENT.pattern)
+    window: Duration | None = None
+    cuped: Cuped | None = None
+
+
+@dataclass(frozen=True)
+class MetricSource:
+    """Where a referenced metric's definition came from: its catalog name and file."""
+
+    catalog_metric: str
+    catalog_file: str
+
+
 class Guardrail(_Strict):
     """A budget on treatment - control. Exactly one budget kind."""
 
@@ -300,6 +323,20 @@ class Guardrail(_Strict):
     @property
     def relative(self) -> bool:
         return self.budget_kind.startswith("max_relative")
+
+
+class CatalogEntryFields(_Strict):
+    """What a catalog entry has besides the metric's own fields (ab_pipeline.catalog)."""
+
+    description: str = Field(min_length=1)
+    owner: str
+    # The budget an experiment gets when it lists the metric as a guardrail without one.
+    guardrail: Guardrail | None = None
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value: str) -> str:
+        return _email(value)
 
 
 class GuardrailPlan(_Strict):
@@ -410,6 +447,9 @@ class ExperimentConfig(_Strict):
     # system assigns, nothing to recompute.
     assignment: Literal["hash", "external"] = "external"
     assignment_check: AssignmentCheck | None = None
+    # Metrics given as catalog references: name -> where the definition came from (set by
+    # parse_config; not a field of the file).
+    _metric_sources: dict[str, MetricSource] = PrivateAttr(default_factory=dict)
 
     @field_validator("key")
     @classmethod
@@ -540,6 +580,11 @@ class ExperimentConfig(_Strict):
         return problems
 
     @property
+    def metric_sources(self) -> dict[str, MetricSource]:
+        """The metrics taken from the catalog, and where from; inline metrics are absent."""
+        return dict(self._metric_sources)
+
+    @property
     def planned_looks(self) -> int:
         """Looks the sequential rule plans for: `analysis.looks`, else one per day."""
         return self.analysis.looks or max((self.end - self.start).days, 1)
@@ -571,13 +616,33 @@ def _problems_from(error: ValidationError) -> list[ConfigProblem]:
     return problems
 
 
+# Replaces `{ref: ...}` metrics by their catalog definitions before validation: returns the
+# data, where each referenced metric came from, and the problems found. Installed by
+# ab_pipeline.catalog (imported with the package), which builds on this module's models: the
+# dependency goes catalog -> config only.
+ReferenceResolver = Callable[
+    [dict[str, Any], str], tuple[dict[str, Any], dict[str, "MetricSource"], list[ConfigProblem]]
+]
+reference_resolver: ReferenceResolver | None = None
+
+
 def parse_config(data: Any, path: str = "<config>") -> ExperimentConfig:
+    """Validate a config's data; `{ref: ...}` metrics are first resolved against the catalog of
+    `path` (ab_pipeline.catalog), and every problem of either kind is reported together."""
     if not isinstance(data, dict):
         raise ConfigError(path, [ConfigProblem("(top level)", "expected a mapping of fields")])
+    sources: dict[str, MetricSource] = {}
+    problems: list[ConfigProblem] = []
+    if reference_resolver is not None:
+        data, sources, problems = reference_resolver(data, path)
     try:
-        return ExperimentConfig.model_validate(data)
+        config = ExperimentConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(path, _problems_from(error)) from None
+        raise ConfigError(path, problems + _problems_from(error)) from None
+    if problems:
+        raise ConfigError(path, problems)
+    config._metric_sources = sources
+    return config
 
 
 # libyaml's safe loader parses faster than the pure-Python one (docs/benchmarks.md): the
@@ -603,7 +668,15 @@ def config_sha256(path: str | Path) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    schema = ExperimentConfig.model_json_schema()
+    schema = ExperimentConfig.model_json_schema(ref_template="#/$defs/{model}")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "ab-pipeline experiment config"
+    # A metric is inline (by `type`) or a catalog reference (`ref`), resolved before validation.
+    ref_schema = MetricRef.model_json_schema(ref_template="#/$defs/{model}")
+    schema["$defs"].update(ref_schema.pop("$defs", {}))
+    schema["$defs"]["MetricRef"] = ref_schema
+    metrics = schema["properties"]["metrics"]
+    metrics["additionalProperties"] = {
+        "anyOf": [metrics["additionalProperties"], {"$ref": "#/$defs/MetricRef"}]
+    }
     return schema

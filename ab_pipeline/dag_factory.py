@@ -6,6 +6,9 @@ the other experiments: the bad configs become one `InvalidExperimentConfigs` DAG
 raises, so Airflow lists them among the import errors and bags the rest of the file's DAGs; and
 each bad config gets its own stand-in DAG (`build_broken_dag`: the experiment's DAG id, never
 scheduled, its problems in its description), so it shows in the DAG list by its own name.
+Catalog metrics (`{ref: ...}`, ab_pipeline.catalog) are resolved here too, from YAML and
+pydantic: a bad reference is its config's error (file and field); a bad catalog entry is listed
+with its catalog file and field, and fails only the configs that reference it.
 
 Why one import error for all bad configs, not one per config: Airflow 3.3's DagBag keys import
 errors by the parsed file (`DagBag.process_file` stores a DAG's failed `validate()` under the
@@ -324,15 +327,24 @@ def dag_file_dags(experiments_dir: Path) -> dict[str, DAG]:
     """What the DAG file defines: every config in `experiments_dir`, or only `only_config`."""
     if only_config is not None:
         return build_dags_from([only_config])
-    return build_dags_from(sorted(experiments_dir.glob("*.yaml")))
+    return build_dags(experiments_dir)
 
 
 def build_dags(experiments_dir: Path) -> dict[str, DAG]:
-    """Every valid config's DAG, plus one InvalidExperimentConfigs DAG listing the bad files."""
-    return build_dags_from(sorted(experiments_dir.glob("*.yaml")))
+    """Every valid config's DAG, plus one InvalidExperimentConfigs DAG listing the bad files
+    and the problems of the metric catalog beside them (a config that references a broken or
+    missing catalog metric is itself one of the bad files; the others still load)."""
+    from ab_pipeline.catalog import catalog_dir_beside, load_catalog
+
+    catalog = load_catalog(catalog_dir_beside(experiments_dir))
+    problems = [f"invalid metric catalog {catalog.directory}:"] if catalog.problems else []
+    problems += [f"  {problem}" for problem in catalog.problems]
+    return build_dags_from(sorted(experiments_dir.glob("*.yaml")), problems)
 
 
-def build_dags_from(config_paths: Iterable[Path]) -> dict[str, DAG]:
+def build_dags_from(
+    config_paths: Iterable[Path], catalog_problems: Iterable[str] = ()
+) -> dict[str, DAG]:
     dags: dict[str, DAG] = {}
     errors: list[str] = []
     sources: dict[str, Path] = {}
@@ -357,6 +369,7 @@ def build_dags_from(config_paths: Iterable[Path]) -> dict[str, DAG]:
     for dag_id, (bad_path, problem) in broken.items():
         if dag_id not in dags:  # a valid config's DAG wins over a stray file's stand-in
             dags[dag_id] = build_broken_dag(dag_id, bad_path, problem)
+    errors += catalog_problems
     if errors:
         invalid = InvalidExperimentConfigs(
             dag_id="ab_invalid_experiment_configs",

@@ -279,6 +279,7 @@ def governance_results(ctx: RunContext, analysed: bool) -> dict[str, Any]:
 
 def assemble_results(ctx: RunContext) -> dict[str, Any]:
     """results.json from what the run recorded; raises when there is nothing honest to say."""
+    from ab_pipeline.catalog import metric_definitions
     from ab_pipeline.decision import decide, failed_gates
     from ab_pipeline.diagnosis import plan_summary
 
@@ -316,6 +317,8 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
         "gate_failures": gate_failures,
         **statistics_results(ctx, gates),
         "metrics": {} if gate_failures else metrics,
+        # Each metric's resolved definition, its hash and catalog file: a catalog change shows.
+        "metric_definitions": metric_definitions(config),
         "checks": decision.checks_as_dicts(),
     }
     results.update(governance_results(ctx, analysed=not gate_failures))

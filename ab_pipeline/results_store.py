@@ -7,6 +7,7 @@ attempt_id):
                        code version, owner, when it was written, and the whole results.json;
 - `ab_metric_results`  per metric and arm: units/events, value; for a treatment arm its
                        comparison with control (absolute, interval, relative, p-values, SE);
+                       the metric's definition hash and catalog origin (ab_pipeline.catalog);
 - `ab_gate_results`    per gate: ran, passed, detail, the outcome as JSON;
 - `ab_checks`          every check behind the decision, PASS/FAIL with its numbers.
 
@@ -20,7 +21,8 @@ date stands on: its latest decision-grade readout (anything but RERUN), else its
 trajectory chart; `latest_final_readout` serves `ab-pipeline decide`.
 
 Tables written before attempts existed are migrated on the next write (their rows become
-attempt `before-attempts`). Only SQL that DuckDB and PostgreSQL share; JSON is stored as TEXT.
+attempt `before-attempts`); columns added since (`ADDED_COLUMNS`) are added, NULL in old rows.
+Only SQL that DuckDB and PostgreSQL share; JSON is stored as TEXT.
 """
 
 from __future__ import annotations
@@ -42,8 +44,13 @@ log = logging.getLogger(__name__)
 
 RESULTS_SCHEMA_ENV = "AB_PIPELINE_RESULTS_SCHEMA"
 _KEY = "experiment TEXT NOT NULL, run_date DATE NOT NULL"
-# Last in every table, so that a table from before attempts migrates with `SELECT *, :legacy`.
+# After a table's original columns; a table from before attempts migrates by naming its columns.
 _ATTEMPT = "attempt_id TEXT NOT NULL"
+# Columns added after the tables first shipped: last, so that `ensure_tables` can add them to a
+# table that lacks them (ALTER TABLE ... ADD COLUMN appends).
+ADDED_COLUMNS: dict[str, list[str]] = {
+    "ab_metric_results": ["definition_sha256 TEXT", "catalog_metric TEXT", "catalog_file TEXT"],
+}
 LEGACY_ATTEMPT = "before-attempts"
 TABLES: dict[str, str] = {
     "ab_readouts": f"""{_KEY}, version INTEGER, status TEXT NOT NULL, decision TEXT NOT NULL,
@@ -56,6 +63,7 @@ TABLES: dict[str, str] = {
         ci_high DOUBLE PRECISION, relative DOUBLE PRECISION, relative_ci_low DOUBLE PRECISION,
         relative_ci_high DOUBLE PRECISION, p_value DOUBLE PRECISION,
         p_value_adjusted DOUBLE PRECISION, se DOUBLE PRECISION, method TEXT, {_ATTEMPT},
+        {", ".join(ADDED_COLUMNS["ab_metric_results"])},
         PRIMARY KEY (experiment, run_date, attempt_id, metric, arm)""",
     "ab_gate_results": f"""{_KEY}, gate TEXT NOT NULL, ran BOOLEAN NOT NULL, passed BOOLEAN,
         detail TEXT, outcome_json TEXT, {_ATTEMPT},
@@ -92,19 +100,31 @@ def ensure_tables(connection: Connection, schema: str | None) -> None:
         connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
     existing = set(inspect(connection).get_table_names(schema=schema))
     for name, columns in TABLES.items():
-        if name in existing and not _has_attempts(connection, name, schema):
+        if name in existing and "attempt_id" not in _columns(connection, name, schema):
             _migrate(connection, name, columns, schema)
+        elif name in existing:
+            _add_columns(connection, name, schema)
         connection.execute(text(f"CREATE TABLE IF NOT EXISTS {table(name, schema)} ({columns})"))
     for statement in view_statements(schema):
         connection.execute(text(statement))
 
 
-def _has_attempts(connection: Connection, name: str, schema: str | None) -> bool:
+def _columns(connection: Connection, name: str, schema: str | None) -> list[str]:
     from sqlalchemy import text
 
     # Not the inspector's get_columns: duckdb_engine cannot run its catalog query.
     result = connection.execute(text(f"SELECT * FROM {table(name, schema)} WHERE 1 = 0"))
-    return "attempt_id" in list(result.keys())
+    return list(result.keys())
+
+
+def _add_columns(connection: Connection, name: str, schema: str | None) -> None:
+    """Give a table written by an earlier version the columns added since (NULL in old rows)."""
+    from sqlalchemy import text
+
+    present = set(_columns(connection, name, schema))
+    for column in ADDED_COLUMNS.get(name, []):
+        if column.split()[0] not in present:
+            connection.execute(text(f"ALTER TABLE {table(name, schema)} ADD COLUMN {column}"))
 
 
 def _migrate(connection: Connection, name: str, columns: str, schema: str | None) -> None:
@@ -112,10 +132,11 @@ def _migrate(connection: Connection, name: str, columns: str, schema: str | None
     from sqlalchemy import text
 
     old = f"{name}__before_attempts"
+    names = ", ".join([*_columns(connection, name, schema), "attempt_id"])
     statements = [
         f"ALTER TABLE {table(name, schema)} RENAME TO {quote_ident(old)}",
         f"CREATE TABLE {table(name, schema)} ({columns})",
-        f"INSERT INTO {table(name, schema)} SELECT *, :legacy FROM {table(old, schema)}",
+        f"INSERT INTO {table(name, schema)} ({names}) SELECT *, :legacy FROM {table(old, schema)}",
         f"DROP TABLE {table(old, schema)}",
     ]
     for statement in statements:
@@ -176,8 +197,10 @@ def readout_row(results: Mapping[str, Any], written_at: datetime) -> dict[str, A
 
 def metric_rows(results: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     control = results.get("control")
+    definitions = results.get("metric_definitions") or {}
     for metric, body in (results.get("metrics") or {}).items():
         comparisons = body.get("comparisons") or {}
+        defined = definitions.get(metric) or {}
         for arm, stats in (body.get("arms") or {}).items():
             comp = comparisons.get(arm) or {}
             ci_low, ci_high = _pair(comp.get("ci"))
@@ -201,6 +224,9 @@ def metric_rows(results: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
                 "p_value_adjusted": _float(comp.get("p_value_adjusted")),
                 "se": _float(comp.get("se")),
                 "method": comp.get("method"),
+                "definition_sha256": defined.get("sha256"),
+                "catalog_metric": defined.get("catalog_metric"),
+                "catalog_file": defined.get("catalog_file"),
             }
 
 
@@ -332,6 +358,25 @@ def first_treatment(comparisons: Mapping[str, T]) -> T | None:
     return comparisons[min(comparisons)] if comparisons else None
 
 
+def previous_readout(
+    warehouse: Warehouse,
+    experiment: str,
+    run_date: date,
+    attempt: str,
+    schema: str | None = None,
+) -> dict[str, Any] | None:
+    """results.json of the readout before this attempt: the latest written of the latest date
+    up to `run_date` (an earlier attempt of the same date included), or None."""
+    rows = warehouse.query(
+        f"""SELECT results_json FROM {table("ab_readouts", schema)}
+        WHERE experiment = :experiment AND run_date <= :run_date
+          AND NOT (run_date = :run_date AND attempt_id = :attempt)
+        ORDER BY run_date DESC, written_at DESC, attempt_id DESC LIMIT 1""",
+        {"experiment": experiment, "run_date": run_date, "attempt": attempt},
+    )
+    return dict(json.loads(rows[0]["results_json"])) if rows else None
+
+
 def latest_final_readout(
     warehouse: Warehouse, experiment: str, schema: str | None = None
 ) -> dict[str, Any] | None:
@@ -358,13 +403,21 @@ def store_readout(
     attempt: str,
     run_date: date,
 ) -> dict[str, Any]:
-    """Write the readout's rows (this attempt's), and return `results` with `history` added."""
+    """Write the readout's rows (this attempt's); return `results` with `history` and
+    `definition_changes` (catalog metrics whose definition differs from the previous readout)."""
+    from ab_pipeline.catalog import definition_changes
+
     write_readout(warehouse, results, schema, attempt=attempt)
     earlier = history(warehouse, results["experiment"], run_date, schema)
+    previous = previous_readout(warehouse, results["experiment"], run_date, attempt, schema)
     log.info(
         "[experiment=%s run_date=%s] readout stored in the results tables (%d earlier)",
         results["experiment"],
         results["run_date"],
         len(earlier),
     )
-    return {**results, "history": earlier}
+    return {
+        **results,
+        "history": earlier,
+        "definition_changes": definition_changes(previous, results),
+    }

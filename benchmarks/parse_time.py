@@ -40,6 +40,7 @@ def make_folder(root: Path, count: int) -> Path:
     folder = root / f"dags_{count}"
     (folder / "experiments").mkdir(parents=True)
     shutil.copy(REPO / "dags" / "ab_experiments.py", folder)
+    shutil.copytree(REPO / "dags" / "metrics", folder / "metrics")  # the configs' catalog
     for i in range(count):
         data = yaml.safe_load(SAMPLES[i % len(SAMPLES)].read_text())
         data["key"] = f"{data['key']}-{i:04d}"

@@ -135,6 +135,49 @@ def test_every_broken_config_is_reported_by_file_and_field_and_the_others_still_
         ), message
 
 
+def test_a_bad_catalog_reference_fails_only_its_config_naming_file_and_field(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "dags"
+    shutil.copytree(DAGS, folder)
+    # A reference to a name the catalog does not have.
+    typo = sample_with(folder / "experiments", "typo.yaml", key="typo")
+    data = yaml.safe_load(typo.read_text())
+    data["metrics"]["escalation_rate"] = {"ref": "repeat_contact_rat"}
+    typo.write_text(yaml.safe_dump(data))
+    # A catalog entry with a bad field, referenced by a config of its own.
+    catalog = folder / "metrics" / "broken.yaml"
+    catalog.write_text(
+        "metrics:\n  latency_p99:\n    description: p99\n    owner: a@example.com\n"
+        "    type: quantile\n    event: answer_served\n    quantile: 99\n"
+    )
+    user = sample_with(folder / "experiments", "user.yaml", key="user")
+    data = yaml.safe_load(user.read_text())
+    data["metrics"]["p95_latency_ms"] = {"ref": "latency_p99"}
+    user.write_text(yaml.safe_dump(data))
+    result = parse(folder, tmp_path)
+    # The sample that references the catalog (delivery-estimate) and the others still load;
+    # the two bad configs stand in under their own DAG ids.
+    assert set(result["dags"]) == SAMPLE_DAG_IDS | {"ab_typo", "ab_user"}
+    [message] = result["errors"].values()
+    lines = [line.strip() for line in message.splitlines()]
+    assert any(
+        "typo.yaml: metrics.escalation_rate.ref: no metric 'repeat_contact_rat'" in line
+        and "(nearest: 'repeat_contact_rate')" in line
+        for line in lines
+    ), message
+    assert any(
+        "user.yaml: metrics.p95_latency_ms.ref: catalog metric 'latency_p99' is invalid" in line
+        and "broken.yaml: metrics.latency_p99.quantile: Input should be less than 1" in line
+        for line in lines
+    ), message
+    # The broken catalog file itself is listed too, by file and field.
+    assert any(
+        line.endswith("broken.yaml: metrics.latency_p99.quantile: Input should be less than 1")
+        for line in lines
+    ), message
+
+
 DAG_PROCESSOR_PARSE = """
 import json, sys
 from pathlib import Path

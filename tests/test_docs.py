@@ -84,6 +84,15 @@ def test_config_doc_example_is_a_clean_valid_config() -> None:
     assert config.assignment_check is not None and config.plan is not None
 
 
+def test_config_doc_catalog_example_is_a_valid_catalog_file(tmp_path: Path) -> None:
+    from ab_pipeline.catalog import load_catalog
+
+    (tmp_path / "support.yaml").write_text(one_block("config.md", "yaml catalog"))
+    catalog = load_catalog(tmp_path)
+    assert catalog.problems == []
+    assert catalog.metrics["repeat_contact_rate"].guardrail == {"max_increase": 0.01}
+
+
 # ---- docs/warehouse.md ----
 
 

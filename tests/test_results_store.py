@@ -122,16 +122,23 @@ def test_a_date_with_only_reruns_stands_on_its_latest(duckdb_warehouse: Warehous
     assert row["attempt_id"] == "b"
 
 
-def legacy_columns(columns: str) -> str:
+def without_added_columns(name: str, columns: str) -> str:
+    """A table's DDL as it was before the columns of `ADDED_COLUMNS`."""
+    for column in results_store.ADDED_COLUMNS.get(name, []):
+        columns = re.sub(rf",\s*{column}", "", columns)
+    return columns
+
+
+def legacy_columns(columns: str, name: str = "") -> str:
     """A table's DDL as it was before attempts."""
-    columns = re.sub(r",?\s*attempt_id TEXT NOT NULL", "", columns)
+    columns = re.sub(r",?\s*attempt_id TEXT NOT NULL", "", without_added_columns(name, columns))
     return columns.replace("run_date, attempt_id", "run_date")
 
 
 def test_tables_from_before_attempts_are_migrated(store: tuple[Warehouse, str | None]) -> None:
     warehouse, schema = store
     warehouse.execute(
-        [f"CREATE TABLE {table(n, schema)} ({legacy_columns(c)})" for n, c in TABLES.items()]
+        [f"CREATE TABLE {table(n, schema)} ({legacy_columns(c, n)})" for n, c in TABLES.items()]
     )
     old = ship("2026-05-30")
     warehouse.execute(
@@ -155,6 +162,43 @@ def test_tables_from_before_attempts_are_migrated(store: tuple[Warehouse, str | 
         "CONTINUE",
         "SHIP",
     ]
+
+
+def test_tables_from_before_definition_hashes_gain_the_columns(
+    store: tuple[Warehouse, str | None],
+) -> None:
+    warehouse, schema = store
+    warehouse.execute(
+        [
+            f"CREATE TABLE {table(n, schema)} ({without_added_columns(n, c)})"
+            for n, c in TABLES.items()
+        ]
+        + results_store.view_statements(schema)  # the views, as the earlier version made them
+    )
+    old = ship("2026-05-30")
+    warehouse.execute(
+        f"INSERT INTO {table('ab_metric_results', schema)} (experiment, run_date, metric, arm, "
+        "is_control, attempt_id) VALUES (:e, :d, 'resolution_rate', 'control', TRUE, 'old')",
+        {"e": old["experiment"], "d": date(2026, 5, 30)},
+    )
+    results = ship()
+    write_readout(warehouse, results, schema, attempt="new")
+    rows = warehouse.query(
+        f"SELECT run_date, attempt_id, definition_sha256, catalog_file "
+        f"FROM {table('ab_metric_results', schema)} WHERE metric = 'resolution_rate' "
+        "ORDER BY run_date, arm"
+    )
+    recorded = results["metric_definitions"]["resolution_rate"]["sha256"]
+    assert [(r["attempt_id"], r["definition_sha256"]) for r in rows] == [
+        ("old", None),
+        ("new", recorded),
+        ("new", recorded),
+    ]
+    [latest] = warehouse.query(
+        f"SELECT COUNT(DISTINCT definition_sha256) AS n "
+        f"FROM {table('ab_latest_metric_results', schema)}"
+    )
+    assert latest["n"] == len(results["metrics"])
 
 
 def test_a_failed_write_leaves_the_previous_rows(
