@@ -149,7 +149,10 @@ def warehouse_problem(command: str, url: str, error: BaseException) -> str:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ab_pipeline.config import json_schema
+    if args.results:
+        from ab_pipeline.results_model import json_schema
+    else:
+        from ab_pipeline.config import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.output:
@@ -396,6 +399,7 @@ def report_run(
     publication marker found before it started); only files that exist are named."""
     from ab_pipeline.notify import failed_tasks_upstream_first
     from ab_pipeline.pipeline import publication
+    from ab_pipeline.results_model import load_results
 
     state = getattr(dag_run, "state", "unknown")
     log_line = f"  log:     {log}" if log else ""
@@ -409,7 +413,7 @@ def report_run(
             file=sys.stderr,
         )
         return EXIT_BROKEN
-    results = json.loads((run_dir / "results.json").read_text())
+    results = load_results(run_dir / "results.json")
     print(f"{key} {readout}: {results['decision']} ({results['status']}); DAG run {state}")
     files = (("brief", "brief.html"), ("text", "brief.txt"), ("results", "results.json"))
     for label, name in files:
@@ -455,6 +459,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate every sample experiment into the embedded DuckDB and run each DAG."""
     from ab_pipeline.config import load_config
+    from ab_pipeline.results_model import load_results
     from ab_pipeline.simulate import main_simulate
 
     warehouse, out = args.warehouse, Path(args.out)
@@ -471,7 +476,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for path, day in runs:
         results = out.resolve() / load_config(path).key / day.isoformat() / "results.json"
         if results.exists():
-            data = json.loads(results.read_text())
+            data = load_results(results)
             print(
                 f"  {data['experiment']:<24} {day}  {data['decision']:<9} "
                 f"{results.parent / 'brief.html'}"
@@ -519,6 +524,9 @@ def parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema (for editors)")
     schema.add_argument("-o", "--output", help="write to this file instead of stdout")
+    schema.add_argument(
+        "--results", action="store_true", help="results.json's schema instead of the config's"
+    )
     schema.set_defaults(func=cmd_schema)
 
     plan = sub.add_parser(
