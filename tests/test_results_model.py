@@ -201,9 +201,7 @@ def test_load_results_names_the_file_and_the_field(tmp_path: Path) -> None:
     with pytest.raises(ResultsInvalid) as caught:
         load_results(path)
     assert str(caught.value).startswith(f"{path} is not a valid results.json")
-    assert caught.value.problems == [
-        "gates.srm.diagnosis.by_dya: Extra inputs are not permitted"
-    ]
+    assert caught.value.problems == ["gates.srm.diagnosis.by_dya: Extra inputs are not permitted"]
 
 
 # ---- the published schema ---------------------------------------------------------------------
