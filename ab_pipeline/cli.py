@@ -89,6 +89,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     """Record the owner's decision against the experiment's latest final brief."""
     from ab_pipeline import decision_records as records
     from ab_pipeline.config import KEY_PATTERN
+    from ab_pipeline.results_model import ResultsInvalid
     from ab_pipeline.warehouse import Warehouse
 
     if not KEY_PATTERN.match(args.experiment):
@@ -102,6 +103,9 @@ def cmd_decide(args: argparse.Namespace) -> int:
     warehouse = Warehouse(args.warehouse)
     try:
         results = records.latest_final_results(briefs, args.experiment, warehouse)
+    except ResultsInvalid as error:  # a final readout the contract refuses: say where
+        print(f"decide: {error}", file=sys.stderr)
+        return EXIT_INVALID
     except Exception as error:  # the warehouse is unreachable or broken
         print(warehouse_problem("decide", warehouse.url, error), file=sys.stderr)
         return EXIT_INVALID
@@ -124,7 +128,10 @@ def cmd_decide(args: argparse.Namespace) -> int:
         print(warehouse_problem("decide", warehouse.url, error), file=sys.stderr)
         return EXIT_INVALID
     run_dir = briefs / args.experiment / record.run_date
-    records.annotate_archive(run_dir, decisions)
+    try:
+        records.annotate_archive(run_dir, decisions)
+    except ResultsInvalid as error:  # recorded all the same; the archive's copy stays as it was
+        print(f"decide: recorded, but the archive was not annotated: {error}", file=sys.stderr)
     verdict = (
         f"DISAGREES with the pipeline's {record.pipeline_decision}"
         if record.disagrees

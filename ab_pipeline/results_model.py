@@ -121,7 +121,7 @@ class ReceiptGate(GateOutcome):
 
 class AssignmentExample(_Fixed):
     unit_id: str
-    logged: str | list[str]
+    logged: str  # the arm logged (the first by name when several)
     expected: str
 
 

@@ -213,3 +213,24 @@ def test_cli_schema_results_writes_the_results_schema(tmp_path: Path) -> None:
     schema = json.loads(target.read_text())
     assert schema == json_schema() and schema["title"] == "ab-pipeline results.json"
     assert set(schema["required"]) <= set(Results.model_fields)
+
+
+def test_decide_names_the_field_of_a_final_readout_the_contract_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = fixture("ship")
+    results["gates"]["srm"]["p_value"] = "small"
+    run_dir = tmp_path / "briefs" / results["experiment"] / results["run_date"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    code = main(
+        [
+            "decide", results["experiment"], "--decision", "ship", "--by", "me", "--note", "n",
+            "--follow-up", "2026-07-01", "--warehouse", f"duckdb:///{tmp_path / 'w.duckdb'}",
+            "--out", str(tmp_path / "briefs"),
+        ]
+    )  # fmt: skip
+    assert code == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"decide: {run_dir / 'results.json'} is not a valid results.json")
+    assert "gates.srm.p_value: Input should be a valid number" in message
