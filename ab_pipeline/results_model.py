@@ -466,13 +466,10 @@ def _path(location: tuple[int | str, ...]) -> str:
 
 def _problems(error: ValidationError) -> list[str]:
     problems = []
+    # Every union of the model is `X | None` (nullable, untagged), so each location is a path
+    # of keys and list indexes only: an arm named "A" stays in it.
     for item in error.errors(include_url=False):
-        # A union reports each branch; the branch's own name (`GateOutcome`, `list[...]`) is
-        # not a key of the file, so leave it out of the path.
-        location = tuple(
-            p for p in item["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))
-        )
-        problem = f"{_path(location)}: {item['msg']}"
+        problem = f"{_path(item['loc'])}: {item['msg']}"
         if problem not in problems:
             problems.append(problem)
     return problems

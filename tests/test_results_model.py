@@ -234,3 +234,12 @@ def test_decide_names_the_field_of_a_final_readout_the_contract_refuses(
     message = capsys.readouterr().err
     assert message.startswith(f"decide: {run_dir / 'results.json'} is not a valid results.json")
     assert "gates.srm.p_value: Input should be a valid number" in message
+
+
+def test_the_path_keeps_data_named_keys_as_they_are() -> None:
+    results = fixture("hostile")
+    name, metric = next(iter(results["metrics"].items()))
+    arm = next(iter(metric["arms"]))
+    metric["arms"][arm]["value"] = "high"
+    [problem] = refused(results)
+    assert problem.startswith(f"metrics.{name}.arms.{arm}.value: Input should be a valid number")
