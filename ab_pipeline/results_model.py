@@ -29,6 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 Decision = Literal["SHIP", "ITERATE", "STOP", "RERUN", "CONTINUE"]
 HumanDecisionValue = Literal["SHIP", "ITERATE", "STOP", "RERUN"]
 Status = Literal["interim", "final"]
+CorrectionMethod = Literal["holm", "bh", "none"]
+BudgetKind = Literal[
+    "max_increase", "max_decrease", "max_relative_increase", "max_relative_decrease"
+]
 Day = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
 Pair = tuple[float, float]
 
@@ -66,7 +70,7 @@ class DataQualityCheck(_Fixed):
     detail: str
     unexpected_count: int
     examples: list[str]
-    severity: str
+    severity: Literal["error", "warning"]  # only an error fails the gate
 
 
 class DataQualityGate(GateOutcome):
@@ -188,7 +192,7 @@ class OneSided(_Fixed):
 
 
 class Correction(_Fixed):
-    method: str
+    method: CorrectionMethod
     family: int
     alpha: float
 
@@ -261,7 +265,7 @@ class Check(_Fixed):
     observed: float | None
     bound: float | None
     budget: float | None
-    budget_kind: str | None
+    budget_kind: BudgetKind | Literal["min_lift"] | None
     outcome: (
         Literal[
             "pass",
@@ -286,7 +290,7 @@ class Hypothesis(_Fixed):
 
 class AnalysisSettings(_Fixed):
     alpha: float
-    correction: Literal["holm", "bh", "none"]
+    correction: CorrectionMethod
     sequential: Literal["none", "obrien_fleming"]
     looks: int | None
     planned_looks: int | None
@@ -302,7 +306,7 @@ class GuardrailSize(_Fixed):
     required_per_arm: int
     formula: str
     budget: float
-    budget_kind: str
+    budget_kind: BudgetKind
     baseline: float
     assumed_effect: float
 
@@ -322,7 +326,7 @@ class Plan(_Fixed):
     formula_name: Literal["fleiss", "pooled", "unpooled"]
     alpha_per_comparison: float
     comparisons: int
-    correction: Literal["holm", "bh", "none"]
+    correction: CorrectionMethod
     guardrail_sizes: dict[str, GuardrailSize]
 
 
