@@ -81,10 +81,11 @@ def latest_final_results(
     for path in (briefs_dir / experiment).glob("*/results.json"):
         if not RUN_DATE.fullmatch(path.parent.name):
             continue  # an attempt's working directory, not a published readout
-        results = load_results(path)
+        results = json.loads(path.read_text())
         if results.get("status") == "final":
-            finals.append(results)
-    return max(finals, key=lambda r: str(r["run_date"]), default=None)
+            finals.append((str(results["run_date"]), path))
+    # Only the readout a decision answers must meet the contract (ResultsInvalid names where).
+    return load_results(max(finals)[1]) if finals else None
 
 
 def record_decision(
