@@ -167,7 +167,7 @@ class Gates(_Open):
     srm: SrmGate | None
     receipt: ReceiptGate | None
     assignment: AssignmentGate | None
-    __pydantic_extra__: dict[str, GateOutcome | None] = Field(init=False)  # type: ignore[assignment]
+    __pydantic_extra__: dict[str, GateOutcome | None] = Field(init=False)
 
 
 # ---- metrics --------------------------------------------------------------------------------
