@@ -574,7 +574,10 @@ def _earlier_readouts(
 
 
 def archived_results(archive_root: Path, results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Earlier readouts' results.json of this experiment in the archive, oldest first."""
+    """Earlier readouts' results.json of this experiment in the archive, oldest first (one
+    the contract refuses is skipped with a warning, as an unreadable one)."""
+    from ab_pipeline.results_model import load_results
+
     experiment = str(results["experiment"])
     if not SAFE_SEGMENT.fullmatch(experiment):  # never let a key walk out of the archive
         return []
@@ -584,7 +587,7 @@ def archived_results(archive_root: Path, results: Mapping[str, Any]) -> list[dic
         if not RUN_DATE.fullmatch(day) or day >= str(results["run_date"]):
             continue
         try:
-            found.append(json.loads(path.read_text(encoding="utf-8")))
+            found.append(load_results(path))
         except (OSError, ValueError) as error:
             log.warning("skipping unreadable earlier readout %s: %s", path, error)
     return found

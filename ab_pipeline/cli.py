@@ -172,6 +172,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     """Record the owner's decision against the experiment's latest final brief."""
     from ab_pipeline import decision_records as records
     from ab_pipeline.config import KEY_PATTERN
+    from ab_pipeline.results_model import ResultsInvalid
     from ab_pipeline.warehouse import Warehouse
 
     if not KEY_PATTERN.match(args.experiment):
@@ -185,6 +186,9 @@ def cmd_decide(args: argparse.Namespace) -> int:
     warehouse = Warehouse(args.warehouse)
     try:
         results = records.latest_final_results(briefs, args.experiment, warehouse)
+    except ResultsInvalid as error:  # a final readout the contract refuses: say where
+        print(f"decide: {error}", file=sys.stderr)
+        return EXIT_INVALID
     except Exception as error:  # the warehouse is unreachable or broken
         print(warehouse_problem("decide", warehouse.url, error), file=sys.stderr)
         return EXIT_INVALID
@@ -207,7 +211,10 @@ def cmd_decide(args: argparse.Namespace) -> int:
         print(warehouse_problem("decide", warehouse.url, error), file=sys.stderr)
         return EXIT_INVALID
     run_dir = briefs / args.experiment / record.run_date
-    records.annotate_archive(run_dir, decisions)
+    try:
+        records.annotate_archive(run_dir, decisions)
+    except ResultsInvalid as error:  # recorded all the same; the archive's copy stays as it was
+        print(f"decide: recorded, but the archive was not annotated: {error}", file=sys.stderr)
     verdict = (
         f"DISAGREES with the pipeline's {record.pipeline_decision}"
         if record.disagrees
@@ -232,7 +239,10 @@ def warehouse_problem(command: str, url: str, error: BaseException) -> str:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ab_pipeline.config import json_schema
+    if args.results:
+        from ab_pipeline.results_model import json_schema
+    else:
+        from ab_pipeline.config import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.output:
@@ -504,6 +514,7 @@ def report_run(
     publication marker found before it started); only files that exist are named."""
     from ab_pipeline.notify import failed_tasks_upstream_first
     from ab_pipeline.pipeline import publication
+    from ab_pipeline.results_model import load_results
 
     state = getattr(dag_run, "state", "unknown")
     log_line = f"  log:     {log}" if log else ""
@@ -517,7 +528,7 @@ def report_run(
             file=sys.stderr,
         )
         return EXIT_BROKEN
-    results = json.loads((run_dir / "results.json").read_text())
+    results = load_results(run_dir / "results.json")
     print(f"{key} {readout}: {results['decision']} ({results['status']}); DAG run {state}")
     files = (("brief", "brief.html"), ("text", "brief.txt"), ("results", "results.json"))
     for label, name in files:
@@ -563,6 +574,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate every sample experiment into the embedded DuckDB and run each DAG."""
     from ab_pipeline.config import load_config
+    from ab_pipeline.results_model import load_results
     from ab_pipeline.simulate import main_simulate
 
     warehouse, out = args.warehouse, Path(args.out)
@@ -579,7 +591,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for path, day in runs:
         results = out.resolve() / load_config(path).key / day.isoformat() / "results.json"
         if results.exists():
-            data = json.loads(results.read_text())
+            data = load_results(results)
             print(
                 f"  {data['experiment']:<24} {day}  {data['decision']:<9} "
                 f"{results.parent / 'brief.html'}"
@@ -641,6 +653,9 @@ def parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema (for editors)")
     schema.add_argument("-o", "--output", help="write to this file instead of stdout")
+    schema.add_argument(
+        "--results", action="store_true", help="results.json's schema instead of the config's"
+    )
     schema.set_defaults(func=cmd_schema)
 
     plan = sub.add_parser(

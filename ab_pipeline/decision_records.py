@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from ab_pipeline.results_model import load_results, validate_results
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 TABLE = "ab_human_decisions"
@@ -82,8 +83,9 @@ def latest_final_results(
             continue  # an attempt's working directory, not a published readout
         results = json.loads(path.read_text())
         if results.get("status") == "final":
-            finals.append(results)
-    return max(finals, key=lambda r: str(r["run_date"]), default=None)
+            finals.append((str(results["run_date"]), path))
+    # Only the readout a decision answers must meet the contract (ResultsInvalid names where).
+    return load_results(max(finals)[1]) if finals else None
 
 
 def record_decision(
@@ -170,8 +172,9 @@ def annotate_archive(run_dir: Path, decisions: list[dict[str, Any]]) -> None:
     path = run_dir / "results.json"
     if not path.exists():
         return
-    results = json.loads(path.read_text())
+    results = load_results(path)
     results["human_decisions"] = decisions
+    validate_results(results, str(path))  # never write a results.json the contract refuses
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2, default=str, allow_nan=False))
     tmp.replace(path)

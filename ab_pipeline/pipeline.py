@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 # The gates as declared (ab_pipeline.gates.registry); the stages read the registry itself.
 GATES = gate_registry.names()
+RESULTS_FILE = "results.json"
 
 
 def briefs_root() -> Path:
@@ -104,7 +105,13 @@ class RunContext:
         return Warehouse(self.warehouse_url)
 
     def write_json(self, relative: str, payload: Any) -> Path:
+        """Write `payload` as strict JSON, atomically; results.json only once it validates
+        against the contract (ab_pipeline.results_model: ResultsInvalid names the field)."""
         path = self.attempt_dir / relative
+        if relative == RESULTS_FILE:
+            from ab_pipeline.results_model import validate_results
+
+            validate_results(payload, str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2, default=str, allow_nan=False))
@@ -415,7 +422,9 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
             f"({ctx.attempt_id}); that attempt sends its own email",
             **tags,
         )
-    results = json.loads(results_path.read_text())
+    from ab_pipeline.results_model import load_results
+
+    results = load_results(results_path)
     message = build_message(
         results, render_brief(results, archive_root=ctx.out_root), default_sender()
     )

@@ -389,7 +389,13 @@ def latest_final_readout(
         "AND status = 'final' ORDER BY run_date DESC LIMIT 1",
         {"experiment": experiment},
     )
-    return dict(json.loads(rows[0]["results_json"])) if rows else None
+    if not rows:
+        return None
+    from ab_pipeline.results_model import validate_results
+
+    results = dict(json.loads(rows[0]["results_json"]))
+    validate_results(results, f"{table(view, schema)} results_json of {experiment}")
+    return results
 
 
 def _iso(value: Any) -> str:

@@ -21,6 +21,7 @@ is shown as it was rendered, and hostile text in it stays text. No page names a 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+log = logging.getLogger(__name__)
 URL_PREFIX = "/ab-briefs"
 EXPERIMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 RUN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -132,10 +134,17 @@ def readouts(experiment_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_results(path: Path) -> dict[str, Any]:
+    """results.json through its contract (ab_pipeline.results_model); one the contract refuses
+    (a hand edit) is logged and shown as far as it goes, one that is not JSON is `{}`."""
+    from ab_pipeline.results_model import ResultsInvalid, load_results
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return load_results(path)
+    except ResultsInvalid as error:
+        log.warning("%s", error)
     except (OSError, ValueError):
         return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else {}
 
 

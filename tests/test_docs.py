@@ -25,6 +25,7 @@ import yaml
 from ab_pipeline.config import json_schema, parse_config
 from ab_pipeline.extract import build_units_table
 from ab_pipeline.lint import lint_config
+from ab_pipeline.results_model import json_schema as results_json_schema
 from ab_pipeline.warehouse import (
     Warehouse,
     dispose_all,
@@ -91,6 +92,187 @@ def test_config_doc_catalog_example_is_a_valid_catalog_file(tmp_path: Path) -> N
     catalog = load_catalog(tmp_path)
     assert catalog.problems == []
     assert catalog.metrics["repeat_contact_rate"].guardrail == {"max_increase": 0.01}
+
+
+# ---- docs/results.md ----
+
+SPAN = re.compile(r"`([^`]+)`")
+SHAPE_TOKEN = re.compile(r"\\?\||\.\.\.|[{}\[\],:]|[A-Za-z_][A-Za-z0-9_]*\??")
+# Names the page uses for data-named keys (docs/results.md, "Shapes are written ...").
+PLACEHOLDERS = {"arm", "name", "gate", "guardrail", "property"}
+Tree = dict[str, Any]
+
+
+def parse_shape(text: str) -> Tree:
+    """`{a, b?: {c}, d: [{e}] \\| null}` -> {"a": {}, "b": {"c": {}}, "d": {"e": {}}}.
+
+    Lists are transparent (their items' keys are the list's); literals (`false`, `n`) and
+    `...` (an open part) name no key; a span not opening with `{` or `[` is a list of items.
+    """
+    tokens = SHAPE_TOKEN.findall(text)
+    if tokens[0] not in ("{", "["):
+        tokens = ["{", *tokens, "}"]
+    tree, end = _shape_value(tokens, 0)
+    assert end == len(tokens), f"cannot read the shape {text!r}"
+    return tree
+
+
+def _merge(a: Tree, b: Tree) -> Tree:
+    return {k: _merge(a.get(k, {}), b.get(k, {})) for k in a.keys() | b.keys()}
+
+
+def _shape_value(tokens: list[str], i: int) -> tuple[Tree, int]:
+    tree: Tree = {}
+    while True:
+        if tokens[i] == "{":
+            sub, i = _shape_object(tokens, i + 1)
+        elif tokens[i] == "[":
+            sub, i = ({}, i) if tokens[i + 1] == "]" else _shape_value(tokens, i + 1)
+            assert tokens[i + 1 if tokens[i] == "[" else i] == "]"
+            i += 2 if tokens[i] == "[" else 1
+        else:
+            sub, i = {}, i + 1  # a literal
+        tree = _merge(tree, sub)
+        if i < len(tokens) and tokens[i] in ("|", "\\|"):
+            i += 1
+            continue
+        return tree, i
+
+
+def _shape_object(tokens: list[str], i: int) -> tuple[Tree, int]:
+    tree: Tree = {}
+    while tokens[i] != "}":
+        if tokens[i] == "...":
+            i += 1
+        else:
+            key, i = tokens[i].rstrip("?"), i + 1
+            sub: Tree = {}
+            if tokens[i] == ":":
+                sub, i = _shape_value(tokens, i + 1)
+            tree = _merge(tree, {key: sub})
+        if tokens[i] == ",":
+            i += 1
+    return tree, i + 1
+
+
+def results_doc_rows() -> list[tuple[list[tuple[str, ...]], list[str]]]:
+    """Each table row of docs/results.md: (the key column's paths, the meaning's shapes)."""
+    rows = []
+    for line in (DOCS / "results.md").read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        _, keys, meaning, _ = re.split(r"(?<!\\)\|", line)
+        paths: list[tuple[str, ...]] = []
+        for key in SPAN.findall(keys):
+            relative = key.startswith(".")
+            paths.append((*paths[-1][:-1], key[1:]) if relative else tuple(key.split(".")))
+        shapes = [s for s in SPAN.findall(meaning) if "{" in s or "[" in s]
+        rows.append((paths, shapes))
+    return rows
+
+
+def _concrete(schema: dict[str, Any], node: dict[str, Any]) -> list[dict[str, Any]]:
+    """The object schemas a value at `node` may be ($ref followed, unions and lists opened)."""
+    if "$ref" in node:
+        return _concrete(schema, schema["$defs"][node["$ref"].rsplit("/", 1)[1]])
+    if "anyOf" in node:
+        return [c for branch in node["anyOf"] for c in _concrete(schema, branch)]
+    if node.get("type") == "array":
+        items = [node["items"]] if "items" in node else node.get("prefixItems", [])
+        return [c for item in items for c in _concrete(schema, item)]
+    return [node] if node.get("type") == "object" else []
+
+
+Step = tuple[str, dict[str, Any], str]  # (path segment, the value's schema, its model)
+
+
+def _step(schema: dict[str, Any], node: dict[str, Any], key: str) -> Step:
+    """One key down from `node`: a named property, `*` for a data-named key of a map, or
+    (`*` on a list) its items."""
+    objects = _concrete(schema, node)
+    for candidate in objects:
+        if key in candidate.get("properties", {}):
+            return key, candidate["properties"][key], candidate["title"]
+    if key in PLACEHOLDERS | {"*"}:
+        for candidate in objects:
+            if isinstance(candidate.get("additionalProperties"), dict):
+                return "*", candidate["additionalProperties"], ""
+    if key == "*":
+        lists = [n for n in [node, *node.get("anyOf", [])] if n.get("type") == "array"]
+        if lists:
+            return "", lists[0], ""
+    raise KeyError(key)
+
+
+def documented_keys(schema: dict[str, Any]) -> tuple[set[tuple[str, str]], list[str]]:
+    """(model, key) for every key docs/results.md names where it sits in the file, and the
+    keys it names where the model has none."""
+    found: set[tuple[str, str]] = set()
+    unknown: list[str] = []
+
+    def walk(node: dict[str, Any], tree: Tree, shown: str) -> None:
+        for key, sub in tree.items():
+            try:
+                segment, child, model = _step(schema, node, key)
+            except KeyError:
+                unknown.append(f"{shown}.{key}".lstrip("."))
+                continue
+            if model:
+                found.add((model, segment))
+            walk(child, sub, f"{shown}.{key}")
+
+    for paths, shapes in results_doc_rows():
+        for keys in paths:
+            tree: Tree = {}
+            for key in reversed(keys):
+                tree = {key: tree}
+            walk(schema, tree, "")
+        anchor = paths[0] if len(paths) == 1 else paths[0][:-1]
+        for text in shapes:
+            tree = parse_shape(text)
+            for key in reversed(anchor):
+                tree = {key: tree}
+            walk(schema, tree, "")
+    return found, unknown
+
+
+def model_keys(schema: dict[str, Any]) -> set[tuple[str, str]]:
+    """(model, key) for every key of the results model and its nested models."""
+    models = [schema, *schema["$defs"].values()]
+    return {(m["title"], key) for m in models for key in m.get("properties", {})}
+
+
+def test_results_doc_and_model_name_the_same_keys() -> None:
+    schema = results_json_schema()
+    documented, unknown = documented_keys(schema)
+    assert unknown == [], f"docs/results.md names keys the results model lacks: {unknown}"
+    undocumented = sorted(f"{model}.{key}" for model, key in model_keys(schema) - documented)
+    assert undocumented == [], f"docs/results.md does not name {undocumented}"
+
+
+def test_results_doc_lists_every_top_level_key_in_its_key_column() -> None:
+    top = {keys[0] for paths, _ in results_doc_rows() for keys in paths if len(keys) == 1}
+    assert top == set(results_json_schema()["properties"])
+
+
+def test_results_doc_shapes_are_read_as_written() -> None:
+    assert parse_shape("{a, b?: {arm: n}, c: [{d}] \\| null, e: [], ...}") == {
+        "a": {},
+        "b": {"arm": {}},
+        "c": {"d": {}},
+        "e": {},
+    }
+    assert parse_shape("by_day: [{day}], by_property: {property: [{value}]}") == {
+        "by_day": {"day": {}},
+        "by_property": {"property": {"value": {}}},
+    }
+
+
+def test_published_results_schema_matches_the_model() -> None:
+    published = json.loads((DOCS / "results.schema.json").read_text())
+    assert published == results_json_schema(), (
+        "run: .venv/bin/ab-pipeline schema --results -o docs/results.schema.json"
+    )
 
 
 # ---- docs/warehouse.md ----
