@@ -53,7 +53,8 @@ def test_every_file_of_the_data_folders_is_shipped(name: str) -> None:
     package = f"ab_pipeline.{name}"
     assert PYPROJECT["package-dir"][package] == name
     patterns = PYPROJECT["package-data"][package]
-    files = [p.name for p in (REPO / name).iterdir() if p.is_file()]
+    folder = REPO / name
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     assert files
     assert [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)] == []
 
