@@ -192,7 +192,9 @@ def _api_up(stack: Stack) -> bool:
         return False
 
 
-def report(stack: Stack, args: argparse.Namespace, wall: float, simulate_s: float, root: Path) -> None:
+def report(
+    stack: Stack, args: argparse.Namespace, wall: float, simulate_s: float, root: Path
+) -> None:
     runs = stack.query("SELECT dag_id, state, start_date, end_date FROM dag_run")
     tasks = stack.query(
         "SELECT task_id, state, queued_dttm, start_date, end_date FROM task_instance"

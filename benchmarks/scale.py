@@ -133,8 +133,8 @@ def child(mode: str, url: str, out: Path, mix: Mix) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"{mode} failed:\n{done.stderr[-3000:]}")
     # The last line the child prints; DuckDB may draw a progress bar on stdout before it.
-    last = next(line for line in reversed(done.stdout.splitlines()) if line.startswith('{"wall'))
-    return dict(json.loads(last))
+    last = next(line for line in reversed(done.stdout.splitlines()) if '{"wall_s"' in line)
+    return dict(json.loads(last[last.index('{"wall_s"') :]))
 
 
 def count_events(url: str) -> int:
