@@ -423,6 +423,30 @@ def test_one_query_per_check_returning_the_count_and_a_few_examples(target: Targ
     assert sum("ab_dq_events_" in s for s in checks) == 7
 
 
+def test_the_events_scratch_table_is_dropped_even_when_a_check_breaks(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ab_pipeline.gates import data_quality
+
+    def scratch_tables() -> list[dict[str, Any]]:
+        return target.warehouse.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'ab_dq_%'"
+        )
+
+    target.gate(Dataset())  # loads the dataset
+    assert scratch_tables() == []
+    templates = load_suite_templates()
+    [events] = [t for t in templates if t["name"] == "events"]
+    assert events["meta"]["materialize"] is True
+    events["expectations"][0]["kwargs"]["unexpected_rows_query"] = (
+        "SELECT e.no_such_column AS example FROM {batch} AS e"
+    )
+    monkeypatch.setattr(data_quality, "load_suite_templates", lambda: templates)
+    with pytest.raises(PipelineError, match="check events_unit_id_not_null could not run"):
+        run_data_quality(target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}units")
+    assert scratch_tables() == []
+
+
 def test_a_check_that_cannot_run_is_a_pipeline_error(target: Target) -> None:
     target.load(Dataset())
     with pytest.raises(PipelineError, match=KEY):
