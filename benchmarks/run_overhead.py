@@ -9,10 +9,9 @@ simulated into a temporary DuckDB file; then, each in a fresh process:
 - `warm`: `ab-pipeline run` again on that AIRFLOW_HOME, `--repeat` times (the usual case);
 - `in-process`: `run_pipeline` alone (benchmarks/scale.py's readout child), `--repeat` times;
 - `breakdown`: one warm `ab-pipeline run` inside a Python process that times its parts:
-  interpreter start and imports, Great Expectations' import, Airflow's set-up before the first
-  task (import, ORM, DAG parse and serialization, DAG run creation), each task's body (the
-  pipeline's own work) and its Airflow wrapping (the in-process execution API's requests, the
-  task runner), and what follows the last task.
+  Great Expectations' import, Airflow's set-up before the first task (DAG parse and
+  serialization, DAG run creation), the tasks through Airflow's in-process task runner, and
+  `dag.test()` and `run_experiment()` in all (the rest of the process: imports).
 Medians are printed as Markdown (docs/benchmarks.md).
 """
 
@@ -51,17 +50,6 @@ import great_expectations  # timed here once; the data-quality task then finds i
 mark("import great_expectations", t)
 config, warehouse, out = sys.argv[1:4]
 first_task = {}
-from airflow.providers.standard.operators import python as python_operators
-real_execute_callable = python_operators.PythonOperator.execute_callable
-def execute_callable(self):
-    first_task.setdefault("at", time.perf_counter())
-    t = time.perf_counter()
-    try:
-        return real_execute_callable(self)
-    finally:
-        mark("task bodies (the pipeline's work)", t)
-        first_task["last_end"] = time.perf_counter()
-python_operators.PythonOperator.execute_callable = execute_callable
 from airflow.sdk.definitions import dag as sdk_dag
 real_run_task = sdk_dag._run_task
 def run_task(**kwargs):
@@ -72,16 +60,6 @@ def run_task(**kwargs):
     finally:
         mark("tasks incl. Airflow's task runner", t)
 sdk_dag._run_task = run_task
-from airflow.sdk.api import client as api_client
-real_request = api_client.Client.request
-def request(self, *args, **kwargs):
-    t = time.perf_counter()
-    try:
-        return real_request(self, *args, **kwargs)
-    finally:
-        mark("execution API requests", t)
-        marks["execution API request count"] = marks.get("execution API request count", 0) + 1
-api_client.Client.request = request
 real_test = sdk_dag.DAG.test
 def test(self, *args, **kwargs):
     t = time.perf_counter()
