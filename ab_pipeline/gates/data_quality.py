@@ -76,7 +76,7 @@ MAX_ABS_VALUE = 1e15
 # psycopg2's `%` placeholders) would read; quotes are escaped by the literal itself.
 _UNSAFE_TEXT = re.compile(r"[{}:%\\\x00-\x1f]")
 
-Fill = Callable[[str], str]
+Fill = Callable[..., str]  # (template, **values of this one query) -> SQL text
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,13 @@ def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
         )
         or "FALSE"
     )
-    return lambda template: string.Template(template).substitute(mapping)
+
+    def fill(template: str, **extra: Any) -> str:
+        """`extra`: values of this one query (a `for_each` part's `$metric_event`)."""
+        more = {name: _sql_literal(value, dialect) for name, value in extra.items()}
+        return string.Template(template).substitute({**mapping, **more})
+
+    return fill
 
 
 def _bounded(offending_rows_query: str) -> str:
@@ -449,16 +455,54 @@ def _run_suite(
     skipped = [_skipped_check(e, values) for e in template["expectations"] if e not in applicable]
     if not applicable:
         return skipped
-    asset = datasource.add_query_asset(
-        name=template["name"], query=fill(template["meta"]["batch_query"])
-    )
-    batch = asset.add_batch_definition_whole_table("whole").get_batch()
-    suite = gx.ExpectationSuite(
-        name=template["name"], expectations=[_with_bounded_query(e, fill) for e in applicable]
-    )
-    # COMPLETE: only then does the result carry the (bounded) rows, i.e. the examples.
-    outcome = batch.validate(suite, result_format="COMPLETE")
+    with _batch_query(datasource, template, values, fill) as query:
+        asset = datasource.add_query_asset(name=template["name"], query=query)
+        batch = asset.add_batch_definition_whole_table("whole").get_batch()
+        suite = gx.ExpectationSuite(
+            name=template["name"],
+            expectations=[_with_bounded_query(e, fill, values) for e in applicable],
+        )
+        # COMPLETE: only then does the result carry the (bounded) rows, i.e. the examples.
+        outcome = batch.validate(suite, result_format="COMPLETE")
     return [_check(result, values) for result in outcome.results] + skipped
+
+
+@contextmanager
+def _batch_query(
+    datasource: SQLDatasource, template: dict[str, Any], values: ExperimentValues, fill: Fill
+) -> Iterator[str]:
+    """The suite's batch query; with `meta.materialize`, a read of a scratch table holding the
+    batch's rows, written by one query before the expectations run and dropped after them.
+
+    Each expectation's query reads `{batch}` again: over a batch that filters the events table,
+    one scan per expectation. A materialized batch is scanned once, and the expectations read
+    its few rows (the suite's batch keeps only rows some expectation could flag)."""
+    query = fill(template["meta"]["batch_query"])
+    if not template["meta"].get("materialize"):
+        yield query
+        return
+    from sqlalchemy import text
+
+    table = scratch_table_name(values.identifiers["units"], template["name"])
+    engine = datasource.get_execution_engine().engine
+    with engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        connection.execute(text(f"CREATE TABLE {table} AS {query}"))
+    try:
+        yield f"SELECT * FROM {table}"
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+
+
+def scratch_table_name(units: str, suite: str) -> str:
+    """The scratch table of a materialized batch, next to (same schema as) the run's quoted
+    units table: `ab_dq_<suite>_<hash of the units table>`, short enough for PostgreSQL."""
+    import hashlib
+
+    schema, dot, _ = units.rpartition(".")
+    digest = hashlib.sha1(units.encode()).hexdigest()[:12]
+    return f"{schema}{dot}{quote_ident(f'ab_dq_{suite}_{digest}')}"
 
 
 def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:
@@ -466,10 +510,21 @@ def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:
     return flags is None or any(values.values[flag] for flag in flags)
 
 
-def _with_bounded_query(expectation: dict[str, Any], fill: Fill) -> dict[str, Any]:
+def _with_bounded_query(
+    expectation: dict[str, Any], fill: Fill, values: ExperimentValues
+) -> dict[str, Any]:
+    """The expectation with its query filled and bounded; `meta.for_each: metric_events`
+    writes the query once per metric event (`$metric_event`), joined by UNION ALL."""
     expectation = copy.deepcopy(expectation)
     kwargs = expectation["kwargs"]
-    kwargs["unexpected_rows_query"] = _bounded(fill(kwargs["unexpected_rows_query"]))
+    template = kwargs["unexpected_rows_query"]
+    if expectation["meta"].get("for_each") == "metric_events":
+        query = " UNION ALL ".join(
+            fill(template, metric_event=event) for event in values.event_metrics
+        )
+    else:
+        query = fill(template)
+    kwargs["unexpected_rows_query"] = _bounded(query)
     return expectation
 
 

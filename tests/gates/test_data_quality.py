@@ -411,12 +411,40 @@ def test_one_query_per_check_returning_the_count_and_a_few_examples(target: Targ
         run_data_quality(target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}units")
     finally:
         event.remove(Engine, "before_cursor_execute", record)
-    assert (
-        len(statements) == 16
-    )  # one per check that applies, not two (examples, then a COUNT of them)
-    for statement in statements:
+    scratch = [s for s in statements if "ab_dq_events_" in s and "unexpected" not in s]
+    checks = [s for s in statements if s not in scratch]
+    assert len(checks) == 16  # one per check that applies, not two (examples, then a COUNT)
+    for statement in checks:
         assert statement.startswith("WITH unexpected AS"), statement
         assert "LIMIT 5" in statement and "unexpected_count" in statement, statement
+    # The events suite's batch is written once (then dropped); its seven checks read that.
+    assert sum(s.startswith("CREATE TABLE") for s in scratch) == 1
+    assert sum(s.startswith("DROP TABLE IF EXISTS") for s in scratch) == 2
+    assert sum("ab_dq_events_" in s for s in checks) == 7
+
+
+def test_the_events_scratch_table_is_dropped_even_when_a_check_breaks(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ab_pipeline.gates import data_quality
+
+    def scratch_tables() -> list[dict[str, Any]]:
+        return target.warehouse.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'ab_dq_%'"
+        )
+
+    target.gate(Dataset())  # loads the dataset
+    assert scratch_tables() == []
+    templates = load_suite_templates()
+    [events] = [t for t in templates if t["name"] == "events"]
+    assert events["meta"]["materialize"] is True
+    events["expectations"][0]["kwargs"]["unexpected_rows_query"] = (
+        "SELECT e.no_such_column AS example FROM {batch} AS e"
+    )
+    monkeypatch.setattr(data_quality, "load_suite_templates", lambda: templates)
+    with pytest.raises(PipelineError, match="check events_unit_id_not_null could not run"):
+        run_data_quality(target.warehouse.url, target.config(), RUN_DATE, f"{target.prefix}units")
+    assert scratch_tables() == []
 
 
 def test_a_check_that_cannot_run_is_a_pipeline_error(target: Target) -> None:
