@@ -208,8 +208,12 @@ def _gate_detail(checks: list[dict[str, Any]], failures: list[dict[str, Any]]) -
     if failures:
         return "; ".join(f"{c['name']}: {c['detail']}" for c in failures)
     warnings = sum(not c["passed"] for c in checks)
-    note = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
-    return f"{len(checks)} checks passed{note}"
+    if not warnings:
+        return f"{len(checks)} checks passed"
+    return (
+        f"{len(checks) - warnings} of {len(checks)} checks passed, "
+        f"{warnings} warning{'s' if warnings != 1 else ''} (not blocking)"
+    )
 
 
 def run(context: GateContext, units_table: str) -> GateResult:
@@ -588,7 +592,7 @@ def _sentence(
     meta: dict[str, Any], passed: bool, count: int, examples: list[str], values: ExperimentValues
 ) -> str:
     form = "passed" if passed else "one" if count == 1 else "other"
-    sentence = meta["detail"][form].format(count=count, **values.words)
+    sentence = meta["detail"][form].format(count=f"{count:,}", **values.words)
     if examples and not passed:
         if meta.get("examples_are") == "metric_events":  # name the metrics behind each event
             examples = [

@@ -659,3 +659,14 @@ def test_an_event_name_the_checks_cannot_quote_is_a_clear_error(target: Target) 
     )
     with pytest.raises(PipelineError, match="'cart:add' cannot be written into a data-quality"):
         gate_with(target, Dataset(), config)
+
+
+def test_the_gate_line_counts_warnings_apart_from_passed_checks() -> None:
+    from ab_pipeline.gates.data_quality import _gate_detail
+
+    passed = {"name": "a", "passed": True, "severity": "error", "detail": "fine"}
+    warned = {"name": "b", "passed": False, "severity": "warning", "detail": "odd"}
+    assert _gate_detail([passed, passed], []) == "2 checks passed"
+    assert _gate_detail([passed, warned, passed], []) == (
+        "2 of 3 checks passed, 1 warning (not blocking)"
+    )
