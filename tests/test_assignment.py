@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import chisquare
 
-from ab_pipeline.assignment import (
+from ab_pipeline.core.assignment import (
     BUCKETS,
     arm_case_sql,
     assign,
@@ -21,7 +21,7 @@ from ab_pipeline.assignment import (
     digest_sql,
     salt_prefix,
 )
-from ab_pipeline.cli import main
+from ab_pipeline.orchestration.cli import main
 from ab_pipeline.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ IDS = [f"user-{n}" for n in range(100_000)]
 
 def test_same_unit_same_arm_across_processes() -> None:
     code = (
-        "from ab_pipeline.assignment import assign_many; "
+        "from ab_pipeline.core.assignment import assign_many; "
         "print(','.join(assign_many('exp', 3, [f'u{n}' for n in range(200)], "
         "{'control': 0.5, 'small': 0.2, 'large': 0.3})))"
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from pathlib import Path
 
-from ab_pipeline.backfill import latest_data_date, should_email
-from ab_pipeline.config import load_config
+from ab_pipeline.core.config import load_config
+from ab_pipeline.orchestration.backfill import latest_data_date, should_email
 from ab_pipeline.warehouse import Warehouse
 from tests.warehouse_fixtures import create_contract_tables, insert_rows
 

@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from ab_pipeline.brief import (
+from ab_pipeline.report.brief import (
     TEMPLATES_ENV,
     RenderedBrief,
     fmt_num,
@@ -575,7 +575,7 @@ def test_interim_without_a_comparison_says_when_the_window_closes() -> None:
 
 
 def test_chart_ticks_show_the_decimals_their_spacing_needs() -> None:
-    from ab_pipeline.charts import tick_digits
+    from ab_pipeline.report.charts import tick_digits
 
     assert tick_digits([-0.0125, 0.0, 0.0125], 100) == 2  # -1.25 pp, not -1.2
     assert tick_digits([-0.01, 0.0, 0.01, 0.02], 100) == 0
@@ -583,7 +583,7 @@ def test_chart_ticks_show_the_decimals_their_spacing_needs() -> None:
 
 
 def test_relative_budgets_are_labelled_as_a_share_of_control() -> None:
-    from ab_pipeline.brief import _budget_line
+    from ab_pipeline.report.brief import _budget_line
 
     metric = {"arms": {"control": {"value": 52.4}}}
     check = {"budget": 0.05, "budget_kind": "max_relative_decrease"}
@@ -593,7 +593,7 @@ def test_relative_budgets_are_labelled_as_a_share_of_control() -> None:
 
 
 def test_the_mail_html_carries_its_styles_inline() -> None:
-    from ab_pipeline.delivery import build_message
+    from ab_pipeline.report.delivery import build_message
 
     for kind in ("ship", "rerun"):
         results = load(kind)
@@ -608,7 +608,7 @@ def test_the_mail_html_carries_its_styles_inline() -> None:
 
 
 def test_a_discrete_primary_says_why_it_has_no_standard_error_or_p_value() -> None:
-    from ab_pipeline.statistics import DISCRETE_NOTE
+    from ab_pipeline.stats.statistics import DISCRETE_NOTE
 
     results = load("ship")
     primary = next(m for m in results["metrics"].values() if m["role"] == "primary")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from ab_pipeline import calibration
-from ab_pipeline.calibration import Row
+from ab_pipeline.devtools import calibration
+from ab_pipeline.devtools.calibration import Row
 
 TOLERANCE_Z = 3.5
 COVERAGE_POINTS = 0.02

@@ -12,12 +12,12 @@ import jsonschema
 import pytest
 import yaml
 
-from ab_pipeline import catalog
-from ab_pipeline.cli import main
-from ab_pipeline.config import MetricSource, json_schema, load_config, parse_config
-from ab_pipeline.errors import ConfigError
-from ab_pipeline.pipeline import RunContext, run_pipeline
-from ab_pipeline.simulate import parse_scenario, simulate
+from ab_pipeline.core import catalog
+from ab_pipeline.core.config import MetricSource, json_schema, load_config, parse_config
+from ab_pipeline.core.errors import ConfigError
+from ab_pipeline.devtools.simulate import parse_scenario, simulate
+from ab_pipeline.orchestration.cli import main
+from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse
 from tests.test_pipeline import exact_refund_scenario
 

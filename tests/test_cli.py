@@ -260,7 +260,7 @@ def test_assign_refuses_an_externally_assigned_experiment(world: World) -> None:
 def test_validate_checks_the_schedule_airflow_will_read(
     schedule: str | None, accepted: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ab_pipeline.cli import main
+    from ab_pipeline.orchestration.cli import main
 
     sample = (REPO / "dags" / "experiments" / "refund-query-rewrite.yaml").read_text()
     config = tmp_path / "x.yaml"

@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 import yaml
 
-from ab_pipeline.cli import main
-from ab_pipeline.config import json_schema, load_config, parse_duration
-from ab_pipeline.errors import ConfigError
+from ab_pipeline.core.config import json_schema, load_config, parse_duration
+from ab_pipeline.core.errors import ConfigError
+from ab_pipeline.orchestration.cli import main
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "dags" / "experiments"
 SAMPLES = sorted(EXPERIMENTS.glob("*.yaml"))
@@ -286,7 +286,7 @@ def test_validate_accepts_an_sql_metric_that_is_one_select(
 def test_the_sql_checker_refuses_what_is_not_a_reading_select(
     sql: str, dialect: str, reason: str
 ) -> None:
-    from ab_pipeline.sql_safety import UnsafeSQL, checked_select
+    from ab_pipeline.core.sql_safety import UnsafeSQL, checked_select
 
     with pytest.raises(UnsafeSQL, match=re.escape(reason)):
         checked_select(sql, dialect)
@@ -306,7 +306,7 @@ def test_the_sql_checker_returns_the_select_it_checked(sql: str, dialect: str) -
     """What runs is sqlglot's rendering of what it parsed (comments dropped)."""
     import sqlglot
 
-    from ab_pipeline.sql_safety import checked_select, sqlglot_dialect
+    from ab_pipeline.core.sql_safety import checked_select, sqlglot_dialect
 
     checked = checked_select(sql, dialect)
     assert "DROP" not in checked and "--" not in checked

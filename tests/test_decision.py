@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from ab_pipeline.config import ExperimentConfig, load_config, parse_config
-from ab_pipeline.decision import decide, first_comparison_date
+from ab_pipeline.core.config import ExperimentConfig, load_config, parse_config
 from ab_pipeline.gates.srm import evaluate_srm
-from ab_pipeline.statistics import (
+from ab_pipeline.readout.decision import decide, first_comparison_date
+from ab_pipeline.stats.statistics import (
     QuantileSummary,
     compare_proportions,
     compare_quantiles,

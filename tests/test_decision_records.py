@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.cli import main
-from ab_pipeline.config import load_config
-from ab_pipeline.decision_records import load_decisions, record_decision
-from ab_pipeline.pipeline import RunContext, run_pipeline
-from ab_pipeline.simulate import load_scenario, parse_scenario, simulate
+from ab_pipeline.core.config import load_config
+from ab_pipeline.devtools.simulate import load_scenario, parse_scenario, simulate
+from ab_pipeline.orchestration.cli import main
+from ab_pipeline.readout.decision_records import load_decisions, record_decision
+from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse, dispose_all
 
 REPO = Path(__file__).resolve().parent.parent

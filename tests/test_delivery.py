@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from ab_pipeline import delivery
-from ab_pipeline.brief import render_brief
-from ab_pipeline.delivery import SENDER_ENV, build_message, default_sender, deliver
-from ab_pipeline.errors import PipelineError
+from ab_pipeline.core.errors import PipelineError
+from ab_pipeline.report import delivery
+from ab_pipeline.report.brief import render_brief
+from ab_pipeline.report.delivery import SENDER_ENV, build_message, default_sender, deliver
 from tests.local_services import free_port, serving_smtp, smtp_connection
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -177,7 +177,7 @@ def test_no_connection_writes_eml_and_does_not_fail(
 ) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_AB_PIPELINE_TEST_NOWHERE", raising=False)
     _, message = ship_message()
-    with caplog.at_level(logging.WARNING, logger="ab_pipeline.delivery"):
+    with caplog.at_level(logging.WARNING, logger="ab_pipeline.report.delivery"):
         outcome = deliver(message, tmp_path, smtp_conn_id="ab_pipeline_test_nowhere")
 
     assert not outcome.sent
@@ -192,7 +192,7 @@ def test_server_down_raises_pipeline_error_and_keeps_eml(
     point_smtp_default_at(monkeypatch, free_port())  # nothing listens there
     _, message = ship_message()
     with (
-        caplog.at_level(logging.WARNING, logger="ab_pipeline.delivery"),
+        caplog.at_level(logging.WARNING, logger="ab_pipeline.report.delivery"),
         pytest.raises(PipelineError, match="after 3 attempt"),
     ):
         deliver(message, tmp_path)
@@ -224,8 +224,8 @@ from airflow.sdk import dag, task
 def brief_delivery_probe():
     @task
     def send() -> str:
-        from ab_pipeline.brief import render_brief
-        from ab_pipeline.delivery import build_message, deliver
+        from ab_pipeline.report.brief import render_brief
+        from ab_pipeline.report.delivery import build_message, deliver
 
         results = json.loads(Path({fixture!r}).read_text())
         message = build_message(results, render_brief(results), "ab-pipeline@localhost")
@@ -267,8 +267,8 @@ def test_deliver_inside_a_running_airflow_task(smtp_server: Recorder, tmp_path: 
 
 
 def test_owner_is_notified_when_a_dag_run_fails(smtp_server: Recorder) -> None:
-    from ab_pipeline.dag_factory import build_dags
-    from ab_pipeline.notify import OwnerFailureNotifier
+    from ab_pipeline.orchestration.dag_factory import build_dags
+    from ab_pipeline.report.notify import OwnerFailureNotifier
 
     dags = build_dags(REPO / "dags" / "experiments")
     dag = (
@@ -296,7 +296,7 @@ def test_failure_notifier_without_smtp_only_logs(
 ) -> None:
     """smtp_default points at a live server: a notifier whose own connection is missing logs
     and sends nothing, rather than falling back to another connection."""
-    from ab_pipeline.notify import OwnerFailureNotifier
+    from ab_pipeline.report.notify import OwnerFailureNotifier
 
     monkeypatch.delenv("AIRFLOW_CONN_AB_PIPELINE_TEST_NOWHERE", raising=False)
     notifier = OwnerFailureNotifier("exp-1", "o@example.com", "t", "ab_pipeline_test_nowhere")

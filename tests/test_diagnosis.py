@@ -1,4 +1,5 @@
-"""Plans and progress (ab_pipeline/diagnosis.py): the results.json `plan` block and the brief's
+"""Plans and progress (ab_pipeline/stats/diagnosis.py): the results.json `plan` block and the
+brief's
 "smallest effect detectable now" / "days left" follow the same rules as `ab-pipeline plan`."""
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ab_pipeline.config import parse_config
-from ab_pipeline.diagnosis import detectable_now, plan_summary, progress
-from ab_pipeline.errors import ConfigError
-from ab_pipeline.statistics import (
+from ab_pipeline.core.config import parse_config
+from ab_pipeline.core.errors import ConfigError
+from ab_pipeline.stats.diagnosis import detectable_now, plan_summary, progress
+from ab_pipeline.stats.statistics import (
     sample_size_means,
     sample_size_non_inferiority,
     sample_size_two_proportions,
@@ -134,7 +135,7 @@ def load_pre_period(warehouse: Any) -> dict[str, list[float]]:
 
 
 def test_a_pre_period_query_gives_the_plan_its_baseline_and_sd(duckdb_warehouse: Any) -> None:
-    from ab_pipeline.diagnosis import pre_period_moments
+    from ab_pipeline.stats.diagnosis import pre_period_moments
 
     truth = load_pre_period(duckdb_warehouse)
     proportion = config({"baseline": 0.38, "mde": 0.02})
@@ -152,7 +153,7 @@ def test_cli_plans_a_config_from_the_warehouse_pre_period(
 ) -> None:
     import yaml
 
-    from ab_pipeline.cli import main
+    from ab_pipeline.orchestration.cli import main
 
     truth = load_pre_period(duckdb_warehouse)
     data = experiment_data(

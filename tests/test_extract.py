@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ab_pipeline.config import ExperimentConfig, parse_config
-from ab_pipeline.extract import (
+from ab_pipeline.core.config import ExperimentConfig, parse_config
+from ab_pipeline.readout.extract import (
     ExtractPlan,
     build_units_table,
     partitions_for,
@@ -327,7 +327,7 @@ def test_the_sql_metric_pass_is_read_only_on_duckdb(
 ) -> None:
     """DuckDB has no function that writes, so the parser admits no write to test with: put a
     write in the read-only pass itself and see the engine refuse it."""
-    from ab_pipeline import extract
+    from ab_pipeline.readout import extract
 
     exposures, events = random_data(seed=5, units=20)
     create_contract_tables(duckdb_warehouse)
@@ -362,6 +362,6 @@ def test_a_function_that_writes_fails_in_the_read_only_pass_on_postgresql(
     with pytest.raises(Exception, match="read-only transaction"):
         build_units_table(warehouse, config, END)
     assert not warehouse.table_exists(f"{schema}.pwned")
-    from ab_pipeline.extract import units_table_name
+    from ab_pipeline.readout.extract import units_table_name
 
     assert not warehouse.table_exists(units_table_name(config, END))

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.cli import main
-from ab_pipeline.config import load_config, parse_config
-from ab_pipeline.lint import lint_config
-from ab_pipeline.simulate import load_scenario, simulate
+from ab_pipeline.core.config import load_config, parse_config
+from ab_pipeline.devtools.lint import lint_config
+from ab_pipeline.devtools.simulate import load_scenario, simulate
+from ab_pipeline.orchestration.cli import main
 from ab_pipeline.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The owner's failure email (ab_pipeline.notify) outside a full run.
+"""The owner's failure email (ab_pipeline.report.notify) outside a full run.
 
 The end-to-end check, a real failed DAG run whose callback emails the owner the first failed
 task and its error, is in tests/test_cli.py.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ab_pipeline.config import load_config
-from ab_pipeline.dag_factory import build_dag
-from ab_pipeline.notify import OwnerFailureNotifier, run_url, task_depths
+from ab_pipeline.core.config import load_config
+from ab_pipeline.orchestration.dag_factory import build_dag
+from ab_pipeline.report.notify import OwnerFailureNotifier, run_url, task_depths
 from tests.local_services import Inbox, serving_smtp, smtp_connection
 
 CONFIG = (

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from ab_pipeline.config import load_config
-from ab_pipeline.novelty import weighted_trend
-from ab_pipeline.pipeline import RunContext, run_pipeline
-from ab_pipeline.simulate import parse_scenario, simulate
+from ab_pipeline.core.config import load_config
+from ab_pipeline.devtools.simulate import parse_scenario, simulate
+from ab_pipeline.readout.pipeline import RunContext, run_pipeline
+from ab_pipeline.stats.novelty import weighted_trend
 from ab_pipeline.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,9 +86,9 @@ def test_a_ratio_primary_gets_cohorts_with_the_delta_method_variance(
 ) -> None:
     """A ratio primary has no `m_<primary>` column: its cohorts come from the numerator and
     denominator columns, each cohort's difference and SE as the analysis's ratio comparison."""
-    from ab_pipeline.config import parse_config
-    from ab_pipeline.novelty import novelty_view
-    from ab_pipeline.statistics import RatioSummary, compare_ratios
+    from ab_pipeline.core.config import parse_config
+    from ab_pipeline.stats.novelty import novelty_view
+    from ab_pipeline.stats.statistics import RatioSummary, compare_ratios
     from tests.warehouse_fixtures import experiment_data
 
     if engine == "duckdb":

@@ -1,4 +1,5 @@
-"""Exact order statistics through bucket histograms (ab_pipeline/quantiles.py), checked against
+"""Exact order statistics through bucket histograms (ab_pipeline/stats/quantiles.py), checked
+against
 numpy's sort and the engines' own percentile_cont / percentile_disc, on DuckDB and PostgreSQL."""
 
 from __future__ import annotations
@@ -10,24 +11,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ab_pipeline import analysis
-from ab_pipeline.config import QuantileMetric, parse_config
-from ab_pipeline.extract import (
+from ab_pipeline.core.config import QuantileMetric, parse_config
+from ab_pipeline.metrics import quantile as quantile_kind
+from ab_pipeline.metrics.quantile import quantile_cluster_sums, quantile_summaries
+from ab_pipeline.readout import analysis
+from ab_pipeline.readout.extract import (
     build_units_table,
     quantile_count_column,
     quantile_events_sql,
     quantile_histogram_table_name,
 )
-from ab_pipeline.metrics import quantile as quantile_kind
-from ab_pipeline.metrics.quantile import quantile_cluster_sums, quantile_summaries
-from ab_pipeline.quantiles import (
+from ab_pipeline.stats.quantiles import (
     cont_ranks,
     disc_rank,
     histograms,
     order_statistics,
     stored_histograms,
 )
-from ab_pipeline.statistics import clustered_quantile_bracket
+from ab_pipeline.stats.statistics import clustered_quantile_bracket
 from ab_pipeline.warehouse import Warehouse
 from tests.warehouse_fixtures import (
     create_contract_tables,
@@ -284,7 +285,7 @@ def test_metrics_named_with_capitals_are_analysed_on_every_engine(
 ) -> None:
     """Generated column names keep the metric's case (`n_Latency_P95`): PostgreSQL folds
     unquoted names, so every generated identifier must be quoted wherever it is written."""
-    from ab_pipeline.analysis import analyse
+    from ab_pipeline.readout.analysis import analyse
 
     warehouse, prefix = warehouse_and_prefix
     truth = load_clustered(warehouse, prefix)

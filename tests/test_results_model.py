@@ -1,4 +1,5 @@
-"""results.json's typed contract (ab_pipeline.results_model): what real runs and the fixtures
+"""results.json's typed contract (ab_pipeline.readout.results_model): what real runs and the
+fixtures
 write validates; a misspelt key, a NaN or a wrong type is refused naming its path, and never
 written (RunContext.write_json, decision_records.annotate_archive) nor read (load_results)."""
 
@@ -13,18 +14,18 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.cli import main
-from ab_pipeline.config import load_config
-from ab_pipeline.decision_records import annotate_archive
-from ab_pipeline.pipeline import RunContext, run_pipeline
-from ab_pipeline.results_model import (
+from ab_pipeline.core.config import load_config
+from ab_pipeline.devtools.simulate import parse_scenario, simulate
+from ab_pipeline.orchestration.cli import main
+from ab_pipeline.readout.decision_records import annotate_archive
+from ab_pipeline.readout.pipeline import RunContext, run_pipeline
+from ab_pipeline.readout.results_model import (
     Results,
     ResultsInvalid,
     json_schema,
     load_results,
     validate_results,
 )
-from ab_pipeline.simulate import parse_scenario, simulate
 from ab_pipeline.warehouse import dispose_all
 from tests.conftest import REPO_ROOT
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from ab_pipeline import results_store
-from ab_pipeline.results_store import (
+from ab_pipeline.readout import results_store
+from ab_pipeline.readout.results_store import (
     TABLES,
     history,
     latest_final_readout,
@@ -243,7 +243,7 @@ def test_a_rerun_readout_has_gates_but_no_metrics(duckdb_warehouse: Warehouse) -
 
 WRITER = """
 import json, sys, time
-from ab_pipeline import results_store
+from ab_pipeline.readout import results_store
 from ab_pipeline.warehouse import Warehouse
 
 def stall(results):

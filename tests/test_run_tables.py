@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ab_pipeline.config import ExperimentConfig, load_config
-from ab_pipeline.extract import drop_old_run_tables
+from ab_pipeline.core.config import ExperimentConfig, load_config
+from ab_pipeline.readout.extract import drop_old_run_tables
 from ab_pipeline.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def test_a_long_key_s_shortened_names_are_found(
 ) -> None:
     from datetime import date
 
-    from ab_pipeline.extract import units_table_name
+    from ab_pipeline.readout.extract import units_table_name
 
     config = config_in(tmp_path, None, key="a-very-long-experiment-key-that-needs-shortening-badly")
     names = [units_table_name(config, date(2026, 5, d)) for d in (1, 2)]

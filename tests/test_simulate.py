@@ -15,14 +15,14 @@ from typing import Any
 import duckdb
 import pytest
 
-from ab_pipeline.config import (
+from ab_pipeline.core.config import (
     ExperimentConfig,
     MeanMetric,
     ProportionMetric,
     QuantileMetric,
     load_config,
 )
-from ab_pipeline.simulate import (
+from ab_pipeline.devtools.simulate import (
     Scenario,
     ScenarioError,
     expected_values,

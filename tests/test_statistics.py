@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from ab_pipeline.statistics import (
+from ab_pipeline.stats.statistics import (
     MeanSummary,
     QuantileSummary,
     compare_means,
@@ -172,7 +172,7 @@ def test_several_arms_split_alpha_so_each_comparison_keeps_its_power() -> None:
 def test_mean_plan_matches_statsmodels_normal_power() -> None:
     from statsmodels.stats.power import NormalIndPower
 
-    from ab_pipeline.statistics import mde_means, sample_size_means
+    from ab_pipeline.stats.statistics import mde_means, sample_size_means
 
     size = sample_size_means(sd=12.0, mde=1.0)
     reference = NormalIndPower().solve_power(effect_size=1 / 12, alpha=0.05, power=0.8)
@@ -187,7 +187,7 @@ def test_mean_plan_matches_statsmodels_normal_power() -> None:
 def test_non_inferiority_size_gives_the_stated_power_at_no_effect(
     relative: bool, harmful_up: bool
 ) -> None:
-    from ab_pipeline.statistics import sample_size_non_inferiority
+    from ab_pipeline.stats.statistics import sample_size_non_inferiority
 
     p, budget = 0.06, (0.1 if relative else 0.005)
     n = sample_size_non_inferiority(p, budget, relative, harmful_up).per_arm
@@ -202,7 +202,7 @@ def test_non_inferiority_size_gives_the_stated_power_at_no_effect(
 
 
 def test_detectable_effect_inverts_the_plan_in_both_directions() -> None:
-    from ab_pipeline.statistics import mde_two_proportions
+    from ab_pipeline.stats.statistics import mde_two_proportions
 
     assert mde_two_proportions(0.38, 9246, formula="pooled") == pytest.approx(0.02, rel=1e-3)
     up = sample_size_two_proportions(0.006, 0.003).per_arm
@@ -215,7 +215,7 @@ def test_detectable_effect_inverts_the_plan_in_both_directions() -> None:
 
 
 def test_ratio_delta_method_matches_a_direct_per_unit_computation() -> None:
-    from ab_pipeline.statistics import RatioSummary, compare_ratios
+    from ab_pipeline.stats.statistics import RatioSummary, compare_ratios
 
     rng = np.random.default_rng(3)
 
@@ -240,7 +240,7 @@ def test_ratio_delta_method_matches_a_direct_per_unit_computation() -> None:
 
 
 def test_clustered_quantile_bracket_reduces_to_binomial_with_one_event_per_unit() -> None:
-    from ab_pipeline.statistics import QuantileClusterSums, clustered_quantile_bracket
+    from ab_pipeline.stats.statistics import QuantileClusterSums, clustered_quantile_bracket
 
     n, below = 10000, 9500.0  # one event per unit: I_i in {0, 1}
     sums = QuantileClusterSums(n, float(n), below, float(n), below, below)
@@ -253,7 +253,7 @@ def test_clustered_quantile_bracket_reduces_to_binomial_with_one_event_per_unit(
 def test_cuped_matches_ancova_regression_in_statsmodels() -> None:
     import statsmodels.api as sm
 
-    from ab_pipeline.statistics import CupedSummary, cuped_adjust
+    from ab_pipeline.stats.statistics import CupedSummary, cuped_adjust
 
     rng = np.random.default_rng(4)
     n = 3000
@@ -286,7 +286,7 @@ def test_cuped_matches_ancova_regression_in_statsmodels() -> None:
 def test_p_value_corrections_match_statsmodels(method: str, reference: str) -> None:
     from statsmodels.stats.multitest import multipletests
 
-    from ab_pipeline.statistics import adjust_p_values
+    from ab_pipeline.stats.statistics import adjust_p_values
 
     p = [0.012, 0.04, 0.031, 0.2, 0.0004]
     assert adjust_p_values(p, method) == pytest.approx(list(multipletests(p, method=reference)[1]))
@@ -302,14 +302,14 @@ def test_p_value_corrections_match_statsmodels(method: str, reference: str) -> N
 )
 def test_obrien_fleming_boundaries_match_gsdesign(looks: int, published: list[float]) -> None:
     """Lan-DeMets OBF-type spending of alpha/2 per side (gsDesign sfLDOF, ldbounds)."""
-    from ab_pipeline.statistics import group_sequential_boundaries
+    from ab_pipeline.stats.statistics import group_sequential_boundaries
 
     bounds = group_sequential_boundaries(tuple(k / looks for k in range(1, looks + 1)))
     assert bounds == pytest.approx(published, abs=0.005)
 
 
 def test_obrien_fleming_boundaries_spend_exactly_alpha() -> None:
-    from ab_pipeline.statistics import group_sequential_boundaries, obrien_fleming_spending
+    from ab_pipeline.stats.statistics import group_sequential_boundaries, obrien_fleming_spending
 
     fractions = tuple(k / 5 for k in range(1, 6))
     bounds = group_sequential_boundaries(fractions)
@@ -361,7 +361,7 @@ def test_relative_mean_interval_uses_the_log_ratio_with_delta_se() -> None:
 
 
 def test_one_sided_bounds_are_the_ends_of_the_two_sided_interval_at_twice_alpha() -> None:
-    from ab_pipeline.statistics import harm_bound
+    from ab_pipeline.stats.statistics import harm_bound
 
     at_05 = compare_proportions(60, 10000, 75, 10000, alpha=0.05).as_dict()
     at_10 = compare_proportions(60, 10000, 75, 10000, alpha=0.10)
@@ -401,7 +401,7 @@ def test_tied_quantiles_report_no_se_or_p_value_and_say_they_are_discrete() -> N
 
 
 def test_a_tied_quantile_guardrail_bound_falls_back_to_the_interval_end() -> None:
-    from ab_pipeline.statistics import adjust_p_values, harm_bound
+    from ab_pipeline.stats.statistics import adjust_p_values, harm_bound
 
     result = compare_quantiles(tied_summary(80.0), tied_summary(90.0)).as_dict()
     assert harm_bound(result, relative=False, upper=True) == pytest.approx(10.0)
@@ -427,7 +427,7 @@ def test_a_tied_quantile_guardrail_bound_falls_back_to_the_interval_end() -> Non
 def test_cli_plan_rejects_bad_arguments_with_one_line(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ab_pipeline.cli import main
+    from ab_pipeline.orchestration.cli import main
 
     assert main(["plan", *args]) == 2
     captured = capsys.readouterr()
@@ -437,7 +437,7 @@ def test_cli_plan_rejects_bad_arguments_with_one_line(
 def test_cli_plan_prints_the_powered_size_and_names_its_formula(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from ab_pipeline.cli import main
+    from ab_pipeline.orchestration.cli import main
 
     assert main(["plan", "--baseline", "0.006", "--mde", "0.003"]) == 0
     out = capsys.readouterr().out

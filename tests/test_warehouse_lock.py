@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from ab_pipeline import warehouse_lock
-from ab_pipeline.warehouse import Warehouse, dispose_all, engine_url
-from ab_pipeline.warehouse_lock import WarehouseLockTimeout
+from ab_pipeline.warehouse import Warehouse, dispose_all, engine_url, warehouse_lock
+from ab_pipeline.warehouse.warehouse_lock import WarehouseLockTimeout
 
 REPO = Path(__file__).resolve().parent.parent
 HOLDER = """
