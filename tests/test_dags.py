@@ -214,7 +214,7 @@ from airflow.dag_processing.dagbag import DagBag
 from ab_pipeline.orchestration import dag_factory
 
 dag_factory.only_config = Path(sys.argv[1]) / "mine" / "fresh.yaml"  # as `ab-pipeline run` does
-bag = DagBag(str(Path(dag_factory.__file__).parent.parent / "dags"))
+bag = DagBag(str(Path(dag_factory.__file__).parents[2] / "dags"))
 print(json.dumps({"dags": sorted(bag.dags), "errors": bag.import_errors}))
 """
 
