@@ -4,10 +4,10 @@ Each scenario draws many seeded experiments at the sufficient-statistic level in
 sums, sums of squares, per-unit pieces: what the warehouse SQL would return), runs them through
 the real functions in `ab_pipeline.stats.statistics` and reports a rate with its Monte-Carlo
 standard
-error. This tests the statistics, not the SQL (tests/test_extract.py covers that).
+error. This tests the statistics, not the SQL (tests/readout/test_extract.py covers that).
 
-`tests/test_calibration.py` runs a reduced version; `benchmarks/calibration.py` the full one,
-writing its table into docs/statistics.md.
+`tests/devtools/test_calibration.py` runs a reduced version; `benchmarks/calibration.py` the full
+one, writing its table into docs/statistics.md.
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ def test_non_finite_values_are_a_rerun_and_never_reach_results(
 
 
 def test_run_files_refuse_non_finite_numbers(tmp_path: Path) -> None:
-    # results.json itself is refused by its model, naming the field (tests/test_results_model.py).
+    # results.json itself is refused by its model, naming the field
+    # (tests/readout/test_results_model.py).
     ctx = RunContext(CONFIG, FINAL, f"duckdb:///{tmp_path}/unused.duckdb", tmp_path)
     with pytest.raises(ValueError, match="not JSON compliant"):
         ctx.write_json("metrics.json", {"value": math.nan})

@@ -33,7 +33,7 @@ from ab_pipeline.devtools.simulate import (
 )
 from ab_pipeline.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "dags" / "experiments"
 SIMULATIONS = REPO / "simulations"
 SAMPLES = sorted(p.stem for p in SIMULATIONS.glob("*.yaml"))

@@ -16,7 +16,7 @@ from ab_pipeline.core.config import json_schema, load_config, parse_duration
 from ab_pipeline.core.errors import ConfigError
 from ab_pipeline.orchestration.cli import main
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "dags" / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "dags" / "experiments"
 SAMPLES = sorted(EXPERIMENTS.glob("*.yaml"))
 REFUND = EXPERIMENTS / "refund-query-rewrite.yaml"
 

@@ -10,9 +10,7 @@ from ab_pipeline.orchestration.backfill import latest_data_date, should_email
 from ab_pipeline.warehouse import Warehouse
 from tests.warehouse_fixtures import create_contract_tables, insert_rows
 
-CONFIG = (
-    Path(__file__).resolve().parent.parent / "dags" / "experiments" / "refund-query-rewrite.yaml"
-)
+CONFIG = Path(__file__).resolve().parents[2] / "dags" / "experiments" / "refund-query-rewrite.yaml"
 LATEST = date(2026, 5, 31)
 
 

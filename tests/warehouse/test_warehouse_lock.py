@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from ab_pipeline.warehouse import Warehouse, dispose_all, engine_url, warehouse_lock
 from ab_pipeline.warehouse.warehouse_lock import WarehouseLockTimeout
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys, time
 mode, path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])

@@ -19,9 +19,7 @@ from ab_pipeline.stats.statistics import (
     quantile_bracket,
 )
 
-REFUND = (
-    Path(__file__).resolve().parent.parent / "dags" / "experiments" / "refund-query-rewrite.yaml"
-)
+REFUND = Path(__file__).resolve().parents[2] / "dags" / "experiments" / "refund-query-rewrite.yaml"
 FINAL = date(2026, 5, 31)
 
 

@@ -16,7 +16,7 @@ from ab_pipeline.devtools.simulate import parse_scenario, simulate
 from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REFUND_CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
 REFUND_SCENARIO = REPO / "simulations" / "refund-query-rewrite.yaml"
 FINAL = date(2026, 5, 31)

@@ -26,7 +26,7 @@ from ab_pipeline.readout.results_store import (
 )
 from ab_pipeline.warehouse import Warehouse
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def ship(run_date: str = "2026-05-31", **changes: Any) -> dict[str, Any]:
@@ -269,7 +269,7 @@ def test_a_killed_writer_leaves_no_half_written_readout(
         [sys.executable, "-c", WRITER, warehouse.url, schema, payload],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "inside"

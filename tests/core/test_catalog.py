@@ -19,9 +19,9 @@ from ab_pipeline.devtools.simulate import parse_scenario, simulate
 from ab_pipeline.orchestration.cli import main
 from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse
-from tests.test_pipeline import exact_refund_scenario
+from tests.readout.test_pipeline import exact_refund_scenario
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REFUND = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
 DELIVERY = REPO / "dags" / "experiments" / "delivery-estimate.yaml"
 

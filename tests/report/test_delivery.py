@@ -23,8 +23,8 @@ from ab_pipeline.report.brief import render_brief
 from ab_pipeline.report.delivery import SENDER_ENV, build_message, default_sender, deliver
 from tests.local_services import free_port, serving_smtp, smtp_connection
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+REPO = Path(__file__).resolve().parents[2]
 CONN_ENV = "AIRFLOW_CONN_SMTP_DEFAULT"
 SENDER = "ab-pipeline@localhost"
 

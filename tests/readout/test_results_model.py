@@ -29,7 +29,7 @@ from ab_pipeline.readout.results_model import (
 from ab_pipeline.warehouse import dispose_all
 from tests.conftest import REPO_ROOT
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 KINDS = ("continue", "hostile", "iterate", "rerun", "ship", "stop")
 ONBOARDING = REPO_ROOT / "dags" / "experiments" / "onboarding-checklist.yaml"
 ONBOARDING_TRUTH = REPO_ROOT / "simulations" / "onboarding-checklist.yaml"

@@ -14,7 +14,7 @@ from ab_pipeline.devtools.simulate import load_scenario, simulate
 from ab_pipeline.orchestration.cli import main
 from ab_pipeline.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((REPO / "dags" / "experiments").glob("*.yaml"))
 REFUND = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
 

@@ -1,7 +1,7 @@
 """The owner's failure email (ab_pipeline.report.notify) outside a full run.
 
 The end-to-end check, a real failed DAG run whose callback emails the owner the first failed
-task and its error, is in tests/test_cli.py.
+task and its error, is in tests/orchestration/test_cli.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from ab_pipeline.orchestration.dag_factory import build_dag
 from ab_pipeline.report.notify import OwnerFailureNotifier, run_url, task_depths
 from tests.local_services import Inbox, serving_smtp, smtp_connection
 
-CONFIG = (
-    Path(__file__).resolve().parent.parent / "dags" / "experiments" / "refund-query-rewrite.yaml"
-)
+CONFIG = Path(__file__).resolve().parents[2] / "dags" / "experiments" / "refund-query-rewrite.yaml"
 
 
 def sample_dag():  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ from ab_pipeline.report.brief import (
     write_brief,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 KINDS = ["ship", "iterate", "stop", "rerun", "continue"]
 SIGNED_EFFECT = re.compile(r"[+-]\d+(\.\d+)? ?(pp|%)")  # "+4.0 pp", "-0.20 pp", "+10.5%"
 

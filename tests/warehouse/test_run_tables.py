@@ -12,7 +12,7 @@ from ab_pipeline.core.config import ExperimentConfig, load_config
 from ab_pipeline.readout.extract import drop_old_run_tables
 from ab_pipeline.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
 DAYS = ["20260527", "20260528", "20260529", "20260530", "20260531"]
 

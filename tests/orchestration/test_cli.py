@@ -20,7 +20,7 @@ import pytest
 
 from tests.local_services import Inbox, free_port, serving_smtp, smtp_connection
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("ab-pipeline"))
 KEY = "cli-fresh-key"  # no sample uses it: its DAG exists only once this config is run
 DAG_ID = "ab_cli_fresh_key"

@@ -17,7 +17,7 @@ from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.stats.novelty import weighted_trend
 from ab_pipeline.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
 SCENARIO = REPO / "simulations" / "refund-query-rewrite.yaml"
 FINAL = date(2026, 5, 31)

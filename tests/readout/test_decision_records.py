@@ -21,7 +21,7 @@ from ab_pipeline.readout.decision_records import load_decisions, record_decision
 from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse, dispose_all
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
 SCENARIO = REPO / "simulations" / "refund-query-rewrite.yaml"
 FINAL = date(2026, 5, 31)

@@ -24,7 +24,7 @@ from ab_pipeline.core.assignment import (
 from ab_pipeline.orchestration.cli import main
 from ab_pipeline.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REFUND = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
 THREE_WAY = {"control": 0.5, "small": 0.2, "large": 0.3}
 IDS = [f"user-{n}" for n in range(100_000)]
