@@ -445,8 +445,7 @@ class ExperimentConfig(_Strict):
     analysis: Analysis = Analysis()
     risks: list[str] = []
     # `hash`: arms come from ab_pipeline.core.assignment (the gate recomputes them); `external`:
-    # another
-    # system assigns, nothing to recompute.
+    # another system assigns, nothing to recompute.
     assignment: Literal["hash", "external"] = "external"
     assignment_check: AssignmentCheck | None = None
     # Metrics given as catalog references: name -> where the definition came from (set by
