@@ -3,5 +3,5 @@
 __version__ = "0.1.0"
 
 # The metric catalog plugs its `{ref: ...}` resolution into config parsing (see
-# ab_pipeline.config.reference_resolver); importing it here installs it wherever configs load.
-from ab_pipeline import catalog as _catalog  # noqa: E402,F401
+# ab_pipeline.core.config.reference_resolver); importing it here installs it wherever configs load.
+from ab_pipeline.core import catalog as _catalog  # noqa: E402,F401

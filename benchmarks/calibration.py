@@ -14,7 +14,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from ab_pipeline.calibration import markdown_table, plan_table, run_all
+from ab_pipeline.devtools.calibration import markdown_table, plan_table, run_all
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "statistics.md"
 BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"

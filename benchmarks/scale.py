@@ -76,7 +76,7 @@ stages = {}
 if mode == "readout":
     from datetime import date
     from pathlib import Path
-    from ab_pipeline import pipeline
+    from ab_pipeline.readout import pipeline
 
     def timed(name, stage):  # run_pipeline looks its stages up in the module at call time
         def run(*args, **kwargs):
@@ -110,9 +110,9 @@ print(json.dumps({"wall_s": wall, "peak_rss_mib": peak_mib, "detail": detail, "s
 def simulate(mix: Mix, url: str, units: int, schema: str | None) -> dict[str, Any]:
     import yaml
 
-    from ab_pipeline.config import load_config
-    from ab_pipeline.simulate import parse_scenario
-    from ab_pipeline.simulate import simulate as run_simulation
+    from ab_pipeline.core.config import load_config
+    from ab_pipeline.devtools.simulate import parse_scenario
+    from ab_pipeline.devtools.simulate import simulate as run_simulation
 
     data = yaml.safe_load(mix.truth.read_text())
     data["units"] = units

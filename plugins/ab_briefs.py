@@ -1,7 +1,7 @@
 """The decision-brief archive inside Airflow: an api-server plugin plus a navigation link.
 
 Serves, from the briefs archive (`<briefs root>/<experiment>/<run date>/`, see
-`ab_pipeline.pipeline.briefs_root`):
+`ab_pipeline.readout.pipeline.briefs_root`):
 
 - `/ab-briefs/`                                    the portfolio: every experiment's latest
   decision, status, days left, primary estimate and owner; `?decision=` and `?owner=` filter it
@@ -96,7 +96,7 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
 
 def briefs_root() -> Path:
-    from ab_pipeline.pipeline import briefs_root as root
+    from ab_pipeline.readout.pipeline import briefs_root as root
 
     return root()
 
@@ -134,9 +134,10 @@ def readouts(experiment_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """results.json through its contract (ab_pipeline.results_model); one the contract refuses
+    """results.json through its contract (ab_pipeline.readout.results_model); one the contract
+    refuses
     (a hand edit) is logged and shown as far as it goes, one that is not JSON is `{}`."""
-    from ab_pipeline.results_model import ResultsInvalid, load_results
+    from ab_pipeline.readout.results_model import ResultsInvalid, load_results
 
     try:
         return load_results(path)
@@ -194,7 +195,7 @@ def days_left(end: date | None, on: date) -> str:
 
 def primary_estimates(results: dict[str, Any]) -> dict[str, Any] | None:
     """The primary metric's latest estimate per treatment arm, formatted as in the brief."""
-    from ab_pipeline.brief import fmt_diff, fmt_interval, fmt_pct, fmt_rel_interval
+    from ab_pipeline.report.brief import fmt_diff, fmt_interval, fmt_pct, fmt_rel_interval
 
     metrics = results.get("metrics")
     if not isinstance(metrics, dict):
@@ -275,7 +276,7 @@ def filter_link(decision: str | None, owner: str | None) -> str:
 
 
 def decision_color(decision: str) -> str:
-    from ab_pipeline.brief import DECISIONS
+    from ab_pipeline.report.brief import DECISIONS
 
     return DECISIONS.get(decision, ("#57606a", ""))[0]
 

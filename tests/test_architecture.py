@@ -140,10 +140,12 @@ def test_ab_pipeline_has_no_import_cycle() -> None:
 
 def test_the_graph_sees_lazy_relative_and_type_checking_imports_of_the_package() -> None:
     graph = import_graph(PACKAGE)
-    assert "ab_pipeline.brief" in graph["ab_pipeline.pipeline"]  # inside stage_brief
-    assert "ab_pipeline.gates.data_quality" in graph["ab_pipeline.pipeline"]
-    assert "ab_pipeline.charts" in graph["ab_pipeline.brief"]  # under TYPE_CHECKING, too
-    assert "ab_pipeline.paths" in graph["ab_pipeline.cli"]
+    assert "ab_pipeline.report.brief" in graph["ab_pipeline.readout.pipeline"]  # inside stage_brief
+    assert "ab_pipeline.gates.data_quality" in graph["ab_pipeline.readout.pipeline"]
+    assert (
+        "ab_pipeline.report.charts" in graph["ab_pipeline.report.brief"]
+    )  # under TYPE_CHECKING, too
+    assert "ab_pipeline.core.paths" in graph["ab_pipeline.orchestration.cli"]
 
 
 FUNCTION_LEVEL = {

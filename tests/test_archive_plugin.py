@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from ab_pipeline.brief import write_brief
+from ab_pipeline.report.brief import write_brief
 from tests.local_services import free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ab_pipeline.config import load_config
+from ab_pipeline.core.config import load_config
 from tests.integration.stack import COMPONENTS, stack_environment
 
 REPO = Path(__file__).resolve().parent.parent

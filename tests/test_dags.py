@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.config import load_config
+from ab_pipeline.core.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
@@ -211,10 +211,10 @@ ONLY_ONE = """
 import json, sys
 from pathlib import Path
 from airflow.dag_processing.dagbag import DagBag
-from ab_pipeline import dag_factory
+from ab_pipeline.orchestration import dag_factory
 
 dag_factory.only_config = Path(sys.argv[1]) / "mine" / "fresh.yaml"  # as `ab-pipeline run` does
-bag = DagBag(str(Path(dag_factory.__file__).parent.parent / "dags"))
+bag = DagBag(str(Path(dag_factory.__file__).parents[2] / "dags"))
 print(json.dumps({"dags": sorted(bag.dags), "errors": bag.import_errors}))
 """
 
@@ -252,7 +252,7 @@ TASK_PARAMS = """
 import json, sys
 from pathlib import Path
 from airflow.sdk.bases.operator import get_merged_defaults
-from ab_pipeline.dag_factory import build_dags
+from ab_pipeline.orchestration.dag_factory import build_dags
 
 def described(params):
     return {k: {**vars(params.get_param(k))} for k in params}
@@ -289,8 +289,8 @@ from pathlib import Path
 from types import SimpleNamespace
 import airflow.sdk
 import ab_pipeline.warehouse
-from ab_pipeline import dag_factory
-from ab_pipeline.config import load_config
+from ab_pipeline.orchestration import dag_factory
+from ab_pipeline.core.config import load_config
 
 ab_pipeline.warehouse.warehouse_for_connection = lambda conn: SimpleNamespace(url="conn:" + conn)
 
@@ -359,8 +359,8 @@ def scheduled_runs(dag: Any) -> list[Any]:
 
 @pytest.mark.parametrize("schedule", ["@daily", "30 6 * * *", "@weekly", "0 */6 * * *"])
 def test_scheduling_stops_after_the_run_that_reads_out_end(schedule: str, tmp_path: Path) -> None:
-    from ab_pipeline.backfill import should_email
-    from ab_pipeline.dag_factory import build_dag, final_run_at, readout_date
+    from ab_pipeline.orchestration.backfill import should_email
+    from ab_pipeline.orchestration.dag_factory import build_dag, final_run_at, readout_date
 
     today = date.today()
     config_path = sample_with(
@@ -391,7 +391,7 @@ def test_scheduling_stops_after_the_run_that_reads_out_end(schedule: str, tmp_pa
 def test_triggering_a_bad_configs_stand_in_fails_with_its_problems(tmp_path: Path) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ab_pipeline.dag_factory import build_dags_from
+    from ab_pipeline.orchestration.dag_factory import build_dags_from
 
     path = sample_with(tmp_path, "moon.yaml", key="moon", schedule="every blue moon")
     dags = build_dags_from([path])

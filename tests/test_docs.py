@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.config import json_schema, parse_config
-from ab_pipeline.extract import build_units_table
-from ab_pipeline.lint import lint_config
-from ab_pipeline.results_model import json_schema as results_json_schema
+from ab_pipeline.core.config import json_schema, parse_config
+from ab_pipeline.devtools.lint import lint_config
+from ab_pipeline.readout.extract import build_units_table
+from ab_pipeline.readout.results_model import json_schema as results_json_schema
 from ab_pipeline.warehouse import (
     Warehouse,
     dispose_all,
@@ -86,7 +86,7 @@ def test_config_doc_example_is_a_clean_valid_config() -> None:
 
 
 def test_config_doc_catalog_example_is_a_valid_catalog_file(tmp_path: Path) -> None:
-    from ab_pipeline.catalog import load_catalog
+    from ab_pipeline.core.catalog import load_catalog
 
     (tmp_path / "support.yaml").write_text(one_block("config.md", "yaml catalog"))
     catalog = load_catalog(tmp_path)
@@ -401,7 +401,7 @@ def ddl_columns(ddl: str) -> list[str]:
 
 
 def test_warehouse_doc_names_every_column_the_pipeline_writes() -> None:
-    from ab_pipeline import decision_records, results_store
+    from ab_pipeline.readout import decision_records, results_store
 
     text = (DOCS / "warehouse.md").read_text()
     tables = {name: ddl_columns(ddl) for name, ddl in results_store.TABLES.items()}
@@ -469,7 +469,7 @@ def test_connection_examples_reach_real_warehouses(
 
 
 def test_smtp_example_delivers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ab_pipeline.delivery import send_message
+    from ab_pipeline.report.delivery import send_message
 
     [local, relay] = re.findall(
         r"^export AIRFLOW_CONN_SMTP_DEFAULT='([^'\n]+)'$",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ab_pipeline.brief import DEFAULT_TEMPLATES_DIR, render_brief
+from ab_pipeline.core.paths import PACKAGE_DIR, REPO_ROOT, data_dir
 from ab_pipeline.gates.data_quality import SUITES_DIR
-from ab_pipeline.paths import PACKAGE_DIR, REPO_ROOT, data_dir
+from ab_pipeline.report.brief import DEFAULT_TEMPLATES_DIR, render_brief
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -69,7 +69,7 @@ from pathlib import Path
 install, dependencies, fixture = sys.argv[1:4]
 sys.path[:0] = [install, dependencies]
 import ab_pipeline
-from ab_pipeline.brief import DEFAULT_TEMPLATES_DIR, render_brief
+from ab_pipeline.report.brief import DEFAULT_TEMPLATES_DIR, render_brief
 from ab_pipeline.gates.data_quality import SUITES_DIR, load_suite_templates
 
 brief = render_brief(json.loads(Path(fixture).read_text()))

@@ -143,7 +143,7 @@ def split_metric_pass(monkeypatch: Any, partitions: int) -> list[int]:
 
     Returns the list that receives the exposure-row counts the plan sized itself from, so a
     test can check the real count reached the sizing."""
-    from ab_pipeline import extract
+    from ab_pipeline.readout import extract
 
     seen: list[int] = []
 

@@ -1,7 +1,7 @@
 """Assignment-integrity gate: were the logged arms the arms the hash gives?
 
 For a config with `assignment: hash`, the warehouse recomputes every enrolled unit's arm with
-the same function product code calls (ab_pipeline.assignment, in SQL) and compares it with
+the same function product code calls (ab_pipeline.core.assignment, in SQL) and compares it with
 every arm logged for the unit's exposures up to the run date. Any disagreement fails the gate
 (RERUN): the logged arm is not the randomised arm, so the comparison is no longer randomised.
 
@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from ab_pipeline.assignment import arm_case_sql, bucket_sql, digest_sql, salt_prefix
-from ab_pipeline.config import ExperimentConfig
-from ab_pipeline.run_tables import RunWindow
+from ab_pipeline.core.assignment import arm_case_sql, bucket_sql, digest_sql, salt_prefix
+from ab_pipeline.core.config import ExperimentConfig
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import RunWindow
 
 if TYPE_CHECKING:
     from ab_pipeline.gates.base import GateContext, GateResult
@@ -193,7 +193,7 @@ def run(context: GateContext, units_table: str) -> GateResult:
 
 def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
     """Mismatches and early exposures, formatted (templates/gates/assignment.*.j2)."""
-    from ab_pipeline.brief import fmt_count, fmt_pct
+    from ab_pipeline.report.brief import fmt_count, fmt_pct
 
     def pct(value: float | None) -> str | None:
         return None if value is None else fmt_pct(value, 2)

@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ab_pipeline.config import ExperimentConfig
+    from ab_pipeline.core.config import ExperimentConfig
     from ab_pipeline.warehouse import Warehouse
 
 # A gate's outcome: a JSON-able dict with at least `passed` (bool) and, by convention, `detail`
@@ -41,7 +41,8 @@ GATE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class GateContext(Protocol):
-    """What a gate may read about the run (`ab_pipeline.pipeline.RunContext` provides it)."""
+    """What a gate may read about the run (`ab_pipeline.readout.pipeline.RunContext` provides
+    it)."""
 
     @property
     def config(self) -> ExperimentConfig: ...

@@ -47,11 +47,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ab_pipeline.config import ExperimentConfig
-from ab_pipeline.dates import midnight
-from ab_pipeline.errors import PipelineError
+from ab_pipeline.core.config import ExperimentConfig
+from ab_pipeline.core.dates import midnight
+from ab_pipeline.core.errors import PipelineError
+from ab_pipeline.core.paths import data_dir
 from ab_pipeline.gates.gx_sql import prepare_gx_for
-from ab_pipeline.paths import data_dir
 from ab_pipeline.warehouse import engine_url, normalize_url, quote_ident
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _brief_row(check: Mapping[str, Any]) -> dict[str, Any]:
-    from ab_pipeline.brief import fmt_count
+    from ab_pipeline.report.brief import fmt_count
 
     warning = check.get("severity") == "warning"
     state = "PASS" if check["passed"] else "WARNING" if warning else "FAIL"

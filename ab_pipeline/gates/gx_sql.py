@@ -17,7 +17,7 @@ Buffering fetches the whole result. GX's metric queries are aggregates or carry 
 gate's own `UnexpectedRowsExpectation` queries are shaped to return at most a few rows (see
 `data_quality`), so nothing large is ever held in memory.
 
-Locking: see `prepare_gx_for` and `ab_pipeline.warehouse_lock`.
+Locking: see `prepare_gx_for` and `ab_pipeline.warehouse.warehouse_lock`.
 
 `tests/gates/test_gx_sql.py` checks both directions on every GX upgrade: DuckDB validation must
 still fail without the adapter (else the adapter can go) and pass with it.
@@ -104,7 +104,7 @@ def prepare_gx_for(url: str) -> None:
     its lock until the pool is disposed (`data_quality` disposes it after each validation).
     """
     if dialect_of(url) == "duckdb":
-        from ab_pipeline import warehouse_lock
+        from ab_pipeline.warehouse import warehouse_lock
 
         warehouse_lock.install()
         install_duckdb_adapter()

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from ab_pipeline.config import ExperimentConfig
-from ab_pipeline.run_tables import RunWindow
+from ab_pipeline.core.config import ExperimentConfig
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import RunWindow
 
 if TYPE_CHECKING:
     from ab_pipeline.gates.base import GateContext, GateResult

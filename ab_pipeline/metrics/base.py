@@ -3,7 +3,7 @@
 A kind (one class per `type:` of the config's metrics, `ab_pipeline.metrics.registry`) owns
 everything that differs between metric types: the per-unit columns the extract's metric pass
 aggregates, the sufficient statistics the analysis reads from the units table, the per-arm
-summary and its comparison (through `ab_pipeline.statistics`), how its values and differences
+summary and its comparison (through `ab_pipeline.stats.statistics`), how its values and differences
 read in the brief and the decision, and what the simulator and the pre-period plan need to know
 about it. The pipeline's modules loop over kinds and never branch on a metric's type.
 
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
-from ab_pipeline.formatting import fmt_count, fmt_num
-from ab_pipeline.statistics import MeanSummary
+from ab_pipeline.core.formatting import fmt_count, fmt_num
+from ab_pipeline.stats.statistics import MeanSummary
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 if TYPE_CHECKING:
-    from ab_pipeline.config import Cuped, ExperimentConfig, Unless
-    from ab_pipeline.statistics import Comparison
+    from ab_pipeline.core.config import Cuped, ExperimentConfig, Unless
+    from ab_pipeline.stats.statistics import Comparison
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -122,7 +122,7 @@ def day_of(value: Any) -> date:
 
 class MetricKind(ABC, Generic[M]):
     """One metric type. Subclasses set `name` (the config's and results.json's `type`) and
-    `config_type` (its pydantic model in `ab_pipeline.config`)."""
+    `config_type` (its pydantic model in `ab_pipeline.core.config`)."""
 
     name: ClassVar[str]
     config_type: ClassVar[type[BaseModel]]
@@ -208,7 +208,7 @@ class MetricKind(ABC, Generic[M]):
 
     @abstractmethod
     def compare(self, control: Any, treated: Any, alpha: float) -> Comparison:
-        """Treatment vs control, by the kind's test in `ab_pipeline.statistics`."""
+        """Treatment vs control, by the kind's test in `ab_pipeline.stats.statistics`."""
 
     def cohort_stats(
         self, warehouse: Warehouse, name: str, units_table: str

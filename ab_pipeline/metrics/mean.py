@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ab_pipeline.config import MeanMetric
+from ab_pipeline.core.config import MeanMetric
 from ab_pipeline.metrics.base import UnitValueKind
-from ab_pipeline.statistics import Comparison, MeanSummary, compare_means
+from ab_pipeline.stats.statistics import Comparison, MeanSummary, compare_means
 
 
 class MeanKind(UnitValueKind[MeanMetric]):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ab_pipeline.config import ProportionMetric, Unless
-from ab_pipeline.formatting import fmt_count, fmt_pct, fmt_pp
+from ab_pipeline.core.config import ProportionMetric, Unless
+from ab_pipeline.core.formatting import fmt_count, fmt_pct, fmt_pp
 from ab_pipeline.metrics.base import (
     EventsOfEnrolled,
     SideStep,
@@ -22,7 +22,7 @@ from ab_pipeline.metrics.base import (
     interval,
     metric_column,
 )
-from ab_pipeline.statistics import Comparison, MeanSummary, compare_proportions
+from ab_pipeline.stats.statistics import Comparison, MeanSummary, compare_proportions
 from ab_pipeline.warehouse import quote_ident
 
 # Session-local table of the `unless` step (dropped when the units table is built).

@@ -11,23 +11,22 @@ from collections.abc import Callable, Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ab_pipeline.config import QuantileMetric
-from ab_pipeline.formatting import fmt_count, fmt_num
+from ab_pipeline.core.config import QuantileMetric
+from ab_pipeline.core.formatting import fmt_count, fmt_num
 from ab_pipeline.metrics.base import (
     MetricKind,
     SqlParams,
     before_window_end,
     quantile_count_column,
 )
-from ab_pipeline.quantiles import (
+from ab_pipeline.stats.quantiles import (
     cont_ranks,
     disc_rank,
     histograms,
     order_statistics,
     stored_histograms,
 )
-from ab_pipeline.run_tables import RunWindow, quantile_histogram_table_name
-from ab_pipeline.statistics import (
+from ab_pipeline.stats.statistics import (
     Comparison,
     QuantileClusterSums,
     QuantileSummary,
@@ -35,9 +34,10 @@ from ab_pipeline.statistics import (
     compare_quantiles,
 )
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import RunWindow, quantile_histogram_table_name
 
 if TYPE_CHECKING:
-    from ab_pipeline.config import ExperimentConfig
+    from ab_pipeline.core.config import ExperimentConfig
 
 
 class QuantileKind(MetricKind[QuantileMetric]):
@@ -160,7 +160,8 @@ def quantile_summaries(
     """Per arm: event count, the sample quantile and the order statistics bracketing it.
 
     Exact `percentile_cont` / `percentile_disc` values, read through a bucket histogram (one
-    pass over the events, then narrow passes; `ab_pipeline.quantiles`) so memory stays bounded.
+    pass over the events, then narrow passes; `ab_pipeline.stats.quantiles`) so memory stays
+    bounded.
     """
     body, params = quantile_events_sql(config, metric, units_table, run_date)
 

@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ab_pipeline.config import RatioMetric
+from ab_pipeline.core.config import RatioMetric
 from ab_pipeline.metrics.base import (
     MetricKind,
     SqlParams,
@@ -18,7 +18,7 @@ from ab_pipeline.metrics.base import (
     ratio_columns,
     window_complete,
 )
-from ab_pipeline.statistics import Comparison, RatioSummary, compare_ratios, ratio_variance
+from ab_pipeline.stats.statistics import Comparison, RatioSummary, compare_ratios, ratio_variance
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 

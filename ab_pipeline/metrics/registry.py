@@ -1,4 +1,4 @@
-"""Which kind handles which metric: one entry per metric config model of `ab_pipeline.config`.
+"""Which kind handles which metric: one entry per metric config model of `ab_pipeline.core.config`.
 
 A new metric type is its config model (added to `config.Metric`), its kind module here and its
 test (tests/metrics/); `tests/metrics/test_registry.py` fails while a config type has no kind.

@@ -39,7 +39,7 @@ def _runs(root: Path) -> dict[str, tuple[Path, date]]:
         EXPERIMENTS / "search-ranking-v2.yaml",
     )
     delivery = EXPERIMENTS / "delivery-estimate.yaml"
-    from ab_pipeline.config import load_config
+    from ab_pipeline.core.config import load_config
 
     start = load_config(delivery).start
     return {
@@ -66,8 +66,8 @@ def _runs(root: Path) -> dict[str, tuple[Path, date]]:
 def real_results(root: Path) -> dict[str, dict[str, Any]]:
     """Simulate, run the pipeline for each kind, return each run's results.json (and write
     `<root>/<kind>/briefs/...` with its brief.html, brief.txt and brief.eml)."""
-    from ab_pipeline.pipeline import RunContext, run_pipeline
-    from ab_pipeline.simulate import main_simulate
+    from ab_pipeline.devtools.simulate import main_simulate
+    from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 
     warehouse = f"duckdb:///{root / 'warehouse.duckdb'}"
     scenarios = [str(SIMULATIONS / f"{key}.yaml") for key in SCENARIOS]

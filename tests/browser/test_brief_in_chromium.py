@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from ab_pipeline.brief import render_brief, write_brief
-from ab_pipeline.charts import PIXEL_RATIO
+from ab_pipeline.report.brief import render_brief, write_brief
+from ab_pipeline.report.charts import PIXEL_RATIO
 from tests.browser.real_runs import real_results, run_dir
 
 REPO = Path(__file__).resolve().parents[2]

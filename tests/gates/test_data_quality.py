@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from ab_pipeline.config import Audience, ExperimentConfig, Source, load_config
-from ab_pipeline.errors import PipelineError
+from ab_pipeline.core.config import Audience, ExperimentConfig, Source, load_config
+from ab_pipeline.core.errors import PipelineError
 from ab_pipeline.gates.data_quality import load_suite_templates, run_data_quality
 from ab_pipeline.warehouse import Warehouse
 from tests.conftest import REPO_ROOT
@@ -502,7 +502,7 @@ def test_importing_the_gate_does_not_import_great_expectations() -> None:
 
 
 def with_metrics(config: ExperimentConfig, **metrics: Any) -> ExperimentConfig:
-    from ab_pipeline.config import ExperimentConfig as Model
+    from ab_pipeline.core.config import ExperimentConfig as Model
 
     data = config.model_dump(mode="json")
     data["metrics"].update(metrics)

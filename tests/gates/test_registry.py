@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.brief import DEFAULT_TEMPLATES_DIR, TEMPLATES_ENV
-from ab_pipeline.config import load_config
+from ab_pipeline.core.config import load_config
+from ab_pipeline.devtools.simulate import parse_scenario, simulate
 from ab_pipeline.gates import registry
 from ab_pipeline.gates.base import Gate, GateContext, GateResult
-from ab_pipeline.pipeline import RunContext, run_pipeline
-from ab_pipeline.simulate import parse_scenario, simulate
+from ab_pipeline.readout.pipeline import RunContext, run_pipeline
+from ab_pipeline.report.brief import DEFAULT_TEMPLATES_DIR, TEMPLATES_ENV
 from ab_pipeline.warehouse import Warehouse, quote_ident
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,7 +180,7 @@ def test_a_failed_gate_declared_in_a_test_reruns_naming_its_finding(
 
 
 def test_the_dag_has_a_task_for_a_gate_declared_in_a_test() -> None:
-    from ab_pipeline.dag_factory import build_dag
+    from ab_pipeline.orchestration.dag_factory import build_dag
 
     config = load_config(REFUND_CONFIG)
     with registry.registered(unit_floor(1)):

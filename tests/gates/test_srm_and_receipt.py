@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from ab_pipeline.config import ExperimentConfig, parse_config
-from ab_pipeline.extract import RunWindow, build_units_table
+from ab_pipeline.core.config import ExperimentConfig, parse_config
 from ab_pipeline.gates.receipt import MISSING, receipt_values_by_field, run_receipt_gate
 from ab_pipeline.gates.srm import run_srm_gate
+from ab_pipeline.readout.extract import RunWindow, build_units_table
 from ab_pipeline.warehouse import Warehouse, quote_ident
 from tests.warehouse_fixtures import (
     Exposure,

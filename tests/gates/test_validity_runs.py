@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.config import load_config
-from ab_pipeline.errors import PipelineError
-from ab_pipeline.pipeline import RunContext, run_pipeline
-from ab_pipeline.simulate import parse_scenario, simulate
+from ab_pipeline.core.config import load_config
+from ab_pipeline.core.errors import PipelineError
+from ab_pipeline.devtools.simulate import parse_scenario, simulate
+from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse, dispose_all
 from tests.conftest import REPO_ROOT
 
@@ -136,7 +136,8 @@ def test_non_finite_values_are_a_rerun_and_never_reach_results(
 
 
 def test_run_files_refuse_non_finite_numbers(tmp_path: Path) -> None:
-    # results.json itself is refused by its model, naming the field (tests/test_results_model.py).
+    # results.json itself is refused by its model, naming the field
+    # (tests/readout/test_results_model.py).
     ctx = RunContext(CONFIG, FINAL, f"duckdb:///{tmp_path}/unused.duckdb", tmp_path)
     with pytest.raises(ValueError, match="not JSON compliant"):
         ctx.write_json("metrics.json", {"value": math.nan})
@@ -177,7 +178,7 @@ RUN_IN_ZONE = """
 import json, sys
 from datetime import date
 from pathlib import Path
-from ab_pipeline.pipeline import RunContext, run_pipeline
+from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 ctx = RunContext(Path(sys.argv[1]), date(2026, 5, 31), sys.argv[2], Path(sys.argv[3]))
 run_pipeline(ctx, deliver=False)
 results = json.loads((ctx.run_dir / "results.json").read_text())

@@ -3,7 +3,8 @@
 One experiment DAG is triggered through the REST API and backfilled with `airflow backfill
 create` over three dates; every task must run on the Celery worker, each date must leave one
 readout (results.json, brief, results-table rows), and the SMTP server must receive exactly the
-manual run's email plus the backfill's latest date's (ab_pipeline.backfill). The warehouse
+manual run's email plus the backfill's latest date's (ab_pipeline.orchestration.backfill). The
+warehouse
 password must appear in no log line or output file.
 
 The refund scenario's interim readouts (before `end`, no sequential design) are CONTINUE; its
@@ -76,7 +77,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, databases: tuple[str, str]
 ) -> Iterator[tuple[Stack, Inbox]]:
 
-    from ab_pipeline.simulate import main_simulate
+    from ab_pipeline.devtools.simulate import main_simulate
 
     metadata_db, warehouse_db = databases
     assert main_simulate(["--warehouse", f"{SERVER}/{warehouse_db}", str(_scenario())]) == 0

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.config import load_config
-from ab_pipeline.simulate import parse_scenario, simulate
+from ab_pipeline.core.config import load_config
+from ab_pipeline.devtools.simulate import parse_scenario, simulate
 from ab_pipeline.warehouse import Warehouse, connection_env_value, dispose_all
 
 from .stack import REPO, Stack, prepare_dags, stack_environment, wait_for
@@ -73,7 +73,7 @@ def wait_summary(text: str) -> str:
 
 
 def test_three_cli_runs_at_once_on_one_duckdb_file(tmp_path: Path) -> None:
-    from ab_pipeline.cli import ensure_metadata_db
+    from ab_pipeline.orchestration.cli import ensure_metadata_db
 
     keys = ["refund-query-rewrite", "delivery-estimate", "onboarding-checklist"]
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"

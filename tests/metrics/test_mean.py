@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ab_pipeline.analysis import unit_sums
-from ab_pipeline.config import MeanMetric, parse_config
+from ab_pipeline.core.config import MeanMetric, parse_config
+from ab_pipeline.devtools.simulate import ValueDistribution
 from ab_pipeline.metrics.base import SqlParams
 from ab_pipeline.metrics.mean import MeanKind
-from ab_pipeline.simulate import ValueDistribution
-from ab_pipeline.statistics import MeanSummary, compare_means
+from ab_pipeline.readout.analysis import unit_sums
+from ab_pipeline.stats.statistics import MeanSummary, compare_means
 from ab_pipeline.warehouse import Warehouse
 from tests.warehouse_fixtures import experiment_data
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ab_pipeline.config import ProportionMetric, Unless
+from ab_pipeline.core.config import ProportionMetric, Unless
 from ab_pipeline.metrics.base import SqlParams
 from ab_pipeline.metrics.proportion import UNLESS_AGGREGATES, ProportionKind
-from ab_pipeline.statistics import MeanSummary, compare_proportions
+from ab_pipeline.stats.statistics import MeanSummary, compare_proportions
 
 KIND = ProportionKind()
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ab_pipeline.config import QuantileMetric
+from ab_pipeline.core.config import QuantileMetric
+from ab_pipeline.devtools.simulate import ValueDistribution
 from ab_pipeline.metrics.base import SqlParams
 from ab_pipeline.metrics.quantile import QuantileKind
-from ab_pipeline.simulate import ValueDistribution
-from ab_pipeline.statistics import QuantileSummary, compare_quantiles
+from ab_pipeline.stats.statistics import QuantileSummary, compare_quantiles
 
 KIND = QuantileKind()
 

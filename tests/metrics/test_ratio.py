@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from ab_pipeline.analysis import unit_sums
-from ab_pipeline.config import RatioMetric, parse_config
+from ab_pipeline.core.config import RatioMetric, parse_config
 from ab_pipeline.metrics.base import SqlParams
 from ab_pipeline.metrics.ratio import RatioKind
-from ab_pipeline.statistics import RatioSummary, compare_ratios, ratio_variance
+from ab_pipeline.readout.analysis import unit_sums
+from ab_pipeline.stats.statistics import RatioSummary, compare_ratios, ratio_variance
 from ab_pipeline.warehouse import Warehouse
 from tests.warehouse_fixtures import experiment_data
 

@@ -6,7 +6,7 @@ from typing import Any, get_args
 
 import pytest
 
-from ab_pipeline.config import Metric, parse_config
+from ab_pipeline.core.config import Metric, parse_config
 from ab_pipeline.metrics import KINDS, in_column_order, kind_named, kind_of, text_kind
 from ab_pipeline.metrics.registry import BY_CONFIG_TYPE
 from tests.warehouse_fixtures import experiment_data

@@ -1,0 +1,1 @@
+"""Development tools: the data simulator, the calibration study, the config linter."""

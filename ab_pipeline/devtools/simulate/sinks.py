@@ -1,0 +1,199 @@
+"""Writing: the chunks as rows of the warehouse's contract tables (DuckDB or PostgreSQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ab_pipeline.devtools.simulate.generate import _Chunk
+from ab_pipeline.devtools.simulate.plan import _Plan
+from ab_pipeline.devtools.simulate.scenario import _EVENTS_DDL, _EXPOSURES_DDL
+from ab_pipeline.warehouse import dialect_of, normalize_url, quote_ident
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _frames(plan: _Plan, chunk: _Chunk, cutoff_s: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The chunk as two small-typed DataFrames; strings are built by the database, not Python."""
+    import numpy as np
+    import pandas as pd
+
+    base = np.datetime64(plan.config.start.isoformat(), "s")
+
+    def stamp(seconds: np.ndarray) -> np.ndarray:
+        return (base + seconds).astype("datetime64[us]")
+
+    x = chunk.exp_t < cutoff_s
+    exposures = pd.DataFrame(
+        {
+            "n": chunk.number[chunk.exp_unit[x]],
+            "arm": pd.Categorical.from_codes(chunk.exp_arm[x], categories=plan.arms),
+            "t": stamp(chunk.exp_t[x]),
+            "internal": chunk.exp_internal[x],
+            "bot": chunk.exp_bot[x],
+            "props": pd.Categorical.from_codes(chunk.exp_props[x], categories=plan.properties),
+        }
+    )
+    e = chunk.ev_t < cutoff_s
+    events = pd.DataFrame(
+        {
+            "n": chunk.number[chunk.ev_unit[e]],
+            "name": pd.Categorical.from_codes(chunk.ev_code[e], categories=plan.names),
+            "t": stamp(chunk.ev_t[e]),
+            "v": chunk.ev_value[e],  # NaN reaches the database as NULL
+            "tagged": chunk.ev_tagged[e],
+        }
+    )
+    return exposures, events
+
+
+def _unit_id_sql(plan: _Plan) -> str:
+    return f"{_literal(plan.prefix)} || lpad(CAST(n AS VARCHAR), {plan.id_width}, '0')"
+
+
+def _exposure_select(plan: _Plan, source: str) -> str:
+    return (
+        f"SELECT {_literal(plan.config.key)}, {_unit_id_sql(plan)}, CAST(arm AS VARCHAR), t, "
+        f"internal, bot, CAST(props AS VARCHAR) FROM {source}"
+    )
+
+
+def _event_select(plan: _Plan, source: str) -> str:
+    key = _literal(plan.config.key)
+    return (
+        f"SELECT {_unit_id_sql(plan)}, CAST(name AS VARCHAR), t, v, "
+        f"CASE WHEN tagged THEN {key} END FROM {source}"
+    )
+
+
+class _Sink:
+    """A warehouse transaction that takes DDL/DML text and DataFrame chunks."""
+
+    def run(self, sql: str) -> None:
+        raise NotImplementedError
+
+    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        """Insert `select` (which reads the frame as `sim_chunk`) into `table`."""
+        raise NotImplementedError
+
+    def finish(self, commit: bool) -> None:
+        raise NotImplementedError
+
+
+class _DuckDBSink(_Sink):
+    """Writes through the duckdb API: INSERT ... SELECT over a registered DataFrame.
+
+    `preserve_insertion_order` is off while it writes: the insert then runs in parallel (row
+    order in a table means nothing), much faster (docs/benchmarks.md). The setting is
+    database-wide, so it is restored afterwards. Unit ids are built in SQL from integers, far
+    cheaper than making Python strings.
+    """
+
+    def __init__(self, path: str) -> None:
+        import duckdb
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(path)
+        [(self.ordered,)] = self.con.execute(
+            "SELECT current_setting('preserve_insertion_order')"
+        ).fetchall()
+        self.con.execute("SET preserve_insertion_order = false")
+        self.con.execute("BEGIN TRANSACTION")
+
+    def run(self, sql: str) -> None:
+        self.con.execute(sql)
+
+    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        self.con.register("sim_chunk", frame)
+        try:
+            self.con.execute(f"INSERT INTO {table} ({columns}) {select}")
+        finally:
+            self.con.unregister("sim_chunk")
+
+    def finish(self, commit: bool) -> None:
+        try:
+            self.con.execute("COMMIT" if commit else "ROLLBACK")
+            self.con.execute(f"SET preserve_insertion_order = {str(bool(self.ordered)).lower()}")
+        finally:
+            self.con.close()
+
+
+class _PostgresSink(_Sink):
+    """COPY FROM STDIN through the engine's raw psycopg2 connection, one transaction.
+
+    An in-memory DuckDB formats each chunk as CSV (the same SELECT as the DuckDB path, so both
+    warehouses get identical rows); psycopg2 streams the file to the server.
+    """
+
+    def __init__(self, url: str) -> None:
+        import tempfile
+
+        import duckdb
+
+        from ab_pipeline.warehouse import Warehouse
+
+        self.raw = Warehouse(url).engine().raw_connection()
+        self.cursor = self.raw.cursor()
+        self.formatter = duckdb.connect()
+        self.tmp = tempfile.TemporaryDirectory(prefix="ab-simulate-")
+        self.csv = Path(self.tmp.name) / "chunk.csv"
+
+    def run(self, sql: str) -> None:
+        self.cursor.execute(sql)
+
+    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        self.formatter.register("sim_chunk", frame)
+        try:
+            target = _literal(str(self.csv))
+            self.formatter.execute(f"COPY ({select}) TO {target} (FORMAT csv, HEADER false)")
+        finally:
+            self.formatter.unregister("sim_chunk")
+        with self.csv.open("rb") as data:
+            self.cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", data)
+
+    def finish(self, commit: bool) -> None:
+        try:
+            if commit:
+                self.raw.commit()
+            else:
+                self.raw.rollback()
+        finally:
+            self.cursor.close()
+            self.raw.close()
+            self.formatter.close()
+            self.tmp.cleanup()
+
+
+def _open_sink(url: str) -> _Sink:
+    dialect = dialect_of(url)
+    if dialect == "duckdb":
+        return _DuckDBSink(normalize_url(url).removeprefix("duckdb:///"))
+    if dialect == "postgresql":
+        return _PostgresSink(url)
+    raise ValueError(f"simulate writes to DuckDB or PostgreSQL, not {dialect!r}")
+
+
+def _table(name: str, schema: str | None) -> str:
+    """The quoted table; `schema` applies to names the config did not qualify itself."""
+    if schema and "." not in name:
+        name = f"{schema}.{name}"
+    return quote_ident(name)
+
+
+def _prepare(sink: _Sink, plan: _Plan, exposures: str, events: str, schema: str | None) -> None:
+    """Create the contract tables if missing and delete this experiment's rows only."""
+    if schema:
+        sink.run(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+    sink.run(_EXPOSURES_DDL.format(table=exposures))
+    sink.run(_EVENTS_DDL.format(table=events))
+    sink.run(f"DELETE FROM {exposures} WHERE experiment_key = {_literal(plan.config.key)}")
+    # The key is [a-z0-9-] (config validation), so the prefix holds no LIKE wildcard.
+    sink.run(f"DELETE FROM {events} WHERE unit_id LIKE {_literal(plan.prefix + '%')}")

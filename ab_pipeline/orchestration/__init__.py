@@ -1,0 +1,1 @@
+"""How readouts are run: the Airflow DAG factory, the command line, backfills."""

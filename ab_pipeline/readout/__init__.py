@@ -1,0 +1,1 @@
+"""One experiment's readout: extract the data, analyse it, decide, and record the results."""

@@ -1,0 +1,562 @@
+"""Extraction in the warehouse: exposures and events -> one row per enrolled unit.
+
+A few statements build the run's units table (each step a temporary table, the last joins
+them): `unit_id`, `arm`, `first_exposed_at`, `exposures`, `several_arms` (1 when the unit was
+exposed to more than one arm), one `m_<metric>` column per unit-level metric (two for a
+ratio), `n_<metric>` per quantile metric (its events with a value: N_i of the clustered
+variance) and `c_<metric>` per CUPED covariate. Raw events never leave the warehouse; the SQL is
+plain enough for DuckDB and PostgreSQL alike (bound parameters, `INTERVAL 'N seconds'`,
+window functions).
+
+Metric semantics (docs/warehouse.md):
+- enrollment = first exposure in [start, end] up to the run date; arm = that exposure's arm;
+  a unit with any internal/bot exposure is excluded (when the audience says so);
+- proportion: 1 when a matching event falls in [first exposure, first exposure + window), and
+  (with `unless`) no `unless` event follows it within `within`; 0 otherwise;
+- mean: per-unit sum (or count) of matching events' `value` in the window, 0 when none;
+- a windowed metric is NULL for a unit whose window has not fully elapsed by the run date, so
+  interim readouts never count half-observed windows as failures.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from ab_pipeline.core.config import ExperimentConfig, QuantileMetric
+from ab_pipeline.metrics import KINDS, in_column_order, kind_of
+
+# SQL pieces shared with the metric kinds; the units table's column names (`x as x`) are
+# re-exported for the extract's readers.
+from ab_pipeline.metrics.base import SqlParams as _Params
+from ab_pipeline.metrics.base import before_window_end as _before_window_end
+from ab_pipeline.metrics.base import conditional_aggregate
+from ab_pipeline.metrics.base import covariate_column as covariate_column
+from ab_pipeline.metrics.base import interval as _interval
+from ab_pipeline.metrics.base import metric_column as metric_column
+from ab_pipeline.metrics.base import quantile_count_column as quantile_count_column
+from ab_pipeline.metrics.base import ratio_columns as ratio_columns
+from ab_pipeline.metrics.base import seconds as _seconds
+from ab_pipeline.metrics.quantile import quantile_events_sql as quantile_events_sql
+from ab_pipeline.stats.quantiles import bucket_sql, histogram_sql
+from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import RunWindow as RunWindow
+from ab_pipeline.warehouse.run_tables import _run_table_stem
+from ab_pipeline.warehouse.run_tables import (
+    quantile_histogram_table_name as quantile_histogram_table_name,
+)
+from ab_pipeline.warehouse.run_tables import units_table_name as units_table_name
+
+RUN_TABLE_PREFIXES = ("ab_units", "ab_qhist")
+KEEP_RUN_TABLES_ENV = "AB_PIPELINE_KEEP_RUN_TABLES"
+DEFAULT_KEEP_RUN_TABLES = 3
+
+
+def kept_run_tables() -> int:
+    """Run dates per experiment whose scratch tables stay ($AB_PIPELINE_KEEP_RUN_TABLES)."""
+    import os
+
+    value = os.environ.get(KEEP_RUN_TABLES_ENV, str(DEFAULT_KEEP_RUN_TABLES))
+    if not value.isdigit():
+        raise ValueError(f"${KEEP_RUN_TABLES_ENV} must be a whole number >= 0, not {value!r}")
+    return int(value)
+
+
+def drop_old_run_tables(
+    warehouse: Warehouse, config: ExperimentConfig, keep: int | None = None
+) -> list[str]:
+    """Drop the experiment's per-run scratch tables (`ab_units__*`, `ab_qhist__*`) except those
+    of its `keep` latest run dates; returns the dropped names.
+
+    The brief stage calls this once the readout is stored: no later stage reads them, and the
+    latest few stay for whoever wants to look at a recent readout's units.
+    """
+    from sqlalchemy import inspect
+
+    keep = kept_run_tables() if keep is None else keep
+    schema = config.source.units_schema
+    with warehouse.connect() as connection:
+        names = inspect(connection).get_table_names(schema=schema)
+    by_date: dict[str, list[str]] = {}
+    for prefix in RUN_TABLE_PREFIXES:
+        pattern = re.compile(rf"{re.escape(_run_table_stem(prefix, config))}__(\d{{8}})")
+        for name in names:
+            if found := pattern.fullmatch(name):
+                by_date.setdefault(found.group(1), []).append(name)
+    old = sorted(by_date, reverse=True)[keep:]
+    dropped = sorted(f"{schema}.{n}" if schema else n for day in old for n in by_date[day])
+    if dropped:
+        warehouse.execute([f"DROP TABLE IF EXISTS {quote_ident(name)}" for name in dropped])
+    return dropped
+
+
+def _event_metrics(config: ExperimentConfig) -> dict[str, Any]:
+    """Metrics whose per-unit value is an aggregate of one event (what CUPED can adjust)."""
+    return {
+        name: metric
+        for name, metric in config.metrics.items()
+        if kind_of(metric).per_unit_how(metric) is not None
+    }
+
+
+def _cuped_sources(config: ExperimentConfig) -> dict[str, Any]:
+    """{metric with CUPED: the metric whose event defines its covariate}."""
+    sources = {}
+    for name, metric in _event_metrics(config).items():
+        cuped = kind_of(metric).cuped_of(metric)
+        if cuped is None:
+            continue
+        covariate = cuped.covariate
+        sources[name] = metric if covariate == "same" else config.metrics[covariate]
+    return sources
+
+
+def _covariate_aggregate(name: str, target: Any, metric: Any, params: _Params) -> str:
+    """The covariate: the source metric's aggregate over the target's pre-exposure window.
+
+    The source's `unless` rule is not applied before exposure (it is a conversion detail, and
+    CUPED needs only a covariate correlated with the outcome, not an identical definition).
+    """
+    cuped = kind_of(target).cuped_of(target)
+    assert cuped is not None
+    how = kind_of(metric).per_unit_how(metric)
+    assert how is not None
+    match = (
+        f"pe.event_name = {params.bind(metric.event)}"
+        f" AND pe.occurred_at >= pe.first_exposed_at - {_interval(cuped.lookback)}"
+        f" AND pe.occurred_at < pe.first_exposed_at - INTERVAL '{-_seconds(cuped.until)} seconds'"
+    )
+    agg = conditional_aggregate(how, match, "pe.value")
+    return f",\n      {agg} AS {quote_ident(covariate_column(name))}"
+
+
+# Session-local (temporary) tables of the extract's steps; dropped when the units table is built.
+# (The `unless` step's table is the proportion kind's: metrics.proportion.UNLESS_AGGREGATES.)
+ENROLLED, METRIC_AGGREGATES, COVARIATES = ("ab_tmp_enrolled", "ab_tmp_metrics", "ab_tmp_covariates")
+
+
+# Rows of the experiment's exposures (about 1.45 per unit) one hash partition of the metric pass
+# may hold per GiB of DuckDB's memory limit: chosen from runs at 1 GB (953.6 MiB) with one, two,
+# three and four passes (docs/benchmarks.md, "The metric pass runs in hash partitions").
+EXPOSURES_PER_PARTITION_GIB = 10_000_000
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """How the extract's steps run on one engine (the SQL they compute is the same).
+
+    - `histograms_in_pass`: quantile histograms as a second grouping set of the metric pass,
+      else a pass of their own (PostgreSQL sorts grouping sets on disk instead of hashing);
+    - `partitions`: the metric pass runs once per hash partition of the units, so each
+      partition's join and per-unit aggregate fit in DuckDB's memory limit instead of spilling;
+    - `unit_key`: the enrolled table's column the steps' tables carry and are joined back on
+      (DuckDB's `rowid`: an integer, cheaper to group and join than a unit id string).
+    """
+
+    histograms_in_pass: bool = True
+    partitions: int = 1
+    unit_key: str = "unit_id"
+
+    def partition_filter(self, part: int, *aliases: str) -> str:
+        """` AND hash(<alias>.unit_id) % partitions = part` per alias, or nothing unpartitioned."""
+        if self.partitions == 1:
+            return ""
+        return "".join(
+            f" AND hash({alias}.unit_id) % {self.partitions} = {part}" for alias in aliases
+        )
+
+    @classmethod
+    def for_warehouse(
+        cls, warehouse: Warehouse, config: ExperimentConfig, run_date: date
+    ) -> ExtractPlan:
+        if warehouse.dialect == "postgresql":
+            return cls(histograms_in_pass=False)
+        if warehouse.dialect != "duckdb":
+            return cls()
+        window = RunWindow.of(config, run_date)
+        exposures = warehouse.query(
+            f"SELECT COUNT(*) AS n, current_setting('memory_limit') AS memory_limit "
+            f"FROM {quote_ident(config.source.exposures)} WHERE experiment_key = :key "
+            "AND exposed_at >= :start AND exposed_at < :end",
+            {
+                "key": config.key,
+                "start": window.start,
+                "end": min(window.end_exclusive, window.run_end),
+            },
+        )[0]
+        return cls(
+            partitions=partitions_for(int(exposures["n"]), str(exposures["memory_limit"])),
+            unit_key="rowid",
+        )
+
+
+def partitions_for(exposure_rows: int, memory_limit: str) -> int:
+    """Hash partitions for the metric pass: enough that each holds at most
+    EXPOSURES_PER_PARTITION_GIB exposure rows per GiB of DuckDB's `memory_limit` setting
+    (as DuckDB prints it: '953.6 MiB'); 1 when the setting cannot be read."""
+    units = {"bytes": 0, "KiB": 1, "MiB": 2, "GiB": 3, "TiB": 4, "PiB": 5}
+    match = re.fullmatch(r"([0-9.]+) ?(bytes|[KMGTP]iB)", memory_limit.strip())
+    if match is None:
+        return 1
+    gib = float(match[1]) * 1024.0 ** (units[match[2]] - 3)
+    capacity = max(1.0, EXPOSURES_PER_PARTITION_GIB * gib)
+    return max(1, math.ceil(exposure_rows / capacity))
+
+
+def _enrolled_sql(exposures: str) -> str:
+    """Enrolled units from the experiment's exposures in one GROUP BY over them.
+
+    The arm is the first exposure's (ties on the timestamp: the smallest arm): `MIN(arm)` for
+    a unit seen in one arm. Units seen in several arms get their first exposure's arm in a
+    second step (`_first_arm_sql`), so this aggregate stays a cheap one (no arg_min over a
+    composite key, no join of every unit).
+    """
+    return f"""SELECT unit_id, MIN(exposed_at) AS first_exposed_at, COUNT(*) AS exposures,
+       MIN(arm) AS arm, CASE WHEN MIN(arm) = MAX(arm) THEN 0 ELSE 1 END AS several_arms
+FROM {exposures}
+WHERE experiment_key = :key
+  AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
+GROUP BY unit_id
+HAVING NOT (:exclude_internal AND MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) = 1)
+   AND NOT (:exclude_bots AND MAX(CASE WHEN is_bot THEN 1 ELSE 0 END) = 1)"""
+
+
+def _first_arm_sql(exposures: str) -> str:
+    """Units seen in several arms: the arm of their first exposure (ties: the smallest arm)."""
+    return f"""UPDATE {ENROLLED} SET arm = f.arm
+FROM (
+  SELECT p.unit_id, MIN(x.arm) AS arm
+  FROM {ENROLLED} p
+  JOIN {exposures} x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
+  WHERE p.several_arms = 1 AND x.experiment_key = :key
+  GROUP BY p.unit_id
+) f
+WHERE f.unit_id = {ENROLLED}.unit_id"""
+
+
+def _events_of_enrolled(
+    events: str,
+    names: list[str],
+    params: _Params,
+    plan: ExtractPlan,
+    with_arm: bool = False,
+    part: int | None = None,
+) -> str:
+    """Enrolled units' events with the given names, from first exposure up to the run date,
+    each with its unit's `unit_key`; only the units of hash partition `part` when given."""
+    arm = ", u.arm" if with_arm else ""
+    return f"""SELECT u.{plan.unit_key} AS unit_key, e.event_name, e.occurred_at, e.value, \
+u.first_exposed_at{arm}
+  FROM {events} e
+  JOIN {ENROLLED} u ON u.unit_id = e.unit_id
+  WHERE e.event_name IN ({", ".join(params.bind(n) for n in names)})
+    AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end\
+{"" if part is None else plan.partition_filter(part, "e", "u")}"""
+
+
+def build_units_sql(
+    config: ExperimentConfig, run_date: date, table: str, plan: ExtractPlan | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """Statements and parameters that (re)build the units table, in steps.
+
+    Reads: the experiment's exposures once (one GROUP BY per unit); the metric events once
+    (one join to the enrolled units, one GROUP BY per unit: every metric, ratio part and
+    quantile event count is a conditional aggregate of that pass), or once per hash partition
+    of the units when `plan.partitions` > 1; the events of `unless` rules in a second, narrow
+    pass; pre-exposure events once when a metric uses CUPED.
+
+    Each step writes a temporary table and the last joins them: one plan per step keeps each
+    join's and aggregate's memory to itself: at 10M units under DuckDB's 1 GB cap, faster than
+    one statement with the same steps as CTEs (docs/benchmarks.md).
+
+    Quantile metrics' histograms are stored too: with `plan.histograms_in_pass`, as a second
+    grouping set of the metric pass (`_quantile_histograms`); otherwise by a pass of their own
+    over the events joined to the new units table (`_histogram_pass`). `plan` defaults to one
+    unpartitioned pass joined on `unit_id`, SQL that runs on any engine.
+    """
+    plan = plan or ExtractPlan()
+    window = RunWindow.of(config, run_date)
+    params = _Params()
+    params.values.update(
+        key=config.key,
+        start=window.start,
+        end_exclusive=window.end_exclusive,
+        run_end=window.run_end,
+        exclude_internal=config.audience.exclude_internal,
+        exclude_bots=config.audience.exclude_bots,
+    )
+    exposures = quote_ident(config.source.exposures)
+    events = quote_ident(config.source.events)
+    steps = [
+        f"CREATE TEMP TABLE {ENROLLED} AS {_enrolled_sql(exposures)}",
+        _first_arm_sql(exposures),
+    ]
+    joins = ""
+    ordered = list(in_column_order(config.metrics))
+
+    def events_of_enrolled(names: list[str]) -> str:
+        return _events_of_enrolled(events, names, params, plan)
+
+    side_steps = []
+    for kind in KINDS:
+        of_kind = {n: m for n, m, k in ordered if k is kind}
+        if of_kind and (step := kind.side_step(of_kind, params, events_of_enrolled)):
+            side_steps.append(step)
+    aliases = {name: step.alias for step in side_steps for name in step.metrics}
+    plain = [(n, m, k) for n, m, k in ordered if n not in aliases]
+    quantiles = {n: m for n, m, k in ordered if k.stores_histogram}
+    wanted = sorted({event for _, m, k in plain for event in k.pass_events(m)})
+    histogram = ""
+    if wanted:
+        aggregates = "".join(k.pass_aggregates(n, m, params) for n, m, k in plain)
+        if plan.histograms_in_pass:
+            grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
+        else:
+            grouping = "\nFROM ev GROUP BY ev.unit_key"
+            histogram = _histogram_pass(config, run_date, quantiles, table, params)
+        with_arm = plan.histograms_in_pass and bool(quantiles)
+        for part in range(plan.partitions):
+            into = "INSERT INTO" if part else "CREATE TEMP TABLE"
+            step_events = _events_of_enrolled(events, wanted, params, plan, with_arm, part)
+            steps.append(
+                f"""{into} {METRIC_AGGREGATES}{"" if part else " AS"}
+WITH ev AS (
+  {step_events}
+)
+SELECT ev.unit_key{aggregates}{grouping}"""
+            )
+        joins += f"\nLEFT JOIN {METRIC_AGGREGATES} a ON a.unit_key = u.{plan.unit_key}"
+    for step in side_steps:
+        steps.append(step.statement)
+        joins += (
+            f"\nLEFT JOIN {step.table} {step.alias} ON {step.alias}.unit_key = u.{plan.unit_key}"
+        )
+    columns = "".join(k.unit_columns(n, m, aliases.get(n, "a")) for n, m, k in ordered)
+    pre_step, pre_columns = _pre_exposure_sql(config, events, params, plan)
+    if pre_step:
+        steps.append(pre_step)
+        joins += f"\nLEFT JOIN {COVARIATES} c ON c.unit_key = u.{plan.unit_key}"
+    target = quote_ident(table)
+    units = f"""CREATE TABLE {target} AS
+SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.several_arms{columns}{pre_columns}
+FROM {ENROLLED} u{joins}"""
+    hist_table = quote_ident(quantile_histogram_table_name(config, run_date))
+    statements = [f"DROP TABLE IF EXISTS {target}", f"DROP TABLE IF EXISTS {hist_table}"]
+    statements += [*steps, units, *([histogram] if histogram else [])]
+    temporary = [step.split()[3] for step in steps if step.startswith("CREATE TEMP TABLE")]
+    return statements + [f"DROP TABLE {name}" for name in temporary], params.values
+
+
+def _quantile_histograms(
+    config: ExperimentConfig,
+    run_date: date,
+    quantiles: dict[str, QuantileMetric],
+    params: _Params,
+) -> tuple[str, str]:
+    """The metric aggregate's grouping, and the statement that stores quantile histograms.
+
+    Each quantile metric's histogram (per arm and order-preserving bucket: count, smallest and
+    largest value; `ab_pipeline.stats.quantiles`) is a second grouping set of the same pass over the
+    joined events that counts N_i per unit, so its events are joined to the units once. The
+    histogram rows (no unit) go to the run's histogram table; the units table joins the rest.
+    A metric pass run in partitions leaves one histogram row per partition, arm and bucket:
+    the statement adds them up.
+    """
+    if not quantiles:
+        return "\nFROM ev GROUP BY ev.unit_key", ""
+    buckets = {name: f"b_{i}" for i, name in enumerate(quantiles)}
+    columns, sets, parts = "", ["(ev.unit_key)"], []
+    for name, metric in quantiles.items():
+        match = (
+            f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL"
+            f"{_before_window_end(metric.window)}"
+        )
+        columns += f",\n  CASE WHEN {match} THEN {bucket_sql('ev.value')} END AS {buckets[name]}"
+        sets.append(f"(ev.arm, {buckets[name]})")
+        parts.append(
+            f"SELECT {params.bind(name)} AS metric, arm, {buckets[name]} AS bucket,"
+            f" SUM(bucket_events) AS n, MIN(low) AS low, MAX(high) AS high"
+            f" FROM {METRIC_AGGREGATES} WHERE unit_key IS NULL AND {buckets[name]} IS NOT NULL"
+            f" GROUP BY arm, {buckets[name]}"
+        )
+    grouping = f""",
+  ev.arm, {", ".join(buckets.values())},
+  COUNT(*) AS bucket_events, MIN(ev.value) AS low, MAX(ev.value) AS high
+FROM (SELECT ev.*{columns}
+  FROM ev) ev
+GROUP BY GROUPING SETS ({", ".join(sets)})"""
+    table = quote_ident(quantile_histogram_table_name(config, run_date))
+    return grouping, f"CREATE TABLE {table} AS\n" + "\nUNION ALL\n".join(parts)
+
+
+def _histogram_pass(
+    config: ExperimentConfig,
+    run_date: date,
+    quantiles: dict[str, QuantileMetric],
+    units_table: str,
+    params: _Params,
+) -> str:
+    """The statement that stores quantile histograms from a pass of their own over the metric
+    events joined to the units table (the same rows and buckets as the grouping set)."""
+    if not quantiles:
+        return ""
+    parts = []
+    for name, metric in quantiles.items():
+        body, _ = quantile_events_sql(config, metric, units_table, run_date)
+        body = body.replace(":event", params.bind(metric.event))
+        parts.append(f"SELECT {params.bind(name)} AS metric, h.* FROM ({histogram_sql(body)}) h")
+    table = quote_ident(quantile_histogram_table_name(config, run_date))
+    return f"CREATE TABLE {table} AS\n" + "\nUNION ALL\n".join(parts)
+
+
+def _pre_exposure_sql(
+    config: ExperimentConfig, events: str, params: _Params, plan: ExtractPlan
+) -> tuple[str, str]:
+    """The step and the columns for CUPED covariates (empty strings when no metric uses CUPED).
+
+    Only events strictly before each unit's first exposure (up to its `until`) are read, so the
+    treatment cannot have moved the covariate.
+    """
+    sources = _cuped_sources(config)
+    if not sources:
+        return "", ""
+    targets = _event_metrics(config)
+    lookback = max(_seconds(targets[name].cuped.lookback) for name in sources)
+    names = ", ".join(
+        params.bind(e) for e in sorted({m.event for m in sources.values() if m.event})
+    )
+    aggregates = "".join(
+        _covariate_aggregate(name, targets[name], source, params)
+        for name, source in sources.items()
+    )
+    step = f"""CREATE TEMP TABLE {COVARIATES} AS
+WITH pre AS (
+  SELECT u.{plan.unit_key} AS unit_key, e.event_name, e.occurred_at, e.value, u.first_exposed_at
+  FROM {events} e
+  JOIN {ENROLLED} u ON u.unit_id = e.unit_id
+  WHERE e.event_name IN ({names})
+    AND e.occurred_at >= u.first_exposed_at - INTERVAL '{lookback} seconds'
+    AND e.occurred_at < u.first_exposed_at
+)
+SELECT pe.unit_key{aggregates}
+FROM pre pe GROUP BY pe.unit_key"""
+    columns = "".join(
+        f",\n  COALESCE(c.{column}, 0) AS {column}"
+        for column in (quote_ident(covariate_column(n)) for n in sources)
+    )
+    return step, columns
+
+
+# Session-local table the `sql:` metrics' values are read into, in a read-only transaction.
+SQL_METRIC_VALUES = "ab_tmp_sql_metric_values"
+
+
+def _sql_metrics(config: ExperimentConfig) -> dict[str, str]:
+    return {
+        name: sql
+        for name, metric in config.metrics.items()
+        if (sql := kind_of(metric).sql_text(metric)) is not None
+    }
+
+
+def _sql_metric_reads(config: ExperimentConfig, dialect: str) -> tuple[list[str], dict[str, Any]]:
+    """Statements that copy each `sql:` metric's rows (unit_id, value) into SQL_METRIC_VALUES.
+
+    The user's text runs as sqlglot writes it back after `sql_safety.checked_select` (one
+    SELECT, nothing else), in the warehouse's dialect; its colons are escaped so that no
+    string literal of it becomes a bound parameter.
+    """
+    from ab_pipeline.core.sql_safety import UnsafeSQL, checked_select
+
+    statements, params = [], {}
+    for i, (name, sql) in enumerate(_sql_metrics(config).items()):
+        try:
+            select = checked_select(sql, dialect).replace(":", "\\:")
+        except UnsafeSQL as error:
+            raise ValueError(f"metrics.{name}.sql: not one read-only SELECT: {error}") from None
+        params[f"sql_metric_{i}"] = name
+        statements.append(
+            f"INSERT INTO {SQL_METRIC_VALUES} SELECT :sql_metric_{i}, CAST(s.unit_id AS TEXT), "
+            f"CAST(s.value AS DOUBLE PRECISION) FROM (\n{select}\n) AS s"
+        )
+    return statements, params
+
+
+def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
+    """`sql:` metrics: their values (read beforehand, `_sql_metric_reads`) joined onto the
+    units table; 0 for a unit the query has no row for."""
+    statements = []
+    target = quote_ident(table)
+    for i, name in enumerate(_sql_metrics(config)):
+        column = quote_ident(metric_column(name))
+        statements += [
+            f"ALTER TABLE {target} ADD COLUMN {column} DOUBLE PRECISION",
+            f"UPDATE {target} SET {column} = COALESCE((SELECT v.value FROM {SQL_METRIC_VALUES} v "
+            f"WHERE v.metric = :sql_metric_{i} AND v.unit_id = {target}.unit_id), 0)",
+        ]
+    return statements + ([f"DROP TABLE {SQL_METRIC_VALUES}"] if statements else [])
+
+
+def _execute_with_sql_metrics(
+    warehouse: Warehouse, config: ExperimentConfig, statements: list[str], params: dict[str, Any]
+) -> None:
+    """Read the `sql:` metrics in a read-only transaction, then build, on one connection.
+
+    `BEGIN TRANSACTION READ ONLY` (DuckDB and PostgreSQL) lets the user's SELECT write nothing
+    but the session's temporary table: a write the parser could not foresee fails.
+    PostgreSQL's connection runs in autocommit so the explicit transactions are the only ones;
+    duckdb_engine opens one on first use, which the first COMMIT closes.
+    """
+    from sqlalchemy import text
+
+    reads, read_params = _sql_metric_reads(config, warehouse.dialect)
+    params = {**params, **read_params}
+    create = (
+        f"CREATE TEMP TABLE {SQL_METRIC_VALUES} (metric TEXT, unit_id TEXT, value DOUBLE PRECISION)"
+    )
+    with warehouse.engine().connect() as connection:
+        if warehouse.dialect == "postgresql":
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql(create)
+        else:
+            connection.exec_driver_sql(create)
+            connection.exec_driver_sql("COMMIT")
+        for begin, block in (("BEGIN TRANSACTION READ ONLY", reads), ("BEGIN", statements)):
+            connection.exec_driver_sql(begin)
+            try:
+                for statement in block:
+                    connection.execute(text(statement), params)
+            except Exception:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
+
+
+def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
+    """Build (or rebuild) the run's units table in one transaction; returns its name."""
+    table = units_table_name(config, run_date)
+    plan = ExtractPlan.for_warehouse(warehouse, config, run_date)
+    statements, params = build_units_sql(config, run_date, table, plan)
+    statements += _sql_metric_statements(config, table)
+    params.update({f"sql_metric_{i}": name for i, name in enumerate(_sql_metrics(config))})
+    if warehouse.dialect == "postgresql":
+        # Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
+        # estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
+        # whole-table ETL: hash joins are always right. ANALYZE gives the later steps' joins on
+        # the enrolled units, and the gates' and analysis's on the units table, real statistics.
+        analysed = {f"UPDATE {ENROLLED}": ENROLLED, f"CREATE TABLE {quote_ident(table)}": table}
+        prepared = ["SET LOCAL enable_nestloop = off"]
+        for statement in statements:
+            prepared.append(statement)
+            prepared += [
+                f"ANALYZE {quote_ident(n)}" for h, n in analysed.items() if statement.startswith(h)
+            ]
+        statements = [*prepared, f"ANALYZE {quote_ident(table)}"]
+    if _sql_metrics(config):
+        _execute_with_sql_metrics(warehouse, config, statements, params)
+    else:
+        warehouse.execute(statements, params)
+    return table

@@ -1,0 +1,1 @@
+"""What readers get: the brief, its charts, and its delivery by email and notification."""

@@ -1,0 +1,1 @@
+"""The statistics: tests and intervals, quantiles, the novelty view, the SRM diagnosis."""

@@ -1,0 +1,367 @@
+"""The units table matches an independent per-unit computation of the metric semantics."""
+
+from __future__ import annotations
+
+import random
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ab_pipeline.core.config import ExperimentConfig, parse_config
+from ab_pipeline.readout.extract import (
+    ExtractPlan,
+    build_units_table,
+    partitions_for,
+    units_table_name,
+)
+from ab_pipeline.warehouse import Warehouse, quote_ident
+from tests.warehouse_fixtures import (
+    Event,
+    Exposure,
+    create_contract_tables,
+    experiment_data,
+    insert_rows,
+    rows_by_unit,
+    split_metric_pass,
+)
+
+START, END = date(2026, 5, 4), date(2026, 5, 31)
+KEY = "extract-check"
+
+
+def make_config(schema: str = "", **overrides: Any) -> ExperimentConfig:
+    metrics = {
+        "solved": {
+            "type": "proportion",
+            "event": "solved",
+            "window": "1d",
+            "unless": {"event": "ticket", "within": "10m"},
+        },
+        "clicks": {"type": "mean", "event": "click", "window": "2d", "aggregate": "count"},
+        "revenue": {"type": "mean", "event": "purchase", "window": "3d"},
+        "ever_bought": {"type": "proportion", "event": "purchase"},
+        "latency": {"type": "quantile", "event": "served", "quantile": 0.95},
+    }
+    data = experiment_data(KEY, metrics, "solved", schema, unit="account", start=START, end=END)
+    return parse_config(data | overrides)
+
+
+def random_data(seed: int, units: int = 300) -> tuple[list[Exposure], list[Event]]:
+    rng = random.Random(seed)
+    base = datetime(2026, 5, 4)
+    exposures: list[Exposure] = []
+    events: list[Event] = []
+    for i in range(units):
+        unit = f"u{i:04d}"
+        arm = rng.choice(["control", "treatment"])
+        first = base + timedelta(minutes=rng.randrange(0, 30 * 24 * 60))  # some after END
+        internal, bot = rng.random() < 0.05, rng.random() < 0.05
+        for k in range(rng.choice([1, 1, 2, 3])):
+            exposures.append(
+                (KEY, unit, arm, first + timedelta(hours=5 * k), internal and k == 1, bot, None)
+            )
+        crossed = rng.random()
+        if crossed < 0.1:  # also seen in the other arm: later, or at the very same instant
+            other = "treatment" if arm == "control" else "control"
+            at = first if crossed < 0.05 else first + timedelta(minutes=30)
+            exposures.append((KEY, unit, other, at, False, False, None))
+        exposures.append(("other-exp", unit, "x", first, False, False, None))
+        for _ in range(rng.randrange(0, 8)):
+            name = rng.choice(["solved", "ticket", "click", "purchase", "served", "noise"])
+            at = first + timedelta(minutes=rng.randrange(-600, 4 * 24 * 60))
+            value = round(rng.uniform(1, 100), 2) if name in ("purchase", "served") else None
+            events.append((unit, name, at, value, KEY))
+            if name == "solved" and rng.random() < 0.4:  # a ticket just inside or outside 10m
+                gap = timedelta(minutes=rng.choice([0, 5, 10, 11, 30]))
+                events.append((unit, "ticket", at + gap, None, KEY))
+    return exposures, events
+
+
+def expected_units(
+    exposures: list[Exposure], events: list[Event], run_date: date
+) -> dict[str, dict[str, Any]]:
+    """The metric semantics of docs/warehouse.md, computed row by row in Python."""
+    run_end = datetime(run_date.year, run_date.month, run_date.day) + timedelta(days=1)
+    end_excl = datetime(END.year, END.month, END.day) + timedelta(days=1)
+    mine = [
+        e
+        for e in exposures
+        if e[0] == KEY
+        and START.isoformat() <= e[3].isoformat()
+        and e[3] < end_excl
+        and e[3] < run_end
+    ]
+    units: dict[str, dict[str, Any]] = {}
+    for _, unit, arm, at, internal, bot, _ in sorted(mine, key=lambda e: (e[3], e[2])):
+        # first exposure's arm; on a tie of timestamps the smallest arm name (sorted above)
+        entry = units.setdefault(unit, {"arm": arm, "first": at, "excluded": False, "arms": set()})
+        entry["excluded"] |= internal or bot
+        entry["arms"].add(arm)
+    result = {}
+    for unit, entry in units.items():
+        if entry["excluded"]:
+            continue
+        first = entry["first"]
+        own = [e for e in events if e[0] == unit and first <= e[2] < run_end]
+
+        def within(
+            name: str, days: int | None, own: list[Event] = own, first: datetime = first
+        ) -> list[Event]:
+            return [
+                e
+                for e in own
+                if e[1] == name and (days is None or e[2] < first + timedelta(days=days))
+            ]
+
+        def complete(days: int, first: datetime = first) -> bool:
+            return first + timedelta(days=days) <= run_end
+
+        tickets = [e[2] for e in own if e[1] == "ticket"]
+        solved = any(
+            not any(s[2] <= t <= s[2] + timedelta(minutes=10) for t in tickets)
+            for s in within("solved", 1)
+        )
+        result[unit] = {
+            "arm": entry["arm"],
+            "m_solved": int(solved) if complete(1) else None,
+            "m_clicks": len(within("click", 2)) if complete(2) else None,
+            "m_revenue": sum(e[3] or 0 for e in within("purchase", 3)) if complete(3) else None,
+            "m_ever_bought": int(bool(within("purchase", None))),
+            "several_arms": int(len(entry["arms"]) > 1),
+            "n_latency": sum(1 for e in within("served", None) if e[3] is not None),
+        }
+    return result
+
+
+def assert_units_match(
+    warehouse: Warehouse, table: str, expected: dict[str, dict[str, Any]]
+) -> None:
+    actual = rows_by_unit(warehouse.query(f"SELECT * FROM {quote_ident(table)}"))
+    assert set(actual) == set(expected)
+    for unit, want in expected.items():
+        got = actual[unit]
+        assert got["arm"] == want["arm"], unit
+        for column in ("m_solved", "m_clicks", "m_ever_bought", "several_arms", "n_latency"):
+            assert (None if got[column] is None else int(got[column])) == want[column], (
+                unit,
+                column,
+            )
+        if want["m_revenue"] is None:
+            assert got["m_revenue"] is None, unit
+        else:
+            assert float(got["m_revenue"]) == pytest.approx(want["m_revenue"]), unit
+
+
+@pytest.mark.parametrize("run_date", [date(2026, 5, 10), END])
+def test_units_table_matches_independent_computation_on_duckdb(
+    duckdb_warehouse: Warehouse, run_date: date
+) -> None:
+    exposures, events = random_data(seed=7)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    table = build_units_table(duckdb_warehouse, make_config(), run_date)
+    assert table == units_table_name(make_config(), run_date)
+    assert_units_match(duckdb_warehouse, table, expected_units(exposures, events, run_date))
+
+
+def test_a_metric_pass_split_in_hash_partitions_gives_the_same_units_table(
+    duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exposures, events = random_data(seed=13, units=200)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    sized_from = split_metric_pass(monkeypatch, 3)
+    config = make_config()
+    assert ExtractPlan.for_warehouse(duckdb_warehouse, config, END).partitions == 3
+    in_window = [x for x in exposures if x[0] == KEY and x[3] < datetime(2026, 6, 1)]
+    assert sized_from == [len(in_window)]
+    table = build_units_table(duckdb_warehouse, config, END)
+    assert_units_match(duckdb_warehouse, table, expected_units(exposures, events, END))
+
+
+@pytest.mark.parametrize(
+    ("rows", "limit", "partitions"),
+    [
+        (14_300_000, "953.6 MiB", 2),  # 10M units under the 1 GB default: two passes
+        (7_200_000, "953.6 MiB", 1),
+        (14_300_000, "18.8 GiB", 1),
+        (30_000_000, "1.9 GiB", 2),
+        (100_000, "1.4 MiB", 8),
+        (0, "953.6 MiB", 1),
+        (14_300_000, "unlimited", 1),  # a setting it cannot read: one pass, as before
+    ],
+)
+def test_the_metric_pass_is_split_by_exposures_per_gib_of_the_memory_limit(
+    rows: int, limit: str, partitions: int
+) -> None:
+    assert partitions_for(rows, limit) == partitions
+
+
+def test_postgresql_plan_joins_on_unit_id_in_one_pass_with_its_own_histogram_pass(
+    postgres_schema: tuple[Warehouse, str],
+) -> None:
+    warehouse, schema = postgres_schema
+    plan = ExtractPlan.for_warehouse(warehouse, make_config(schema), END)
+    assert plan == ExtractPlan(histograms_in_pass=False, partitions=1, unit_key="unit_id")
+
+
+def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> None:
+    warehouse, schema = postgres_schema
+    exposures, events = random_data(seed=11, units=150)
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    config = make_config(schema)
+    table = build_units_table(warehouse, config, END)
+    assert_units_match(warehouse, table, expected_units(exposures, events, END))
+    warehouse.execute(f"DROP TABLE {quote_ident(table)}")
+
+
+def test_rebuilding_a_run_date_replaces_the_units_table(duckdb_warehouse: Warehouse) -> None:
+    config = make_config()
+    before = random_data(seed=3, units=40)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, *before)
+    table = build_units_table(duckdb_warehouse, config, END)
+    assert_units_match(duckdb_warehouse, table, expected_units(*before, END))
+    # The warehouse changes (late data, a fixed pipeline): the rebuild reflects only the new rows.
+    after = random_data(seed=4, units=70)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, *after)
+    assert build_units_table(duckdb_warehouse, config, END) == table
+    assert_units_match(duckdb_warehouse, table, expected_units(*after, END))
+
+
+def test_internal_and_bot_units_are_kept_when_the_audience_says_so(
+    duckdb_warehouse: Warehouse,
+) -> None:
+    exposures, events = random_data(seed=5, units=80)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    config = make_config(audience={"exclude_internal": False, "exclude_bots": False})
+    table = build_units_table(duckdb_warehouse, config, END)
+    enrolled = {e[1] for e in exposures if e[0] == KEY and e[3] < datetime(2026, 6, 1)}
+    rows = duckdb_warehouse.query(f"SELECT unit_id FROM {quote_ident(table)}")
+    assert {r["unit_id"] for r in rows} == enrolled
+
+
+def test_long_keys_give_table_names_postgresql_accepts() -> None:
+    config = make_config(key="k" * 63)
+    name = units_table_name(config, END)
+    assert len(name) <= 63 and name.endswith("__20260531")
+
+
+# --- `sql:` metrics: one read-only SELECT ---------------------------------------------------
+
+
+def sql_metric_config(schema: str, sql: str) -> ExperimentConfig:
+    """A valid config with an `sql:` metric, then its text replaced without validation: the
+    extract must check it again (a config object can come from anywhere)."""
+    base = make_config(schema)
+    data = base.model_dump(mode="json")
+    data["metrics"]["Handle_Time"] = {"type": "mean", "sql": "SELECT unit_id, 1 AS value FROM t"}
+    config = parse_config(data)
+    metric = config.metrics["Handle_Time"].model_copy(update={"sql": sql})
+    return config.model_copy(update={"metrics": {**config.metrics, "Handle_Time": metric}})
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def loaded(request: pytest.FixtureRequest) -> tuple[Warehouse, str, list[Exposure], list[Event]]:
+    if request.param == "duckdb":
+        warehouse, schema = request.getfixturevalue("duckdb_warehouse"), ""
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+    exposures, events = random_data(seed=5, units=60)
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    return warehouse, schema, exposures, events
+
+
+def test_an_sql_metric_joins_its_values_and_keeps_colons_in_literals(
+    loaded: tuple[Warehouse, str, list[Exposure], list[Event]],
+) -> None:
+    warehouse, schema, exposures, events = loaded
+    prefix = f"{schema}." if schema else ""
+    sql = (
+        f"SELECT e.unit_id, COUNT(*) AS value FROM {prefix}events AS e "  # a colon in a literal
+        "WHERE e.event_name = 'click' AND e.event_name <> 'a :b' GROUP BY e.unit_id"
+    )
+    table = build_units_table(warehouse, sql_metric_config(schema, sql), END)
+    rows = rows_by_unit(warehouse.query(f"SELECT * FROM {quote_ident(table)}"))
+    clicks: dict[str, int] = {}
+    for unit, name, *_ in events:
+        clicks[unit] = clicks.get(unit, 0) + (name == "click")
+    assert rows and all(row["m_Handle_Time"] == clicks.get(unit, 0) for unit, row in rows.items())
+    assert any(row["m_Handle_Time"] > 0 for row in rows.values())
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        (
+            "SELECT unit_id, 1 AS value FROM events); DROP TABLE ab_readouts; SELECT (1",
+            "does not parse",
+        ),
+        ("SELECT unit_id, 1 AS value FROM events; DROP TABLE ab_readouts", "exactly one SELECT"),
+        ("SELECT column0 AS unit_id, 1 AS value FROM read_csv_auto('/etc/passwd')", "read_csv"),
+        ("SELECT unit_id, 1 AS value FROM '/etc/passwd'", "not a plain identifier"),
+        (
+            "WITH d AS (DELETE FROM ab_readouts RETURNING *) SELECT 'u' AS unit_id, 1 AS value",
+            "DELETE",
+        ),
+    ],
+)
+def test_an_sql_metric_that_is_not_one_select_is_refused_before_it_runs(
+    loaded: tuple[Warehouse, str, list[Exposure], list[Event]], sql: str, reason: str
+) -> None:
+    warehouse, schema, _, _ = loaded
+    readouts = f"{schema}.ab_readouts" if schema else "ab_readouts"
+    warehouse.execute(f"CREATE TABLE {readouts} (decision TEXT)")
+    with pytest.raises(ValueError, match=rf"metrics\.Handle_Time\.sql: .*{reason}"):
+        build_units_table(warehouse, sql_metric_config(schema, sql), END)
+    assert warehouse.table_exists(readouts)
+
+
+def test_the_sql_metric_pass_is_read_only_on_duckdb(
+    duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB has no function that writes, so the parser admits no write to test with: put a
+    write in the read-only pass itself and see the engine refuse it."""
+    from ab_pipeline.readout import extract
+
+    exposures, events = random_data(seed=5, units=20)
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    monkeypatch.setattr(
+        extract,
+        "_sql_metric_reads",
+        lambda config, dialect: (["CREATE TABLE pwned AS SELECT 1 AS x"], {}),
+    )
+    with pytest.raises(Exception, match="read-only"):
+        build_units_table(
+            duckdb_warehouse, sql_metric_config("", "SELECT unit_id, 1 AS value FROM events"), END
+        )
+    assert not duckdb_warehouse.table_exists("pwned")
+
+
+def test_a_function_that_writes_fails_in_the_read_only_pass_on_postgresql(
+    postgres_schema: tuple[Warehouse, str],
+) -> None:
+    """A user-defined function the parser cannot see into: PostgreSQL's read-only
+    transaction refuses its write, and nothing of the run is built."""
+    warehouse, schema = postgres_schema
+    exposures, events = random_data(seed=5, units=20)
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    warehouse.execute(
+        f"CREATE FUNCTION {schema}.sneaky(u TEXT) RETURNS INT AS $$ BEGIN "
+        f"CREATE TABLE IF NOT EXISTS {schema}.pwned (x INT); RETURN 1; END $$ LANGUAGE plpgsql"
+    )
+    sql = f"SELECT unit_id, {schema}.sneaky(unit_id) AS value FROM {schema}.events"
+    config = sql_metric_config(schema, sql)
+    with pytest.raises(Exception, match="read-only transaction"):
+        build_units_table(warehouse, config, END)
+    assert not warehouse.table_exists(f"{schema}.pwned")
+    from ab_pipeline.readout.extract import units_table_name
+
+    assert not warehouse.table_exists(units_table_name(config, END))

@@ -1,0 +1,341 @@
+"""Exact order statistics through bucket histograms (ab_pipeline/stats/quantiles.py), checked
+against
+numpy's sort and the engines' own percentile_cont / percentile_disc, on DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ab_pipeline.core.config import QuantileMetric, parse_config
+from ab_pipeline.metrics import quantile as quantile_kind
+from ab_pipeline.metrics.quantile import quantile_cluster_sums, quantile_summaries
+from ab_pipeline.readout import analysis
+from ab_pipeline.readout.extract import (
+    build_units_table,
+    quantile_count_column,
+    quantile_events_sql,
+    quantile_histogram_table_name,
+)
+from ab_pipeline.stats.quantiles import (
+    cont_ranks,
+    disc_rank,
+    histograms,
+    order_statistics,
+    stored_histograms,
+)
+from ab_pipeline.stats.statistics import clustered_quantile_bracket
+from ab_pipeline.warehouse import Warehouse
+from tests.warehouse_fixtures import (
+    create_contract_tables,
+    experiment_data,
+    insert_rows,
+    split_metric_pass,
+)
+
+RUN = date(2026, 5, 31)
+START = datetime(2026, 5, 4, 9)
+BODY = "FROM {s}qv e JOIN {s}qu u ON u.unit_id = e.unit_id WHERE e.value IS NOT NULL"
+
+
+def narrowing(body: str) -> Any:
+    return lambda values: f"{body} AND {values.format(v='e.value')}"
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def warehouse_and_prefix(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Warehouse, str]]:
+    if request.param == "duckdb":
+        yield request.getfixturevalue("duckdb_warehouse"), ""
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+        yield warehouse, f"{schema}."
+
+
+def awkward_values(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Heavy tails, negatives, zeros, an atom at 250 and near-duplicates: every bucket shape."""
+    parts = [
+        rng.lognormal(6.8, 0.9, n // 2),
+        -rng.lognormal(1.0, 2.0, n // 8),
+        np.zeros(n // 8),
+        np.full(n // 8, 250.0),
+        250.0 + rng.integers(0, 3, n - n // 2 - 3 * (n // 8)) * 1e-9,
+    ]
+    return rng.permutation(np.concatenate(parts))
+
+
+def load_values(warehouse: Warehouse, prefix: str, by_arm: dict[str, np.ndarray]) -> None:
+    from sqlalchemy import text
+
+    warehouse.execute(
+        [
+            f"CREATE TABLE {prefix}qu (unit_id TEXT, arm TEXT)",
+            f"CREATE TABLE {prefix}qv (unit_id TEXT, value DOUBLE PRECISION)",
+        ]
+    )
+    units, values = [], []
+    for arm, array in by_arm.items():
+        for i, value in enumerate(array.tolist()):
+            unit = f"{arm}-{i // 3}"  # three events per unit
+            if i % 3 == 0:
+                units.append({"u": unit, "a": arm})
+            values.append({"u": unit, "v": value})
+    with warehouse.connect() as connection:
+        connection.execute(text(f"INSERT INTO {prefix}qu VALUES (:u, :a)"), units)
+        connection.execute(text(f"INSERT INTO {prefix}qv VALUES (:u, :v)"), values)
+
+
+def test_order_statistics_equal_the_sorted_values_at_any_rank(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    warehouse, prefix = warehouse_and_prefix
+    rng = np.random.default_rng(20261202)
+    by_arm = {"control": awkward_values(rng, 3000), "treatment": awkward_values(rng, 2200)}
+    by_arm["tiny"] = np.array([5.0, -1.0, 5.0, 2.5])
+    load_values(warehouse, prefix, by_arm)
+    body = BODY.format(s=prefix)
+    hists = histograms(warehouse, body, {})
+    assert {arm: h.n for arm, h in hists.items()} == {arm: len(v) for arm, v in by_arm.items()}
+    assert len(hists["control"].buckets) < len(by_arm["control"]) / 2  # values were grouped
+    ranks: dict[str, set[int]] = {}
+    for arm, array in by_arm.items():
+        n = len(array)
+        picked = {1, n, disc_rank(0.5, n), disc_rank(0.95, n)}
+        picked |= {int(r) for r in rng.integers(1, n + 1, 25)}
+        ranks[arm] = picked
+    found = order_statistics(warehouse, narrowing(body), {}, hists, ranks)
+    for arm, array in by_arm.items():
+        ordered = np.sort(array)
+        assert found[arm] == {rank: float(ordered[rank - 1]) for rank in ranks[arm]}, arm
+    # With a margin: every rank in the span around the wanted ones, from one pass.
+    middle = {arm: {disc_rank(0.9, len(array))} for arm, array in by_arm.items()}
+    spans = order_statistics(warehouse, narrowing(body), {}, hists, middle, {"control": 40})
+    ordered = np.sort(by_arm["control"])
+    rank = disc_rank(0.9, len(ordered))
+    assert spans["control"] == {r: float(ordered[r - 1]) for r in range(rank - 40, rank + 41)}
+    assert spans["treatment"] == {
+        r: float(np.sort(by_arm["treatment"])[r - 1]) for r in middle["treatment"]
+    }
+
+
+def test_rank_helpers_reproduce_the_engines_percentile_functions(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    warehouse, prefix = warehouse_and_prefix
+    rng = np.random.default_rng(7)
+    array = rng.lognormal(7.0, 0.4, 997)
+    load_values(warehouse, prefix, {"control": array})
+    body = BODY.format(s=prefix)
+    hist = histograms(warehouse, body, {})["control"]
+    for p in (0.0, 0.05, 0.5, 0.9497701549647996, 0.95, 1.0):
+        [row] = warehouse.query(
+            f"SELECT percentile_cont({p!r}) WITHIN GROUP (ORDER BY e.value) AS c, "
+            f"percentile_disc({p!r}) WITHIN GROUP (ORDER BY e.value) AS d {body}"
+        )
+        below, above, fraction = cont_ranks(p, hist.n)
+        disc = disc_rank(p, hist.n)
+        got = order_statistics(
+            warehouse, narrowing(body), {}, {"control": hist}, {"control": {below, above, disc}}
+        )
+        low, high = got["control"][below], got["control"][above]
+        assert low + fraction * (high - low) == pytest.approx(float(row["c"]), rel=1e-12)
+        assert low + fraction * (high - low) == pytest.approx(
+            float(np.quantile(array, p)), rel=1e-12
+        )
+        assert got["control"][disc] == float(row["d"])
+
+
+def clustered_config(quantile: float, prefix: str) -> Any:
+    latency = {"type": "quantile", "event": "served", "quantile": quantile, "window": "1d"}
+    metrics = {"solved": {"type": "proportion", "event": "solved"}, "latency": latency}
+    data = experiment_data("quantile-check", metrics, "solved", prefix.rstrip("."))
+    return parse_config(data | {"plan": {"baseline": 0.38, "mde": 0.02}})
+
+
+def load_clustered(warehouse: Warehouse, prefix: str) -> dict[str, dict[str, list[float]]]:
+    """Units with 0-6 latency events each in the metric's window; a unit-level effect makes
+    events within a unit correlate (what the clustered variance is for); events before
+    exposure or after the window must be ignored. Returns {arm: {unit: values}}."""
+    rng = np.random.default_rng(11)
+    create_contract_tables(warehouse, prefix.rstrip("."))
+    exposures, events = [], []
+    truth: dict[str, dict[str, list[float]]] = {"control": {}, "treatment": {}}
+    for i in range(400):
+        arm = "treatment" if i % 2 else "control"
+        unit, first = f"u{i}", START + timedelta(minutes=37 * i)
+        exposures.append(("quantile-check", unit, arm, first, False, False, None))
+        level = rng.normal(0.0, 0.5)
+        values = [round(float(rng.lognormal(6.8 + level, 0.3)), 1) for _ in range(i % 7)]
+        truth[arm][unit] = values
+        for k, value in enumerate(values):
+            events.append((unit, "served", first + timedelta(minutes=k + 1), value, None))
+        events.append((unit, "served", first - timedelta(minutes=5), 1e6, None))  # before
+        if i % 5 == 0:  # after the metric's 1-day window: neither counted nor ranked
+            events.append((unit, "served", first + timedelta(days=2), 5e5, None))
+    insert_rows(warehouse, exposures, events, prefix.rstrip("."))
+    return truth
+
+
+@pytest.mark.parametrize(("quantile", "margin"), [(0.95, None), (0.1, None), (0.95, 0)])
+def test_clustered_quantile_sums_and_summaries_match_a_brute_force_computation(
+    warehouse_and_prefix: tuple[Warehouse, str],
+    quantile: float,
+    margin: int | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Margin None: the bracket is read with the estimate; 0: by a pass of its own."""
+    if margin is not None:
+        monkeypatch.setattr(quantile_kind, "bracket_margin", lambda n: margin)
+    warehouse, prefix = warehouse_and_prefix
+    truth = load_clustered(warehouse, prefix)
+    config = clustered_config(quantile, prefix)
+    metric = config.metrics["latency"]
+    assert isinstance(metric, QuantileMetric)
+    table = build_units_table(warehouse, config, RUN)
+    calls: list[dict[str, set[int]]] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[4])
+        return order_statistics(*args, **kwargs)
+
+    monkeypatch.setattr(quantile_kind, "order_statistics", counted)
+    summaries = quantile_summaries(warehouse, config, "latency", metric, table, RUN)
+    assert len(calls) == (2 if margin == 0 else 1)  # the bracket's own pass, or none
+    params = quantile_events_sql(config, metric, table, RUN)[1]
+    estimates = {arm: s.estimate for arm, s in summaries.items()}
+
+    def narrowed(values: str) -> str:
+        return quantile_events_sql(config, metric, table, RUN, values)[0]
+
+    sums = quantile_cluster_sums(
+        warehouse, narrowed, params, estimates, table, quantile_count_column("latency"), quantile
+    )
+    for arm, units in truth.items():
+        values = np.array([v for vs in units.values() for v in vs])
+        x = float(np.quantile(values, quantile))
+        assert summaries[arm].estimate == pytest.approx(x, rel=1e-12)
+        clustered = [(len(vs), sum(v <= estimates[arm] for v in vs)) for vs in units.values() if vs]
+        got = sums[arm]
+        assert got.units == len(clustered)
+        assert got.events == sum(n for n, _ in clustered)
+        assert got.below == sum(i for _, i in clustered)
+        assert got.events_sq == sum(n * n for n, _ in clustered)
+        assert got.below_sq == sum(i * i for _, i in clustered)
+        assert got.cross == sum(i * n for n, i in clustered)
+        low, high, _ = clustered_quantile_bracket(quantile, got)
+        ordered = np.sort(values)
+        assert summaries[arm].lower == ordered[disc_rank(low, len(values)) - 1]
+        assert summaries[arm].upper == ordered[disc_rank(high, len(values)) - 1]
+        assert summaries[arm].lower <= summaries[arm].estimate <= summaries[arm].upper
+
+
+def test_the_extract_stores_each_quantile_metrics_histogram_as_one_pass_computes_it(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    """Two quantile metrics on the same event (with and without a window) get their own
+    histograms from the extract's grouping sets; the analysis without them (a units table built
+    before histograms were stored) computes the same summaries in a pass of its own."""
+    assert_stored_histograms_match_one_pass(*warehouse_and_prefix)
+
+
+def test_a_metric_pass_split_in_hash_partitions_adds_its_histograms_up(
+    duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each partition of a split metric pass leaves partial (arm, bucket) rows; stored, they
+    are the histograms one pass computes."""
+    split_metric_pass(monkeypatch, 3)
+    assert_stored_histograms_match_one_pass(duckdb_warehouse, "")
+
+
+def assert_stored_histograms_match_one_pass(warehouse: Warehouse, prefix: str) -> None:
+    load_clustered(warehouse, prefix)
+    config = clustered_config(0.95, prefix)
+    everything = {"type": "quantile", "event": "served", "quantile": 0.5}
+    config = parse_config(
+        config.model_dump(mode="json")
+        | {"metrics": {**config.model_dump(mode="json")["metrics"], "latency_all": everything}}
+    )
+    table = build_units_table(warehouse, config, RUN)
+    stored = quantile_histogram_table_name(config, RUN)
+    summaries = {}
+    for name in ("latency", "latency_all"):
+        metric = config.metrics[name]
+        assert isinstance(metric, QuantileMetric)
+        body, params = quantile_events_sql(config, metric, table, RUN)
+        direct = histograms(warehouse, body, params)
+        assert stored_histograms(warehouse, stored, name) == direct, name
+        summaries[name] = quantile_summaries(warehouse, config, name, metric, table, RUN)
+    n_all = sum(h.n for h in stored_histograms(warehouse, stored, "latency_all").values())
+    n_windowed = sum(h.n for h in stored_histograms(warehouse, stored, "latency").values())
+    assert n_all > n_windowed  # the events after the 1-day window count only without one
+    warehouse.execute(f"DROP TABLE {stored}")
+    for name, before in summaries.items():
+        metric = config.metrics[name]
+        assert isinstance(metric, QuantileMetric)
+        assert quantile_summaries(warehouse, config, name, metric, table, RUN) == before
+
+
+def test_metrics_named_with_capitals_are_analysed_on_every_engine(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    """Generated column names keep the metric's case (`n_Latency_P95`): PostgreSQL folds
+    unquoted names, so every generated identifier must be quoted wherever it is written."""
+    from ab_pipeline.readout.analysis import analyse
+
+    warehouse, prefix = warehouse_and_prefix
+    truth = load_clustered(warehouse, prefix)
+    latency = {"type": "quantile", "event": "served", "quantile": 0.95, "window": "1d"}
+    metrics = {"Solved_Rate": {"type": "proportion", "event": "solved"}, "Latency_P95": latency}
+    config = parse_config(
+        experiment_data("quantile-check", metrics, "Solved_Rate", prefix.rstrip("."))
+    )
+    table = build_units_table(warehouse, config, RUN)
+    results = analyse(warehouse, config, table, RUN)
+    for arm, units in truth.items():
+        values = np.array([v for vs in units.values() for v in vs])
+        got = results["Latency_P95"]["arms"][arm]["value"]
+        assert got == pytest.approx(float(np.quantile(values, 0.95)), rel=1e-12)
+    assert results["Solved_Rate"]["arms"]["control"]["units"] == 200
+
+
+def load_tied(warehouse: Warehouse, prefix: str, tie: float) -> None:
+    """Latencies whose p95 sits on an atom: 10% of events are exactly `tie` ms (a timeout
+    or a rounded value), 87% below it and 3% above, in 800 units of 1-6 events."""
+    rng = np.random.default_rng(21)
+    create_contract_tables(warehouse, prefix.rstrip("."))
+    exposures, events = [], []
+    for i in range(800):
+        arm = "treatment" if i % 2 else "control"
+        unit, first = f"u{i}", START + timedelta(minutes=11 * i)
+        exposures.append(("quantile-check", unit, arm, first, False, False, None))
+        for k in range(1 + i % 6):
+            draw = rng.random()
+            value = (
+                float(rng.uniform(10, tie - 1))
+                if draw < 0.87
+                else tie
+                if draw < 0.97
+                else float(rng.uniform(tie + 1, 400))
+            )
+            events.append((unit, "served", first + timedelta(minutes=k + 1), value, None))
+    insert_rows(warehouse, exposures, events, prefix.rstrip("."))
+
+
+def test_a_quantile_on_tied_values_is_flagged_discrete_without_se_or_p_value(
+    duckdb_warehouse: Warehouse,
+) -> None:
+    load_tied(duckdb_warehouse, "", 80.0)
+    config = clustered_config(0.95, "")
+    table = build_units_table(duckdb_warehouse, config, RUN)
+    latency = analysis.analyse(duckdb_warehouse, config, table, RUN)["latency"]
+    comparison = latency["comparisons"]["treatment"]
+    assert {a["value"] for a in latency["arms"].values()} == {80.0}
+    assert comparison["discrete"] is True and "discrete values" in comparison["note"]
+    assert comparison["se"] is None and comparison["p_value"] is None
+    assert comparison["ci"] == [0.0, 0.0]  # both arms' intervals are the atom itself
+    assert comparison["one_sided"]["absolute"] == [0.0, 0.0]
