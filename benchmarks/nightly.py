@@ -80,8 +80,8 @@ def write_configs(root: Path, count: int) -> list[Path]:
 def simulate_all(url: str, configs: list[Path], units: int) -> float:
     import yaml
 
-    from ab_pipeline.config import load_config
-    from ab_pipeline.simulate import parse_scenario, simulate
+    from ab_pipeline.core.config import load_config
+    from ab_pipeline.devtools.simulate import parse_scenario, simulate
     from ab_pipeline.warehouse import dispose_all
 
     truth = yaml.safe_load(MIXES["pageviews"].truth.read_text())

@@ -43,8 +43,8 @@ marks = {}
 def mark(name, since):
     marks[name] = marks.get(name, 0.0) + time.perf_counter() - since
 t = time.perf_counter()
-from ab_pipeline import cli
-mark("import ab_pipeline.cli", t)
+from ab_pipeline.orchestration import cli
+mark("import ab_pipeline.orchestration.cli", t)
 t = time.perf_counter()
 import great_expectations  # timed here once; the data-quality task then finds it imported
 mark("import great_expectations", t)
@@ -109,8 +109,8 @@ def main() -> None:
         rows["python -c pass"] = statistics.median(
             timed([sys.executable, "-c", "pass"], env) for _ in range(args.repeat)
         )
-        rows["python -c 'import ab_pipeline.cli'"] = statistics.median(
-            timed([sys.executable, "-c", "import ab_pipeline.cli"], env) for _ in range(args.repeat)
+        rows["python -c 'import ab_pipeline.orchestration.cli'"] = statistics.median(
+            timed([sys.executable, "-c", "import ab_pipeline.orchestration.cli"], env) for _ in range(args.repeat)
         )
         rows["python -c 'import airflow.sdk'"] = statistics.median(
             timed([sys.executable, "-c", "import airflow.sdk"], env) for _ in range(args.repeat)
