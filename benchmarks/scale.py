@@ -76,7 +76,7 @@ stages = {}
 if mode == "readout":
     from datetime import date
     from pathlib import Path
-    from ab_pipeline.readout import pipeline
+    from ab_pipeline.orchestration import pipeline
 
     def timed(name, stage):  # run_pipeline looks its stages up in the module at call time
         def run(*args, **kwargs):

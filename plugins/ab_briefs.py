@@ -1,7 +1,7 @@
 """The decision-brief archive inside Airflow: an api-server plugin plus a navigation link.
 
 Serves, from the briefs archive (`<briefs root>/<experiment>/<run date>/`, see
-`ab_pipeline.readout.pipeline.briefs_root`):
+`ab_pipeline.orchestration.pipeline.briefs_root`):
 
 - `/ab-briefs/`                                    the portfolio: every experiment's latest
   decision, status, days left, primary estimate and owner; `?decision=` and `?owner=` filter it
@@ -96,7 +96,7 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
 
 def briefs_root() -> Path:
-    from ab_pipeline.readout.pipeline import briefs_root as root
+    from ab_pipeline.orchestration.pipeline import briefs_root as root
 
     return root()
 

@@ -140,8 +140,10 @@ def test_ab_pipeline_has_no_import_cycle() -> None:
 
 def test_the_graph_sees_lazy_relative_and_type_checking_imports_of_the_package() -> None:
     graph = import_graph(PACKAGE)
-    assert "ab_pipeline.report.brief" in graph["ab_pipeline.readout.pipeline"]  # inside stage_brief
-    assert "ab_pipeline.gates.data_quality" in graph["ab_pipeline.readout.pipeline"]
+    assert (
+        "ab_pipeline.report.brief" in graph["ab_pipeline.orchestration.pipeline"]
+    )  # inside stage_brief
+    assert "ab_pipeline.gates.data_quality" in graph["ab_pipeline.orchestration.pipeline"]
     assert (
         "ab_pipeline.report.charts" in graph["ab_pipeline.report.brief"]
     )  # under TYPE_CHECKING, too
@@ -187,3 +189,48 @@ def test_a_one_way_package_graph_has_an_edge_per_imported_module(tmp_path: Path)
         "pkg.b": {"pkg.c"},
         "pkg.c": set(),
     }
+
+
+# The subpackages from the bottom up: each may import only those listed before it (and the
+# package root, which installs the catalog). README's "Layout" lists them in this order.
+LAYERS = [
+    "core",
+    "warehouse",
+    "stats",
+    "metrics",
+    "gates",
+    "readout",
+    "report",
+    "devtools",
+    "orchestration",
+]
+
+
+def upward_imports(graph: dict[str, set[str]], layers: list[str]) -> list[str]:
+    """`a.x -> b.y` for every import from a subpackage into one at its level or above."""
+
+    def layer(module: str) -> int | None:
+        parts = module.split(".")
+        return layers.index(parts[1]) if len(parts) > 2 and parts[1] in layers else None
+
+    found = []
+    for module, imported in graph.items():
+        for target in imported:
+            here, there = layer(module), layer(target)
+            if here is not None and there is not None and there > here:
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def test_every_subpackage_of_ab_pipeline_has_a_layer() -> None:
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert subpackages == set(LAYERS)
+
+
+def test_subpackages_import_only_layers_below_them() -> None:
+    assert upward_imports(import_graph(PACKAGE), LAYERS) == []
+
+
+def test_an_import_into_a_higher_layer_is_named() -> None:
+    graph = {"p.core.config": {"p.report.brief"}, "p.report.brief": {"p.core.config"}}
+    assert upward_imports(graph, ["core", "report"]) == ["p.core.config -> p.report.brief"]

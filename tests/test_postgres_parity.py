@@ -27,8 +27,8 @@ import yaml
 
 from ab_pipeline.core.config import load_config
 from ab_pipeline.devtools.simulate import main_simulate
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.readout.extract import units_table_name
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse, dispose_all
 from tests.conftest import POSTGRES_URL
 

@@ -28,6 +28,12 @@ def fmt_pp(x: float | None, digits: int = 1, signed: bool = True) -> str:
     return f"{clean(x * 100, digits):{'+' if signed else ''}.{digits}f} pp"
 
 
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return MISSING
+    return f"{p:.1e}" if p < 1e-4 else f"{p:.3g}"
+
+
 def fmt_num(x: float | None, signed: bool = False, digits: int | None = None) -> str:
     """A value in the metric's own unit; precision suits its size unless `digits` is given."""
     if x is None:

@@ -126,7 +126,7 @@ def check_guardrail_topics(config: ExperimentConfig) -> list[LintWarning]:
 def check_sample_size(config: ExperimentConfig, enrolment: Enrolment | None) -> list[LintWarning]:
     if config.plan is None or enrolment is None:
         return []
-    from ab_pipeline.stats.diagnosis import primary_sample_size
+    from ab_pipeline.readout.progress import primary_sample_size
 
     size = primary_sample_size(config)
     assert size is not None  # config.plan is set

@@ -193,7 +193,7 @@ def run(context: GateContext, units_table: str) -> GateResult:
 
 def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
     """Mismatches and early exposures, formatted (templates/gates/assignment.*.j2)."""
-    from ab_pipeline.report.brief import fmt_count, fmt_pct
+    from ab_pipeline.core.formatting import fmt_count, fmt_pct
 
     def pct(value: float | None) -> str | None:
         return None if value is None else fmt_pct(value, 2)

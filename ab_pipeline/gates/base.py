@@ -41,7 +41,7 @@ GATE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class GateContext(Protocol):
-    """What a gate may read about the run (`ab_pipeline.readout.pipeline.RunContext` provides
+    """What a gate may read about the run (`ab_pipeline.orchestration.pipeline.RunContext` provides
     it)."""
 
     @property

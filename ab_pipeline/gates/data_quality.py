@@ -239,7 +239,7 @@ def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _brief_row(check: Mapping[str, Any]) -> dict[str, Any]:
-    from ab_pipeline.report.brief import fmt_count
+    from ab_pipeline.core.formatting import fmt_count
 
     warning = check.get("severity") == "warning"
     state = "PASS" if check["passed"] else "WARNING" if warning else "FAIL"

@@ -80,7 +80,7 @@ def _no_units_detail(counts: dict[str, int], config: ExperimentConfig) -> str:
 def run_srm_gate(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str
 ) -> dict[str, Any]:
-    from ab_pipeline.stats.diagnosis import srm_diagnosis
+    from ab_pipeline.gates.srm_diagnosis import srm_diagnosis
 
     outcome = evaluate_srm(arm_counts(warehouse, units_table), config)
     # Always the multiple-exposure rate; the by-day/by-property breakdown when the gate failed.
@@ -106,7 +106,7 @@ def brief_view(outcome: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _arm_rows(outcome: Mapping[str, Any]) -> list[dict[str, str]]:
-    from ab_pipeline.report.brief import MISSING, fmt_count, fmt_pct
+    from ab_pipeline.core.formatting import MISSING, fmt_count, fmt_pct
 
     counts, expected = outcome["counts"], outcome["expected"]
     total = sum(counts.values())
@@ -123,7 +123,7 @@ def _arm_rows(outcome: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def _diagnosis_view(outcome: Mapping[str, Any]) -> dict[str, Any] | None:
     """The breakdown (`gates.srm.diagnosis`) as rows; suspicious slices first by p-value."""
-    from ab_pipeline.report.brief import fmt_count, fmt_p, fmt_pct
+    from ab_pipeline.core.formatting import fmt_count, fmt_p, fmt_pct
 
     diagnosis = outcome.get("diagnosis")
     if not diagnosis:

@@ -318,7 +318,7 @@ def _from_warehouse(args: argparse.Namespace) -> str:
     and a pre-period query of the warehouse; returns where the numbers came from."""
     from ab_pipeline.core.config import load_config
     from ab_pipeline.metrics import kind_named
-    from ab_pipeline.stats.diagnosis import pre_period_moments
+    from ab_pipeline.readout.progress import pre_period_moments
     from ab_pipeline.warehouse import Warehouse
 
     try:
@@ -444,7 +444,7 @@ def run_experiment(
     logs = Path(env["AIRFLOW_HOME"]) / "logs" / "ab-pipeline-run"
     log_path = logs / config.key / f"{readout}.log"
     run_dir = out / config.key / readout.isoformat()
-    from ab_pipeline.readout.pipeline import publication
+    from ab_pipeline.orchestration.pipeline import publication
 
     before = publication(run_dir)  # the earlier readout stays unless this run publishes
     dag = build_dag(config_path.resolve(), config)
@@ -512,7 +512,7 @@ def report_run(
 ) -> int:
     """The run's summary: exit 0 only when this run published a brief (`before` is the
     publication marker found before it started); only files that exist are named."""
-    from ab_pipeline.readout.pipeline import publication
+    from ab_pipeline.orchestration.pipeline import publication
     from ab_pipeline.readout.results_model import load_results
     from ab_pipeline.report.notify import failed_tasks_upstream_first
 

@@ -1,12 +1,12 @@
 """One DAG per experiment config: the pipeline's stages wired as Airflow tasks.
 
 Parse-time cost is kept to airflow.sdk, pydantic and yaml: everything heavy is imported inside
-the task bodies (through `ab_pipeline.readout.pipeline`). A config that fails validation does not
-break
-the other experiments: the bad configs become one `InvalidExperimentConfigs` DAG whose validation
-raises, so Airflow lists them among the import errors and bags the rest of the file's DAGs; and
-each bad config gets its own stand-in DAG (`build_broken_dag`: the experiment's DAG id, never
-scheduled, its problems in its description), so it shows in the DAG list by its own name.
+the task bodies (through `ab_pipeline.orchestration.pipeline`). A config that fails validation
+does not break the other experiments: the bad configs become one `InvalidExperimentConfigs`
+DAG whose validation raises, so Airflow lists them among the import errors and bags the rest of
+the file's DAGs; and each bad config gets its own stand-in DAG (`build_broken_dag`: the
+experiment's DAG id, never scheduled, its problems in its description), so it shows in the DAG
+list by its own name.
 Catalog metrics (`{ref: ...}`, ab_pipeline.core.catalog) are resolved here too, from YAML and
 pydantic: a bad reference is its config's error (file and field); a bad catalog entry is listed
 with its catalog file and field, and fails only the configs that reference it.
@@ -141,7 +141,7 @@ def _run_context() -> Any:
     """The running task's RunContext: its experiment comes from the DAG it belongs to."""
     from airflow.sdk import get_current_context
 
-    from ab_pipeline.readout.pipeline import RunContext, briefs_root
+    from ab_pipeline.orchestration.pipeline import RunContext, briefs_root
     from ab_pipeline.warehouse import warehouse_for_connection
 
     context = get_current_context()
@@ -186,35 +186,35 @@ def _records_its_error(task: Task) -> Task:
 
 @_records_its_error
 def _extract() -> str:
-    from ab_pipeline.readout.pipeline import stage_extract
+    from ab_pipeline.orchestration.pipeline import stage_extract
 
     return stage_extract(_run_context())
 
 
 @_records_its_error
 def _gate(gate: str, units_table: str) -> bool:
-    from ab_pipeline.readout.pipeline import stage_gate
+    from ab_pipeline.orchestration.pipeline import stage_gate
 
     return stage_gate(_run_context(), gate, units_table)
 
 
 @_records_its_error
 def _validity() -> None:
-    from ab_pipeline.readout.pipeline import stage_validity
+    from ab_pipeline.orchestration.pipeline import stage_validity
 
     stage_validity(_run_context())
 
 
 @_records_its_error
 def _analyse(units_table: str) -> None:
-    from ab_pipeline.readout.pipeline import stage_analyse
+    from ab_pipeline.orchestration.pipeline import stage_analyse
 
     stage_analyse(_run_context(), units_table)
 
 
 @_records_its_error
 def _brief() -> dict[str, Any]:
-    from ab_pipeline.readout.pipeline import stage_brief
+    from ab_pipeline.orchestration.pipeline import stage_brief
 
     return stage_brief(_run_context())
 
@@ -225,7 +225,7 @@ def _send_email() -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
 
     from ab_pipeline.orchestration.backfill import BACKFILL, latest_data_date, should_email
-    from ab_pipeline.readout.pipeline import stage_deliver
+    from ab_pipeline.orchestration.pipeline import stage_deliver
 
     ctx = _run_context()
     context = get_current_context()

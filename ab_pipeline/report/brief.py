@@ -24,6 +24,7 @@ from ab_pipeline.core.formatting import MISSING as MISSING
 from ab_pipeline.core.formatting import digits_for as _digits_for
 from ab_pipeline.core.formatting import fmt_count as fmt_count
 from ab_pipeline.core.formatting import fmt_num as fmt_num
+from ab_pipeline.core.formatting import fmt_p as fmt_p
 from ab_pipeline.core.formatting import fmt_pct as fmt_pct
 from ab_pipeline.core.formatting import fmt_pp as fmt_pp
 from ab_pipeline.core.paths import data_dir
@@ -185,12 +186,6 @@ def _environment(templates_dir: Path) -> Environment:
 
 
 # ---- number formatting ------------------------------------------------------------------------
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return MISSING
-    return f"{p:.1e}" if p < 1e-4 else f"{p:.3g}"
 
 
 def fmt_passfail(passed: bool | None) -> str:

@@ -67,7 +67,7 @@ def real_results(root: Path) -> dict[str, dict[str, Any]]:
     """Simulate, run the pipeline for each kind, return each run's results.json (and write
     `<root>/<kind>/briefs/...` with its brief.html, brief.txt and brief.eml)."""
     from ab_pipeline.devtools.simulate import main_simulate
-    from ab_pipeline.readout.pipeline import RunContext, run_pipeline
+    from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 
     warehouse = f"duckdb:///{root / 'warehouse.duckdb'}"
     scenarios = [str(SIMULATIONS / f"{key}.yaml") for key in SCENARIOS]

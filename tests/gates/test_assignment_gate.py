@@ -13,8 +13,8 @@ from ab_pipeline.core.assignment import assign
 from ab_pipeline.core.config import load_config, parse_config
 from ab_pipeline.devtools.simulate import parse_scenario, simulate
 from ab_pipeline.gates.assignment import run_assignment_gate
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.readout.extract import build_units_table
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse
 from tests.warehouse_fixtures import create_contract_tables, insert_rows
 

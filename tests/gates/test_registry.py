@@ -22,7 +22,7 @@ from ab_pipeline.core.config import load_config
 from ab_pipeline.devtools.simulate import parse_scenario, simulate
 from ab_pipeline.gates import registry
 from ab_pipeline.gates.base import Gate, GateContext, GateResult
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.report.brief import DEFAULT_TEMPLATES_DIR, TEMPLATES_ENV
 from ab_pipeline.warehouse import Warehouse, quote_ident
 

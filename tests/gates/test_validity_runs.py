@@ -21,7 +21,7 @@ import yaml
 from ab_pipeline.core.config import load_config
 from ab_pipeline.core.errors import PipelineError
 from ab_pipeline.devtools.simulate import parse_scenario, simulate
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse, dispose_all
 from tests.conftest import REPO_ROOT
 
@@ -178,7 +178,7 @@ RUN_IN_ZONE = """
 import json, sys
 from datetime import date
 from pathlib import Path
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 ctx = RunContext(Path(sys.argv[1]), date(2026, 5, 31), sys.argv[2], Path(sys.argv[3]))
 run_pipeline(ctx, deliver=False)
 results = json.loads((ctx.run_dir / "results.json").read_text())

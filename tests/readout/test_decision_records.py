@@ -17,8 +17,8 @@ import yaml
 from ab_pipeline.core.config import load_config
 from ab_pipeline.devtools.simulate import load_scenario, parse_scenario, simulate
 from ab_pipeline.orchestration.cli import main
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.readout.decision_records import load_decisions, record_decision
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse, dispose_all
 
 REPO = Path(__file__).resolve().parents[2]

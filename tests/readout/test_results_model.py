@@ -17,8 +17,8 @@ import yaml
 from ab_pipeline.core.config import load_config
 from ab_pipeline.devtools.simulate import parse_scenario, simulate
 from ab_pipeline.orchestration.cli import main
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.readout.decision_records import annotate_archive
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
 from ab_pipeline.readout.results_model import (
     Results,
     ResultsInvalid,

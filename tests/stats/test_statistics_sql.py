@@ -17,9 +17,10 @@ from scipy import stats
 
 from ab_pipeline.core.config import parse_config
 from ab_pipeline.core.errors import ConfigError
+from ab_pipeline.gates.srm_diagnosis import srm_diagnosis
 from ab_pipeline.readout.analysis import analyse, current_look
 from ab_pipeline.readout.extract import build_units_table, covariate_column, ratio_columns
-from ab_pipeline.stats.diagnosis import progress, srm_diagnosis
+from ab_pipeline.readout.progress import progress
 from ab_pipeline.warehouse import Warehouse, quote_ident
 from tests.warehouse_fixtures import (
     Event,

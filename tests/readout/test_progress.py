@@ -1,4 +1,4 @@
-"""Plans and progress (ab_pipeline/stats/diagnosis.py): the results.json `plan` block and the
+"""Plans and progress (ab_pipeline/readout/progress.py): the results.json `plan` block and the
 brief's
 "smallest effect detectable now" / "days left" follow the same rules as `ab-pipeline plan`."""
 
@@ -13,7 +13,7 @@ from scipy import stats
 
 from ab_pipeline.core.config import parse_config
 from ab_pipeline.core.errors import ConfigError
-from ab_pipeline.stats.diagnosis import detectable_now, plan_summary, progress
+from ab_pipeline.readout.progress import detectable_now, plan_summary, progress
 from ab_pipeline.stats.statistics import (
     sample_size_means,
     sample_size_non_inferiority,
@@ -135,7 +135,7 @@ def load_pre_period(warehouse: Any) -> dict[str, list[float]]:
 
 
 def test_a_pre_period_query_gives_the_plan_its_baseline_and_sd(duckdb_warehouse: Any) -> None:
-    from ab_pipeline.stats.diagnosis import pre_period_moments
+    from ab_pipeline.readout.progress import pre_period_moments
 
     truth = load_pre_period(duckdb_warehouse)
     proportion = config({"baseline": 0.38, "mde": 0.02})

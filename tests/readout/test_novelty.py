@@ -13,8 +13,8 @@ import yaml
 
 from ab_pipeline.core.config import load_config
 from ab_pipeline.devtools.simulate import parse_scenario, simulate
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
-from ab_pipeline.stats.novelty import weighted_trend
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
+from ab_pipeline.readout.novelty import weighted_trend
 from ab_pipeline.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_a_ratio_primary_gets_cohorts_with_the_delta_method_variance(
     """A ratio primary has no `m_<primary>` column: its cohorts come from the numerator and
     denominator columns, each cohort's difference and SE as the analysis's ratio comparison."""
     from ab_pipeline.core.config import parse_config
-    from ab_pipeline.stats.novelty import novelty_view
+    from ab_pipeline.readout.novelty import novelty_view
     from ab_pipeline.stats.statistics import RatioSummary, compare_ratios
     from tests.warehouse_fixtures import experiment_data
 

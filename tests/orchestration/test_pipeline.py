@@ -13,7 +13,7 @@ import yaml
 
 from ab_pipeline.core.config import load_config
 from ab_pipeline.devtools.simulate import parse_scenario, simulate
-from ab_pipeline.readout.pipeline import RunContext, run_pipeline
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,8 +174,8 @@ def test_a_failing_rerun_keeps_the_published_readout_and_its_rows(
     import sys
 
     from ab_pipeline.core.errors import PipelineError
+    from ab_pipeline.orchestration.pipeline import GATES, stage_extract, stage_gate
     from ab_pipeline.readout.decision_records import latest_final_results
-    from ab_pipeline.readout.pipeline import GATES, stage_extract, stage_gate
 
     config = load_config(REFUND_CONFIG)
     simulate(config, parse_scenario(exact_refund_scenario()), duckdb_warehouse.url)
@@ -250,7 +250,7 @@ def test_stages_in_separate_processes_find_their_attempt(
     tmp_path: Path, duckdb_warehouse: Warehouse
 ) -> None:
     """Each task builds its own RunContext: the attempt's directory follows from the run id."""
-    from ab_pipeline.readout.pipeline import (
+    from ab_pipeline.orchestration.pipeline import (
         GATES,
         stage_brief,
         stage_extract,
@@ -269,7 +269,7 @@ def test_stages_in_separate_processes_find_their_attempt(
     for gate in GATES:
         stage_gate(task("manual__a"), gate, table)
     stage_validity(task("manual__a"))
-    from ab_pipeline.readout.pipeline import stage_analyse
+    from ab_pipeline.orchestration.pipeline import stage_analyse
 
     stage_analyse(task("manual__a"), table)
     with pytest.raises(Exception, match="broke before a decision"):

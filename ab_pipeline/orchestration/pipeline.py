@@ -267,7 +267,7 @@ def stage_analyse(ctx: RunContext, units_table: str) -> None:
 
 def stage_novelty(ctx: RunContext, units_table: str) -> None:
     """The primary effect by exposure-day cohort (novelty.json); a view, never a gate."""
-    from ab_pipeline.stats.novelty import novelty_view
+    from ab_pipeline.readout.novelty import novelty_view
 
     ctx.write_json(
         "novelty.json", novelty_view(ctx.warehouse, ctx.config, units_table, ctx.run_date)
@@ -288,7 +288,7 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
     """results.json from what the run recorded; raises when there is nothing honest to say."""
     from ab_pipeline.core.catalog import metric_definitions
     from ab_pipeline.readout.decision import decide, failed_gates
-    from ab_pipeline.stats.diagnosis import plan_summary
+    from ab_pipeline.readout.progress import plan_summary
 
     config = ctx.config
     gates = recorded_gates(ctx)
@@ -329,7 +329,7 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
         "checks": decision.checks_as_dicts(),
     }
     results.update(governance_results(ctx, analysed=not gate_failures))
-    from ab_pipeline.stats.novelty import novelty_check
+    from ab_pipeline.readout.novelty import novelty_check
 
     if (novelty := novelty_check(results["novelty"])) is not None:
         results["checks"].append(novelty)  # non-blocking: decide() never saw it
@@ -338,7 +338,7 @@ def assemble_results(ctx: RunContext) -> dict[str, Any]:
 
 def statistics_results(ctx: RunContext, gates: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     """`analysis` (the pre-declared settings) and `progress` (enrolment against the plan)."""
-    from ab_pipeline.stats.diagnosis import progress
+    from ab_pipeline.readout.progress import progress
 
     config = ctx.config
     srm = gates.get("srm") or {}
