@@ -1,0 +1,34 @@
+"""BigQuery: canonical SQL transpiled by sqlglot; rendered, not executed, on this project's
+machines (tests parse every rendered statement back with sqlglot's BigQuery dialect).
+
+Bound parameters are `@name` (BigQuery's named query parameters). Temporary tables exist only
+inside a BigQuery *session*: a client must create one (`QueryJobConfig(create_session=True)`)
+and pass its id (`connection_properties=[ConnectionProperty("session_id", id)]`) to every
+statement of an extract, which is what `session_mode` declares.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ab_pipeline.warehouse.dialects.base import Dialect
+
+
+class BigQuery(Dialect):
+    name = "bigquery"
+    sqlglot_name = "bigquery"
+    schemes = ("bigquery",)
+    materialized = ""
+    session_mode: ClassVar[bool] = True  # temporary tables need a BigQuery session
+
+    def rewrite(self, node: Any) -> Any:
+        return node  # sqlglot writes `:name` as BigQuery's `@name`
+
+    def hash_bucket(self, column: str, buckets: int) -> str:
+        return f"MOD(ABS(FARM_FINGERPRINT({column})), {buckets})"
+
+    def json_keys_sql(self, doc: str) -> str:
+        return f"UNNEST(JSON_KEYS(PARSE_JSON({doc})))"
+
+
+DIALECT = BigQuery()
