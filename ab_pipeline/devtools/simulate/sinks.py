@@ -1,4 +1,4 @@
-"""Writing: the chunks as rows of the warehouse's contract tables (DuckDB or PostgreSQL)."""
+"""Writing: the chunks as rows of the warehouse's contract tables (DuckDB, PostgreSQL, Spark)."""
 
 from __future__ import annotations
 
@@ -172,13 +172,76 @@ class _PostgresSink(_Sink):
             self.tmp.cleanup()
 
 
+SPARK_ROWS_PER_MESSAGE = 250_000  # about 10 MB of Arrow: well inside a 1 GB driver
+
+
+class _SparkSink(_Sink):
+    """Spark Connect: each chunk formatted by an in-memory DuckDB (the same SELECT as the other
+    sinks, so every warehouse gets identical rows), sent as Arrow and appended (`insertInto`).
+
+    Spark has no transactions: a failed simulation leaves the chunks written so far, and the
+    next run's `_prepare` deletes them. Its DELETE (Parquet tables cannot delete rows) keeps
+    the other rows by rebuilding the table, only when some row matches.
+    """
+
+    def __init__(self, url: str) -> None:
+        import duckdb
+
+        from ab_pipeline.warehouse import Warehouse
+
+        self.warehouse = Warehouse(url)
+        self.formatter = duckdb.connect()
+
+    def run(self, sql: str) -> None:
+        import sqlglot
+        from sqlglot import exp
+
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        if not isinstance(tree, exp.Delete):
+            self.warehouse.execute(sql)
+            return
+        table = tree.this.sql(dialect="duckdb")
+        where = tree.args["where"].this.sql(dialect="duckdb")
+        if not self.warehouse.query(f"SELECT 1 AS found FROM {table} WHERE {where} LIMIT 1"):
+            return
+        kept = quote_ident(table.replace('"', "") + "__kept")
+        self.warehouse.execute(
+            [
+                f"DROP TABLE IF EXISTS {kept}",
+                f"CREATE TABLE {kept} AS SELECT * FROM {table} WHERE NOT ({where})",
+                f"DROP TABLE {table}",
+                f"ALTER TABLE {kept} RENAME TO {table}",
+            ]
+        )
+
+    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        from ab_pipeline.warehouse.dialects.spark import spark_session
+
+        self.formatter.register("sim_chunk", frame)
+        try:
+            rows = self.formatter.sql(select).to_arrow_table()
+        finally:
+            self.formatter.unregister("sim_chunk")
+        spark = spark_session(self.warehouse.url)
+        rows = rows.rename_columns([c.strip() for c in columns.split(",")])
+        # A local relation travels in one gRPC message and is held whole by the driver.
+        for start in range(0, rows.num_rows, SPARK_ROWS_PER_MESSAGE):
+            part = rows.slice(start, SPARK_ROWS_PER_MESSAGE)
+            spark.createDataFrame(part).write.insertInto(table.replace('"', ""))
+
+    def finish(self, commit: bool) -> None:
+        self.formatter.close()
+
+
 def _open_sink(url: str) -> _Sink:
     dialect = dialect_of(url)
     if dialect == "duckdb":
         return _DuckDBSink(normalize_url(url).removeprefix("duckdb:///"))
     if dialect == "postgresql":
         return _PostgresSink(url)
-    raise ValueError(f"simulate writes to DuckDB or PostgreSQL, not {dialect!r}")
+    if dialect == "spark":
+        return _SparkSink(url)
+    raise ValueError(f"simulate writes to DuckDB, PostgreSQL or Spark, not {dialect!r}")
 
 
 def _table(name: str, schema: str | None) -> str:

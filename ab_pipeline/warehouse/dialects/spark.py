@@ -1,0 +1,239 @@
+"""Spark SQL through Spark Connect: `sc://HOST:PORT` (SQLAlchemy does not reach it).
+
+Statements go through pyspark's Spark Connect client (`SparkSession.builder.remote(url)`,
+one session per process and URL, time zone UTC); `:name` parameters are Spark's own named
+parameter markers (`spark.sql(sql, args=...)`).
+
+What differs from the canonical engine, and how it is bridged here:
+
+- Spark has no temporary tables, only temporary views: `CREATE TEMP TABLE x AS SELECT` becomes
+  `CACHE TABLE x AS SELECT`, a session-local view whose rows are computed once, eagerly, and
+  kept by the server (memory, spilling to disk), like a temporary table's; `DROP TABLE x`
+  drops it. Being session-local, two runs in two processes never see each other's.
+- Spark cannot UPDATE tables that are not Delta/Iceberg: `UPDATE t SET c = e [FROM s] WHERE p`
+  of a temporary table runs as a rebuild (`_updated_rows`): t's rows are recomputed with `c`
+  replaced where `p` holds, checkpointed, and take t's name.
+- No multi-statement transactions: `execute` runs statements one by one and a failure leaves
+  the earlier ones' effects. Every pipeline step that relies on rollback is idempotent instead
+  (the extract drops its tables IF EXISTS before creating them, results writes delete the
+  attempt's rows first), so re-running a failed step converges.
+- `->>` on a STRING column holding JSON is `get_json_object`; `CAST(x AS JSON)` is x itself;
+  `hash()` is signed (buckets use `pmod`); `WITH x AS MATERIALIZED` does not parse (Spark
+  decides).
+- No `BEGIN TRANSACTION READ ONLY`: user SELECTs are checked by the parser alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from ab_pipeline.warehouse.dialects.base import Dialect
+
+_LOCK = threading.Lock()
+_SESSIONS: dict[tuple[int, str], Any] = {}  # (pid, url) -> SparkSession
+
+
+def spark_session(url: str) -> Any:
+    """This process's Spark Connect session to `url` (created on first use, time zone UTC)."""
+    key = (os.getpid(), url)
+    with _LOCK:
+        if key not in _SESSIONS:
+            import warnings
+
+            with warnings.catch_warnings():
+                # pyspark warns at import that pandas 3 is not fully supported; the pipeline
+                # moves rows through Arrow, not pandas.
+                warnings.simplefilter("ignore", FutureWarning)
+                from pyspark.sql import SparkSession
+
+                session = SparkSession.builder.remote(url).create()
+            session.conf.set("spark.sql.session.timeZone", "UTC")
+            _SESSIONS[key] = session
+        return _SESSIONS[key]
+
+
+def close_sessions(url: str | None = None) -> None:
+    """Forget (and stop) this process's sessions, to `url` or to every server."""
+    with _LOCK:
+        for key in [k for k in _SESSIONS if url is None or k[1] == url]:
+            session = _SESSIONS.pop(key)
+            try:
+                session.stop()
+            except Exception:  # the server may already be gone; the session is dropped anyway
+                pass
+
+
+def plain(value: Any) -> Any:
+    """A value from Spark as the pipeline's Python: Decimal -> float, timestamps naive UTC."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def spark_args(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Bound parameters for `spark.sql(args=...)`: a naive datetime is UTC wall-clock time
+    (made explicit, so the client's local time zone never shifts it)."""
+    return {
+        name: value.replace(tzinfo=dt.UTC)
+        if isinstance(value, dt.datetime) and value.tzinfo is None
+        else value
+        for name, value in params.items()
+    }
+
+
+class SparkSession_:
+    """`base.Session` over Spark Connect."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @property
+    def spark(self) -> Any:
+        return spark_session(self.url)
+
+    def dataframe(self, sql: str, params: Mapping[str, Any]) -> Any:
+        used = {name: value for name, value in params.items() if f":{name}" in sql}
+        return self.spark.sql(sql, args=spark_args(used)) if used else self.spark.sql(sql)
+
+    def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        table = self.dataframe(sql, params).toArrow()
+        return [{k: plain(v) for k, v in row.items()} for row in table.to_pylist()]
+
+    def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
+        for statement in statements:
+            if statement.lstrip()[:6].upper() == "UPDATE":
+                self._update(statement, params)
+            else:
+                # Commands run when submitted; collect() also runs a statement that is a query.
+                self.dataframe(statement, params).collect()
+
+    def _update(self, statement: str, params: Mapping[str, Any]) -> None:
+        """An UPDATE as a rebuild: the new rows are computed and checkpointed (so they no
+        longer refer to the old ones), then take the table's name as a temporary view. The
+        pipeline updates only its extract's temporary tables (cached views)."""
+        name, select = _updated_rows(statement, self.columns)
+        if not self.spark.catalog.isCached(name.strip("`")):
+            raise ValueError(
+                f"Spark cannot UPDATE {name}: only the extract's temporary tables are updated "
+                "here (Parquet tables have no UPDATE)"
+            )
+        rows = self.dataframe(select, params).localCheckpoint(eager=True)
+        self.spark.sql(f"UNCACHE TABLE IF EXISTS {name}")
+        rows.createOrReplaceTempView(name.strip("`"))
+
+    def columns(self, table: str) -> list[str]:
+        return list(self.spark.table(table).columns)
+
+    def column_types(self, table: str) -> list[tuple[str, str]]:
+        """(name, Spark SQL type in upper case) of each column of `table`."""
+        return [
+            (field.name, field.dataType.simpleString().upper())
+            for field in self.spark.table(table).schema.fields
+        ]
+
+    def table_exists(self, name: str) -> bool:
+        return bool(self.spark.catalog.tableExists(name.replace('"', "").replace("`", "")))
+
+
+def _updated_rows(statement: str, columns: Any) -> tuple[str, str]:
+    """`UPDATE t SET c = e, ... [FROM s AS f] [WHERE p]` (Spark SQL, as rendered) as
+    (t, a SELECT of t's rows after the update): Spark updates only Delta/Iceberg tables.
+
+    With FROM, each row of t takes the values of its matching row of s (the pipeline's UPDATEs
+    match at most one); rows without a match keep theirs.
+    """
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(statement, read="spark")
+    if not isinstance(tree, exp.Update):
+        raise ValueError(f"not an UPDATE: {statement[:80]}")
+    name = tree.this.sql(dialect="spark")
+    assigned = {eq.this.name: eq.expression for eq in tree.expressions}
+    condition = tree.args.get("where")
+    predicate = condition.this if condition is not None else exp.true()
+    source = tree.args.get("from") or tree.args.get("from_")
+    marker = "ab_update_matched"
+    if source is not None:
+        joined = source.this
+        alias = joined.alias_or_name
+        matched: exp.Expression = exp.column(marker, table=alias).eq(1)
+        inner = joined.copy()
+        inner.set("alias", None)
+        from_clause = (
+            f"{name} LEFT JOIN (SELECT *, 1 AS {marker} FROM {inner.sql(dialect='spark')}) "
+            f"AS {alias} ON {predicate.sql(dialect='spark')}"
+        )
+    else:
+        matched, from_clause = predicate, name
+    selected = []
+    for column in columns(name):
+        value = assigned.get(column)
+        if value is None:
+            selected.append(f"{name}.`{column}`")
+        else:
+            selected.append(
+                f"CASE WHEN {matched.sql(dialect='spark')} THEN {value.sql(dialect='spark')} "
+                f"ELSE {name}.`{column}` END AS `{column}`"
+            )
+    return name, f"SELECT {', '.join(selected)} FROM {from_clause}"
+
+
+class Spark(Dialect):
+    name = "spark"
+    sqlglot_name = "spark"
+    schemes = ("sc",)
+    materialized = ""
+    read_only_transactions = False
+
+    def engine_url(self, url: str) -> str:
+        raise ValueError(
+            f"{url.split('://')[0]}:// (Spark Connect) is not a SQLAlchemy URL: "
+            "the pipeline reaches Spark through its own session (Dialect.session)"
+        )
+
+    def session(self, url: str) -> SparkSession_:
+        return SparkSession_(url)
+
+    def rewrite(self, node: Any) -> Any:
+        from sqlglot import exp
+
+        if isinstance(node, exp.Create) and _is_temporary(node) and node.expression:
+            # A session-local table of rows computed now: a cached temporary view.
+            return exp.Cache(this=node.this, expression=node.expression, lazy=False)
+        if isinstance(node, exp.CTE) and node.args.get("materialized") is not None:
+            node = node.copy()
+            node.set("materialized", None)
+            return node
+        if isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.JSON):
+            return node.this  # JSON is a STRING column here, read by get_json_object
+        if isinstance(node, exp.DataType) and node.is_type(exp.DataType.Type.JSON):
+            return exp.DataType.build("STRING")
+        return super().rewrite(node)
+
+    def hash_bucket(self, column: str, buckets: int) -> str:
+        return f"pmod(hash({column}), {buckets})"
+
+    def json_keys_sql(self, doc: str) -> str:
+        return f"explode(json_object_keys({doc}))"
+
+
+def _is_temporary(node: Any) -> bool:
+    from sqlglot import exp
+
+    properties = node.args.get("properties")
+    return bool(
+        properties
+        and any(isinstance(p, exp.TemporaryProperty) for p in properties.expressions)
+        and str(node.args.get("kind", "")).upper() == "TABLE"
+    )
+
+
+DIALECT = Spark()
