@@ -74,8 +74,6 @@ TABLES: dict[str, str] = {
 }
 T = TypeVar("T")
 LATEST = "ab_latest_"  # + the table's name without `ab_`: the view of the attempts dates stand on
-# Any fixed number: serialises concurrent writers on PostgreSQL (DDL included).
-_PG_LOCK_KEY = 0x61625F72
 
 
 def results_schema(default: str | None = None) -> str | None:
@@ -292,8 +290,9 @@ def write_readout(
         "attempt_id": attempt,
     }
     with warehouse.connect() as connection:  # commits at the end, rolls back on any error
-        if warehouse.dialect == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        lock = warehouse.sql_dialect.results_lock()
+        if lock is not None:  # PostgreSQL: writers of the results tables take turns
+            connection.execute(text(lock))
         ensure_tables(connection, schema)
         for name in TABLES:
             connection.execute(

@@ -103,11 +103,14 @@ class Dialect:
 
     def rewrite(self, node: Any) -> Any:
         """One node of the parsed canonical statement, rewritten for this engine. Default:
-        bound parameters stay `:name` (SQLAlchemy's `text()` and Spark both read that form)."""
+        bound parameters stay `:name` (SQLAlchemy's `text()` and Spark both read that form);
+        `MATERIALIZED` is dropped where the engine does not know it."""
         from sqlglot import exp
 
         if isinstance(node, exp.Placeholder) and node.name:
             return exp.Var(this=f":{node.name}")
+        if isinstance(node, exp.CTE) and node.args.get("materialized") and not self.materialized:
+            node.set("materialized", None)  # a planner hint only; unknown to this engine
         return node
 
     def literal(self, value: Any) -> str:
@@ -130,13 +133,20 @@ class Dialect:
         """A set-returning expression: the top-level keys of the JSON text `doc`."""
         return f"unnest(json_keys(CAST({doc} AS JSON)))"
 
-    materialized: ClassVar[str] = "MATERIALIZED"  # `WITH x AS <this> (...)`; "" where unknown
+    # Whether `WITH x AS MATERIALIZED (...)` (a hint to evaluate the CTE once) is kept.
+    materialized: ClassVar[bool] = True
+    # An expression giving the engine's memory limit as DuckDB prints it ('953.6 MiB'), for
+    # sizing the extract's hash partitions; None: the engine plans memory itself.
+    memory_limit_sql: ClassVar[str | None] = None
 
     # --- extract and transactions ----------------------------------------------------------
 
-    def prepare_build(self, statements: Sequence[str], analysed: Mapping[str, str]) -> list[str]:
-        """The extract's statements as this engine should run them; `analysed` maps a
-        statement's prefix to the table it fills (PostgreSQL gathers statistics there)."""
+    def prepare_build(
+        self, statements: Sequence[str], analysed: Mapping[str, str], table: str
+    ) -> list[str]:
+        """The extract's statements (building the units `table`) as this engine should run
+        them; `analysed` maps a statement's prefix to the table it fills (PostgreSQL gathers
+        statistics there)."""
         return list(statements)
 
     def results_lock(self) -> str | None:

@@ -18,11 +18,15 @@ class BigQuery(Dialect):
     name = "bigquery"
     sqlglot_name = "bigquery"
     schemes = ("bigquery",)
-    materialized = ""
+    materialized = False
     session_mode: ClassVar[bool] = True  # temporary tables need a BigQuery session
 
     def rewrite(self, node: Any) -> Any:
-        return node  # sqlglot writes `:name` as BigQuery's `@name`
+        from sqlglot import exp
+
+        if isinstance(node, exp.Placeholder):
+            return node  # sqlglot writes `:name` as BigQuery's `@name`
+        return super().rewrite(node)
 
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"MOD(ABS(FARM_FINGERPRINT({column})), {buckets})"
