@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Protocol
 
 CANONICAL = "duckdb"  # sqlglot's name for the dialect generated SQL is written in
@@ -31,6 +32,22 @@ CANONICAL = "duckdb"  # sqlglot's name for the dialect generated SQL is written 
 _EMBEDDED: dict[str, str] = {}
 _EMBED_PREFIX = "ab_embedded_"
 _EMBED_NAME = re.compile(r"[\"`]?(ab_embedded_[0-9a-f]{16})[\"`]?")
+
+
+# Open `recording()` blocks, innermost last.
+_RECORDINGS: list[list[str]] = []
+
+
+@contextmanager
+def recording() -> Iterator[list[str]]:
+    """Every canonical statement rendered in this process while the block runs, in order (a
+    run on one engine, replayed through another dialect, shows what that engine would run)."""
+    statements: list[str] = []
+    _RECORDINGS.append(statements)
+    try:
+        yield statements
+    finally:
+        _RECORDINGS.remove(statements)
 
 
 def embedded(sql: str) -> str:
@@ -85,6 +102,8 @@ class Dialect:
 
     def render(self, sql: str) -> str:
         """The canonical statement `sql` as this engine runs it (bound parameters stay `:name`)."""
+        for statements in _RECORDINGS:
+            statements.append(sql)
         if self.transpiles:
             sql = self._transpile(sql)
         return _EMBED_NAME.sub(lambda m: f"(\n{self.embed_text(_EMBEDDED[m.group(1)])}\n)", sql)
@@ -103,11 +122,14 @@ class Dialect:
 
     def rewrite(self, node: Any) -> Any:
         """One node of the parsed canonical statement, rewritten for this engine. Default:
-        bound parameters stay `:name` (SQLAlchemy's `text()` and Spark both read that form)."""
+        bound parameters stay `:name` (SQLAlchemy's `text()` and Spark both read that form);
+        `MATERIALIZED` is dropped where the engine does not know it."""
         from sqlglot import exp
 
         if isinstance(node, exp.Placeholder) and node.name:
             return exp.Var(this=f":{node.name}")
+        if isinstance(node, exp.CTE) and node.args.get("materialized") and not self.materialized:
+            node.set("materialized", None)  # a planner hint only; unknown to this engine
         return node
 
     def literal(self, value: Any) -> str:
@@ -130,13 +152,20 @@ class Dialect:
         """A set-returning expression: the top-level keys of the JSON text `doc`."""
         return f"unnest(json_keys(CAST({doc} AS JSON)))"
 
-    materialized: ClassVar[str] = "MATERIALIZED"  # `WITH x AS <this> (...)`; "" where unknown
+    # Whether `WITH x AS MATERIALIZED (...)` (a hint to evaluate the CTE once) is kept.
+    materialized: ClassVar[bool] = True
+    # An expression giving the engine's memory limit as DuckDB prints it ('953.6 MiB'), for
+    # sizing the extract's hash partitions; None: the engine plans memory itself.
+    memory_limit_sql: ClassVar[str | None] = None
 
     # --- extract and transactions ----------------------------------------------------------
 
-    def prepare_build(self, statements: Sequence[str], analysed: Mapping[str, str]) -> list[str]:
-        """The extract's statements as this engine should run them; `analysed` maps a
-        statement's prefix to the table it fills (PostgreSQL gathers statistics there)."""
+    def prepare_build(
+        self, statements: Sequence[str], analysed: Mapping[str, str], table: str
+    ) -> list[str]:
+        """The extract's statements (building the units `table`) as this engine should run
+        them; `analysed` maps a statement's prefix to the table it fills (PostgreSQL gathers
+        statistics there)."""
         return list(statements)
 
     def results_lock(self) -> str | None:

@@ -23,6 +23,7 @@ class DuckDB(Dialect):
     unit_key: ClassVar[str] = "rowid"
     read_only_transactions = True
     concurrent_readers = False
+    memory_limit_sql = "current_setting('memory_limit')"
 
     def engine_url(self, url: str) -> str:
         from urllib.parse import parse_qsl, urlencode

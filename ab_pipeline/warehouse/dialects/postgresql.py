@@ -33,7 +33,9 @@ class PostgreSQL(Dialect):
     def json_keys_sql(self, doc: str) -> str:
         return f"jsonb_object_keys(CAST({doc} AS JSONB))"
 
-    def prepare_build(self, statements: Sequence[str], analysed: Mapping[str, str]) -> list[str]:
+    def prepare_build(
+        self, statements: Sequence[str], analysed: Mapping[str, str], table: str
+    ) -> list[str]:
         """Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
         estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
         whole-table ETL: hash joins are always right, and ANALYZE after each step that fills a
@@ -48,7 +50,7 @@ class PostgreSQL(Dialect):
                 for prefix, table in analysed.items()
                 if statement.startswith(prefix)
             ]
-        return prepared
+        return [*prepared, f"ANALYZE {quote_ident(table)}"]
 
     def results_lock(self) -> str:
         return f"SELECT pg_advisory_xact_lock({RESULTS_LOCK_KEY})"

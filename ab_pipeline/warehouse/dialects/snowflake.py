@@ -12,7 +12,7 @@ class Snowflake(Dialect):
     name = "snowflake"
     sqlglot_name = "snowflake"
     schemes = ("snowflake",)
-    materialized = ""  # Snowflake decides on its own whether to materialise a CTE
+    materialized = False  # Snowflake decides on its own whether to materialise a CTE
 
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"(ABS(HASH({column})) % {buckets})"
