@@ -52,13 +52,12 @@ from ab_pipeline.core.dates import midnight
 from ab_pipeline.core.errors import PipelineError
 from ab_pipeline.core.paths import data_dir
 from ab_pipeline.gates.gx_sql import prepare_gx_for
-from ab_pipeline.warehouse import dialect_for, engine_url, normalize_url, quote_ident
+from ab_pipeline.warehouse import dialect_for, normalize_url, quote_ident
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult
     from great_expectations.data_context import AbstractDataContext
-    from great_expectations.datasource.fluent import SQLDatasource
-    from sqlalchemy.engine import Dialect
+    from great_expectations.datasource.fluent import Datasource
 
     from ab_pipeline.gates.base import GateContext, GateResult
     from ab_pipeline.warehouse import Warehouse
@@ -77,6 +76,7 @@ MAX_ABS_VALUE = 1e15
 _UNSAFE_TEXT = re.compile(r"[{}:%\\\x00-\x1f]")
 
 Fill = Callable[..., str]  # (template, **values of this one query) -> SQL text
+Literal = Callable[[Any], str]  # one Python value -> an SQL literal of the warehouse's engine
 Render = Callable[[str], str]  # canonical SQL text -> the warehouse engine's
 _GX_BATCH = "ab_gx_batch"  # stands in for GX's `{batch}` while a query is rendered
 
@@ -183,11 +183,11 @@ def run_data_quality(
     templates = load_suite_templates()
     checks: list[dict[str, Any]] = []
     try:
-        fill = _filler(values, _dialect(warehouse_url))
+        fill = _filler(values, _literal_writer(warehouse_url))
         render = gx_renderer(warehouse_url)
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:
-                checks += _run_suite(datasource, template, values, fill, render)
+                checks += _run_suite(datasource, template, values, fill, render, warehouse_url)
                 if template["name"] == "contract" and not all(c["passed"] for c in checks):
                     break  # the other suites compare columns of the types this found wrong
     except Exception as error:  # a bad query, an unreachable warehouse, a check GX could not run
@@ -265,8 +265,8 @@ def contract_problems(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     [template] = [t for t in load_suite_templates() if t["name"] == "contract"]
     # The contract suite reads no units table: any valid name fills the unused placeholder.
     values = experiment_values(config, run_date, config.source.exposures)
-    fill = _filler(values, _dialect(warehouse.url))
-    batch = fill(template["meta"]["batch_query"])
+    fill = _filler(values, _literal_writer(warehouse.url))
+    batch = _contract_batch(warehouse.url, template, values, fill)
     [expectation] = template["expectations"]
     query = fill(expectation["kwargs"]["unexpected_rows_query"]).replace("{batch}", f"({batch})")
     rows = warehouse.query(f"SELECT DISTINCT example FROM ({query}) AS found ORDER BY example")
@@ -288,25 +288,46 @@ def future_cutoff(run_date: date) -> datetime:
     return max(midnight(run_date + timedelta(days=1)), now)
 
 
-def _dialect(url: str) -> Dialect:
+def _contract_batch(
+    url: str, template: dict[str, Any], values: ExperimentValues, fill: Fill
+) -> str:
+    """The contract suite's batch: the engine's own column listing where it has no
+    information_schema (`Dialect.column_types_sql`), else the suite's query."""
+    tables = {"exposures": values.identifiers["exposures"], "events": values.identifiers["events"]}
+    listed = dialect_for(url).column_types_sql(url, tables)
+    return listed if listed is not None else fill(template["meta"]["batch_query"])
+
+
+def _literal_writer(url: str) -> Literal:
+    """How values become SQL literals: SQLAlchemy's dialect where SQLAlchemy reaches the engine
+    (its escaping is the driver's), else the engine's `Dialect.literal`."""
+    from sqlalchemy import literal
     from sqlalchemy.engine import make_url
 
+    dialect = dialect_for(url)
+    if dialect.session(url) is not None:
+        return dialect.literal
     # Loading the dialect class imports no driver and opens no connection.
-    return make_url(normalize_url(url)).get_dialect()()
+    sqlalchemy_dialect = make_url(normalize_url(url)).get_dialect()()
+
+    def write(value: Any) -> str:
+        return str(
+            literal(value).compile(dialect=sqlalchemy_dialect, compile_kwargs={"literal_binds": True})
+        )
+
+    return write
 
 
-def _sql_literal(value: Any, dialect: Dialect) -> str:
+def _sql_literal(value: Any, dialect: Literal) -> str:
     """One value as an SQL literal of the warehouse's dialect; a list becomes `a, b, c`."""
-    from sqlalchemy import literal
-
     if isinstance(value, list):
         return ", ".join(_sql_literal(item, dialect) for item in value)
     if isinstance(value, str) and _UNSAFE_TEXT.search(value):
         raise ValueError(f"{value!r} cannot be written into a data-quality query")
-    return str(literal(value).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    return dialect(value)
 
 
-def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
+def _filler(values: ExperimentValues, dialect: Literal) -> Fill:
     """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error."""
     mapping = {name: _sql_literal(value, dialect) for name, value in values.values.items()}
     mapping.update(values.identifiers)
@@ -436,19 +457,18 @@ def _counted_expectation() -> type:
 
 
 @contextmanager
-def _datasource(warehouse_url: str) -> Iterator[SQLDatasource]:
-    """A throwaway SQL datasource; its engines are disposed so no DuckDB file stays locked."""
+def _datasource(warehouse_url: str) -> Iterator[Datasource]:
+    """A throwaway datasource of the engine's kind (`Dialect.gx_datasource`: SQL, or Spark's
+    DataFrames); released afterwards so that no DuckDB file stays locked."""
     prepare_gx_for(warehouse_url)
     context = _context()
     name = f"warehouse_{uuid.uuid4().hex}"
-    datasource = context.data_sources.add_sql(
-        name=name, connection_string=engine_url(warehouse_url)
-    )
+    dialect = dialect_for(warehouse_url)
+    datasource = dialect.gx_datasource(context, name, warehouse_url)
     try:
         yield datasource
     finally:
-        datasource.get_execution_engine().engine.dispose()
-        datasource.get_engine().dispose()
+        dialect.gx_release(datasource)
         context.data_sources.delete(name)
 
 
@@ -465,11 +485,12 @@ def gx_renderer(warehouse_url: str) -> Render:
 
 
 def _run_suite(
-    datasource: SQLDatasource,
+    datasource: Datasource,
     template: dict[str, Any],
     values: ExperimentValues,
     fill: Fill,
     render: Render,
+    url: str,
 ) -> list[dict[str, Any]]:
     import great_expectations as gx
 
@@ -478,9 +499,8 @@ def _run_suite(
     skipped = [_skipped_check(e, values) for e in template["expectations"] if e not in applicable]
     if not applicable:
         return skipped
-    with _batch_query(datasource, template, values, fill, render) as query:
-        asset = datasource.add_query_asset(name=template["name"], query=query)
-        batch = asset.add_batch_definition_whole_table("whole").get_batch()
+    with _batch_query(datasource, template, values, fill, render, url) as query:
+        batch = dialect_for(url).gx_batch(datasource, template["name"], query, url)
         suite = gx.ExpectationSuite(
             name=template["name"],
             expectations=[_with_bounded_query(e, fill, values, render) for e in applicable],
@@ -492,11 +512,12 @@ def _run_suite(
 
 @contextmanager
 def _batch_query(
-    datasource: SQLDatasource,
+    datasource: Datasource,
     template: dict[str, Any],
     values: ExperimentValues,
     fill: Fill,
     render: Render,
+    url: str,
 ) -> Iterator[str]:
     """The suite's batch query; with `meta.materialize`, a read of a scratch table holding the
     batch's rows, written by one query before the expectations run and dropped after them.
@@ -504,22 +525,21 @@ def _batch_query(
     Each expectation's query reads `{batch}` again: over a batch that filters the events table,
     one scan per expectation. A materialized batch is scanned once, and the expectations read
     its few rows (the suite's batch keeps only rows some expectation could flag)."""
+    if template["name"] == "contract":
+        yield render(_contract_batch(url, template, values, fill))
+        return
     query = fill(template["meta"]["batch_query"])
     if not template["meta"].get("materialize"):
         yield render(query)
         return
-    from sqlalchemy import text
-
     table = scratch_table_name(values.identifiers["units"], template["name"])
-    engine = datasource.get_execution_engine().engine
-    with engine.begin() as connection:
-        connection.execute(text(render(f"DROP TABLE IF EXISTS {table}")))
-        connection.execute(text(render(f"CREATE TABLE {table} AS {query}")))
+    execute = dialect_for(url).gx_execute
+    drop = render(f"DROP TABLE IF EXISTS {table}")
+    execute(datasource, [drop, render(f"CREATE TABLE {table} AS {query}")], url)
     try:
         yield render(f"SELECT * FROM {table}")
     finally:
-        with engine.begin() as connection:
-            connection.execute(text(render(f"DROP TABLE IF EXISTS {table}")))
+        execute(datasource, [drop], url)
 
 
 def scratch_table_name(units: str, suite: str) -> str:

@@ -168,6 +168,39 @@ class Dialect:
         statistics there)."""
         return list(statements)
 
+    # --- Great Expectations (the data-quality gate; GX objects come from the caller) ----------
+
+    def gx_datasource(self, context: Any, name: str, url: str) -> Any:
+        """A GX datasource named `name` reading this warehouse: GX's SQL datasource."""
+        return context.data_sources.add_sql(
+            name=name, connection_string=self.engine_url(self.normalize_url(url))
+        )
+
+    def gx_batch(self, datasource: Any, name: str, query: str, url: str) -> Any:
+        """A GX batch of the rows of `query` (rendered SQL): a query asset."""
+        asset = datasource.add_query_asset(name=name, query=query)
+        return asset.add_batch_definition_whole_table("whole").get_batch()
+
+    def gx_execute(self, datasource: Any, statements: Sequence[str], url: str) -> None:
+        """Rendered statements run through the datasource's own engine (on DuckDB that engine
+        holds the file's lock while GX works: a second connection would wait for it)."""
+        from sqlalchemy import text
+
+        with datasource.get_execution_engine().engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+
+    def gx_release(self, datasource: Any) -> None:
+        """Close what the datasource holds (its engines' pools: no DuckDB file stays locked)."""
+        datasource.get_execution_engine().engine.dispose()
+        datasource.get_engine().dispose()
+
+    def column_types_sql(self, url: str, tables: Mapping[str, str]) -> str | None:
+        """For an engine without information_schema: a SELECT of (source, column_name,
+        data_type) over `tables` ({source name: table}), types upper-cased as the engine names
+        them. None: the contract suite's own information_schema query."""
+        return None
+
     def results_lock(self) -> str | None:
         """A statement that serialises writers of the results tables inside a transaction,
         or None where the engine (or the warehouse lock) already does."""

@@ -88,7 +88,7 @@ def spark_args(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class SparkSession_:
+class ConnectSession:
     """`base.Session` over Spark Connect."""
 
     def __init__(self, url: str) -> None:
@@ -129,17 +129,22 @@ class SparkSession_:
         rows.createOrReplaceTempView(name.strip("`"))
 
     def columns(self, table: str) -> list[str]:
-        return list(self.spark.table(table).columns)
+        return list(self.spark.table(_unquoted(table)).columns)
 
     def column_types(self, table: str) -> list[tuple[str, str]]:
         """(name, Spark SQL type in upper case) of each column of `table`."""
         return [
             (field.name, field.dataType.simpleString().upper())
-            for field in self.spark.table(table).schema.fields
+            for field in self.spark.table(_unquoted(table)).schema.fields
         ]
 
     def table_exists(self, name: str) -> bool:
-        return bool(self.spark.catalog.tableExists(name.replace('"', "").replace("`", "")))
+        return bool(self.spark.catalog.tableExists(_unquoted(name)))
+
+
+def _unquoted(name: str) -> str:
+    """`"schema"."table"` (canonical) or `` `t` `` (Spark) as the catalog API takes it."""
+    return name.replace('"', "").replace("`", "")
 
 
 def _updated_rows(statement: str, columns: Any) -> tuple[str, str]:
@@ -190,7 +195,7 @@ class Spark(Dialect):
     name = "spark"
     sqlglot_name = "spark"
     schemes = ("sc",)
-    materialized = ""
+    materialized = False
     read_only_transactions = False
 
     def engine_url(self, url: str) -> str:
@@ -199,8 +204,8 @@ class Spark(Dialect):
             "the pipeline reaches Spark through its own session (Dialect.session)"
         )
 
-    def session(self, url: str) -> SparkSession_:
-        return SparkSession_(url)
+    def session(self, url: str) -> ConnectSession:
+        return ConnectSession(url)
 
     def rewrite(self, node: Any) -> Any:
         from sqlglot import exp
@@ -208,15 +213,47 @@ class Spark(Dialect):
         if isinstance(node, exp.Create) and _is_temporary(node) and node.expression:
             # A session-local table of rows computed now: a cached temporary view.
             return exp.Cache(this=node.this, expression=node.expression, lazy=False)
-        if isinstance(node, exp.CTE) and node.args.get("materialized") is not None:
-            node = node.copy()
-            node.set("materialized", None)
-            return node
         if isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.JSON):
             return node.this  # JSON is a STRING column here, read by get_json_object
         if isinstance(node, exp.DataType) and node.is_type(exp.DataType.Type.JSON):
             return exp.DataType.build("STRING")
         return super().rewrite(node)
+
+    # --- Great Expectations: its Spark datasource, one DataFrame per batch -------------------
+
+    def gx_datasource(self, context: Any, name: str, url: str) -> Any:
+        # GX's Spark engine takes the process's default session: make it this server's.
+        session = spark_session(url)
+        with type(session)._lock:
+            type(session)._default_session = session
+        type(session)._active_session.session = session
+        return context.data_sources.add_spark(name=name, persist=False)
+
+    def gx_batch(self, datasource: Any, name: str, query: str, url: str) -> Any:
+        asset = datasource.add_dataframe_asset(name=name)
+        definition = asset.add_batch_definition_whole_dataframe("whole")
+        frame = spark_session(url).sql(query)
+        return definition.get_batch(batch_parameters={"dataframe": frame})
+
+    def gx_execute(self, datasource: Any, statements: Sequence[str], url: str) -> None:
+        self.session(url).execute(statements, {})
+
+    def gx_release(self, datasource: Any) -> None:
+        return None  # the session stays: it is the process's, not GX's
+
+    def column_types_sql(self, url: str, tables: Mapping[str, str]) -> str | None:
+        """The tables' schemas as Spark reports them (STRING, TIMESTAMP_NTZ, ...), as rows."""
+        session = self.session(url)
+        rows = [
+            f"({self.literal(source)}, {self.literal(column)}, {self.literal(kind)})"
+            for source, table in tables.items()
+            for column, kind in session.column_types(table)
+        ]
+        return (
+            f"SELECT * FROM VALUES {', '.join(rows)} AS c(source, column_name, data_type)"
+            if rows
+            else "SELECT 'none' AS source, 'none' AS column_name, 'NONE' AS data_type LIMIT 0"
+        )
 
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"pmod(hash({column}), {buckets})"
