@@ -75,12 +75,9 @@ def drop_old_run_tables(
     The brief stage calls this once the readout is stored: no later stage reads them, and the
     latest few stay for whoever wants to look at a recent readout's units.
     """
-    from sqlalchemy import inspect
-
     keep = kept_run_tables() if keep is None else keep
     schema = config.source.units_schema
-    with warehouse.connect() as connection:
-        names = inspect(connection).get_table_names(schema=schema)
+    names = warehouse.table_names(schema)
     by_date: dict[str, list[str]] = {}
     for prefix in RUN_TABLE_PREFIXES:
         pattern = re.compile(rf"{re.escape(_run_table_stem(prefix, config))}__(\d{{8}})")

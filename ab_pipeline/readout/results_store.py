@@ -295,6 +295,9 @@ def write_readout(
         "run_date": date.fromisoformat(results["run_date"]),
         "attempt_id": attempt,
     }
+    if warehouse.sql_dialect.session(warehouse.url) is not None:
+        _write_through_session(warehouse, results, schema, written_at, key)
+        return attempt
     with warehouse.connect() as connection:  # commits at the end, rolls back on any error
         lock = warehouse.sql_dialect.results_lock()
         if lock is not None:  # PostgreSQL: writers of the results tables take turns
@@ -314,6 +317,53 @@ def write_readout(
         _insert(connection, "ab_gate_results", schema, key, list(gate_rows(results)))
         _insert(connection, "ab_checks", schema, key, list(check_rows(results)))
     return attempt
+
+
+def _write_through_session(
+    warehouse: Warehouse,
+    results: Mapping[str, Any],
+    schema: str | None,
+    written_at: datetime,
+    key: dict[str, Any],
+) -> None:
+    """`write_readout` on an engine reached through its own session (Spark Connect): the same
+    canonical statements, run in order without a transaction. Each step is idempotent (tables
+    and views created if missing, the attempt's rows deleted before they are inserted), so a
+    write that fails half-way is completed by the retried task. Tables are created in the
+    current layout (those from before attempts exist only on DuckDB and PostgreSQL)."""
+    statements = [f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"] if schema else []
+    statements += [
+        f"CREATE TABLE IF NOT EXISTS {table(name, schema)} ({columns})"
+        for name, columns in TABLES.items()
+    ]
+    statements += view_statements(schema)
+    statements += [
+        f"DELETE FROM {table(name, schema)} WHERE experiment = :experiment "
+        "AND run_date = :run_date AND attempt_id = :attempt_id"
+        for name in TABLES
+    ]
+    params = dict(key)
+    for name, rows in (
+        ("ab_readouts", [readout_row(results, written_at)]),
+        ("ab_metric_results", list(metric_rows(results))),
+        ("ab_gate_results", list(gate_rows(results))),
+        ("ab_checks", list(check_rows(results))),
+    ):
+        if not rows:
+            continue
+        columns = [*key, *rows[0]]
+        values = []
+        for i, row in enumerate(rows):
+            params.update({f"{name}_{i}_{column}": value for column, value in row.items()})
+            values.append(
+                "("
+                + ", ".join(f":{c}" if c in key else f":{name}_{i}_{c}" for c in columns)
+                + ")"
+            )
+        statements.append(
+            f"INSERT INTO {table(name, schema)} ({', '.join(columns)}) VALUES {', '.join(values)}"
+        )
+    warehouse.execute(statements, params)
 
 
 def history(

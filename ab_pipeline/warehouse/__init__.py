@@ -111,6 +111,16 @@ class Warehouse:
             for statement in rendered:
                 connection.execute(text(statement), dict(params or {}))
 
+    def table_names(self, schema: str | None = None) -> list[str]:
+        """The tables of `schema` (default: the connection's current one)."""
+        from sqlalchemy import inspect
+
+        session = self.sql_dialect.session(self.url)
+        if session is not None:
+            return session.table_names(schema)
+        with self.connect() as connection:
+            return list(inspect(connection).get_table_names(schema=schema))
+
     def table_exists(self, name: str) -> bool:
         from sqlalchemy import inspect
 

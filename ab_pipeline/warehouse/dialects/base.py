@@ -67,6 +67,8 @@ class Session(Protocol):
 
     def table_exists(self, name: str) -> bool: ...
 
+    def table_names(self, schema: str | None) -> list[str]: ...
+
 
 class Dialect:
     """The canonical engine behaviour; DuckDB's module overrides nothing of substance."""

@@ -13,6 +13,8 @@ What differs from the canonical engine, and how it is bridged here:
 - Spark cannot UPDATE tables that are not Delta/Iceberg: `UPDATE t SET c = e [FROM s] WHERE p`
   of a temporary table runs as a rebuild (`_updated_rows`): t's rows are recomputed with `c`
   replaced where `p` holds, checkpointed, and take t's name.
+- Spark cannot DELETE from Parquet tables either: `DELETE FROM t WHERE p` keeps the other rows
+  by overwriting t with them (only when some row matches: a retried write).
 - No multi-statement transactions: `execute` runs statements one by one and a failure leaves
   the earlier ones' effects. Every pipeline step that relies on rollback is idempotent instead
   (the extract drops its tables IF EXISTS before creating them, results writes delete the
@@ -108,8 +110,11 @@ class ConnectSession:
 
     def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
         for statement in statements:
-            if statement.lstrip()[:6].upper() == "UPDATE":
+            verb = statement.lstrip()[:6].upper()
+            if verb == "UPDATE":
                 self._update(statement, params)
+            elif verb == "DELETE":
+                self._delete(statement, params)
             else:
                 # Commands run when submitted; collect() also runs a statement that is a query.
                 self.dataframe(statement, params).collect()
@@ -128,6 +133,19 @@ class ConnectSession:
         self.spark.sql(f"UNCACHE TABLE IF EXISTS {name}")
         rows.createOrReplaceTempView(name.strip("`"))
 
+    def _delete(self, statement: str, params: Mapping[str, Any]) -> None:
+        """`DELETE FROM t WHERE p` on a Parquet table (which cannot delete rows): when some row
+        matches, the others are computed, checkpointed, and overwrite t."""
+        import sqlglot
+
+        tree = sqlglot.parse_one(statement, read="spark")
+        name = tree.this.sql(dialect="spark")
+        condition = tree.args["where"].this.sql(dialect="spark")
+        if not self.query(f"SELECT 1 AS found FROM {name} WHERE {condition} LIMIT 1", params):
+            return
+        kept = self.dataframe(f"SELECT * FROM {name} WHERE NOT ({condition})", params)
+        kept.localCheckpoint(eager=True).write.insertInto(_unquoted(name), overwrite=True)
+
     def columns(self, table: str) -> list[str]:
         return list(self.spark.table(_unquoted(table)).columns)
 
@@ -137,6 +155,11 @@ class ConnectSession:
             (field.name, field.dataType.simpleString().upper())
             for field in self.spark.table(_unquoted(table)).schema.fields
         ]
+
+    def table_names(self, schema: str | None) -> list[str]:
+        """Tables of `schema` (else the current database), temporary views left out."""
+        listed = self.spark.catalog.listTables(schema) if schema else self.spark.catalog.listTables()
+        return [t.name for t in listed if not t.isTemporary]
 
     def table_exists(self, name: str) -> bool:
         return bool(self.spark.catalog.tableExists(_unquoted(name)))
@@ -215,6 +238,14 @@ class Spark(Dialect):
             return exp.Cache(this=node.this, expression=node.expression, lazy=False)
         if isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.JSON):
             return node.this  # JSON is a STRING column here, read by get_json_object
+        if isinstance(node, exp.JSONExtractScalar) and isinstance(node.expression, exp.Placeholder):
+            # `doc ->> :field` (a bound top-level key): get_json_object takes a `$.` path.
+            path = exp.func(
+                "concat", exp.Literal.string("$."), exp.Var(this=f":{node.expression.name}")
+            )
+            return exp.func("get_json_object", self.rewrite(node.this), path)
+        if isinstance(node, exp.PrimaryKey):
+            return None  # the session catalog's tables take no constraints; writers keep keys
         if isinstance(node, exp.DataType) and node.is_type(exp.DataType.Type.JSON):
             return exp.DataType.build("STRING")
         return super().rewrite(node)
