@@ -32,3 +32,17 @@ def postgres_schema() -> Iterator[tuple[Warehouse, str]]:
     finally:
         warehouse.execute(f"DROP SCHEMA {schema} CASCADE")
         dispose_all()
+
+
+@pytest.fixture(scope="session")
+def spark_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Spark Connect server (local[2], 1 GB driver), started once per test session and
+    only when a test asks for it (~20-40 s); its URL `sc://127.0.0.1:<port>`."""
+    from ab_pipeline.devtools.spark_server import SparkConnectServer
+
+    server = SparkConnectServer(tmp_path_factory.mktemp("spark-connect"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

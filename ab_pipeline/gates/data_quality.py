@@ -312,7 +312,9 @@ def _literal_writer(url: str) -> Literal:
 
     def write(value: Any) -> str:
         return str(
-            literal(value).compile(dialect=sqlalchemy_dialect, compile_kwargs={"literal_binds": True})
+            literal(value).compile(
+                dialect=sqlalchemy_dialect, compile_kwargs={"literal_binds": True}
+            )
         )
 
     return write

@@ -356,9 +356,7 @@ def _write_through_session(
         for i, row in enumerate(rows):
             params.update({f"{name}_{i}_{column}": value for column, value in row.items()})
             values.append(
-                "("
-                + ", ".join(f":{c}" if c in key else f":{name}_{i}_{c}" for c in columns)
-                + ")"
+                "(" + ", ".join(f":{c}" if c in key else f":{name}_{i}_{c}" for c in columns) + ")"
             )
         statements.append(
             f"INSERT INTO {table(name, schema)} ({', '.join(columns)}) VALUES {', '.join(values)}"

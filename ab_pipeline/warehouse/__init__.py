@@ -176,7 +176,8 @@ def url_from_connection_fields(
 ) -> str:
     """Turn Airflow connection fields into a SQLAlchemy URL.
 
-    `duckdb`: host is the database file path. `postgres`: the usual fields. Any connection may
+    `duckdb`: host is the database file path. `postgres`: the usual fields. `spark_connect`:
+    host and port of a Spark Connect server (`sc://host:port`). Any connection may
     instead carry `{"sqlalchemy_url": "..."}` in its extra, for other dialects.
     """
     extras = json.loads(extra) if isinstance(extra, str) and extra else dict(extra or {})
@@ -197,9 +198,14 @@ def url_from_connection_fields(
         if port:
             netloc += f":{port}"
         return f"postgresql://{netloc}/{schema or 'postgres'}"
+    if conn_type == "spark_connect":
+        # The Spark provider's connection: host (optionally written sc://host), port 15002.
+        if not host:
+            raise ValueError("a spark_connect connection needs host = the Spark Connect server")
+        return f"sc://{host.removeprefix('sc://').rstrip('/')}:{port or 15002}"
     raise ValueError(
-        f"connection type {conn_type!r} is not supported; use duckdb, postgres, or set "
-        "extra.sqlalchemy_url"
+        f"connection type {conn_type!r} is not supported; use duckdb, postgres, spark_connect, "
+        "or set extra.sqlalchemy_url"
     )
 
 
@@ -226,4 +232,7 @@ def connection_env_value(url: str) -> str:
     if dialect_of(url) == "duckdb":
         path = normalize_url(url).removeprefix("duckdb:///")
         return json.dumps({"conn_type": "duckdb", "host": path})
+    if dialect_of(url) == "spark":
+        host, _, port = url.removeprefix("sc://").split("/")[0].partition(":")
+        return json.dumps({"conn_type": "spark_connect", "host": host, "port": int(port or 15002)})
     return json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": url}})

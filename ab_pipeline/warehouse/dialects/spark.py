@@ -11,8 +11,8 @@ What differs from the canonical engine, and how it is bridged here:
   kept by the server (memory, spilling to disk), like a temporary table's; `DROP TABLE x`
   drops it. Being session-local, two runs in two processes never see each other's.
 - Spark cannot UPDATE tables that are not Delta/Iceberg: `UPDATE t SET c = e [FROM s] WHERE p`
-  of a temporary table runs as a rebuild (`_updated_rows`): t's rows are recomputed with `c`
-  replaced where `p` holds, checkpointed, and take t's name.
+  of a temporary table runs as a rebuild (`_updated_rows`): t's rows with `c` replaced where
+  `p` holds are cached as a new view, which later statements of the session read as t.
 - Spark cannot DELETE from Parquet tables either: `DELETE FROM t WHERE p` keeps the other rows
   by overwriting t with them (only when some row matches: a retried write).
 - No multi-statement transactions: `execute` runs statements one by one and a failure leaves
@@ -27,6 +27,7 @@ What differs from the canonical engine, and how it is bridged here:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import threading
@@ -38,6 +39,8 @@ from ab_pipeline.warehouse.dialects.base import Dialect
 
 _LOCK = threading.Lock()
 _SESSIONS: dict[tuple[int, str], Any] = {}  # (pid, url) -> SparkSession
+# (pid, url, temporary table) -> its views: the table's own, then one per UPDATE of it.
+_UPDATED: dict[tuple[int, str, str], list[str]] = {}
 
 
 def spark_session(url: str) -> Any:
@@ -64,10 +67,9 @@ def close_sessions(url: str | None = None) -> None:
     with _LOCK:
         for key in [k for k in _SESSIONS if url is None or k[1] == url]:
             session = _SESSIONS.pop(key)
-            try:
+            # The server may already be gone; the session is dropped anyway.
+            with contextlib.suppress(Exception):
                 session.stop()
-            except Exception:  # the server may already be gone; the session is dropped anyway
-                pass
 
 
 def plain(value: Any) -> Any:
@@ -105,7 +107,7 @@ class ConnectSession:
         return self.spark.sql(sql, args=spark_args(used)) if used else self.spark.sql(sql)
 
     def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        table = self.dataframe(sql, params).toArrow()
+        table = self.dataframe(self._current_names(sql), params).toArrow()
         return [{k: plain(v) for k, v in row.items()} for row in table.to_pylist()]
 
     def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
@@ -117,25 +119,61 @@ class ConnectSession:
                 self._delete(statement, params)
             else:
                 # Commands run when submitted; collect() also runs a statement that is a query.
-                self.dataframe(statement, params).collect()
+                for part in self._current_names(statement).split("; "):
+                    self.dataframe(part, params).collect()
 
     def _update(self, statement: str, params: Mapping[str, Any]) -> None:
-        """An UPDATE as a rebuild: the new rows are computed and checkpointed (so they no
-        longer refer to the old ones), then take the table's name as a temporary view. The
-        pipeline updates only its extract's temporary tables (cached views)."""
-        name, select = _updated_rows(statement, self.columns)
-        if not self.spark.catalog.isCached(name.strip("`")):
+        """An UPDATE of a temporary table t (a cached view) as a rebuild: the updated rows are
+        cached as a new view, computed from t's current one, and from then on every statement
+        of this session reads the new view where it names t (`_current_names`). A cached view
+        is re-analysed from its SQL text, so the views it reads stay until t is dropped."""
+        import sqlglot
+
+        target = _unquoted(sqlglot.parse_one(statement, read="spark").this.sql(dialect="spark"))
+        chain = _UPDATED.setdefault((os.getpid(), self.url, target), [target])
+        if not self.spark.catalog.isCached(chain[-1]):
             raise ValueError(
-                f"Spark cannot UPDATE {name}: only the extract's temporary tables are updated "
+                f"Spark cannot UPDATE {target}: only the extract's temporary tables are updated "
                 "here (Parquet tables have no UPDATE)"
             )
-        rows = self.dataframe(select, params).localCheckpoint(eager=True)
-        self.spark.sql(f"UNCACHE TABLE IF EXISTS {name}")
-        rows.createOrReplaceTempView(name.strip("`"))
+        _, select = _updated_rows(statement, self.columns, chain[-1])
+        updated = f"{target}__updated_{len(chain)}"
+        self.dataframe(f"CACHE TABLE `{updated}` AS {select}", params).collect()
+        chain.append(updated)
+
+    def _current_names(self, statement: str) -> str:
+        """The statement reading each updated temporary table's latest view; a DROP of such a
+        table drops all of its views."""
+        updated = {t: c for (pid, url, t), c in _UPDATED.items() if (pid, url) == self._key}
+        if not updated or not any(t in statement for t in updated):
+            return statement
+        import sqlglot
+        from sqlglot import exp
+
+        tree = sqlglot.parse_one(statement, read="spark")
+        if isinstance(tree, exp.Drop):
+            table = tree.find(exp.Table)
+            chain = _UPDATED.pop((*self._key, table.name), None) if table else None
+            if chain:
+                return "; ".join(f"DROP VIEW IF EXISTS `{name}`" for name in reversed(chain))
+            return statement
+
+        def current(node: Any) -> Any:
+            if isinstance(node, exp.Table) and node.name in updated and not node.args.get("db"):
+                alias = node.alias or node.name
+                name = exp.to_identifier(updated[node.name][-1], quoted=True)
+                return exp.Table(this=name, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+            return node
+
+        return str(tree.transform(current).sql(dialect="spark"))
+
+    @property
+    def _key(self) -> tuple[int, str]:
+        return (os.getpid(), self.url)
 
     def _delete(self, statement: str, params: Mapping[str, Any]) -> None:
         """`DELETE FROM t WHERE p` on a Parquet table (which cannot delete rows): when some row
-        matches, the others are computed, checkpointed, and overwrite t."""
+        matches, the others overwrite t."""
         import sqlglot
 
         tree = sqlglot.parse_one(statement, read="spark")
@@ -143,8 +181,15 @@ class ConnectSession:
         condition = tree.args["where"].this.sql(dialect="spark")
         if not self.query(f"SELECT 1 AS found FROM {name} WHERE {condition} LIMIT 1", params):
             return
-        kept = self.dataframe(f"SELECT * FROM {name} WHERE NOT ({condition})", params)
-        kept.localCheckpoint(eager=True).write.insertInto(_unquoted(name), overwrite=True)
+        # Through a staging table: Spark refuses to overwrite a table it is reading.
+        kept = f"`{_unquoted(name).replace('.', '`.`')}__kept`"
+        for step in (
+            f"DROP TABLE IF EXISTS {kept}",
+            f"CREATE TABLE {kept} AS SELECT * FROM {name} WHERE NOT ({condition})",
+            f"INSERT OVERWRITE {name} SELECT * FROM {kept}",
+            f"DROP TABLE {kept}",
+        ):
+            self.dataframe(step, params).collect()
 
     def columns(self, table: str) -> list[str]:
         return list(self.spark.table(_unquoted(table)).columns)
@@ -158,7 +203,9 @@ class ConnectSession:
 
     def table_names(self, schema: str | None) -> list[str]:
         """Tables of `schema` (else the current database), temporary views left out."""
-        listed = self.spark.catalog.listTables(schema) if schema else self.spark.catalog.listTables()
+        listed = (
+            self.spark.catalog.listTables(schema) if schema else self.spark.catalog.listTables()
+        )
         return [t.name for t in listed if not t.isTemporary]
 
     def table_exists(self, name: str) -> bool:
@@ -170,12 +217,13 @@ def _unquoted(name: str) -> str:
     return name.replace('"', "").replace("`", "")
 
 
-def _updated_rows(statement: str, columns: Any) -> tuple[str, str]:
+def _updated_rows(statement: str, columns: Any, source: str) -> tuple[str, str]:
     """`UPDATE t SET c = e, ... [FROM s AS f] [WHERE p]` (Spark SQL, as rendered) as
     (t, a SELECT of t's rows after the update): Spark updates only Delta/Iceberg tables.
 
     With FROM, each row of t takes the values of its matching row of s (the pipeline's UPDATEs
-    match at most one); rows without a match keep theirs.
+    match at most one); rows without a match keep theirs. t's rows are read from the view
+    `source` (t renamed); every reference to t reads `source`, under t's name or alias.
     """
     import sqlglot
     from sqlglot import exp
@@ -184,32 +232,42 @@ def _updated_rows(statement: str, columns: Any) -> tuple[str, str]:
     if not isinstance(tree, exp.Update):
         raise ValueError(f"not an UPDATE: {statement[:80]}")
     name = tree.this.sql(dialect="spark")
+    target = tree.this.name
+    column_names = columns(name)
+
+    def renamed(node: Any) -> Any:
+        if isinstance(node, exp.Table) and node.name == target:
+            alias = node.alias or target
+            return exp.Table(this=exp.to_identifier(source, quoted=True), alias=alias)
+        return node
+
     assigned = {eq.this.name: eq.expression for eq in tree.expressions}
     condition = tree.args.get("where")
     predicate = condition.this if condition is not None else exp.true()
-    source = tree.args.get("from") or tree.args.get("from_")
+    found = tree.args.get("from") or tree.args.get("from_")
     marker = "ab_update_matched"
-    if source is not None:
-        joined = source.this
+    base = f"`{source}` AS `{target}`"
+    if found is not None:
+        joined = found.this.transform(renamed)
         alias = joined.alias_or_name
         matched: exp.Expression = exp.column(marker, table=alias).eq(1)
         inner = joined.copy()
         inner.set("alias", None)
         from_clause = (
-            f"{name} LEFT JOIN (SELECT *, 1 AS {marker} FROM {inner.sql(dialect='spark')}) "
+            f"{base} LEFT JOIN (SELECT *, 1 AS {marker} FROM {inner.sql(dialect='spark')}) "
             f"AS {alias} ON {predicate.sql(dialect='spark')}"
         )
     else:
-        matched, from_clause = predicate, name
+        matched, from_clause = predicate, base
     selected = []
-    for column in columns(name):
+    for column in column_names:
         value = assigned.get(column)
         if value is None:
-            selected.append(f"{name}.`{column}`")
+            selected.append(f"`{target}`.`{column}`")
         else:
             selected.append(
                 f"CASE WHEN {matched.sql(dialect='spark')} THEN {value.sql(dialect='spark')} "
-                f"ELSE {name}.`{column}` END AS `{column}`"
+                f"ELSE `{target}`.`{column}` END AS `{column}`"
             )
     return name, f"SELECT {', '.join(selected)} FROM {from_clause}"
 
