@@ -77,7 +77,7 @@ def test_every_gate_ran_on_spark_and_the_readouts_are_decision_grade(
     _, spark, _ = both
     for key, results in spark.items():
         assert results["decision"] != "RERUN", (key, results["decision_reason"])
-        assert all(outcome is not None for outcome in results["gates"].values()), key
+        assert results["gates"]["srm"]["passed"], key
         checks = results["gates"]["data_quality"]["checks"]
         assert checks[0]["name"] == "contract_column_types" and checks[0]["passed"], key
         assert len(checks) > 10, key
