@@ -52,7 +52,7 @@ from ab_pipeline.core.dates import midnight
 from ab_pipeline.core.errors import PipelineError
 from ab_pipeline.core.paths import data_dir
 from ab_pipeline.gates.gx_sql import prepare_gx_for
-from ab_pipeline.warehouse import engine_url, normalize_url, quote_ident
+from ab_pipeline.warehouse import dialect_for, engine_url, quote_ident
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
     from ab_pipeline.gates.base import GateContext, GateResult
+    from ab_pipeline.warehouse import Dialect as WarehouseDialect
     from ab_pipeline.warehouse import Warehouse
 
 SUITES_DIR = data_dir("expectations")
@@ -181,7 +182,7 @@ def run_data_quality(
     templates = load_suite_templates()
     checks: list[dict[str, Any]] = []
     try:
-        fill = _filler(values, _dialect(warehouse_url))
+        fill = _filler(values, _dialect(warehouse_url), dialect_for(warehouse_url))
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:
                 checks += _run_suite(datasource, template, values, fill)
@@ -289,7 +290,7 @@ def _dialect(url: str) -> Dialect:
     from sqlalchemy.engine import make_url
 
     # Loading the dialect class imports no driver and opens no connection.
-    return make_url(normalize_url(url)).get_dialect()()
+    return make_url(engine_url(url)).get_dialect()()
 
 
 def _sql_literal(value: Any, dialect: Dialect) -> str:
@@ -303,9 +304,19 @@ def _sql_literal(value: Any, dialect: Dialect) -> str:
     return str(literal(value).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
-def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
-    """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error."""
+def _filler(
+    values: ExperimentValues, dialect: Dialect, engine: WarehouseDialect | None = None
+) -> Fill:
+    """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error.
+
+    With the warehouse's `engine`, a filled query is rendered for it like the pipeline's own
+    SQL (GX's `{batch}` placeholder kept), and the table names compared with
+    information_schema are the names as the engine stores them (`stored_name`)."""
     mapping = {name: _sql_literal(value, dialect) for name, value in values.values.items()}
+    if engine is not None:
+        for name in ("exposures_table", "exposures_schema", "events_table", "events_schema"):
+            stored = values.values[name] and engine.stored_name(values.values[name])
+            mapping[name] = _sql_literal(stored, dialect)
     mapping.update(values.identifiers)
     # Derived SQL: the metric events as rows, and the `sql:` metrics' out-of-range predicate.
     mapping["metric_event_rows"] = " UNION ALL ".join(
@@ -323,9 +334,17 @@ def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
     def fill(template: str, **extra: Any) -> str:
         """`extra`: values of this one query (a `for_each` part's `$metric_event`)."""
         more = {name: _sql_literal(value, dialect) for name, value in extra.items()}
-        return string.Template(template).substitute({**mapping, **more})
+        filled = string.Template(template).substitute({**mapping, **more})
+        if engine is None or not engine.transpiles:
+            return filled
+        # A quoted name with capitals passes every engine's rendering unchanged.
+        rendered = engine.render(filled.replace("{batch}", f'"{_BATCH_SLOT}"'))
+        return rendered.replace(f'"{_BATCH_SLOT}"', "{batch}")
 
     return fill
+
+
+_BATCH_SLOT = "GX_Batch_Slot"
 
 
 def _bounded(offending_rows_query: str) -> str:

@@ -115,6 +115,18 @@ class SnowflakeConnectorDialect(default.DefaultDialect):
         ).scalar()
         return bool(found)
 
+    def get_table_names(self, connection: Any, schema: str | None = None, **kw: Any) -> list[str]:
+        from sqlalchemy import text
+
+        query = (
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            "AND table_schema = COALESCE(:schema, CURRENT_SCHEMA()) ORDER BY table_name"
+        )
+        rows = connection.execute(
+            text(query), {"schema": self.denormalize_name(schema) if schema else None}
+        )
+        return [self.normalize_name(row[0]) for row in rows]
+
 
 def register() -> None:
     """Make `snowflake+ab_connector://` URLs load this dialect (cheap: imports nothing)."""

@@ -57,6 +57,9 @@ class Snowflake(Dialect):
             return exp.Identifier(this=node.this.upper(), quoted=True)
         return super().rewrite(node)
 
+    def stored_name(self, name: str) -> str:
+        return name.upper() if name == name.lower() else name
+
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"(ABS(HASH({column})) % {buckets})"
 
