@@ -52,7 +52,7 @@ from ab_pipeline.core.dates import midnight
 from ab_pipeline.core.errors import PipelineError
 from ab_pipeline.core.paths import data_dir
 from ab_pipeline.gates.gx_sql import prepare_gx_for
-from ab_pipeline.warehouse import dialect_for, engine_url, quote_ident
+from ab_pipeline.warehouse import dialect_for, engine_url, normalize_url, quote_ident
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult
@@ -78,6 +78,8 @@ MAX_ABS_VALUE = 1e15
 _UNSAFE_TEXT = re.compile(r"[{}:%\\\x00-\x1f]")
 
 Fill = Callable[..., str]  # (template, **values of this one query) -> SQL text
+Render = Callable[[str], str]  # canonical SQL text -> the warehouse engine's
+_GX_BATCH = "ab_gx_batch"  # stands in for GX's `{batch}` while a query is rendered
 
 
 @dataclass(frozen=True)
@@ -183,9 +185,10 @@ def run_data_quality(
     checks: list[dict[str, Any]] = []
     try:
         fill = _filler(values, _dialect(warehouse_url), dialect_for(warehouse_url))
+        render = gx_renderer(warehouse_url)
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:
-                checks += _run_suite(datasource, template, values, fill)
+                checks += _run_suite(datasource, template, values, fill, render)
                 if template["name"] == "contract" and not all(c["passed"] for c in checks):
                     break  # the other suites compare columns of the types this found wrong
     except Exception as error:  # a bad query, an unreachable warehouse, a check GX could not run
@@ -263,7 +266,7 @@ def contract_problems(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     [template] = [t for t in load_suite_templates() if t["name"] == "contract"]
     # The contract suite reads no units table: any valid name fills the unused placeholder.
     values = experiment_values(config, run_date, config.source.exposures)
-    fill = _filler(values, _dialect(warehouse.url))
+    fill = _filler(values, _dialect(warehouse.url), warehouse.sql_dialect)
     batch = fill(template["meta"]["batch_query"])
     [expectation] = template["expectations"]
     query = fill(expectation["kwargs"]["unexpected_rows_query"]).replace("{batch}", f"({batch})")
@@ -290,7 +293,7 @@ def _dialect(url: str) -> Dialect:
     from sqlalchemy.engine import make_url
 
     # Loading the dialect class imports no driver and opens no connection.
-    return make_url(engine_url(url)).get_dialect()()
+    return make_url(normalize_url(url)).get_dialect()()
 
 
 def _sql_literal(value: Any, dialect: Dialect) -> str:
@@ -309,14 +312,12 @@ def _filler(
 ) -> Fill:
     """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error.
 
-    With the warehouse's `engine`, a filled query is rendered for it like the pipeline's own
-    SQL (GX's `{batch}` placeholder kept), and the table names compared with
-    information_schema are the names as the engine stores them (`stored_name`)."""
+    The table names compared with information_schema are written as the warehouse's `engine`
+    stores them (Snowflake: `EXPOSURES`)."""
     mapping = {name: _sql_literal(value, dialect) for name, value in values.values.items()}
-    if engine is not None:
-        for name in ("exposures_table", "exposures_schema", "events_table", "events_schema"):
-            stored = values.values[name] and engine.stored_name(values.values[name])
-            mapping[name] = _sql_literal(stored, dialect)
+    for name in ("exposures_table", "exposures_schema", "events_table", "events_schema"):
+        if engine is not None and values.values[name]:
+            mapping[name] = _sql_literal(engine.stored_name(values.values[name]), dialect)
     mapping.update(values.identifiers)
     # Derived SQL: the metric events as rows, and the `sql:` metrics' out-of-range predicate.
     mapping["metric_event_rows"] = " UNION ALL ".join(
@@ -334,17 +335,9 @@ def _filler(
     def fill(template: str, **extra: Any) -> str:
         """`extra`: values of this one query (a `for_each` part's `$metric_event`)."""
         more = {name: _sql_literal(value, dialect) for name, value in extra.items()}
-        filled = string.Template(template).substitute({**mapping, **more})
-        if engine is None or not engine.transpiles:
-            return filled
-        # A quoted name with capitals passes every engine's rendering unchanged.
-        rendered = engine.render(filled.replace("{batch}", f'"{_BATCH_SLOT}"'))
-        return rendered.replace(f'"{_BATCH_SLOT}"', "{batch}")
+        return string.Template(template).substitute({**mapping, **more})
 
     return fill
-
-
-_BATCH_SLOT = "GX_Batch_Slot"
 
 
 def _bounded(offending_rows_query: str) -> str:
@@ -468,8 +461,25 @@ def _datasource(warehouse_url: str) -> Iterator[SQLDatasource]:
         context.data_sources.delete(name)
 
 
+def gx_renderer(warehouse_url: str) -> Render:
+    """Canonical suite SQL -> the engine's, GX's own `{batch}` placeholder kept as it is."""
+    dialect = dialect_for(warehouse_url)
+    # Any case: Snowflake's rendering writes a lower-case quoted name in upper case.
+    stand_in = re.compile(rf"[`\"]?{_GX_BATCH}[`\"]?", re.IGNORECASE)
+
+    def render(sql: str) -> str:
+        rendered = dialect.render(sql.replace("{batch}", f'"{_GX_BATCH}"'))
+        return stand_in.sub("{batch}", rendered)
+
+    return render
+
+
 def _run_suite(
-    datasource: SQLDatasource, template: dict[str, Any], values: ExperimentValues, fill: Fill
+    datasource: SQLDatasource,
+    template: dict[str, Any],
+    values: ExperimentValues,
+    fill: Fill,
+    render: Render,
 ) -> list[dict[str, Any]]:
     import great_expectations as gx
 
@@ -478,12 +488,12 @@ def _run_suite(
     skipped = [_skipped_check(e, values) for e in template["expectations"] if e not in applicable]
     if not applicable:
         return skipped
-    with _batch_query(datasource, template, values, fill) as query:
+    with _batch_query(datasource, template, values, fill, render) as query:
         asset = datasource.add_query_asset(name=template["name"], query=query)
         batch = asset.add_batch_definition_whole_table("whole").get_batch()
         suite = gx.ExpectationSuite(
             name=template["name"],
-            expectations=[_with_bounded_query(e, fill, values) for e in applicable],
+            expectations=[_with_bounded_query(e, fill, values, render) for e in applicable],
         )
         # COMPLETE: only then does the result carry the (bounded) rows, i.e. the examples.
         outcome = batch.validate(suite, result_format="COMPLETE")
@@ -492,7 +502,11 @@ def _run_suite(
 
 @contextmanager
 def _batch_query(
-    datasource: SQLDatasource, template: dict[str, Any], values: ExperimentValues, fill: Fill
+    datasource: SQLDatasource,
+    template: dict[str, Any],
+    values: ExperimentValues,
+    fill: Fill,
+    render: Render,
 ) -> Iterator[str]:
     """The suite's batch query; with `meta.materialize`, a read of a scratch table holding the
     batch's rows, written by one query before the expectations run and dropped after them.
@@ -502,20 +516,20 @@ def _batch_query(
     its few rows (the suite's batch keeps only rows some expectation could flag)."""
     query = fill(template["meta"]["batch_query"])
     if not template["meta"].get("materialize"):
-        yield query
+        yield render(query)
         return
     from sqlalchemy import text
 
     table = scratch_table_name(values.identifiers["units"], template["name"])
     engine = datasource.get_execution_engine().engine
     with engine.begin() as connection:
-        connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
-        connection.execute(text(f"CREATE TABLE {table} AS {query}"))
+        connection.execute(text(render(f"DROP TABLE IF EXISTS {table}")))
+        connection.execute(text(render(f"CREATE TABLE {table} AS {query}")))
     try:
-        yield f"SELECT * FROM {table}"
+        yield render(f"SELECT * FROM {table}")
     finally:
         with engine.begin() as connection:
-            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            connection.execute(text(render(f"DROP TABLE IF EXISTS {table}")))
 
 
 def scratch_table_name(units: str, suite: str) -> str:
@@ -534,7 +548,7 @@ def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:
 
 
 def _with_bounded_query(
-    expectation: dict[str, Any], fill: Fill, values: ExperimentValues
+    expectation: dict[str, Any], fill: Fill, values: ExperimentValues, render: Render
 ) -> dict[str, Any]:
     """The expectation with its query filled and bounded; `meta.for_each: metric_events`
     writes the query once per metric event (`$metric_event`), joined by UNION ALL."""
@@ -547,7 +561,7 @@ def _with_bounded_query(
         )
     else:
         query = fill(template)
-    kwargs["unexpected_rows_query"] = _bounded(query)
+    kwargs["unexpected_rows_query"] = render(_bounded(query))
     return expectation
 
 

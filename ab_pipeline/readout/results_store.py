@@ -35,9 +35,11 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ab_pipeline.warehouse import Warehouse, dialect_for, quote_ident
+from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.dialects import dialect_named
 
 if TYPE_CHECKING:
+    from sqlalchemy import TextClause
     from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,14 @@ T = TypeVar("T")
 LATEST = "ab_latest_"  # + the table's name without `ab_`: the view of the attempts dates stand on
 
 
+def _text(connection: Connection, statement: str) -> TextClause:
+    """A canonical statement rendered for the connection's engine (SQLAlchemy names its
+    dialects as the pipeline does: duckdb, postgresql, snowflake)."""
+    from sqlalchemy import text
+
+    return text(dialect_named(connection.dialect.name).render(statement))
+
+
 def results_schema(default: str | None = None) -> str | None:
     """$AB_PIPELINE_RESULTS_SCHEMA, else `default` (the experiment's work schema), else none."""
     return os.environ.get(RESULTS_SCHEMA_ENV) or default
@@ -88,14 +98,6 @@ def table(name: str, schema: str | None) -> str:
 def latest_view(name: str) -> str:
     """`ab_readouts` -> `ab_latest_readouts`."""
     return LATEST + name.removeprefix("ab_")
-
-
-def _text(connection: Connection, sql: str) -> Any:
-    """Canonical `sql` rendered for the connection's engine, as `Warehouse.execute` would."""
-    from sqlalchemy import text
-
-    url = connection.engine.url.render_as_string(hide_password=True)
-    return text(dialect_for(url).render(sql))
 
 
 def ensure_tables(connection: Connection, schema: str | None) -> None:
@@ -118,7 +120,6 @@ def ensure_tables(connection: Connection, schema: str | None) -> None:
 
 
 def _columns(connection: Connection, name: str, schema: str | None) -> list[str]:
-
     # Not the inspector's get_columns: duckdb_engine cannot run its catalog query.
     result = connection.execute(
         _text(connection, f"SELECT * FROM {table(name, schema)} WHERE 1 = 0")
@@ -128,7 +129,6 @@ def _columns(connection: Connection, name: str, schema: str | None) -> list[str]
 
 def _add_columns(connection: Connection, name: str, schema: str | None) -> None:
     """Give a table written by an earlier version the columns added since (NULL in old rows)."""
-
     present = set(_columns(connection, name, schema))
     for column in ADDED_COLUMNS.get(name, []):
         if column.split()[0] not in present:
@@ -139,7 +139,6 @@ def _add_columns(connection: Connection, name: str, schema: str | None) -> None:
 
 def _migrate(connection: Connection, name: str, columns: str, schema: str | None) -> None:
     """Rebuild a table from before attempts: its rows become one attempt per date."""
-
     old = f"{name}__before_attempts"
     names = ", ".join([*_columns(connection, name, schema), "attempt_id"])
     statements = [
@@ -267,7 +266,6 @@ def check_rows(results: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 def _insert(
     connection: Connection, name: str, schema: str | None, key: dict[str, Any], rows: list[dict]
 ) -> None:
-
     if not rows:
         return
     columns = [*key, *rows[0]]
@@ -290,7 +288,6 @@ def write_readout(
     Earlier attempts of the date stay; only this attempt's own rows (a retried brief) are
     replaced. Without `attempt`, every call is a new attempt.
     """
-
     written_at = written_at or datetime.now(UTC).replace(tzinfo=None)
     attempt = attempt or f"adhoc-{written_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     key = {

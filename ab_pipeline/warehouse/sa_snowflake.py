@@ -33,8 +33,9 @@ _INTEGER_ARGS = ("port", "login_timeout", "network_timeout")
 
 
 class SnowflakeConnectorDialect(default.DefaultDialect):
-    # Not "snowflake": GX and other libraries would then expect snowflake-sqlalchemy's modules.
-    name = "snowflake_connector"
+    # The pipeline's name of the engine (results_store renders by it); GX, seeing "snowflake",
+    # looks for snowflake-sqlalchemy's type module, finds none and carries on without it.
+    name = "snowflake"
     driver = "ab_connector"
     default_paramstyle = "pyformat"
     supports_statement_cache = True

@@ -10,9 +10,16 @@ import functools
 import importlib
 import pkgutil
 
-from ab_pipeline.warehouse.dialects.base import Dialect, embedded
+from ab_pipeline.warehouse.dialects.base import Dialect, embedded, recording
 
-__all__ = ["Dialect", "all_dialects", "dialect_for", "dialect_named", "embedded"]
+__all__ = [
+    "Dialect",
+    "all_dialects",
+    "dialect_for",
+    "dialect_named",
+    "embedded",
+    "recording",
+]
 
 
 @functools.cache

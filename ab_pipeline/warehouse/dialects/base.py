@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Protocol
 
 CANONICAL = "duckdb"  # sqlglot's name for the dialect generated SQL is written in
@@ -31,6 +32,22 @@ CANONICAL = "duckdb"  # sqlglot's name for the dialect generated SQL is written 
 _EMBEDDED: dict[str, str] = {}
 _EMBED_PREFIX = "ab_embedded_"
 _EMBED_NAME = re.compile(r"[\"`]?(ab_embedded_[0-9a-f]{16})[\"`]?")
+
+
+# Open `recording()` blocks, innermost last.
+_RECORDINGS: list[list[str]] = []
+
+
+@contextmanager
+def recording() -> Iterator[list[str]]:
+    """Every canonical statement rendered in this process while the block runs, in order (a
+    run on one engine, replayed through another dialect, shows what that engine would run)."""
+    statements: list[str] = []
+    _RECORDINGS.append(statements)
+    try:
+        yield statements
+    finally:
+        _RECORDINGS.remove(statements)
 
 
 def embedded(sql: str) -> str:
@@ -85,6 +102,8 @@ class Dialect:
 
     def render(self, sql: str) -> str:
         """The canonical statement `sql` as this engine runs it (bound parameters stay `:name`)."""
+        for statements in _RECORDINGS:
+            statements.append(sql)
         if self.transpiles:
             sql = self._transpile(sql)
         return _EMBED_NAME.sub(lambda m: f"(\n{self.embed_text(_EMBEDDED[m.group(1)])}\n)", sql)

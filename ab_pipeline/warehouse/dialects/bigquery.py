@@ -26,6 +26,11 @@ class BigQuery(Dialect):
 
         if isinstance(node, exp.Placeholder):
             return node  # sqlglot writes `:name` as BigQuery's `@name`
+        if isinstance(node, exp.JSONExtractScalar) and isinstance(node.expression, exp.Placeholder):
+            return _json_value(node)
+        if isinstance(node, exp.PrimaryKey) and not node.args.get("options"):
+            # BigQuery accepts a primary key only as an unenforced hint.
+            node.set("options", [exp.var("NOT ENFORCED")])
         return super().rewrite(node)
 
     def hash_bucket(self, column: str, buckets: int) -> str:
@@ -33,6 +38,19 @@ class BigQuery(Dialect):
 
     def json_keys_sql(self, doc: str) -> str:
         return f"UNNEST(JSON_KEYS(PARSE_JSON({doc})))"
+
+
+def _json_value(node: Any) -> Any:
+    """Canonical `doc->>:key` (a top-level key bound as a parameter) as BigQuery's
+    `JSON_VALUE(doc, CONCAT('$."', @key, '"'))`: BigQuery addresses JSON by a JSONPath, and
+    reads JSON text (a STRING) without a cast."""
+    from sqlglot import exp
+
+    doc = node.this
+    if isinstance(doc, exp.Cast) and doc.to.is_type("json"):
+        doc = doc.this
+    path = exp.func("CONCAT", exp.Literal.string('$."'), node.expression, exp.Literal.string('"'))
+    return exp.func("JSON_VALUE", doc, path)
 
 
 DIALECT = BigQuery()

@@ -35,8 +35,8 @@ class Snowflake(Dialect):
     schemes = ("snowflake",)
     materialized = False  # Snowflake decides on its own whether to materialise a CTE
 
-    def engine_url(self, url: str) -> str:
-        """`snowflake://...` as the URL of the connector-based SQLAlchemy dialect."""
+    def normalize_url(self, url: str) -> str:
+        """`snowflake://...` names the connector-based SQLAlchemy dialect (registered here)."""
         from ab_pipeline.warehouse import sa_snowflake
 
         sa_snowflake.register()
