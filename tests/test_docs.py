@@ -445,7 +445,7 @@ def resolve(value: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_connection_examples_resolve_to_the_urls_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     examples = warehouse_examples()
-    assert len(examples) == 7, examples  # every example on the page is checked
+    assert len(examples) == 9, examples  # every example on the page is checked
     for value, url in examples:
         assert resolve(value, monkeypatch) == url, value
 

@@ -166,8 +166,11 @@ def url_from_connection_fields(
 ) -> str:
     """Turn Airflow connection fields into a SQLAlchemy URL.
 
-    `duckdb`: host is the database file path. `postgres`: the usual fields. Any connection may
-    instead carry `{"sqlalchemy_url": "..."}` in its extra, for other dialects.
+    `duckdb`: host is the database file path. `postgres`: the usual fields. `snowflake` (the
+    Airflow provider's fields): login, password, schema, and in the extra `account`,
+    `database`, `warehouse`, `role`; a host (and port, and `protocol` in the extra) overrides
+    where the connector connects (a proxy or a local fakesnow). Any connection may instead
+    carry `{"sqlalchemy_url": "..."}` in its extra, for other dialects.
     """
     extras = json.loads(extra) if isinstance(extra, str) and extra else dict(extra or {})
     if extras.get("sqlalchemy_url"):
@@ -187,10 +190,41 @@ def url_from_connection_fields(
         if port:
             netloc += f":{port}"
         return f"postgresql://{netloc}/{schema or 'postgres'}"
+    if conn_type == "snowflake":
+        return _snowflake_url(host, login, password, port, schema, extras)
     raise ValueError(
-        f"connection type {conn_type!r} is not supported; use duckdb, postgres, or set "
-        "extra.sqlalchemy_url"
+        f"connection type {conn_type!r} is not supported; use duckdb, postgres, snowflake, or "
+        "set extra.sqlalchemy_url"
     )
+
+
+def _snowflake_url(
+    host: str | None,
+    login: str | None,
+    password: str | None,
+    port: int | None,
+    schema: str | None,
+    extras: Mapping[str, Any],
+) -> str:
+    from urllib.parse import quote, urlencode
+
+    account = extras.get("account") or extras.get("extra__snowflake__account")
+    database = extras.get("database") or extras.get("extra__snowflake__database")
+    if not account or not database:
+        raise ValueError("a snowflake connection needs extra.account and extra.database")
+    auth = quote(login or "", safe="")
+    if password:
+        auth += ":" + quote(password, safe="")
+    path = quote(str(database), safe="") + (f"/{quote(schema, safe='')}" if schema else "")
+    query = {k: str(extras[k]) for k in ("warehouse", "role") if extras.get(k)}
+    if host:
+        query["host"] = host
+    if port:
+        query["port"] = str(port)
+    if extras.get("protocol"):
+        query["protocol"] = str(extras["protocol"])
+    netloc = f"{auth}@{account}" if auth else str(account)
+    return f"snowflake://{netloc}/{path}" + (f"?{urlencode(query)}" if query else "")
 
 
 def warehouse_for_connection(conn_id: str) -> Warehouse:

@@ -84,11 +84,11 @@ class SnowflakeConnectorDialect(default.DefaultDialect):
     def _get_server_version_info(self, connection: Any) -> tuple[int, ...]:
         return ()
 
-    def _get_default_schema_name(self, connection: Any) -> str | None:
+    def _get_default_schema_name(self, connection: Any) -> str:
         from sqlalchemy import text
 
         schema = connection.execute(text("SELECT CURRENT_SCHEMA()")).scalar()
-        return self.normalize_name(schema) if schema else None
+        return self.normalize_name(str(schema or ""))
 
     def do_ping(self, dbapi_connection: Any) -> bool:
         cursor = dbapi_connection.cursor()
