@@ -515,7 +515,7 @@ def _execute_with_sql_metrics(
     `BEGIN TRANSACTION READ ONLY` (where the engine has it: `Dialect.read_only_transactions`)
     lets the user's SELECT write nothing but the session's temporary table: a write the parser
     could not foresee fails. The connection runs in autocommit so the explicit transactions
-    are the only ones (duckdb_engine opens one on first use, which the first COMMIT closes).
+    are the only ones (`Dialect.autocommit`).
     """
     from sqlalchemy import text
 
@@ -528,14 +528,8 @@ def _execute_with_sql_metrics(
     if not dialect.read_only_transactions:
         warehouse.execute([create, *reads, *statements], params)
         return
-    create = warehouse.render(create)
     with warehouse.engine().connect() as connection:
-        if dialect.name == "duckdb":
-            connection.exec_driver_sql(create)
-            connection.exec_driver_sql("COMMIT")
-        else:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql(create)
+        connection = dialect.autocommit(connection, warehouse.render(create))
         for begin, block in (("BEGIN TRANSACTION READ ONLY", reads), ("BEGIN", statements)):
             connection.exec_driver_sql(begin)
             try:

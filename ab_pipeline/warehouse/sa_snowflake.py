@@ -81,6 +81,13 @@ class SnowflakeConnectorDialect(default.DefaultDialect):
     def get_isolation_level(self, dbapi_connection: Any) -> Any:
         return "READ COMMITTED"  # Snowflake's only level
 
+    def get_isolation_level_values(self, dbapi_connection: Any) -> Any:
+        return ["AUTOCOMMIT", "READ COMMITTED"]
+
+    def set_isolation_level(self, dbapi_connection: Any, level: Any) -> None:
+        """AUTOCOMMIT: the connector's autocommit mode (SQLAlchemy's `isolation_level`)."""
+        dbapi_connection.autocommit(level == "AUTOCOMMIT")
+
     def _get_server_version_info(self, connection: Any) -> tuple[int, ...]:
         return ()
 

@@ -24,6 +24,7 @@ import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 CANONICAL = "duckdb"  # sqlglot's name for the dialect generated SQL is written in
@@ -57,6 +58,29 @@ def embedded(sql: str) -> str:
     return f'"{name}"'
 
 
+@dataclass(frozen=True)
+class ConnectionFields:
+    """An Airflow connection's fields, as `url_from_connection` reads them."""
+
+    conn_type: str
+    host: str | None = None
+    login: str | None = None
+    password: str | None = None
+    port: int | None = None
+    schema: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def netloc(self, default_host: str = "localhost") -> str:
+        """`login:password@host:port`, each part URL-quoted."""
+        from urllib.parse import quote
+
+        auth = quote(self.login or "", safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        netloc = (f"{auth}@" if auth else "") + (self.host or default_host)
+        return netloc + (f":{self.port}" if self.port else "")
+
+
 class Session(Protocol):
     """How the pipeline talks to an engine that SQLAlchemy does not reach (Spark Connect).
     Statements arrive rendered; parameters are bound by name (`:name`)."""
@@ -85,10 +109,32 @@ class Dialect:
     # Reads may run while another process writes (False: DuckDB's single-writer file).
     concurrent_readers: ClassVar[bool] = True
 
-    # --- URLs ---------------------------------------------------------------------------
+    # Airflow connection types that name this engine (`url_from_connection`).
+    conn_types: ClassVar[tuple[str, ...]] = ()
+
+    # --- URLs and connections -------------------------------------------------------------
 
     def normalize_url(self, url: str) -> str:
         return url
+
+    def url_from_connection(self, fields: ConnectionFields) -> str:
+        """The warehouse URL an Airflow connection of one of `conn_types` stands for."""
+        raise ValueError(f"{self.name} connections need extra.sqlalchemy_url")
+
+    def connection_env(self, url: str) -> dict[str, Any]:
+        """The Airflow connection (`AIRFLOW_CONN_*` JSON form) that points at `url`."""
+        return {"conn_type": "generic", "extra": {"sqlalchemy_url": url}}
+
+    def connect_args(self, url: str, read_only: bool) -> dict[str, Any]:
+        """Driver arguments for the SQLAlchemy engine of `url` (and any set-up it needs)."""
+        return {}
+
+    def autocommit(self, connection: Any, statement: str) -> Any:
+        """Run `statement` on a fresh SQLAlchemy connection and return the connection such
+        that only explicit BEGIN ... COMMIT open transactions on it from then on."""
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql(statement)
+        return connection
 
     def engine_url(self, url: str) -> str:
         """The SQLAlchemy URL an engine is built from."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ab_pipeline.warehouse.dialects.base import Dialect
+from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect
 
 # Any constant shared by every writer of the results tables (ASCII "ab_r").
 RESULTS_LOCK_KEY = 0x61625F72
@@ -18,6 +18,10 @@ class PostgreSQL(Dialect):
     # PostgreSQL sorts grouping sets on disk instead of hashing them.
     histograms_in_pass = False
     read_only_transactions = True
+    conn_types = ("postgres", "postgresql")
+
+    def url_from_connection(self, fields: ConnectionFields) -> str:
+        return f"postgresql://{fields.netloc()}/{fields.schema or 'postgres'}"
 
     def normalize_url(self, url: str) -> str:
         """`postgres://` and `postgresql://` mean the psycopg2 driver."""

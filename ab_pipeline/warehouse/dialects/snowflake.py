@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from ab_pipeline.warehouse.dialects.base import _EMBED_PREFIX, Dialect
+from ab_pipeline.warehouse.dialects.base import _EMBED_PREFIX, ConnectionFields, Dialect
 
 
 class Snowflake(Dialect):
@@ -34,6 +34,34 @@ class Snowflake(Dialect):
     sqlglot_name = "snowflake"
     schemes = ("snowflake",)
     materialized = False  # Snowflake decides on its own whether to materialise a CTE
+    conn_types = ("snowflake",)
+
+    def url_from_connection(self, fields: ConnectionFields) -> str:
+        """Airflow's Snowflake connection: login, password, schema, and in the extra
+        `account`, `database`, `warehouse`, `role`; a host (and port, and `protocol` in the
+        extra) overrides where the connector connects (a proxy, a local fakesnow)."""
+        from urllib.parse import quote, urlencode
+
+        extra = fields.extra
+        account = extra.get("account") or extra.get("extra__snowflake__account")
+        database = extra.get("database") or extra.get("extra__snowflake__database")
+        if not account or not database:
+            raise ValueError("a snowflake connection needs extra.account and extra.database")
+        auth = quote(fields.login or "", safe="")
+        if fields.password:
+            auth += ":" + quote(fields.password, safe="")
+        path = quote(str(database), safe="")
+        if fields.schema:
+            path += "/" + quote(fields.schema, safe="")
+        query = {k: str(extra[k]) for k in ("warehouse", "role") if extra.get(k)}
+        if fields.host:
+            query["host"] = fields.host
+        if fields.port:
+            query["port"] = str(fields.port)
+        if extra.get("protocol"):
+            query["protocol"] = str(extra["protocol"])
+        netloc = f"{auth}@{account}" if auth else str(account)
+        return f"snowflake://{netloc}/{path}" + (f"?{urlencode(query)}" if query else "")
 
     def normalize_url(self, url: str) -> str:
         """`snowflake://...` names the connector-based SQLAlchemy dialect (registered here)."""
