@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ab_pipeline.warehouse import (
     Warehouse,
-    dispose_all,
     engine_url,
     url_from_connection_fields,
 )
 from ab_pipeline.warehouse.dialects import dialect_named
-from tests.snowflake_server import serving_fakesnow
 
 SNOWFLAKE = dialect_named("snowflake")
-
-
-@pytest.fixture(scope="module")
-def fakesnow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serving_fakesnow(tmp_path_factory.mktemp("fakesnow")) as url:
-        yield url
-        dispose_all()
 
 
 def test_lower_case_quoted_names_are_sent_as_snowflake_upper_case_names() -> None:
