@@ -18,6 +18,9 @@ class PostgreSQL(Dialect):
     # PostgreSQL sorts grouping sets on disk instead of hashing them.
     histograms_in_pass = False
     read_only_transactions = True
+    # Memory per sort or hash of the extract's transaction (PostgreSQL's default, 4MB, sends
+    # the joins and per-unit aggregates of a large experiment to disk in batches).
+    work_mem = "256MB"
     conn_types = ("postgres", "postgresql")
 
     def url_from_connection(self, fields: ConnectionFields) -> str:
@@ -46,7 +49,7 @@ class PostgreSQL(Dialect):
         table gives the later joins on it real statistics."""
         from ab_pipeline.warehouse.quoting import quote_ident
 
-        prepared = ["SET LOCAL enable_nestloop = off"]
+        prepared = ["SET LOCAL enable_nestloop = off", f"SET LOCAL work_mem = {self.work_mem!r}"]
         for statement in statements:
             prepared.append(statement)
             prepared += [
