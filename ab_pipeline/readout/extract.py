@@ -49,6 +49,7 @@ from ab_pipeline.warehouse.run_tables import (
     quantile_histogram_table_name as quantile_histogram_table_name,
 )
 from ab_pipeline.warehouse.run_tables import units_table_name as units_table_name
+from ab_pipeline.warehouse.sources import source_relation
 
 RUN_TABLE_PREFIXES = ("ab_units", "ab_qhist")
 KEEP_RUN_TABLES_ENV = "AB_PIPELINE_KEEP_RUN_TABLES"
@@ -153,12 +154,14 @@ class ExtractPlan:
     - `partitions`: the metric pass runs once per hash partition of the units, so each
       partition's join and per-unit aggregate fit in DuckDB's memory limit instead of spilling;
     - `unit_key`: the enrolled table's column the steps' tables carry and are joined back on
-      (DuckDB's `rowid`: an integer, cheaper to group and join than a unit id string).
+      (DuckDB's `rowid`: an integer, cheaper to group and join than a unit id string);
+    - `dialect`: the warehouse's, in which a source given as `{sql: ...}` is checked and written.
     """
 
     histograms_in_pass: bool = True
     partitions: int = 1
     unit_key: str = "unit_id"
+    dialect: str | None = None
 
     def partition_filter(self, part: int, *aliases: str) -> str:
         """` AND hash(<alias>.unit_id) % partitions = part` per alias, or nothing unpartitioned."""
@@ -173,13 +176,14 @@ class ExtractPlan:
         cls, warehouse: Warehouse, config: ExperimentConfig, run_date: date
     ) -> ExtractPlan:
         if warehouse.dialect == "postgresql":
-            return cls(histograms_in_pass=False)
+            return cls(histograms_in_pass=False, dialect=warehouse.dialect)
         if warehouse.dialect != "duckdb":
-            return cls()
+            return cls(dialect=warehouse.dialect)
         window = RunWindow.of(config, run_date)
         exposures = warehouse.query(
             f"SELECT COUNT(*) AS n, current_setting('memory_limit') AS memory_limit "
-            f"FROM {quote_ident(config.source.exposures)} WHERE experiment_key = :key "
+            f"FROM {source_relation(config.source, 'exposures', warehouse.dialect)} AS x "
+            "WHERE experiment_key = :key "
             "AND exposed_at >= :start AND exposed_at < :end",
             {
                 "key": config.key,
@@ -190,6 +194,7 @@ class ExtractPlan:
         return cls(
             partitions=partitions_for(int(exposures["n"]), str(exposures["memory_limit"])),
             unit_key="rowid",
+            dialect=warehouse.dialect,
         )
 
 
@@ -216,7 +221,7 @@ def _enrolled_sql(exposures: str) -> str:
     """
     return f"""SELECT unit_id, MIN(exposed_at) AS first_exposed_at, COUNT(*) AS exposures,
        MIN(arm) AS arm, CASE WHEN MIN(arm) = MAX(arm) THEN 0 ELSE 1 END AS several_arms
-FROM {exposures}
+FROM {exposures} AS x
 WHERE experiment_key = :key
   AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
 GROUP BY unit_id
@@ -288,8 +293,8 @@ def build_units_sql(
         exclude_internal=config.audience.exclude_internal,
         exclude_bots=config.audience.exclude_bots,
     )
-    exposures = quote_ident(config.source.exposures)
-    events = quote_ident(config.source.events)
+    exposures = source_relation(config.source, "exposures", plan.dialect)
+    events = source_relation(config.source, "events", plan.dialect)
     steps = [
         f"CREATE TEMP TABLE {ENROLLED} AS {_enrolled_sql(exposures)}",
         _first_arm_sql(exposures),
@@ -316,7 +321,7 @@ def build_units_sql(
             grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
         else:
             grouping = "\nFROM ev GROUP BY ev.unit_key"
-            histogram = _histogram_pass(config, run_date, quantiles, table, params)
+            histogram = _histogram_pass(config, run_date, quantiles, table, params, plan.dialect)
         with_arm = plan.histograms_in_pass and bool(quantiles)
         for part in range(plan.partitions):
             into = "INSERT INTO" if part else "CREATE TEMP TABLE"
@@ -398,6 +403,7 @@ def _histogram_pass(
     quantiles: dict[str, QuantileMetric],
     units_table: str,
     params: _Params,
+    dialect: str | None = None,
 ) -> str:
     """The statement that stores quantile histograms from a pass of their own over the metric
     events joined to the units table (the same rows and buckets as the grouping set)."""
@@ -405,7 +411,7 @@ def _histogram_pass(
         return ""
     parts = []
     for name, metric in quantiles.items():
-        body, _ = quantile_events_sql(config, metric, units_table, run_date)
+        body, _ = quantile_events_sql(config, metric, units_table, run_date, dialect=dialect)
         body = body.replace(":event", params.bind(metric.event))
         parts.append(f"SELECT {params.bind(name)} AS metric, h.* FROM ({histogram_sql(body)}) h")
     table = quote_ident(quantile_histogram_table_name(config, run_date))
