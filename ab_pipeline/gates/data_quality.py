@@ -211,13 +211,13 @@ def run_data_quality(
     severity}], "suite"}`; `passed` is False iff a check of severity "error" failed. Raises
     PipelineError when a check could not run at all (bad SQL, unreachable warehouse).
     """
+    # Names are validated before any SQL runs; a source query's columns are read in the try.
+    values = experiment_values(config, run_date, units_table, dialect_of(warehouse_url))
     templates = load_suite_templates()
     checks: list[dict[str, Any]] = []
     try:
         columns = source_query_columns(Warehouse(warehouse_url), config)
-        values = experiment_values(
-            config, run_date, units_table, dialect_of(warehouse_url), columns
-        )
+        values = dataclasses.replace(values, query_columns=columns)
         fill = _filler(values, _dialect(warehouse_url))
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:

@@ -203,7 +203,9 @@ def test_postgresql_plan_joins_on_unit_id_in_one_pass_with_its_own_histogram_pas
 ) -> None:
     warehouse, schema = postgres_schema
     plan = ExtractPlan.for_warehouse(warehouse, make_config(schema), END)
-    assert plan == ExtractPlan(histograms_in_pass=False, partitions=1, unit_key="unit_id")
+    assert plan == ExtractPlan(
+        histograms_in_pass=False, partitions=1, unit_key="unit_id", dialect="postgresql"
+    )
 
 
 def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> None:
