@@ -3,11 +3,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from ab_pipeline.core.config import Source, SqlSource
+from ab_pipeline.core.config import ExperimentConfig, Source, SqlSource, load_config
+from ab_pipeline.devtools.lint import exposure_property_names, lint_config, observed_enrolment
+from ab_pipeline.devtools.simulate import parse_scenario, simulate
+from ab_pipeline.gates.srm_diagnosis import srm_diagnosis
+from ab_pipeline.orchestration.backfill import latest_data_date
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
+from ab_pipeline.readout.extract import units_table_name
+from ab_pipeline.readout.progress import pre_period_moments
 from ab_pipeline.warehouse import Warehouse
 from ab_pipeline.warehouse.sources import SourceQueryError, source_columns, source_relation
 
@@ -89,3 +101,87 @@ def test_a_source_query_that_does_not_run_names_the_field(warehouse: Warehouse) 
     source = Source(exposures={"sql": "SELECT * FROM no_such_table"})
     with pytest.raises(SourceQueryError, match=r"^source\.exposures\.sql does not run in the"):
         source_columns(warehouse, source, "exposures")
+
+
+# --- every reader of a source ----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+REFUND = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
+REFUND_SCENARIO = REPO / "simulations" / "refund-query-rewrite.yaml"
+FINAL = date(2026, 5, 31)
+# Hashed arms and a first event: the assignment gate's both queries read the sources too.
+HASHED = {"assignment": "hash", "assignment_check": {"first_event": "page_viewed"}}
+QUERIES = {
+    "exposures": {
+        "sql": "SELECT experiment_key, unit_id, arm, exposed_at, is_internal, is_bot, "
+        "properties FROM exposures WHERE experiment_key IS NOT NULL"
+    },
+    "events": {
+        "sql": "SELECT unit_id, event_name, occurred_at, value, experiment_key FROM events "
+        "WHERE event_name IS NOT NULL"
+    },
+}
+
+
+def refund_config(folder: Path, source: dict[str, Any]) -> Path:
+    data = {**yaml.safe_load(REFUND.read_text()), **HASHED, "source": source}
+    folder.mkdir(parents=True)
+    path = folder / "refund-query-rewrite.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def readers(url: str, config: ExperimentConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """What every reader of the sources outside the run's own stages finds."""
+    warehouse = Warehouse(url)
+    units = units_table_name(config, FINAL)
+    return {
+        "results": {k: results[k] for k in ("decision", "decision_reason", "checks", "metrics")},
+        # Data-quality sentences name the clock (the future cutoff); the checks' findings stay.
+        "gates": {
+            **results["gates"],
+            "data_quality": [
+                {k: v for k, v in check.items() if k != "detail"}
+                for check in results["gates"]["data_quality"]["checks"]
+            ],
+        },
+        "srm_diagnosis": srm_diagnosis(warehouse, config, units, failed=True),
+        "latest_data_date": latest_data_date(warehouse, config),
+        "pre_period": pre_period_moments(warehouse, config, date(2026, 5, 20), 14),
+        "enrolment": observed_enrolment(warehouse, config),
+        "properties": exposure_property_names(warehouse, config),
+        "lint": lint_config(config, warehouse),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
+def test_every_reader_of_a_source_reads_a_query_as_it_reads_the_table(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The readout (extract, every gate, quantile and the rest) and the other readers, with
+    the sources as tables and as queries over them: the same findings. On PostgreSQL this is
+    also the proof that every use aliases the subquery."""
+    if engine == "duckdb":
+        url, schema = request.getfixturevalue("duckdb_warehouse").url, None
+    else:
+        admin, schema = request.getfixturevalue("postgres_schema")
+        url = f"{admin.url}?options=-csearch_path%3D{schema}"
+    tables = refund_config(tmp_path / "tables", {"exposures": "exposures", "events": "events"})
+    queries = refund_config(tmp_path / "queries", QUERIES)
+    data = yaml.safe_load(REFUND_SCENARIO.read_text())
+    data.pop("assignment")
+    scenario = parse_scenario({**data, "first_event": {"event": "page_viewed"}}).with_units(3000)
+    simulate(load_config(tables), scenario, url, schema=schema)
+    found = []
+    for path in (tables, queries):
+        ctx = RunContext(path, FINAL, url, tmp_path / "out" / path.parent.name)
+        run_pipeline(ctx, deliver=False)
+        results = json.loads((ctx.run_dir / "results.json").read_text())
+        found.append(readers(url, load_config(path), results))
+    through_tables, through_queries = found
+    assert through_tables["gates"]["assignment"]["units"] > 1000
+    assert through_tables["gates"]["receipt"]["passed"]
+    assert "p95_latency_ms" in through_tables["results"]["metrics"]
+    assert through_tables["srm_diagnosis"]["by_property"]
+    assert through_queries == through_tables
