@@ -45,7 +45,12 @@ def test_every_package_directory_is_listed_for_the_wheel() -> None:
         ".".join(init.parent.relative_to(REPO).parts)
         for init in (REPO / "ab_pipeline").rglob("__init__.py")
     }
-    assert found | {f"ab_pipeline.{name}" for name in DATA} == set(PYPROJECT["packages"])
+    data = {
+        ".".join(("ab_pipeline", name, *folder.relative_to(REPO / name).parts))
+        for name in DATA
+        for folder in [REPO / name, *(p for p in (REPO / name).rglob("*") if p.is_dir())]
+    }
+    assert found | data == set(PYPROJECT["packages"])
 
 
 @pytest.mark.parametrize("name", DATA)

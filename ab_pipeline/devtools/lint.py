@@ -229,11 +229,7 @@ def exposure_property_names(warehouse: Warehouse, config: ExperimentConfig) -> l
     """Top-level keys of the experiment's exposures' `properties` (of every exposure's when
     the experiment has none yet); distinct documents are parsed, not every row."""
     table = source_relation(config.source, "exposures", warehouse.dialect)
-    keys = (
-        "jsonb_object_keys(CAST(d.doc AS JSONB))"
-        if warehouse.dialect == "postgresql"
-        else "unnest(json_keys(CAST(d.doc AS JSON)))"
-    )
+    keys = warehouse.sql_dialect.json_keys_sql("d.doc")
     for where in ("AND x.experiment_key = :key", ""):
         rows = warehouse.query(
             f"SELECT DISTINCT {keys} AS name FROM (SELECT CAST(x.properties AS TEXT) AS doc "
@@ -272,7 +268,7 @@ def check_sql_dialect(config: ExperimentConfig, warehouse: Warehouse) -> list[Li
         if (sql := kind_of(metric).sql_text(metric)) is None:
             continue
         try:
-            checked_select(sql, warehouse.dialect)
+            checked_select(sql, warehouse.sql_dialect.sqlglot_name)
         except UnsafeSQL as error:
             warnings.append(LintWarning(f"metrics.{name}.sql", f"in {warehouse.dialect}: {error}"))
     return warnings

@@ -55,8 +55,21 @@ from ab_pipeline.core.dates import midnight
 from ab_pipeline.core.errors import PipelineError
 from ab_pipeline.core.paths import data_dir
 from ab_pipeline.gates.gx_sql import prepare_gx_for
-from ab_pipeline.warehouse import Warehouse, dialect_of, engine_url, normalize_url, quote_ident
-from ab_pipeline.warehouse.sources import SourceQueryError, source_columns, source_relation
+from ab_pipeline.warehouse import (
+    Warehouse,
+    dialect_for,
+    dialect_of,
+    embedded,
+    engine_url,
+    normalize_url,
+    quote_ident,
+)
+from ab_pipeline.warehouse.sources import (
+    SourceQueryError,
+    checked_source_sql,
+    source_columns,
+    source_relation,
+)
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult
@@ -80,6 +93,8 @@ MAX_ABS_VALUE = 1e15
 _UNSAFE_TEXT = re.compile(r"[{}:%\\\x00-\x1f]")
 
 Fill = Callable[..., str]  # (template, **values of this one query) -> SQL text
+Render = Callable[[str], str]  # canonical SQL text -> the warehouse engine's
+_GX_BATCH = "ab_gx_batch"  # stands in for GX's `{batch}` while a query is rendered
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,8 @@ class ExperimentValues:
     event_metrics: dict[str, list[str]]  # metric event -> the metrics that read it
     # source given as `{sql: ...}` -> its result's {contract column: TYPE, or "missing"}
     query_columns: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # source given as `{sql: ...}` -> the query as checked in the warehouse's dialect
+    source_queries: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def metric_events(config: ExperimentConfig) -> dict[str, list[str]]:
@@ -199,6 +216,10 @@ def experiment_values(
         },
         event_metrics=events,
         query_columns=dict(query_columns or {}),
+        source_queries={
+            which: checked_source_sql(config.source, which, dialect)
+            for which in _query_sources(config)
+        },
     )
 
 
@@ -219,9 +240,10 @@ def run_data_quality(
         columns = source_query_columns(Warehouse(warehouse_url), config)
         values = dataclasses.replace(values, query_columns=columns)
         fill = _filler(values, _dialect(warehouse_url))
+        render = gx_renderer(warehouse_url)
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:
-                checks += _run_suite(datasource, template, values, fill)
+                checks += _run_suite(datasource, template, values, fill, render)
                 if template["name"] == "contract" and not all(c["passed"] for c in checks):
                     break  # the other suites compare columns of the types this found wrong
     except Exception as error:  # a bad query, an unreachable warehouse, a check GX could not run
@@ -363,10 +385,11 @@ def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
     )
 
     # An expectation's query passes through GX's `str.format` (for `{batch}`): the braces a
-    # source query may hold (a JSON literal) are doubled there, and only there.
+    # source query may hold (a JSON literal) are doubled there, and only there (a stand-in of
+    # its own, embedded with the braces doubled).
     formatted = {
-        name: mapping[name].replace("{", "{{").replace("}", "}}")
-        for name in ("exposures", "events")
+        name: embedded(sql.replace("{", "{{").replace("}", "}}"))
+        for name, sql in values.source_queries.items()
     }
 
     def fill(template: str, *, gx_format: bool = False, **extra: Any) -> str:
@@ -381,7 +404,8 @@ def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
 
 def _query_column_rows(columns: dict[str, dict[str, str]], dialect: Dialect) -> str:
     """The contract suite's rows (source, column_name, data_type) for source queries, as a
-    SELECT of literals; a SELECT of no row when no source is a query."""
+    SELECT of literals; a SELECT of no row when no source is a query (from a one-row subquery:
+    BigQuery takes no WHERE without FROM)."""
     rows = [
         f"SELECT {_sql_literal(which, dialect)} AS source, {_sql_literal(column, dialect)} "
         f"AS column_name, {_sql_literal(data_type, dialect)} AS data_type"
@@ -390,7 +414,7 @@ def _query_column_rows(columns: dict[str, dict[str, str]], dialect: Dialect) -> 
     ]
     return " UNION ALL ".join(rows) or (
         "SELECT CAST(NULL AS TEXT) AS source, CAST(NULL AS TEXT) AS column_name, "
-        "CAST(NULL AS TEXT) AS data_type WHERE FALSE"
+        "CAST(NULL AS TEXT) AS data_type FROM (SELECT 1 AS one) AS nothing WHERE FALSE"
     )
 
 
@@ -515,8 +539,24 @@ def _datasource(warehouse_url: str) -> Iterator[SQLDatasource]:
         context.data_sources.delete(name)
 
 
+def gx_renderer(warehouse_url: str) -> Render:
+    """Canonical suite SQL -> the engine's, GX's own `{batch}` placeholder kept as it is."""
+    dialect = dialect_for(warehouse_url)
+    stand_in = re.compile(rf"[`\"]?{_GX_BATCH}[`\"]?")
+
+    def render(sql: str) -> str:
+        rendered = dialect.render(sql.replace("{batch}", f'"{_GX_BATCH}"'))
+        return stand_in.sub("{batch}", rendered)
+
+    return render
+
+
 def _run_suite(
-    datasource: SQLDatasource, template: dict[str, Any], values: ExperimentValues, fill: Fill
+    datasource: SQLDatasource,
+    template: dict[str, Any],
+    values: ExperimentValues,
+    fill: Fill,
+    render: Render,
 ) -> list[dict[str, Any]]:
     import great_expectations as gx
 
@@ -525,12 +565,12 @@ def _run_suite(
     skipped = [_skipped_check(e, values) for e in template["expectations"] if e not in applicable]
     if not applicable:
         return skipped
-    with _batch_query(datasource, template, values, fill) as query:
+    with _batch_query(datasource, template, values, fill, render) as query:
         asset = datasource.add_query_asset(name=template["name"], query=query)
         batch = asset.add_batch_definition_whole_table("whole").get_batch()
         suite = gx.ExpectationSuite(
             name=template["name"],
-            expectations=[_with_bounded_query(e, fill, values) for e in applicable],
+            expectations=[_with_bounded_query(e, fill, values, render) for e in applicable],
         )
         # COMPLETE: only then does the result carry the (bounded) rows, i.e. the examples.
         outcome = batch.validate(suite, result_format="COMPLETE")
@@ -539,7 +579,11 @@ def _run_suite(
 
 @contextmanager
 def _batch_query(
-    datasource: SQLDatasource, template: dict[str, Any], values: ExperimentValues, fill: Fill
+    datasource: SQLDatasource,
+    template: dict[str, Any],
+    values: ExperimentValues,
+    fill: Fill,
+    render: Render,
 ) -> Iterator[str]:
     """The suite's batch query; with `meta.materialize`, a read of a scratch table holding the
     batch's rows, written by one query before the expectations run and dropped after them.
@@ -549,20 +593,20 @@ def _batch_query(
     its few rows (the suite's batch keeps only rows some expectation could flag)."""
     query = fill(template["meta"]["batch_query"])
     if not template["meta"].get("materialize"):
-        yield query
+        yield render(query)
         return
     from sqlalchemy import text
 
     table = scratch_table_name(values.identifiers["units"], template["name"])
     engine = datasource.get_execution_engine().engine
     with engine.begin() as connection:
-        connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
-        connection.execute(text(f"CREATE TABLE {table} AS {query}"))
+        connection.execute(text(render(f"DROP TABLE IF EXISTS {table}")))
+        connection.execute(text(render(f"CREATE TABLE {table} AS {query}")))
     try:
-        yield f"SELECT * FROM {table}"
+        yield render(f"SELECT * FROM {table}")
     finally:
         with engine.begin() as connection:
-            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            connection.execute(text(render(f"DROP TABLE IF EXISTS {table}")))
 
 
 def scratch_table_name(units: str, suite: str) -> str:
@@ -581,7 +625,7 @@ def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:
 
 
 def _with_bounded_query(
-    expectation: dict[str, Any], fill: Fill, values: ExperimentValues
+    expectation: dict[str, Any], fill: Fill, values: ExperimentValues, render: Render
 ) -> dict[str, Any]:
     """The expectation with its query filled and bounded; `meta.for_each: metric_events`
     writes the query once per metric event (`$metric_event`), joined by UNION ALL."""
@@ -594,7 +638,7 @@ def _with_bounded_query(
         )
     else:
         query = fill(template, gx_format=True)
-    kwargs["unexpected_rows_query"] = _bounded(query)
+    kwargs["unexpected_rows_query"] = render(_bounded(query))
     return expectation
 
 

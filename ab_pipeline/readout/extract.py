@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -42,7 +42,8 @@ from ab_pipeline.metrics.base import ratio_columns as ratio_columns
 from ab_pipeline.metrics.base import seconds as _seconds
 from ab_pipeline.metrics.quantile import quantile_events_sql as quantile_events_sql
 from ab_pipeline.stats.quantiles import bucket_sql, histogram_sql
-from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse import Warehouse, embedded, quote_ident
+from ab_pipeline.warehouse.dialects import dialect_named
 from ab_pipeline.warehouse.run_tables import RunWindow as RunWindow
 from ab_pipeline.warehouse.run_tables import _run_table_stem
 from ab_pipeline.warehouse.run_tables import (
@@ -155,33 +156,39 @@ class ExtractPlan:
       partition's join and per-unit aggregate fit in DuckDB's memory limit instead of spilling;
     - `unit_key`: the enrolled table's column the steps' tables carry and are joined back on
       (DuckDB's `rowid`: an integer, cheaper to group and join than a unit id string);
-    - `dialect`: the warehouse's, in which a source given as `{sql: ...}` is checked and written.
+    - `dialect`: the engine's name, whose `hash_bucket` splits units into partitions.
+    All four come from the engine's dialect module (`Dialect`).
     """
 
     histograms_in_pass: bool = True
     partitions: int = 1
     unit_key: str = "unit_id"
-    dialect: str | None = None
+    dialect: str = "duckdb"
 
     def partition_filter(self, part: int, *aliases: str) -> str:
-        """` AND hash(<alias>.unit_id) % partitions = part` per alias, or nothing unpartitioned."""
+        """` AND <hash bucket of alias.unit_id> = part` per alias, or nothing unpartitioned."""
         if self.partitions == 1:
             return ""
+        bucket = dialect_named(self.dialect).hash_bucket
         return "".join(
-            f" AND hash({alias}.unit_id) % {self.partitions} = {part}" for alias in aliases
+            f" AND {bucket(f'{alias}.unit_id', self.partitions)} = {part}" for alias in aliases
         )
 
     @classmethod
     def for_warehouse(
         cls, warehouse: Warehouse, config: ExperimentConfig, run_date: date
     ) -> ExtractPlan:
-        if warehouse.dialect == "postgresql":
-            return cls(histograms_in_pass=False, dialect=warehouse.dialect)
-        if warehouse.dialect != "duckdb":
-            return cls(dialect=warehouse.dialect)
+        dialect = warehouse.sql_dialect
+        plan = cls(
+            histograms_in_pass=dialect.histograms_in_pass,
+            unit_key=dialect.unit_key,
+            dialect=dialect.name,
+        )
+        if dialect.memory_limit_sql is None:
+            return plan
         window = RunWindow.of(config, run_date)
         exposures = warehouse.query(
-            f"SELECT COUNT(*) AS n, current_setting('memory_limit') AS memory_limit "
+            f"SELECT COUNT(*) AS n, {dialect.memory_limit_sql} AS memory_limit "
             f"FROM {source_relation(config.source, 'exposures', warehouse.dialect)} AS x "
             "WHERE experiment_key = :key "
             "AND exposed_at >= :start AND exposed_at < :end",
@@ -191,11 +198,8 @@ class ExtractPlan:
                 "end": min(window.end_exclusive, window.run_end),
             },
         )[0]
-        return cls(
-            partitions=partitions_for(int(exposures["n"]), str(exposures["memory_limit"])),
-            unit_key="rowid",
-            dialect=warehouse.dialect,
-        )
+        partitions = partitions_for(int(exposures["n"]), str(exposures["memory_limit"]))
+        return replace(plan, partitions=partitions)
 
 
 def partitions_for(exposure_rows: int, memory_limit: str) -> int:
@@ -472,21 +476,21 @@ def _sql_metric_reads(config: ExperimentConfig, dialect: str) -> tuple[list[str]
     """Statements that copy each `sql:` metric's rows (unit_id, value) into SQL_METRIC_VALUES.
 
     The user's text runs as sqlglot writes it back after `sql_safety.checked_select` (one
-    SELECT, nothing else), in the warehouse's dialect; its colons are escaped so that no
-    string literal of it becomes a bound parameter.
+    SELECT, nothing else), in the warehouse's dialect: it is `embedded`, so rendering the
+    statement for the engine leaves it as written (and escapes what the driver would read).
     """
     from ab_pipeline.core.sql_safety import UnsafeSQL, checked_select
 
     statements, params = [], {}
     for i, (name, sql) in enumerate(_sql_metrics(config).items()):
         try:
-            select = checked_select(sql, dialect).replace(":", "\\:")
+            select = checked_select(sql, dialect_named(dialect).sqlglot_name)
         except UnsafeSQL as error:
             raise ValueError(f"metrics.{name}.sql: not one read-only SELECT: {error}") from None
         params[f"sql_metric_{i}"] = name
         statements.append(
             f"INSERT INTO {SQL_METRIC_VALUES} SELECT :sql_metric_{i}, CAST(s.unit_id AS TEXT), "
-            f"CAST(s.value AS DOUBLE PRECISION) FROM (\n{select}\n) AS s"
+            f"CAST(s.value AS DOUBLE PRECISION) FROM {embedded(select)} AS s"
         )
     return statements, params
 
@@ -511,30 +515,29 @@ def _execute_with_sql_metrics(
 ) -> None:
     """Read the `sql:` metrics in a read-only transaction, then build, on one connection.
 
-    `BEGIN TRANSACTION READ ONLY` (DuckDB and PostgreSQL) lets the user's SELECT write nothing
-    but the session's temporary table: a write the parser could not foresee fails.
-    PostgreSQL's connection runs in autocommit so the explicit transactions are the only ones;
-    duckdb_engine opens one on first use, which the first COMMIT closes.
+    `BEGIN TRANSACTION READ ONLY` (where the engine has it: `Dialect.read_only_transactions`)
+    lets the user's SELECT write nothing but the session's temporary table: a write the parser
+    could not foresee fails. The connection runs in autocommit so the explicit transactions
+    are the only ones (`Dialect.autocommit`).
     """
     from sqlalchemy import text
 
-    reads, read_params = _sql_metric_reads(config, warehouse.dialect)
+    dialect = warehouse.sql_dialect
+    reads, read_params = _sql_metric_reads(config, dialect.name)
     params = {**params, **read_params}
     create = (
         f"CREATE TEMP TABLE {SQL_METRIC_VALUES} (metric TEXT, unit_id TEXT, value DOUBLE PRECISION)"
     )
+    if not dialect.read_only_transactions:
+        warehouse.execute([create, *reads, *statements], params)
+        return
     with warehouse.engine().connect() as connection:
-        if warehouse.dialect == "postgresql":
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql(create)
-        else:
-            connection.exec_driver_sql(create)
-            connection.exec_driver_sql("COMMIT")
+        connection = dialect.autocommit(connection, warehouse.render(create))
         for begin, block in (("BEGIN TRANSACTION READ ONLY", reads), ("BEGIN", statements)):
             connection.exec_driver_sql(begin)
             try:
                 for statement in block:
-                    connection.execute(text(statement), params)
+                    connection.execute(text(warehouse.render(statement)), params)
             except Exception:
                 connection.exec_driver_sql("ROLLBACK")
                 raise
@@ -548,19 +551,9 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     statements, params = build_units_sql(config, run_date, table, plan)
     statements += _sql_metric_statements(config, table)
     params.update({f"sql_metric_{i}": name for i, name in enumerate(_sql_metrics(config))})
-    if warehouse.dialect == "postgresql":
-        # Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
-        # estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
-        # whole-table ETL: hash joins are always right. ANALYZE gives the later steps' joins on
-        # the enrolled units, and the gates' and analysis's on the units table, real statistics.
-        analysed = {f"UPDATE {ENROLLED}": ENROLLED, f"CREATE TABLE {quote_ident(table)}": table}
-        prepared = ["SET LOCAL enable_nestloop = off"]
-        for statement in statements:
-            prepared.append(statement)
-            prepared += [
-                f"ANALYZE {quote_ident(n)}" for h, n in analysed.items() if statement.startswith(h)
-            ]
-        statements = [*prepared, f"ANALYZE {quote_ident(table)}"]
+    # Where the engine needs it (PostgreSQL: planner statistics), steps around the build.
+    analysed = {f"UPDATE {ENROLLED}": ENROLLED, f"CREATE TABLE {quote_ident(table)}": table}
+    statements = warehouse.sql_dialect.prepare_build(statements, analysed, table)
     if _sql_metrics(config):
         _execute_with_sql_metrics(warehouse, config, statements, params)
     else:

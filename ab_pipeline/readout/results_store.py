@@ -36,8 +36,10 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.dialects import dialect_named
 
 if TYPE_CHECKING:
+    from sqlalchemy import TextClause
     from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,14 @@ TABLES: dict[str, str] = {
 }
 T = TypeVar("T")
 LATEST = "ab_latest_"  # + the table's name without `ab_`: the view of the attempts dates stand on
-# Any fixed number: serialises concurrent writers on PostgreSQL (DDL included).
-_PG_LOCK_KEY = 0x61625F72
+
+
+def _text(connection: Connection, statement: str) -> TextClause:
+    """A canonical statement rendered for the connection's engine (SQLAlchemy names its
+    dialects as the pipeline does: duckdb, postgresql, snowflake)."""
+    from sqlalchemy import text
+
+    return text(dialect_named(connection.dialect.name).render(statement))
 
 
 def results_schema(default: str | None = None) -> str | None:
@@ -94,43 +102,43 @@ def latest_view(name: str) -> str:
 
 def ensure_tables(connection: Connection, schema: str | None) -> None:
     """Create the tables and views; migrate tables from before attempts (callers serialise)."""
-    from sqlalchemy import inspect, text
+    from sqlalchemy import inspect
 
     if schema:
-        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+        connection.execute(_text(connection, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
     existing = set(inspect(connection).get_table_names(schema=schema))
     for name, columns in TABLES.items():
         if name in existing and "attempt_id" not in _columns(connection, name, schema):
             _migrate(connection, name, columns, schema)
         elif name in existing:
             _add_columns(connection, name, schema)
-        connection.execute(text(f"CREATE TABLE IF NOT EXISTS {table(name, schema)} ({columns})"))
+        connection.execute(
+            _text(connection, f"CREATE TABLE IF NOT EXISTS {table(name, schema)} ({columns})")
+        )
     for statement in view_statements(schema):
-        connection.execute(text(statement))
+        connection.execute(_text(connection, statement))
 
 
 def _columns(connection: Connection, name: str, schema: str | None) -> list[str]:
-    from sqlalchemy import text
-
     # Not the inspector's get_columns: duckdb_engine cannot run its catalog query.
-    result = connection.execute(text(f"SELECT * FROM {table(name, schema)} WHERE 1 = 0"))
+    result = connection.execute(
+        _text(connection, f"SELECT * FROM {table(name, schema)} WHERE 1 = 0")
+    )
     return list(result.keys())
 
 
 def _add_columns(connection: Connection, name: str, schema: str | None) -> None:
     """Give a table written by an earlier version the columns added since (NULL in old rows)."""
-    from sqlalchemy import text
-
     present = set(_columns(connection, name, schema))
     for column in ADDED_COLUMNS.get(name, []):
         if column.split()[0] not in present:
-            connection.execute(text(f"ALTER TABLE {table(name, schema)} ADD COLUMN {column}"))
+            connection.execute(
+                _text(connection, f"ALTER TABLE {table(name, schema)} ADD COLUMN {column}")
+            )
 
 
 def _migrate(connection: Connection, name: str, columns: str, schema: str | None) -> None:
     """Rebuild a table from before attempts: its rows become one attempt per date."""
-    from sqlalchemy import text
-
     old = f"{name}__before_attempts"
     names = ", ".join([*_columns(connection, name, schema), "attempt_id"])
     statements = [
@@ -140,7 +148,7 @@ def _migrate(connection: Connection, name: str, columns: str, schema: str | None
         f"DROP TABLE {table(old, schema)}",
     ]
     for statement in statements:
-        connection.execute(text(statement), {"legacy": LEGACY_ATTEMPT})
+        connection.execute(_text(connection, statement), {"legacy": LEGACY_ATTEMPT})
     log.info("results table %s migrated to one row set per attempt", table(name, schema))
 
 
@@ -258,8 +266,6 @@ def check_rows(results: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 def _insert(
     connection: Connection, name: str, schema: str | None, key: dict[str, Any], rows: list[dict]
 ) -> None:
-    from sqlalchemy import text
-
     if not rows:
         return
     columns = [*key, *rows[0]]
@@ -267,7 +273,7 @@ def _insert(
         f"INSERT INTO {table(name, schema)} ({', '.join(columns)}) "
         f"VALUES ({', '.join(':' + c for c in columns)})"
     )
-    connection.execute(text(sql), [{**key, **row} for row in rows])
+    connection.execute(_text(connection, sql), [{**key, **row} for row in rows])
 
 
 def write_readout(
@@ -282,8 +288,6 @@ def write_readout(
     Earlier attempts of the date stay; only this attempt's own rows (a retried brief) are
     replaced. Without `attempt`, every call is a new attempt.
     """
-    from sqlalchemy import text
-
     written_at = written_at or datetime.now(UTC).replace(tzinfo=None)
     attempt = attempt or f"adhoc-{written_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     key = {
@@ -292,14 +296,16 @@ def write_readout(
         "attempt_id": attempt,
     }
     with warehouse.connect() as connection:  # commits at the end, rolls back on any error
-        if warehouse.dialect == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        lock = warehouse.sql_dialect.results_lock()
+        if lock is not None:  # PostgreSQL: writers of the results tables take turns
+            connection.execute(_text(connection, lock))
         ensure_tables(connection, schema)
         for name in TABLES:
             connection.execute(
-                text(
+                _text(
+                    connection,
                     f"DELETE FROM {table(name, schema)} WHERE experiment = :experiment "
-                    "AND run_date = :run_date AND attempt_id = :attempt_id"
+                    "AND run_date = :run_date AND attempt_id = :attempt_id",
                 ),
                 key,
             )

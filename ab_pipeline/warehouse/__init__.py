@@ -1,9 +1,11 @@
-"""Warehouse access through SQLAlchemy: one code path for DuckDB and PostgreSQL.
+"""Warehouse access: one code path for every engine, its differences in `dialects`.
 
-A warehouse is named by a SQLAlchemy URL (`duckdb:///path/file.duckdb`,
-`postgresql://user@host:5432/db`). Inside Airflow the URL comes from the config's connection
-(`source.conn_id`); see `url_from_connection`. Secrets stay in the URL/connection and are never
-logged: use `redacted(url)` for messages.
+A warehouse is named by a URL (`duckdb:///path/file.duckdb`, `postgresql://user@host:5432/db`,
+`snowflake://...`, `sc://host:15002` for Spark Connect); `dialects.dialect_for(url)` is its
+engine. Every statement the pipeline runs is canonical SQL, rendered for the engine by
+`Warehouse.query` / `Warehouse.execute` (`Dialect.render`). Inside Airflow the URL comes from
+the config's connection (`source.conn_id`); see `url_from_connection`. Secrets stay in the
+URL/connection and are never logged: use `redacted(url)` for messages.
 
 An embedded DuckDB file is shared by every task process of every experiment: each connection
 to it waits for the file's lock (`ab_pipeline.warehouse.warehouse_lock`) rather than failing, and
@@ -21,18 +23,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ab_pipeline.warehouse.dialects import (
+    Dialect,
+    all_dialects,
+    dialect_for,
+    dialect_for_conn_type,
+    embedded,
+)
+from ab_pipeline.warehouse.dialects.base import ConnectionFields
+from ab_pipeline.warehouse.quoting import quote_ident
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def quote_ident(name: str) -> str:
-    """Validate and return an identifier (optionally schema-qualified) for interpolation."""
-    parts = name.split(".")
-    if not parts or not all(_IDENT.match(p) for p in parts):
-        raise ValueError(f"{name!r} is not a safe SQL identifier")
-    return ".".join(f'"{p}"' for p in parts)
+__all__ = ["Dialect", "Warehouse", "dialect_for", "embedded", "quote_ident", "redacted"]
 
 
 def redacted(url: str) -> str:
@@ -41,22 +45,19 @@ def redacted(url: str) -> str:
 
 
 def normalize_url(url: str) -> str:
-    """Accept `postgresql://` and `postgres://` (psycopg2 driver), `duckdb:///file`."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url.removeprefix("postgres://")
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
+    """The URL with the engine's default driver spelled out (`postgres://` -> psycopg2)."""
+    return dialect_for(url).normalize_url(url)
 
 
 def engine_url(url: str) -> str:
-    """The URL an engine is built from: normalized, with DuckDB's resource defaults."""
-    url = normalize_url(url)
-    return _with_duckdb_defaults(url) if url.startswith("duckdb:") else url
+    """The SQLAlchemy URL an engine is built from (with DuckDB's resource defaults)."""
+    dialect = dialect_for(url)
+    return dialect.engine_url(dialect.normalize_url(url))
 
 
 def dialect_of(url: str) -> str:
-    return normalize_url(url).split(":", 1)[0].split("+", 1)[0]
+    """The engine's name: duckdb, postgresql, snowflake, bigquery, spark."""
+    return dialect_for(url).name
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,23 @@ class Warehouse:
 
     @property
     def dialect(self) -> str:
+        """The engine's name (`sql_dialect.name`)."""
         return dialect_of(self.url)
+
+    @property
+    def sql_dialect(self) -> Dialect:
+        """The engine: how canonical SQL is rendered and run on it."""
+        return dialect_for(self.url)
+
+    def render(self, sql: str) -> str:
+        return self.sql_dialect.render(sql)
 
     def engine(self, read_only: bool = False) -> Engine:
         """The process's engine for this URL; `read_only` opens a DuckDB file read-only (shared
         with other readers) when the file exists, and changes nothing on PostgreSQL."""
         url = engine_url(self.url)
-        return _engine(url, read_only and self.dialect == "duckdb" and _file_exists(url))
+        shared = read_only and not self.sql_dialect.concurrent_readers and _file_exists(url)
+        return _engine(url, shared)
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -84,8 +95,11 @@ class Warehouse:
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         from sqlalchemy import text
 
+        session = self.sql_dialect.session(self.url)
+        if session is not None:
+            return session.query(self.render(sql), dict(params or {}))
         with self.engine(read_only=True).begin() as connection:
-            result = connection.execute(text(sql), dict(params or {}))
+            result = connection.execute(text(self.render(sql)), dict(params or {}))
             return [dict(row._mapping) for row in result]
 
     def execute(
@@ -96,12 +110,21 @@ class Warehouse:
 
         if isinstance(statements, str):
             statements = [statements]
+        rendered = [self.render(statement) for statement in statements]
+        session = self.sql_dialect.session(self.url)
+        if session is not None:
+            session.execute(rendered, dict(params or {}))
+            return
         with self.connect() as connection:
-            for statement in statements:
+            for statement in rendered:
                 connection.execute(text(statement), dict(params or {}))
 
     def table_exists(self, name: str) -> bool:
         from sqlalchemy import inspect
+
+        session = self.sql_dialect.session(self.url)
+        if session is not None:
+            return session.table_exists(name)
 
         schema, _, table = name.rpartition(".")
         return inspect(self.engine(read_only=True)).has_table(table, schema=schema or None)
@@ -116,12 +139,7 @@ def _engine(url: str, read_only: bool = False) -> Engine:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        connect_args: dict[str, Any] = {}
-        if dialect_of(url) == "duckdb":
-            from ab_pipeline.warehouse import warehouse_lock
-
-            warehouse_lock.install()
-            connect_args["read_only"] = read_only
+        connect_args = dialect_for(url).connect_args(url, read_only)
         # NullPool: a connection (and the DuckDB file's lock) lasts as long as its block.
         _ENGINES[url, read_only] = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     return _ENGINES[url, read_only]
@@ -132,22 +150,6 @@ def _file_exists(url: str) -> bool:
 
     database = make_url(url).database
     return database not in (None, "", ":memory:") and os.path.exists(str(database))
-
-
-# DuckDB runs inside the task process and by default may take 80% of the machine's RAM for its
-# buffers; a cap keeps peak memory flat as events grow (joins and sorts spill to disk beyond
-# it). Set in the URL (duckdb_engine passes query parameters as DuckDB config) so that every
-# engine built from it, Great Expectations' included, gets it. Override per warehouse:
-# duckdb:///file.duckdb?memory_limit=4GB&threads=4.
-DUCKDB_DEFAULTS = {"memory_limit": "1GB"}
-
-
-def _with_duckdb_defaults(url: str) -> str:
-    from urllib.parse import parse_qsl, urlencode
-
-    base, _, query = url.partition("?")
-    settings = dict(parse_qsl(query))
-    return f"{base}?{urlencode({**DUCKDB_DEFAULTS, **settings})}"
 
 
 def dispose_all() -> None:
@@ -165,33 +167,22 @@ def url_from_connection_fields(
     schema: str | None = None,
     extra: str | Mapping[str, Any] | None = None,
 ) -> str:
-    """Turn Airflow connection fields into a SQLAlchemy URL.
-
-    `duckdb`: host is the database file path. `postgres`: the usual fields. Any connection may
-    instead carry `{"sqlalchemy_url": "..."}` in its extra, for other dialects.
-    """
+    """Turn Airflow connection fields into a warehouse URL, by the engine whose dialect module
+    claims the connection type (`duckdb`: host is the database file path; `postgres`: the
+    usual fields; see each module). Any connection may instead carry
+    `{"sqlalchemy_url": "..."}` in its extra."""
     extras = json.loads(extra) if isinstance(extra, str) and extra else dict(extra or {})
     if extras.get("sqlalchemy_url"):
         return str(extras["sqlalchemy_url"])
-    if conn_type == "duckdb":
-        if not host:
-            raise ValueError("a duckdb connection needs host = the database file path")
-        return f"duckdb:///{host}"
-    if conn_type in ("postgres", "postgresql"):
-        from urllib.parse import quote
-
-        auth = quote(login or "", safe="")
-        if password:
-            auth += ":" + quote(password, safe="")
-        netloc = f"{auth}@" if auth else ""
-        netloc += host or "localhost"
-        if port:
-            netloc += f":{port}"
-        return f"postgresql://{netloc}/{schema or 'postgres'}"
-    raise ValueError(
-        f"connection type {conn_type!r} is not supported; use duckdb, postgres, or set "
-        "extra.sqlalchemy_url"
-    )
+    dialect = dialect_for_conn_type(conn_type)
+    if dialect is None:
+        known = ", ".join(t for d in all_dialects() for t in d.conn_types)
+        raise ValueError(
+            f"connection type {conn_type!r} is not supported; use one of {known}, or set "
+            "extra.sqlalchemy_url"
+        )
+    fields = ConnectionFields(conn_type, host, login, password, port, schema, extras)
+    return dialect.url_from_connection(fields)
 
 
 def warehouse_for_connection(conn_id: str) -> Warehouse:
@@ -214,7 +205,5 @@ def warehouse_for_connection(conn_id: str) -> Warehouse:
 
 def connection_env_value(url: str) -> str:
     """The `AIRFLOW_CONN_*` value (JSON form) that makes a connection point at `url`."""
-    if dialect_of(url) == "duckdb":
-        path = normalize_url(url).removeprefix("duckdb:///")
-        return json.dumps({"conn_type": "duckdb", "host": path})
-    return json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": url}})
+    dialect = dialect_for(url)
+    return json.dumps(dialect.connection_env(dialect.normalize_url(url)))

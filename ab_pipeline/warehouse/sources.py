@@ -3,8 +3,9 @@
 `source.exposures` and `source.events` are a table name or `{sql: SELECT ...}` in the
 warehouse's dialect (docs/config.md). Every statement the pipeline generates reaches a source
 through `source_relation()`, which gives a FROM item: the quoted table name, or the checked
-query in parentheses. Callers always alias it (`FROM {relation} AS e`): PostgreSQL requires an
-alias on a subquery in FROM.
+query as an `embedded` stand-in that rendering (`Warehouse.render`) replaces with the query in
+parentheses, untranspiled. Callers always alias it (`FROM {relation} AS e`): PostgreSQL requires
+an alias on a subquery in FROM.
 
 `source_columns()` reads a source query's result columns and their types without reading a
 row, for the data-quality gate's contract check and `ab-pipeline validate --warehouse`. How a
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from ab_pipeline.core.config import Source, SourceName
-from ab_pipeline.warehouse import quote_ident
+from ab_pipeline.warehouse import embedded, quote_ident
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -30,17 +31,17 @@ class SourceQueryError(ValueError):
 
 
 def source_relation(source: Source, which: SourceName, dialect: str | None = None) -> str:
-    """A FROM item for the source (alias it): the quoted table, or `(<query>)`.
+    """A FROM item for the source in canonical SQL (alias it): the quoted table, or the
+    query's `embedded` stand-in, which rendering replaces with `(<query>)`.
 
     The query is the one SELECT `sql_safety.checked_select` finds in the config's text, as
     sqlglot writes it back in the warehouse's `dialect` (DuckDB when None): what runs is what
-    was checked. Its colons are escaped for SQLAlchemy's `text()`, through which every
-    statement runs, so no literal of it becomes a bound parameter.
+    was checked.
     """
     table = source.table(which)
     if table is not None:
         return quote_ident(table)
-    return f"(\n{checked_source_sql(source, which, dialect).replace(':', chr(92) + ':')}\n)"
+    return embedded(checked_source_sql(source, which, dialect))
 
 
 def checked_source_sql(source: Source, which: SourceName, dialect: str | None = None) -> str:
@@ -65,7 +66,7 @@ def source_columns(warehouse: Warehouse, source: Source, which: SourceName) -> d
     select = f"SELECT * FROM {relation} AS s LIMIT 0"
     try:
         with warehouse.engine(read_only=True).begin() as connection:
-            return _result_types(connection, warehouse.dialect, select)
+            return _result_types(connection, warehouse.dialect, warehouse.render(select))
     except SourceQueryError:
         raise
     except Exception as error:

@@ -51,15 +51,22 @@ def test_a_table_source_is_its_quoted_name() -> None:
     assert source_relation(Source(events="raw.events"), "events") == '"raw"."events"'
 
 
-def test_a_query_source_is_the_checked_query_in_parentheses() -> None:
+def test_a_query_source_renders_as_the_checked_query_in_parentheses() -> None:
     relation = source_relation(Source(events={"sql": "SELECT a -- note\nFROM t"}), "events")
-    assert relation.startswith("(") and relation.endswith(")")
-    assert "note" not in relation  # what runs is sqlglot's rendering of what was checked
+    rendered = Warehouse("duckdb:///unused.duckdb").render(f"SELECT * FROM {relation} AS e")
+    assert rendered == "SELECT * FROM (\nSELECT a FROM t\n) AS e"
+    # What runs is sqlglot's rendering of what was checked (the comment is gone).
 
 
-def test_the_query_is_checked_again_when_it_is_written_into_sql() -> None:
-    # A config the validation was bypassed for (model_construct): the run still refuses it.
-    unchecked = SqlSource.model_construct(sql="SELECT * FROM read_parquet('x')")
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_parquet('x')",  # a config the validation was bypassed for
+        "SELECT * FROM 'events.parquet'",  # an identifier to BigQuery, a file to DuckDB
+    ],
+)
+def test_the_query_is_checked_again_in_the_warehouse_dialect(sql: str) -> None:
+    unchecked = SqlSource.model_construct(sql=sql)
     source = Source.model_construct(exposures="exposures", events=unchecked)
     with pytest.raises(SourceQueryError, match=r"^source\.events\.sql: not one read-only"):
         source_relation(source, "events", "duckdb")

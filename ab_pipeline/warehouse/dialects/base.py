@@ -1,0 +1,225 @@
+"""What an engine is to the pipeline: one `Dialect` object per engine, in one module each.
+
+The pipeline writes its SQL once, in the canonical dialect (DuckDB's, which PostgreSQL also
+runs as written: the shared subset the pipeline has always used), with bound parameters as
+`:name`. `Dialect.render` turns a canonical statement into the engine's own SQL with sqlglot;
+everything an engine does differently beyond what sqlglot transpiles is a method or an
+attribute here, overridden in that engine's module:
+
+- how a URL names the engine (`schemes`) and becomes a SQLAlchemy URL (`engine_url`);
+- SQL pieces sqlglot cannot know the intent of (`hash_bucket`, `json_keys_sql`,
+  `materialized`);
+- how the extract runs (`unit_key`, `histograms_in_pass`, `prepare_build`);
+- transactions and locks (`read_only_transactions`, `results_lock`).
+
+Text the user wrote (a `sql:` metric, a `{sql: ...}` source) is in the engine's own dialect,
+not the canonical one, and must not be transpiled: generated SQL refers to it through
+`embedded(sql)`, a stand-in identifier that `render` swaps for the user's text after
+transpiling the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+CANONICAL = "duckdb"  # sqlglot's name for the dialect generated SQL is written in
+
+# User SQL by stand-in name; filled by `embedded`, read by `render` in the same process.
+_EMBEDDED: dict[str, str] = {}
+_EMBED_PREFIX = "ab_embedded_"
+_EMBED_NAME = re.compile(r"[\"`]?(ab_embedded_[0-9a-f]{16})[\"`]?")
+
+
+# Open `recording()` blocks, innermost last.
+_RECORDINGS: list[list[str]] = []
+
+
+@contextmanager
+def recording() -> Iterator[list[str]]:
+    """Every canonical statement rendered in this process while the block runs, in order (a
+    run on one engine, replayed through another dialect, shows what that engine would run)."""
+    statements: list[str] = []
+    _RECORDINGS.append(statements)
+    try:
+        yield statements
+    finally:
+        _RECORDINGS.remove(statements)
+
+
+def embedded(sql: str) -> str:
+    """A canonical stand-in for the user's `sql` (a FROM item): `render` writes `(sql)` there."""
+    name = _EMBED_PREFIX + hashlib.sha256(sql.encode()).hexdigest()[:16]
+    _EMBEDDED[name] = sql
+    return f'"{name}"'
+
+
+@dataclass(frozen=True)
+class ConnectionFields:
+    """An Airflow connection's fields, as `url_from_connection` reads them."""
+
+    conn_type: str
+    host: str | None = None
+    login: str | None = None
+    password: str | None = None
+    port: int | None = None
+    schema: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def netloc(self, default_host: str = "localhost") -> str:
+        """`login:password@host:port`, each part URL-quoted."""
+        from urllib.parse import quote
+
+        auth = quote(self.login or "", safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        netloc = (f"{auth}@" if auth else "") + (self.host or default_host)
+        return netloc + (f":{self.port}" if self.port else "")
+
+
+class Session(Protocol):
+    """How the pipeline talks to an engine that SQLAlchemy does not reach (Spark Connect).
+    Statements arrive rendered; parameters are bound by name (`:name`)."""
+
+    def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]: ...
+
+    def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None: ...
+
+    def table_exists(self, name: str) -> bool: ...
+
+
+class Dialect:
+    """The canonical engine behaviour; DuckDB's module overrides nothing of substance."""
+
+    name: ClassVar[str]  # the pipeline's name: duckdb, postgresql, spark, snowflake, bigquery
+    sqlglot_name: ClassVar[str]  # sqlglot's dialect name for this engine
+    schemes: ClassVar[tuple[str, ...]]  # URL schemes (before `:` / `+driver`) naming it
+    # False: canonical SQL runs on this engine as written (DuckDB, PostgreSQL).
+    transpiles: ClassVar[bool] = True
+    # The column the extract's scratch tables key units by (DuckDB: its integer `rowid`).
+    unit_key: ClassVar[str] = "unit_id"
+    # Quantile histograms as a grouping set of the metric pass (else a pass of their own).
+    histograms_in_pass: ClassVar[bool] = True
+    # `BEGIN TRANSACTION READ ONLY` around user SELECTs (else the parser's check alone).
+    read_only_transactions: ClassVar[bool] = False
+    # Reads may run while another process writes (False: DuckDB's single-writer file).
+    concurrent_readers: ClassVar[bool] = True
+
+    # Airflow connection types that name this engine (`url_from_connection`).
+    conn_types: ClassVar[tuple[str, ...]] = ()
+
+    # --- URLs and connections -------------------------------------------------------------
+
+    def normalize_url(self, url: str) -> str:
+        return url
+
+    def url_from_connection(self, fields: ConnectionFields) -> str:
+        """The warehouse URL an Airflow connection of one of `conn_types` stands for."""
+        raise ValueError(f"{self.name} connections need extra.sqlalchemy_url")
+
+    def connection_env(self, url: str) -> dict[str, Any]:
+        """The Airflow connection (`AIRFLOW_CONN_*` JSON form) that points at `url`."""
+        return {"conn_type": "generic", "extra": {"sqlalchemy_url": url}}
+
+    def connect_args(self, url: str, read_only: bool) -> dict[str, Any]:
+        """Driver arguments for the SQLAlchemy engine of `url` (and any set-up it needs)."""
+        return {}
+
+    def autocommit(self, connection: Any, statement: str) -> Any:
+        """Run `statement` on a fresh SQLAlchemy connection and return the connection such
+        that only explicit BEGIN ... COMMIT open transactions on it from then on."""
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql(statement)
+        return connection
+
+    def engine_url(self, url: str) -> str:
+        """The SQLAlchemy URL an engine is built from."""
+        return self.normalize_url(url)
+
+    def session(self, url: str) -> Session | None:
+        """The engine's own client when SQLAlchemy does not reach it; None: SQLAlchemy."""
+        return None
+
+    # --- SQL text -----------------------------------------------------------------------
+
+    def render(self, sql: str) -> str:
+        """The canonical statement `sql` as this engine runs it (bound parameters stay `:name`)."""
+        for statements in _RECORDINGS:
+            statements.append(sql)
+        if self.transpiles:
+            sql = self._transpile(sql)
+        return _EMBED_NAME.sub(lambda m: f"(\n{self.embed_text(_EMBEDDED[m.group(1)])}\n)", sql)
+
+    def embed_text(self, sql: str) -> str:
+        """User SQL as it is written into a rendered statement. SQLAlchemy's `text()` reads
+        `:word` as a bound parameter: escaped, a colon in the user's text stays a colon."""
+        return sql.replace(":", "\\:")
+
+    def _transpile(self, sql: str) -> str:
+        import sqlglot
+
+        tree = sqlglot.parse_one(sql, read=CANONICAL)
+        tree = tree.transform(self.rewrite)
+        return str(tree.sql(dialect=self.sqlglot_name))
+
+    def rewrite(self, node: Any) -> Any:
+        """One node of the parsed canonical statement, rewritten for this engine. Default:
+        bound parameters stay `:name` (SQLAlchemy's `text()` and Spark both read that form);
+        `MATERIALIZED` is dropped where the engine does not know it."""
+        from sqlglot import exp
+
+        if isinstance(node, exp.Placeholder) and node.name:
+            return exp.Var(this=f":{node.name}")
+        if isinstance(node, exp.CTE) and node.args.get("materialized") and not self.materialized:
+            node.set("materialized", None)  # a planner hint only; unknown to this engine
+        return node
+
+    def literal(self, value: Any) -> str:
+        """One Python value as an SQL literal of this engine."""
+        from sqlglot import exp
+
+        if isinstance(value, bool):
+            return "TRUE" if value else "FALSE"
+        if value is None:
+            return "NULL"
+        if isinstance(value, int | float):
+            return repr(value) if isinstance(value, int) else _float_literal(value)
+        return str(exp.Literal.string(str(value)).sql(dialect=self.sqlglot_name))
+
+    def hash_bucket(self, column: str, buckets: int) -> str:
+        """An integer in [0, buckets) from a text column, the same for the same value."""
+        return f"(hash({column}) % {buckets})"
+
+    def json_keys_sql(self, doc: str) -> str:
+        """A set-returning expression: the top-level keys of the JSON text `doc`."""
+        return f"unnest(json_keys(CAST({doc} AS JSON)))"
+
+    # Whether `WITH x AS MATERIALIZED (...)` (a hint to evaluate the CTE once) is kept.
+    materialized: ClassVar[bool] = True
+    # An expression giving the engine's memory limit as DuckDB prints it ('953.6 MiB'), for
+    # sizing the extract's hash partitions; None: the engine plans memory itself.
+    memory_limit_sql: ClassVar[str | None] = None
+
+    # --- extract and transactions ----------------------------------------------------------
+
+    def prepare_build(
+        self, statements: Sequence[str], analysed: Mapping[str, str], table: str
+    ) -> list[str]:
+        """The extract's statements (building the units `table`) as this engine should run
+        them; `analysed` maps a statement's prefix to the table it fills (PostgreSQL gathers
+        statistics there)."""
+        return list(statements)
+
+    def results_lock(self) -> str | None:
+        """A statement that serialises writers of the results tables inside a transaction,
+        or None where the engine (or the warehouse lock) already does."""
+        return None
+
+
+def _float_literal(value: float) -> str:
+    text = repr(value)
+    return text if ("e" in text or "." in text) else text + ".0"

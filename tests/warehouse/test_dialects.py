@@ -1,0 +1,116 @@
+"""The dialect layer: engines found by module, canonical SQL rendered per engine, the user's
+own SQL left as written, and generated identifiers quoted so their case survives."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
+from ab_pipeline.warehouse import Warehouse, dialect_for, embedded, engine_url, quote_ident
+from ab_pipeline.warehouse.dialects import all_dialects, dialect_named
+from tests.warehouse_fixtures import create_contract_tables, experiment_data, insert_rows
+
+CANONICAL = (
+    'WITH narrow AS MATERIALIZED (SELECT unit_id FROM "Events" WHERE event_name = :event) '
+    "SELECT COUNT(*) AS n FROM narrow x WHERE x.unit_id <> :unit"
+)
+
+
+def test_every_engine_module_is_found_and_owns_its_url_schemes() -> None:
+    names = [d.name for d in all_dialects()]
+    assert {"duckdb", "postgresql", "snowflake", "bigquery"} <= set(names)
+    schemes = [s for d in all_dialects() for s in d.schemes]
+    assert len(schemes) == len(set(schemes))  # one engine per scheme
+    assert dialect_for("postgres://u@h/db").name == "postgresql"
+    assert dialect_for("postgresql+psycopg2://u@h/db").name == "postgresql"
+    assert dialect_for("duckdb:///x.duckdb").name == "duckdb"
+
+
+def test_an_unknown_url_scheme_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"'mysql' is not supported \(known: .*duckdb"):
+        dialect_for("mysql://u@h/db")
+
+
+def test_duckdb_and_postgresql_run_canonical_sql_as_written() -> None:
+    for name in ("duckdb", "postgresql"):
+        assert dialect_named(name).render(CANONICAL) == CANONICAL
+
+
+def test_snowflake_keeps_named_parameters_and_drops_the_materialized_hint() -> None:
+    assert dialect_named("snowflake").render(CANONICAL) == (
+        'WITH narrow AS (SELECT unit_id FROM "Events" WHERE event_name = :event) '
+        "SELECT COUNT(*) AS n FROM narrow AS x WHERE x.unit_id <> :unit"
+    )
+
+
+def test_user_sql_is_embedded_as_written_not_transpiled() -> None:
+    user = "SELECT unit_id, value FROM orders QUALIFY ROW_NUMBER() OVER (ORDER BY ts) = 1"
+    canonical = f"SELECT COUNT(*) AS n FROM {embedded(user)} AS s WHERE s.value > :low"
+    rendered = dialect_named("snowflake").render(canonical)
+    assert rendered == f"SELECT COUNT(*) AS n FROM (\n{user}\n) AS s WHERE s.value > :low"
+
+
+def test_a_colon_in_user_sql_stays_a_colon_on_duckdb_and_postgresql(
+    duckdb_warehouse: Warehouse,
+) -> None:
+    user = "SELECT 'a:b' AS v, 2::INTEGER AS i"
+    sql = f"SELECT v, i FROM {embedded(user)} AS s WHERE i = :two"
+    expected = [{"v": "a:b", "i": 2}]
+    assert duckdb_warehouse.query(sql, {"two": 2}) == expected
+    assert Warehouse("postgresql://postgres@127.0.0.1:5432/test").query(sql, {"two": 2}) == expected
+
+
+def test_duckdb_engine_urls_carry_the_memory_cap_unless_the_url_sets_one() -> None:
+    assert engine_url("duckdb:///w.duckdb") == "duckdb:///w.duckdb?memory_limit=1GB"
+    assert engine_url("duckdb:///w.duckdb?memory_limit=4GB") == (
+        "duckdb:///w.duckdb?memory_limit=4GB"
+    )
+    assert engine_url("postgres://u@h/db") == "postgresql+psycopg2://u@h/db"
+
+
+def test_identifiers_are_quoted_so_their_case_survives() -> None:
+    assert quote_ident("Sales.P95Latency") == '"Sales"."P95Latency"'
+    with pytest.raises(ValueError, match="not a safe SQL identifier"):
+        quote_ident('x"; DROP TABLE y; --')
+
+
+@pytest.mark.slow
+def test_a_capitalised_quantile_metric_reads_out_on_postgresql(
+    postgres_schema: tuple[Warehouse, str], tmp_path: Path
+) -> None:
+    """Unquoted, PostgreSQL folds `m_P95Latency` to lower case and the analysis misses it."""
+    warehouse, schema = postgres_schema
+    create_contract_tables(warehouse, schema)
+    rng = random.Random(7)
+    start = datetime(2026, 5, 4)
+    exposures, events = [], []
+    for i in range(400):
+        unit, arm = f"u{i}", ("control", "treatment")[i % 2]
+        at = start + timedelta(hours=rng.randrange(0, 24 * 20))
+        exposures.append(("cap", unit, arm, at, False, False, None))
+        for k in range(3):
+            latency = rng.lognormvariate(5, 0.4) * (1.1 if arm == "treatment" else 1.0)
+            events.append((unit, "served", at + timedelta(minutes=k + 1), latency, "cap"))
+            if rng.random() < 0.3:
+                events.append((unit, "Solved", at + timedelta(hours=k + 1), None, "cap"))
+    insert_rows(warehouse, exposures, events, schema)
+    metrics = {
+        "Solved": {"type": "proportion", "event": "Solved", "window": "1d"},
+        "P95Latency": {"type": "quantile", "event": "served", "quantile": 0.95},
+    }
+    guardrails = {"P95Latency": {"max_relative_increase": 0.5}}
+    config = experiment_data("cap", metrics, "Solved", schema, guardrails=guardrails)
+    path = tmp_path / "cap.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ctx = RunContext(path, datetime(2026, 5, 31).date(), warehouse.url, tmp_path / "out")
+    run_pipeline(ctx, deliver=False)
+    results = json.loads((ctx.run_dir / "results.json").read_text())
+    latency = results["metrics"]["P95Latency"]["comparisons"]["treatment"]
+    assert latency["relative"] > 0  # the treatment's 10% slower answers are seen
+    assert results["metrics"]["Solved"]["arms"]["control"]["units"] > 150
