@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from ab_pipeline.warehouse import Warehouse
 
 
+# Engines whose result types `_result_types` reads.
+RESULT_TYPE_ENGINES = ("duckdb", "postgresql")
+
+
 class SourceQueryError(ValueError):
     """A source's query is not one read-only SELECT in this warehouse's dialect, or does not
     run there; the message names the field (`source.events.sql`)."""
@@ -62,6 +66,11 @@ def source_columns(warehouse: Warehouse, source: Source, which: SourceName) -> d
     """{column: TYPE} of the source query's result, types upper-cased as information_schema
     names them (VARCHAR, TIMESTAMP, DOUBLE PRECISION, ...). Runs the query with LIMIT 0 in the
     warehouse: nothing is read. Raises SourceQueryError naming the field when it fails."""
+    if warehouse.dialect not in RESULT_TYPE_ENGINES:
+        raise SourceQueryError(
+            f"source.{which}.sql: the column types of a query's result are not read on "
+            f"{warehouse.dialect} yet (only {', '.join(RESULT_TYPE_ENGINES)}); give a table"
+        )
     relation = source_relation(source, which, warehouse.dialect)
     select = f"SELECT * FROM {relation} AS s LIMIT 0"
     try:

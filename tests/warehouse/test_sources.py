@@ -192,3 +192,10 @@ def test_every_reader_of_a_source_reads_a_query_as_it_reads_the_table(
     assert "p95_latency_ms" in through_tables["results"]["metrics"]
     assert through_tables["srm_diagnosis"]["by_property"]
     assert through_queries == through_tables
+
+
+def test_an_engine_whose_result_types_are_not_read_yet_says_so_naming_the_field() -> None:
+    warehouse = Warehouse("snowflake://user:pw@account/db/schema")
+    source = Source(events={"sql": "SELECT * FROM app_log"})
+    with pytest.raises(SourceQueryError, match=r"^source\.events\.sql: .* not read on snowflake"):
+        source_columns(warehouse, source, "events")
