@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
     from ab_pipeline.gates.base import GateContext, GateResult
+    from ab_pipeline.warehouse import Dialect as WarehouseDialect
 
 SUITES_DIR = data_dir("expectations")
 SUITE_FILES = ("contract.json", "exposures.json", "events.json", "units.json")
@@ -239,7 +240,7 @@ def run_data_quality(
     try:
         columns = source_query_columns(Warehouse(warehouse_url), config)
         values = dataclasses.replace(values, query_columns=columns)
-        fill = _filler(values, _dialect(warehouse_url))
+        fill = _filler(values, _dialect(warehouse_url), dialect_for(warehouse_url))
         render = gx_renderer(warehouse_url)
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:
@@ -325,7 +326,7 @@ def contract_problems(warehouse: Warehouse, config: ExperimentConfig, run_date: 
         return [str(error)]
     # The contract suite reads no units table: any valid name fills the unused placeholder.
     values = experiment_values(config, run_date, "ab_units", warehouse.dialect, columns)
-    fill = _filler(values, _dialect(warehouse.url))
+    fill = _filler(values, _dialect(warehouse.url), warehouse.sql_dialect)
     batch = fill(template["meta"]["batch_query"])
     [expectation] = template["expectations"]
     query = fill(expectation["kwargs"]["unexpected_rows_query"]).replace("{batch}", f"({batch})")
@@ -366,9 +367,17 @@ def _sql_literal(value: Any, dialect: Dialect) -> str:
     return str(literal(value).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
-def _filler(values: ExperimentValues, dialect: Dialect) -> Fill:
-    """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error."""
+def _filler(
+    values: ExperimentValues, dialect: Dialect, engine: WarehouseDialect | None = None
+) -> Fill:
+    """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error.
+
+    The table names compared with information_schema are written as the warehouse's `engine`
+    stores them (Snowflake: `EXPOSURES`)."""
     mapping = {name: _sql_literal(value, dialect) for name, value in values.values.items()}
+    for name in ("exposures_table", "exposures_schema", "events_table", "events_schema"):
+        if engine is not None and values.values[name]:
+            mapping[name] = _sql_literal(engine.stored_name(values.values[name]), dialect)
     mapping.update(values.identifiers)
     # Derived SQL: the metric events as rows, and the `sql:` metrics' out-of-range predicate.
     mapping["query_source_columns"] = _query_column_rows(values.query_columns, dialect)
@@ -542,7 +551,8 @@ def _datasource(warehouse_url: str) -> Iterator[SQLDatasource]:
 def gx_renderer(warehouse_url: str) -> Render:
     """Canonical suite SQL -> the engine's, GX's own `{batch}` placeholder kept as it is."""
     dialect = dialect_for(warehouse_url)
-    stand_in = re.compile(rf"[`\"]?{_GX_BATCH}[`\"]?")
+    # Any case: Snowflake's rendering writes a lower-case quoted name in upper case.
+    stand_in = re.compile(rf"[`\"]?{_GX_BATCH}[`\"]?", re.IGNORECASE)
 
     def render(sql: str) -> str:
         rendered = dialect.render(sql.replace("{batch}", f'"{_GX_BATCH}"'))

@@ -190,6 +190,11 @@ class Dialect:
             return repr(value) if isinstance(value, int) else _float_literal(value)
         return str(exp.Literal.string(str(value)).sql(dialect=self.sqlglot_name))
 
+    def stored_name(self, name: str) -> str:
+        """A name the pipeline quotes (`quote_ident`) as the engine stores it, i.e. as
+        information_schema shows it."""
+        return name
+
     def hash_bucket(self, column: str, buckets: int) -> str:
         """An integer in [0, buckets) from a text column, the same for the same value."""
         return f"(hash({column}) % {buckets})"
