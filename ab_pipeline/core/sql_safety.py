@@ -213,7 +213,7 @@ def _check_table(node: Any) -> None:
         )
         if not safe:
             raise UnsafeSQL(
-                f"function {sorted(names)[0]}() in FROM is not allowed: a metric reads "
+                f"function {sorted(names)[0]}() in FROM is not allowed: user SQL reads "
                 "warehouse tables (table functions allowed: generate_series, range, unnest, "
                 "json_each and the like)"
             )
