@@ -9,24 +9,21 @@ an alias on a subquery in FROM.
 
 `source_columns()` reads a source query's result columns and their types without reading a
 row, for the data-quality gate's contract check and `ab-pipeline validate --warehouse`. How a
-result's types are read differs per engine; that part is `_result_types()`, and only that.
+result's types are read differs per engine: `Dialect.result_types` in the engine's module.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from ab_pipeline.core.config import Source, SourceName
 from ab_pipeline.warehouse import embedded, quote_ident
+from ab_pipeline.warehouse.dialects import all_dialects
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from ab_pipeline.warehouse import Warehouse
 
 
-# Engines whose result types `_result_types` reads.
-RESULT_TYPE_ENGINES = ("duckdb", "postgresql")
 
 
 class SourceQueryError(ValueError):
@@ -66,16 +63,18 @@ def source_columns(warehouse: Warehouse, source: Source, which: SourceName) -> d
     """{column: TYPE} of the source query's result, types upper-cased as information_schema
     names them (VARCHAR, TIMESTAMP, DOUBLE PRECISION, ...). Runs the query with LIMIT 0 in the
     warehouse: nothing is read. Raises SourceQueryError naming the field when it fails."""
-    if warehouse.dialect not in RESULT_TYPE_ENGINES:
+    dialect = warehouse.sql_dialect
+    if not dialect.reads_result_types:
+        readers = [d.name for d in all_dialects() if d.reads_result_types]
         raise SourceQueryError(
             f"source.{which}.sql: the column types of a query's result are not read on "
-            f"{warehouse.dialect} yet (only {', '.join(RESULT_TYPE_ENGINES)}); give a table"
+            f"{dialect.name} yet (only {', '.join(readers)}); give a table"
         )
     relation = source_relation(source, which, warehouse.dialect)
     select = f"SELECT * FROM {relation} AS s LIMIT 0"
     try:
         with warehouse.engine(read_only=True).begin() as connection:
-            return _result_types(connection, warehouse.dialect, warehouse.render(select))
+            return dialect.result_types(connection, warehouse.render(select))
     except SourceQueryError:
         raise
     except Exception as error:
@@ -83,32 +82,3 @@ def source_columns(warehouse: Warehouse, source: Source, which: SourceName) -> d
         raise SourceQueryError(
             f"source.{which}.sql does not run in the warehouse: {type(error).__name__}: {first}"
         ) from error
-
-
-def _result_types(connection: Connection, dialect: str, select: str) -> dict[str, str]:
-    """The engine-specific part: the result description of a (LIMIT 0) SELECT.
-
-    DuckDB: `DESCRIBE <select>` plans it and names each column's type. PostgreSQL: the driver's
-    description carries type OIDs, which `format_type` names. Both spell types as their
-    information_schema does (upper-cased here), so one list of accepted types serves tables and
-    queries alike.
-    """
-    from sqlalchemy import text
-
-    if dialect == "duckdb":
-        rows = connection.execute(text(f"DESCRIBE {select}")).all()
-        return {str(row[0]): str(row[1]).upper() for row in rows}
-    if dialect == "postgresql":
-        result = connection.execute(text(select))
-        description = result.cursor.description or []
-        # DB-API description: (name, type_code, ...); psycopg2's type_code is the type's OID.
-        oids = sorted({int(cast(Any, column[1])) for column in description})
-        names = {
-            int(row[0]): str(row[1]).upper()
-            for row in connection.execute(
-                text("SELECT oid, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(:oids)"),
-                {"oids": oids},
-            )
-        }
-        return {str(column[0]): names[int(cast(Any, column[1]))] for column in description}
-    raise ValueError(f"reading a query's column types is not implemented for {dialect}")

@@ -129,6 +129,14 @@ class Dialect:
         """Driver arguments for the SQLAlchemy engine of `url` (and any set-up it needs)."""
         return {}
 
+    # Whether `result_types` can read a query's column types (a `{sql: ...}` source's contract).
+    reads_result_types: ClassVar[bool] = False
+
+    def result_types(self, connection: Any, select: str) -> dict[str, str]:
+        """{column: TYPE} of a rendered (LIMIT 0) SELECT's result, types upper-cased and
+        spelled as the engine's information_schema spells them, read without reading a row."""
+        raise NotImplementedError(f"{self.name} does not read a query's result types")
+
     def autocommit(self, connection: Any, statement: str) -> Any:
         """Run `statement` on a fresh SQLAlchemy connection and return the connection such
         that only explicit BEGIN ... COMMIT open transactions on it from then on."""

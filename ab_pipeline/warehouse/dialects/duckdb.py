@@ -42,6 +42,15 @@ class DuckDB(Dialect):
         warehouse_lock.install()
         return {"read_only": read_only}
 
+    reads_result_types = True
+
+    def result_types(self, connection: Any, select: str) -> dict[str, str]:
+        """`DESCRIBE <select>` plans the query and names each column's type."""
+        from sqlalchemy import text
+
+        rows = connection.execute(text(f"DESCRIBE {select}")).all()
+        return {str(row[0]): str(row[1]).upper() for row in rows}
+
     def autocommit(self, connection: Any, statement: str) -> Any:
         # duckdb_engine opens a transaction on first use; the COMMIT closes it.
         connection.exec_driver_sql(statement)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect
 
@@ -22,6 +23,24 @@ class PostgreSQL(Dialect):
     # the joins and per-unit aggregates of a large experiment to disk in batches).
     work_mem = "256MB"
     conn_types = ("postgres", "postgresql")
+
+    reads_result_types = True
+
+    def result_types(self, connection: Any, select: str) -> dict[str, str]:
+        """The driver's result description carries type OIDs, which `format_type` names."""
+        from sqlalchemy import text
+
+        description = connection.execute(text(select)).cursor.description or []
+        # DB-API description: (name, type_code, ...); psycopg2's type_code is the type's OID.
+        oids = sorted({int(column[1]) for column in description})
+        names = {
+            int(row[0]): str(row[1]).upper()
+            for row in connection.execute(
+                text("SELECT oid, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(:oids)"),
+                {"oids": oids},
+            )
+        }
+        return {str(column[0]): names[int(column[1])] for column in description}
 
     def url_from_connection(self, fields: ConnectionFields) -> str:
         return f"postgresql://{fields.netloc()}/{fields.schema or 'postgres'}"
