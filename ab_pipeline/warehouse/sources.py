@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from ab_pipeline.warehouse import Warehouse
 
 
-
-
 class SourceQueryError(ValueError):
     """A source's query is not one read-only SELECT in this warehouse's dialect, or does not
     run there; the message names the field (`source.events.sql`)."""
