@@ -19,8 +19,9 @@ class PostgreSQL(Dialect):
     # PostgreSQL sorts grouping sets on disk instead of hashing them.
     histograms_in_pass = False
     read_only_transactions = True
-    # Memory per sort or hash of the extract's transaction (PostgreSQL's default, 4MB, sends
-    # the joins and per-unit aggregates of a large experiment to disk in batches).
+    # Memory per sort or hash of the pipeline's sessions (PostgreSQL's default, 4MB, sends the
+    # extract's joins and per-unit aggregates, and the data-quality queries' of a large
+    # experiment, to disk in batches). A URL with its own `options` keeps them.
     work_mem = "256MB"
     conn_types = ("postgres", "postgresql")
 
@@ -53,6 +54,14 @@ class PostgreSQL(Dialect):
             url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
         return url
 
+    def engine_url(self, url: str) -> str:
+        from urllib.parse import parse_qsl, urlencode
+
+        base, _, query = url.partition("?")
+        settings = dict(parse_qsl(query))
+        settings.setdefault("options", f"-c work_mem={self.work_mem}")
+        return f"{base}?{urlencode(settings)}"
+
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"(abs(hashtext({column})) % {buckets})"
 
@@ -68,7 +77,7 @@ class PostgreSQL(Dialect):
         table gives the later joins on it real statistics."""
         from ab_pipeline.warehouse.quoting import quote_ident
 
-        prepared = ["SET LOCAL enable_nestloop = off", f"SET LOCAL work_mem = {self.work_mem!r}"]
+        prepared = ["SET LOCAL enable_nestloop = off"]
         for statement in statements:
             prepared.append(statement)
             prepared += [
