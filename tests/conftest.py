@@ -21,6 +21,26 @@ def duckdb_warehouse(tmp_path: Path) -> Iterator[Warehouse]:
     dispose_all()
 
 
+@pytest.fixture(scope="session")
+def fakesnow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fakesnow server (Snowflake's API over DuckDB, tests/snowflake_server.py) for the
+    session, its URL naming the PUBLIC schema; `snowflake_warehouse` gives a test a schema
+    of its own."""
+    from tests.snowflake_server import serving_fakesnow
+
+    with serving_fakesnow(tmp_path_factory.mktemp("fakesnow")) as url:
+        yield url
+        dispose_all()
+
+
+@pytest.fixture
+def snowflake_warehouse(fakesnow_url: str) -> Iterator[Warehouse]:
+    """A fresh schema on the fakesnow server (created when the connection names it)."""
+    schema = f"AB_TEST_{uuid.uuid4().hex[:10].upper()}"
+    yield Warehouse(fakesnow_url.replace("/PUBLIC?", f"/{schema}?"))
+    dispose_all()
+
+
 @pytest.fixture
 def postgres_schema() -> Iterator[tuple[Warehouse, str]]:
     """A fresh schema in the real PostgreSQL, dropped afterwards."""

@@ -393,6 +393,34 @@ def test_warehouse_doc_loads_into_postgresql(tmp_path: Path, scratch_database: s
     assert enrolled(warehouse, "raw.exposures", "raw.events") == ENROLLED
 
 
+def test_warehouse_doc_loads_into_snowflake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's Snowflake statements, sent as written through the connector (PUT reads the
+    CSVs relative to the process) to a fakesnow server."""
+    from tests.snowflake_server import serving_fakesnow
+
+    write_csv_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with serving_fakesnow(tmp_path / "fakesnow") as url:
+        warehouse = Warehouse(url)
+        try:
+            raw = warehouse.engine().raw_connection()
+            cursor = raw.cursor()
+            for block in ("sql snowflake", "sql snowflake-load"):
+                for statement in statements(one_block("warehouse.md", block)):
+                    cursor.execute(statement)
+            raw.commit()
+            raw.close()
+            [counts] = warehouse.query(
+                "SELECT (SELECT COUNT(*) FROM exposures) AS x, (SELECT COUNT(*) FROM events) AS e"
+            )
+            assert counts == {"x": 4, "e": 4}
+            assert enrolled(warehouse, "exposures", "events") == ENROLLED
+        finally:
+            dispose_all()
+
+
 def ddl_columns(ddl: str) -> list[str]:
     """Column names of a CREATE TABLE body (constraints left out)."""
     parts = re.split(r",\s*(?![^()]*\))", ddl)  # commas outside parentheses
@@ -445,7 +473,7 @@ def resolve(value: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_connection_examples_resolve_to_the_urls_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     examples = warehouse_examples()
-    assert len(examples) == 8, examples  # every example on the page is checked
+    assert len(examples) == 10, examples  # every example on the page is checked
     for value, url in examples:
         assert resolve(value, monkeypatch) == url, value
 

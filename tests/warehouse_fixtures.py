@@ -65,6 +65,11 @@ def insert_rows(
         (f"{prefix}exposures", EXPOSURE_COLUMNS, exposure_rows),
         (f"{prefix}events", EVENT_COLUMNS, list(events)),
     ]
+    if warehouse.dialect == "snowflake":
+        for table, columns, rows in tables:
+            if rows:
+                _snowflake_insert(warehouse, table, columns, rows)
+        return
     load = _duckdb_insert if warehouse.dialect == "duckdb" else _postgres_copy
     with warehouse.connect() as connection:
         raw = connection.connection.dbapi_connection
@@ -84,6 +89,39 @@ def _duckdb_insert(raw: Any, table: str, columns: Sequence[str], rows: list[Any]
         raw.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM fixture_rows")
     finally:
         raw.unregister("fixture_rows")
+
+
+def _snowflake_insert(
+    warehouse: Warehouse, table: str, columns: Sequence[str], rows: list[Any]
+) -> None:
+    """INSERT ... SELECT over VALUES, rendered like the pipeline's SQL (Snowflake takes no
+    function call such as PARSE_JSON inside VALUES)."""
+    from ab_pipeline.warehouse.dialects import dialect_named
+
+    literal = dialect_named("snowflake").literal
+    names = ", ".join(f"c{i}" for i in range(len(columns)))
+    select = ", ".join(
+        f"CAST(c{i} AS JSON)" if c == "properties" else f"c{i}" for i, c in enumerate(columns)
+    )
+    statements = []
+    for start in range(0, len(rows), 500):
+        values = ", ".join(
+            "(" + ", ".join(_typed(literal, v) for v in row) + ")"
+            for row in rows[start : start + 500]
+        )
+        statements.append(
+            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "
+            f"FROM (VALUES {values}) AS v({names})"
+        )
+    warehouse.execute(statements)
+
+
+def _typed(literal: Any, value: Any) -> str:
+    if isinstance(value, datetime):
+        return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
+    if isinstance(value, float) and value != value:
+        return "NULL"
+    return str(literal(value))
 
 
 def _postgres_copy(raw: Any, table: str, columns: Sequence[str], rows: list[Any]) -> None:

@@ -19,9 +19,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
     PrivateAttr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -96,20 +98,87 @@ class Hypothesis(_Strict):
     mechanism: str | None = None
 
 
+def _checked_select_text(sql: str) -> str:
+    """User SQL (a metric's or a source's `sql:`) is one read-only SELECT.
+
+    Parsed (sqlglot, imported only for configs with `sql:`) in every supported dialect that
+    reads it; the run checks it again in its warehouse's own dialect.
+    """
+    from ab_pipeline.core.sql_safety import UnsafeSQL, checked_in_any_dialect
+
+    try:
+        checked_in_any_dialect(sql)
+    except UnsafeSQL as error:
+        raise ValueError(f"not one read-only SELECT: {error}") from None
+    return sql
+
+
+class SqlSource(_Strict):
+    """A source given as a query in the warehouse's own dialect, returning the contract's
+    columns (docs/warehouse.md): a team maps its own tables without building views."""
+
+    sql: str = Field(min_length=1)
+
+    @field_validator("sql")
+    @classmethod
+    def _one_select(cls, sql: str) -> str:
+        return _checked_select_text(sql)
+
+
+def _source_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "table"
+    if isinstance(value, dict | SqlSource):
+        return "sql"
+    return None
+
+
+# A table name, or `{sql: SELECT ...}`. The tag (`table` / `sql`) is dropped from error
+# locations (`_problems_from`), so a bad query is reported at `source.events.sql`.
+SourceRelation = Annotated[
+    Annotated[str, Tag("table")] | Annotated[SqlSource, Tag("sql")],
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_relation",
+        custom_error_message="give a table name ([schema.]identifier) or {sql: SELECT ...}",
+    ),
+]
+SourceName = Literal["exposures", "events"]
+# The columns a source query returns (docs/warehouse.md), in the contract's order.
+SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "exposures": (
+        "experiment_key",
+        "unit_id",
+        "arm",
+        "exposed_at",
+        "is_internal",
+        "is_bot",
+        "properties",
+    ),
+    "events": ("unit_id", "event_name", "occurred_at", "value", "experiment_key"),
+}
+
+
 class Source(_Strict):
     conn_id: str = "ab_warehouse"
-    exposures: str = "exposures"
-    events: str = "events"
+    exposures: SourceRelation = "exposures"
+    events: SourceRelation = "events"
     # Where the run's scratch (units) table goes; default: the exposures table's schema, so a
-    # schema-qualified source stays self-contained.
+    # schema-qualified source stays self-contained (an SQL source has none: the connection's
+    # default schema).
     work_schema: str | None = None
 
     @field_validator("exposures", "events")
     @classmethod
-    def _table_name(cls, value: str) -> str:
+    def _table_name(cls, value: str | SqlSource) -> str | SqlSource:
         # Table names are interpolated into SQL: allow only (schema.)identifier.
+        if not isinstance(value, str):
+            return value
         if not all(_IDENT.match(part) for part in value.split(".")) or value.count(".") > 1:
-            raise ValueError(f"{value!r} is not a table name ([schema.]identifier)")
+            raise ValueError(
+                f"{value!r} is not a table name ([schema.]identifier); give a query as "
+                "{sql: SELECT ...}"
+            )
         return value
 
     @field_validator("work_schema")
@@ -119,9 +188,24 @@ class Source(_Strict):
             raise ValueError(f"{value!r} is not a schema name (identifier)")
         return value
 
+    def table(self, which: SourceName) -> str | None:
+        """The source's table name, or None when it is given as `{sql: ...}`."""
+        relation = getattr(self, which)
+        return relation if isinstance(relation, str) else None
+
+    def sql(self, which: SourceName) -> str | None:
+        """The source's query, or None when it is a table."""
+        relation = getattr(self, which)
+        return None if isinstance(relation, str) else relation.sql
+
+    def describe(self, which: SourceName) -> str:
+        """How messages name the source: its table, or `source.<which>.sql`."""
+        return self.table(which) or f"source.{which}.sql"
+
     @property
     def units_schema(self) -> str | None:
-        schema, _, _ = self.exposures.rpartition(".")
+        table = self.table("exposures")
+        schema = table.rpartition(".")[0] if table else ""
         return self.work_schema or schema or None
 
 
@@ -184,16 +268,7 @@ class _MetricBase(_Strict):
     @field_validator("sql")
     @classmethod
     def _one_select(cls, sql: str | None) -> str | None:
-        # Parsed (sqlglot, imported only for configs with `sql:`) in every supported dialect
-        # that reads it; the run checks it again in its warehouse's own dialect.
-        from ab_pipeline.core.sql_safety import UnsafeSQL, checked_in_any_dialect
-
-        if sql is not None:
-            try:
-                checked_in_any_dialect(sql)
-            except UnsafeSQL as error:
-                raise ValueError(f"not one read-only SELECT: {error}") from None
-        return sql
+        return None if sql is None else _checked_select_text(sql)
 
     @model_validator(mode="after")
     def _event_or_sql(self) -> _MetricBase:
@@ -609,6 +684,9 @@ def _problems_from(error: ValidationError) -> list[ConfigProblem]:
         # and only that: a field may share a tag's name (metrics.x.quantile.quantile).
         loc = [str(p) for p in item["loc"]]
         if len(loc) > 2 and loc[0] == "metrics" and loc[2] in _METRIC_TYPES:
+            del loc[2]
+        # Likewise a source's tag (source.events.sql.sql -> source.events.sql).
+        if len(loc) > 2 and loc[0] == "source" and loc[2] in ("table", "sql"):
             del loc[2]
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":

@@ -26,8 +26,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# The warehouse dialect names this project uses -> sqlglot's.
-DIALECTS = {"duckdb": "duckdb", "postgresql": "postgres", "postgres": "postgres"}
+# Warehouse names that differ from sqlglot's; any other name is sqlglot's own (the warehouse
+# dialect modules pass their `sqlglot_name`).
+DIALECTS = {"postgresql": "postgres"}
+# sqlglot names of every engine's dialect, for configs whose warehouse is not known yet; the
+# warehouse layer adds its engines' (`ab_pipeline.warehouse.dialects.all_dialects`).
+ENGINE_DIALECTS: set[str] = {"duckdb", "postgres"}
 DEFAULT_DIALECT = "duckdb"
 
 DENIED_FUNCTIONS = frozenset(
@@ -98,8 +102,10 @@ class UnsafeSQL(ValueError):
 
 
 def sqlglot_dialect(warehouse_dialect: str | None) -> str:
-    """sqlglot's name for a warehouse dialect (`postgresql` -> `postgres`); DuckDB when unknown."""
-    return DIALECTS.get(warehouse_dialect or DEFAULT_DIALECT, DEFAULT_DIALECT)
+    """sqlglot's name for a warehouse dialect (`postgresql` -> `postgres`); DuckDB's when none
+    is given."""
+    name = warehouse_dialect or DEFAULT_DIALECT
+    return DIALECTS.get(name, name)
 
 
 def checked_select(sql: str, dialect: str | None = None) -> str:
@@ -124,7 +130,7 @@ def checked_in_any_dialect(sql: str) -> None:
     """For a config whose warehouse is not known yet: the text must parse in at least one
     supported dialect, and be safe in every dialect that parses it."""
     failures = []
-    for dialect in sorted(set(DIALECTS.values())):
+    for dialect in sorted(ENGINE_DIALECTS):
         try:
             checked_select(sql, dialect)
             return
@@ -207,7 +213,7 @@ def _check_table(node: Any) -> None:
         )
         if not safe:
             raise UnsafeSQL(
-                f"function {sorted(names)[0]}() in FROM is not allowed: a metric reads "
+                f"function {sorted(names)[0]}() in FROM is not allowed: user SQL reads "
                 "warehouse tables (table functions allowed: generate_series, range, unnest, "
                 "json_each and the like)"
             )

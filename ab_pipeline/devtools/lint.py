@@ -14,6 +14,10 @@ Rules:
 - `plan`: the sample size per arm is reachable by `end` at the enrolment rate, stated
   (`plan.expected_units_per_day`) or observed in the warehouse (`--warehouse`); the smallest arm
   is the binding one;
+- with `--warehouse`, a source given as `{sql: ...}` is one read-only SELECT in the warehouse's
+  dialect, runs (with LIMIT 0: no row is read) and returns every column of the contract with a
+  type the pipeline reads (the data-quality gate's `contract_column_types` check); a source that
+  does not is an error, not a warning (`blocking`): the run could not read it;
 - with `--warehouse`: every event name the config reads exists in the events table, and every
   receipt field is a property of the experiment's exposures (of any exposure before it has
   one); a missing name is reported with the nearest existing one (difflib), since a misspelt
@@ -27,9 +31,10 @@ import difflib
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from ab_pipeline.core.config import ExperimentConfig
+from ab_pipeline.core.config import SOURCE_COLUMNS, ExperimentConfig, SourceName
 from ab_pipeline.metrics import kind_of
-from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse.sources import SourceQueryError, source_columns, source_relation
 
 # topic -> keywords. Substrings, so "escalat" matches escalation/escalated/escalations.
 TOPICS: dict[str, tuple[str, ...]] = {
@@ -46,6 +51,9 @@ TOPICS: dict[str, tuple[str, ...]] = {
 class LintWarning:
     field: str
     reason: str
+    # An error even without --strict: the run would fail on it (a source query that does not
+    # match the contract).
+    blocking: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,11 +159,11 @@ def observed_enrolment(
     warehouse: Warehouse, config: ExperimentConfig, as_of: date | None = None
 ) -> Enrolment | None:
     """Distinct enrolled units per day from the exposures table, over the days seen so far."""
-    table = quote_ident(config.source.exposures)
-    if not warehouse.table_exists(config.source.exposures):
+    if not readable(config, warehouse, "exposures"):
         return None
+    table = source_relation(config.source, "exposures", warehouse.dialect)
     [row] = warehouse.query(
-        f"SELECT COUNT(DISTINCT unit_id) AS units, MAX(exposed_at) AS last FROM {table} "
+        f"SELECT COUNT(DISTINCT unit_id) AS units, MAX(exposed_at) AS last FROM {table} AS x "
         "WHERE experiment_key = :key AND exposed_at >= :start",
         {"key": config.key, "start": config.start},
     )
@@ -186,13 +194,13 @@ def _nearest(name: str, existing: list[str]) -> str:
 def check_event_names(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:
     """Event names missing from the events table, each with the nearest existing name."""
     events = config_events(config)
-    if not events or not warehouse.table_exists(config.source.events):
+    if not events or not readable(config, warehouse, "events"):
         return []
-    table = quote_ident(config.source.events)
+    table = source_relation(config.source, "events", warehouse.dialect)
     wanted = sorted(set(events.values()))
     binds = {f"e{i}": event for i, event in enumerate(wanted)}
     found = warehouse.query(
-        f"SELECT event_name FROM {table} WHERE event_name IN "
+        f"SELECT event_name FROM {table} AS e WHERE event_name IN "
         f"({', '.join(':' + b for b in binds)}) GROUP BY event_name",
         binds,
     )
@@ -202,15 +210,15 @@ def check_event_names(config: ExperimentConfig, warehouse: Warehouse) -> list[Li
     existing = [
         str(row["event_name"])
         for row in warehouse.query(
-            f"SELECT event_name FROM {table} WHERE event_name IS NOT NULL "
+            f"SELECT event_name FROM {table} AS e WHERE event_name IS NOT NULL "
             "GROUP BY event_name ORDER BY event_name LIMIT 100000"
         )
     ]
     return [
         LintWarning(
             field,
-            f"no `{event}` events in {config.source.events}: the metric would have no data"
-            + _nearest(event, existing),
+            f"no `{event}` events in {config.source.describe('events')}: the metric would "
+            "have no data" + _nearest(event, existing),
         )
         for field, event in events.items()
         if event in missing
@@ -220,7 +228,7 @@ def check_event_names(config: ExperimentConfig, warehouse: Warehouse) -> list[Li
 def exposure_property_names(warehouse: Warehouse, config: ExperimentConfig) -> list[str]:
     """Top-level keys of the experiment's exposures' `properties` (of every exposure's when
     the experiment has none yet); distinct documents are parsed, not every row."""
-    table = quote_ident(config.source.exposures)
+    table = source_relation(config.source, "exposures", warehouse.dialect)
     keys = warehouse.sql_dialect.json_keys_sql("d.doc")
     for where in ("AND x.experiment_key = :key", ""):
         rows = warehouse.query(
@@ -235,7 +243,7 @@ def exposure_property_names(warehouse: Warehouse, config: ExperimentConfig) -> l
 
 
 def check_receipt_fields(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:
-    if not config.receipt or not warehouse.table_exists(config.source.exposures):
+    if not config.receipt or not readable(config, warehouse, "exposures"):
         return []
     existing = exposure_property_names(warehouse, config)
     if not existing:
@@ -243,8 +251,8 @@ def check_receipt_fields(config: ExperimentConfig, warehouse: Warehouse) -> list
     return [
         LintWarning(
             "receipt",
-            f"`{field}` is not a property of the exposures in {config.source.exposures}"
-            + _nearest(field, existing),
+            f"`{field}` is not a property of the exposures in "
+            f"{config.source.describe('exposures')}" + _nearest(field, existing),
         )
         for field in config.receipt
         if field not in existing
@@ -266,8 +274,67 @@ def check_sql_dialect(config: ExperimentConfig, warehouse: Warehouse) -> list[Li
     return warnings
 
 
+def readable(config: ExperimentConfig, warehouse: Warehouse, which: SourceName) -> bool:
+    """Whether the other checks can read the source: its table exists, or its query runs and
+    returns the contract's columns (`check_source_queries` reports why not)."""
+    table = config.source.table(which)
+    if table is not None:
+        return warehouse.table_exists(table)
+    try:
+        columns = source_columns(warehouse, config.source, which)
+    except SourceQueryError:
+        return False
+    return set(SOURCE_COLUMNS[which]) <= set(columns)
+
+
+def check_source_queries(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:
+    """Each source given as `{sql: ...}`: one read-only SELECT in the warehouse's dialect that
+    runs (LIMIT 0) and returns the contract's columns with types the pipeline reads."""
+    from ab_pipeline.gates.data_quality import contract_problems
+
+    warnings: list[LintWarning] = []
+    queries: list[SourceName] = [w for w in ("exposures", "events") if config.source.sql(w)]
+    for which in queries:
+        field = f"source.{which}.sql"
+        try:
+            columns = source_columns(warehouse, config.source, which)
+        except SourceQueryError as error:
+            reason = str(error).removeprefix(f"{field}: ").removeprefix(field + " ")
+            warnings.append(LintWarning(field, reason, blocking=True))
+            continue
+        missing = [c for c in SOURCE_COLUMNS[which] if c not in columns]
+        if missing:
+            names = ", ".join(f"`{c}`" for c in missing)
+            warnings.append(
+                LintWarning(
+                    field,
+                    f"the query returns no column {names}; a {which} source returns "
+                    f"{', '.join(SOURCE_COLUMNS[which])} (docs/warehouse.md)",
+                    blocking=True,
+                )
+            )
+    if not warnings and queries:
+        # The data-quality gate's own type check, over the queries' LIMIT 0 results.
+        for problem in contract_problems(warehouse, config, config.end):
+            source, _, rest = problem.partition(".")
+            column, _, found = rest.partition(" is ")
+            if source in queries and found != "missing":
+                warnings.append(
+                    LintWarning(
+                        f"source.{source}.sql",
+                        f"column `{column}` is {found}, a type the pipeline cannot read the "
+                        "same on every worker: ids, arms and names text, timestamps TIMESTAMP "
+                        "(without time zone, in UTC), value numeric, flags boolean, properties "
+                        "JSON; cast it in the query",
+                        blocking=True,
+                    )
+                )
+    return warnings
+
+
 def check_warehouse_names(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:
     return [
+        *check_source_queries(config, warehouse),
         *check_event_names(config, warehouse),
         *check_receipt_fields(config, warehouse),
         *check_sql_dialect(config, warehouse),

@@ -23,6 +23,7 @@ from ab_pipeline.core.assignment import arm_case_sql, bucket_sql, digest_sql, sa
 from ab_pipeline.core.config import ExperimentConfig
 from ab_pipeline.warehouse import Warehouse, quote_ident
 from ab_pipeline.warehouse.run_tables import RunWindow
+from ab_pipeline.warehouse.sources import source_relation
 
 if TYPE_CHECKING:
     from ab_pipeline.gates.base import GateContext, GateResult
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 EXAMPLES = 5
 
 
-def _mismatch_sql(config: ExperimentConfig, units_table: str) -> tuple[str, dict[str, Any]]:
+def _mismatch_sql(
+    config: ExperimentConfig, units_table: str, dialect: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """One row per enrolled unit: its expected arm and any logged arm that differs."""
     case, params = arm_case_sql("h.bucket", config.arms)
     sql = f"""
@@ -41,7 +44,7 @@ WITH hashed AS (
 expected AS (SELECT h.unit_id, {case} AS arm FROM hashed h),
 logged AS (
   SELECT DISTINCT x.unit_id, x.arm
-  FROM {quote_ident(config.source.exposures)} x
+  FROM {source_relation(config.source, "exposures", dialect)} x
   JOIN expected e ON e.unit_id = x.unit_id
   WHERE x.experiment_key = :key AND x.exposed_at >= :start
     AND x.exposed_at < :end_exclusive AND x.exposed_at < :run_end
@@ -60,7 +63,7 @@ def check_hash(
 ) -> dict[str, Any]:
     """Counts, rate and a few examples of units whose logged arm is not their hashed arm."""
     window = RunWindow.of(config, run_date)
-    cte, params = _mismatch_sql(config, units_table)
+    cte, params = _mismatch_sql(config, units_table, warehouse.dialect)
     params.update(
         assign_prefix=salt_prefix(config.key, config.version),
         key=config.key,
@@ -94,7 +97,7 @@ def check_early_exposures(
     sql = f"""
 WITH first_seen AS (
   SELECT e.unit_id, MIN(e.occurred_at) AS first_event_at
-  FROM {quote_ident(config.source.events)} e
+  FROM {source_relation(config.source, "events", warehouse.dialect)} e
   JOIN {quote_ident(units_table)} u ON u.unit_id = e.unit_id
   WHERE e.event_name = :event AND e.occurred_at >= :start AND e.occurred_at < :run_end
   GROUP BY e.unit_id

@@ -2,8 +2,9 @@
 
 The suites are JSON files in `expectations/` (versioned with the code), one per batch:
 
-- `contract.json`: the column types of the exposures and events tables (information_schema);
-  when it fails, the other suites are not run (their comparisons assume those types);
+- `contract.json`: the column types of the exposures and events tables (information_schema),
+  or of a source query's result (`source_query_columns()`: the query run with LIMIT 0); when it
+  fails, the other suites are not run (their comparisons assume those types);
 - `exposures.json`: this experiment's exposures (nulls, arms, window, one arm per unit);
 - `events.json`: events of enrolled units, plus unattributable events (no unit_id) in the
   experiment's period (nulls, data from the future, experiment tags);
@@ -23,8 +24,9 @@ expectations are deliberately not used: on a query asset GX reads the column lis
 the bare batch query, and PostgreSQL's driver would then pull every row of the batch into Python.
 
 Per-experiment values enter in one place, `experiment_values()`, and reach the SQL text as
-`$name` placeholders filled with validated, quoted identifiers and dialect-escaped literals (GX
-query assets and `UnexpectedRowsExpectation` take SQL text, not bound parameters).
+`$name` placeholders filled with validated, quoted identifiers (a source given as `{sql: ...}`:
+its checked query in parentheses, `ab_pipeline.warehouse.sources`) and dialect-escaped literals
+(GX query assets and `UnexpectedRowsExpectation` take SQL text, not bound parameters).
 
 `great_expectations` is imported inside functions only: it costs seconds to import and the DAG
 file imports the pipeline at parse time.
@@ -33,6 +35,7 @@ file imports the pipeline at parse time.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -47,12 +50,25 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ab_pipeline.core.config import ExperimentConfig
+from ab_pipeline.core.config import SOURCE_COLUMNS, ExperimentConfig, SourceName
 from ab_pipeline.core.dates import midnight
 from ab_pipeline.core.errors import PipelineError
 from ab_pipeline.core.paths import data_dir
 from ab_pipeline.gates.gx_sql import prepare_gx_for
-from ab_pipeline.warehouse import dialect_for, normalize_url, quote_ident
+from ab_pipeline.warehouse import (
+    Warehouse,
+    dialect_for,
+    dialect_of,
+    embedded,
+    normalize_url,
+    quote_ident,
+)
+from ab_pipeline.warehouse.sources import (
+    SourceQueryError,
+    checked_source_sql,
+    source_columns,
+    source_relation,
+)
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult
@@ -60,7 +76,7 @@ if TYPE_CHECKING:
     from great_expectations.datasource.fluent import Datasource
 
     from ab_pipeline.gates.base import GateContext, GateResult
-    from ab_pipeline.warehouse import Warehouse
+    from ab_pipeline.warehouse import Dialect as WarehouseDialect
 
 SUITES_DIR = data_dir("expectations")
 SUITE_FILES = ("contract.json", "exposures.json", "events.json", "units.json")
@@ -85,10 +101,14 @@ _GX_BATCH = "ab_gx_batch"  # stands in for GX's `{batch}` while a query is rende
 class ExperimentValues:
     """Everything experiment-specific the suites see."""
 
-    identifiers: dict[str, str]  # $placeholder -> validated, quoted table name
+    identifiers: dict[str, str]  # $placeholder -> validated, quoted table name (or a source query)
     values: dict[str, Any]  # $placeholder -> Python value, rendered as an SQL literal
     words: dict[str, str]  # fields of the detail sentences
     event_metrics: dict[str, list[str]]  # metric event -> the metrics that read it
+    # source given as `{sql: ...}` -> its result's {contract column: TYPE, or "missing"}
+    query_columns: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # source given as `{sql: ...}` -> the query as checked in the warehouse's dialect
+    source_queries: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def metric_events(config: ExperimentConfig) -> dict[str, list[str]]:
@@ -115,10 +135,37 @@ def sql_metric_columns(config: ExperimentConfig) -> dict[str, str]:
     }
 
 
+def source_query_columns(
+    warehouse: Warehouse, config: ExperimentConfig
+) -> dict[str, dict[str, str]]:
+    """{source given as `{sql: ...}`: {contract column: its type in the query's result, or
+    "missing"}}: the query runs with LIMIT 0 in the warehouse (no row is read). Raises
+    SourceQueryError naming the field when a query does not run."""
+    found: dict[str, dict[str, str]] = {}
+    for which in _query_sources(config):
+        types = source_columns(warehouse, config.source, which)
+        found[which] = {column: types.get(column, "missing") for column in SOURCE_COLUMNS[which]}
+    return found
+
+
+def _query_sources(config: ExperimentConfig) -> list[SourceName]:
+    names: tuple[SourceName, ...] = ("exposures", "events")
+    return [which for which in names if config.source.sql(which) is not None]
+
+
 def experiment_values(
-    config: ExperimentConfig, run_date: date, units_table: str
+    config: ExperimentConfig,
+    run_date: date,
+    units_table: str,
+    dialect: str | None = None,
+    query_columns: dict[str, dict[str, str]] | None = None,
 ) -> ExperimentValues:
-    """The single place where per-experiment values enter the data-quality suites."""
+    """The single place where per-experiment values enter the data-quality suites.
+
+    `dialect`: the warehouse's, in which a source's `sql:` is checked and written;
+    `query_columns`: what `source_query_columns()` found (the contract suite's input for such a
+    source).
+    """
     excluded = [
         flag
         for flag, on in (
@@ -127,20 +174,21 @@ def experiment_values(
         )
         if on
     ]
-    exposures_schema, _, exposures_table = config.source.exposures.rpartition(".")
-    events_schema, _, events_table = config.source.events.rpartition(".")
+    # A source query has no table in information_schema: its columns come from query_columns.
+    exposures_schema, _, exposures_table = (config.source.table("exposures") or "").rpartition(".")
+    events_schema, _, events_table = (config.source.table("events") or "").rpartition(".")
     events = metric_events(config)
     sql_columns = sql_metric_columns(config)
     return ExperimentValues(
         identifiers={
-            "exposures": quote_ident(config.source.exposures),
-            "events": quote_ident(config.source.events),
+            "exposures": source_relation(config.source, "exposures", dialect),
+            "events": source_relation(config.source, "events", dialect),
             "units": quote_ident(units_table),
         },
         values={
-            "exposures_table": exposures_table,
+            "exposures_table": exposures_table or None,
             "exposures_schema": exposures_schema or None,
-            "events_table": events_table,
+            "events_table": events_table or None,
             "events_schema": events_schema or None,
             "metric_events": list(events),
             "sql_metric_columns": list(sql_columns.values()),
@@ -167,6 +215,11 @@ def experiment_values(
             "sql_metrics": ", ".join(sql_columns),
         },
         event_metrics=events,
+        query_columns=dict(query_columns or {}),
+        source_queries={
+            which: checked_source_sql(config.source, which, dialect)
+            for which in _query_sources(config)
+        },
     )
 
 
@@ -179,11 +232,14 @@ def run_data_quality(
     severity}], "suite"}`; `passed` is False iff a check of severity "error" failed. Raises
     PipelineError when a check could not run at all (bad SQL, unreachable warehouse).
     """
-    values = experiment_values(config, run_date, units_table)
+    # Names are validated before any SQL runs; a source query's columns are read in the try.
+    values = experiment_values(config, run_date, units_table, dialect_of(warehouse_url))
     templates = load_suite_templates()
     checks: list[dict[str, Any]] = []
     try:
-        fill = _filler(values, _literal_writer(warehouse_url))
+        columns = source_query_columns(Warehouse(warehouse_url), config)
+        values = dataclasses.replace(values, query_columns=columns)
+        fill = _filler(values, _literal_writer(warehouse_url), dialect_for(warehouse_url))
         render = gx_renderer(warehouse_url)
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:
@@ -263,9 +319,13 @@ def contract_problems(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     """The contract check's findings ("events.occurred_at is VARCHAR"), by the suite's own
     query run as plain SQL (no GX): the extract explains a failure with them."""
     [template] = [t for t in load_suite_templates() if t["name"] == "contract"]
+    try:
+        columns = source_query_columns(warehouse, config)
+    except SourceQueryError as error:
+        return [str(error)]
     # The contract suite reads no units table: any valid name fills the unused placeholder.
-    values = experiment_values(config, run_date, config.source.exposures)
-    fill = _filler(values, _literal_writer(warehouse.url))
+    values = experiment_values(config, run_date, "ab_units", warehouse.dialect, columns)
+    fill = _filler(values, _literal_writer(warehouse.url), warehouse.sql_dialect)
     batch = _contract_batch(warehouse.url, template, values, fill)
     [expectation] = template["expectations"]
     query = fill(expectation["kwargs"]["unexpected_rows_query"]).replace("{batch}", f"({batch})")
@@ -311,11 +371,10 @@ def _literal_writer(url: str) -> Literal:
     sqlalchemy_dialect = make_url(normalize_url(url)).get_dialect()()
 
     def write(value: Any) -> str:
-        return str(
-            literal(value).compile(
-                dialect=sqlalchemy_dialect, compile_kwargs={"literal_binds": True}
-            )
+        compiled = literal(value).compile(
+            dialect=sqlalchemy_dialect, compile_kwargs={"literal_binds": True}
         )
+        return str(compiled)
 
     return write
 
@@ -329,11 +388,20 @@ def _sql_literal(value: Any, dialect: Literal) -> str:
     return dialect(value)
 
 
-def _filler(values: ExperimentValues, dialect: Literal) -> Fill:
-    """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error."""
+def _filler(
+    values: ExperimentValues, dialect: Literal, engine: WarehouseDialect | None = None
+) -> Fill:
+    """`$name` -> quoted identifier or escaped literal; an unknown placeholder is an error.
+
+    The table names compared with information_schema are written as the warehouse's `engine`
+    stores them (Snowflake: `EXPOSURES`)."""
     mapping = {name: _sql_literal(value, dialect) for name, value in values.values.items()}
+    for name in ("exposures_table", "exposures_schema", "events_table", "events_schema"):
+        if engine is not None and values.values[name]:
+            mapping[name] = _sql_literal(engine.stored_name(values.values[name]), dialect)
     mapping.update(values.identifiers)
     # Derived SQL: the metric events as rows, and the `sql:` metrics' out-of-range predicate.
+    mapping["query_source_columns"] = _query_column_rows(values.query_columns, dialect)
     mapping["metric_event_rows"] = " UNION ALL ".join(
         f"SELECT {_sql_literal(event, dialect)} AS event_name" for event in values.event_metrics
     )
@@ -346,12 +414,38 @@ def _filler(values: ExperimentValues, dialect: Literal) -> Fill:
         or "FALSE"
     )
 
-    def fill(template: str, **extra: Any) -> str:
-        """`extra`: values of this one query (a `for_each` part's `$metric_event`)."""
+    # An expectation's query passes through GX's `str.format` (for `{batch}`): the braces a
+    # source query may hold (a JSON literal) are doubled there, and only there (a stand-in of
+    # its own, embedded with the braces doubled).
+    formatted = {
+        name: embedded(sql.replace("{", "{{").replace("}", "}}"))
+        for name, sql in values.source_queries.items()
+    }
+
+    def fill(template: str, *, gx_format: bool = False, **extra: Any) -> str:
+        """`extra`: values of this one query (a `for_each` part's `$metric_event`);
+        `gx_format`: the text is an expectation's query, which GX formats."""
         more = {name: _sql_literal(value, dialect) for name, value in extra.items()}
-        return string.Template(template).substitute({**mapping, **more})
+        braces = formatted if gx_format else {}
+        return string.Template(template).substitute({**mapping, **braces, **more})
 
     return fill
+
+
+def _query_column_rows(columns: dict[str, dict[str, str]], dialect: Literal) -> str:
+    """The contract suite's rows (source, column_name, data_type) for source queries, as a
+    SELECT of literals; a SELECT of no row when no source is a query (from a one-row subquery:
+    BigQuery takes no WHERE without FROM)."""
+    rows = [
+        f"SELECT {_sql_literal(which, dialect)} AS source, {_sql_literal(column, dialect)} "
+        f"AS column_name, {_sql_literal(data_type, dialect)} AS data_type"
+        for which, types in columns.items()
+        for column, data_type in types.items()
+    ]
+    return " UNION ALL ".join(rows) or (
+        "SELECT CAST(NULL AS TEXT) AS source, CAST(NULL AS TEXT) AS column_name, "
+        "CAST(NULL AS TEXT) AS data_type FROM (SELECT 1 AS one) AS nothing WHERE FALSE"
+    )
 
 
 def _bounded(offending_rows_query: str) -> str:
@@ -477,7 +571,8 @@ def _datasource(warehouse_url: str) -> Iterator[Datasource]:
 def gx_renderer(warehouse_url: str) -> Render:
     """Canonical suite SQL -> the engine's, GX's own `{batch}` placeholder kept as it is."""
     dialect = dialect_for(warehouse_url)
-    stand_in = re.compile(rf"[`\"]?{_GX_BATCH}[`\"]?")
+    # Any case: Snowflake's rendering writes a lower-case quoted name in upper case.
+    stand_in = re.compile(rf"[`\"]?{_GX_BATCH}[`\"]?", re.IGNORECASE)
 
     def render(sql: str) -> str:
         rendered = dialect.render(sql.replace("{batch}", f'"{_GX_BATCH}"'))
@@ -569,10 +664,10 @@ def _with_bounded_query(
     template = kwargs["unexpected_rows_query"]
     if expectation["meta"].get("for_each") == "metric_events":
         query = " UNION ALL ".join(
-            fill(template, metric_event=event) for event in values.event_metrics
+            fill(template, gx_format=True, metric_event=event) for event in values.event_metrics
         )
     else:
-        query = fill(template)
+        query = fill(template, gx_format=True)
     kwargs["unexpected_rows_query"] = render(_bounded(query))
     return expectation
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ab_pipeline.core.config import ExperimentConfig
 from ab_pipeline.warehouse import Warehouse, quote_ident
 from ab_pipeline.warehouse.run_tables import RunWindow
+from ab_pipeline.warehouse.sources import source_relation
 
 if TYPE_CHECKING:
     from ab_pipeline.gates.base import GateContext, GateResult
@@ -99,7 +100,7 @@ def _distinct_values(
             SELECT d.arm AS arm, {extracted}
             FROM (
                 SELECT x.arm AS arm, CAST(x.properties AS TEXT) AS doc
-                FROM {quote_ident(config.source.exposures)} x
+                FROM {source_relation(config.source, "exposures", warehouse.dialect)} x
                 WHERE x.experiment_key = :key AND x.exposed_at < :run_end
                   {enrolled}
                 GROUP BY 1, 2

@@ -14,6 +14,7 @@ from typing import Any
 from ab_pipeline.core.config import ExperimentConfig
 from ab_pipeline.stats.statistics import srm_test
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.sources import source_relation
 
 MAX_PROPERTIES = 10  # property keys broken down
 MAX_VALUES = 20  # largest values per key shown
@@ -66,7 +67,8 @@ def by_day(
 def property_keys(warehouse: Warehouse, config: ExperimentConfig) -> list[str]:
     """Keys present in the experiment's exposure properties (from distinct JSON texts)."""
     rows = warehouse.query(
-        f"""SELECT CAST(properties AS TEXT) AS p FROM {quote_ident(config.source.exposures)}
+        f"""SELECT CAST(properties AS TEXT) AS p
+            FROM {source_relation(config.source, "exposures", warehouse.dialect)} AS x
             WHERE experiment_key = :key AND properties IS NOT NULL GROUP BY 1 LIMIT 200""",
         {"key": config.key},
     )
@@ -89,7 +91,7 @@ def by_property(
         f"""SELECT COALESCE(x.properties->>:field, '(missing)') AS value, u.arm AS arm,
                    COUNT(DISTINCT u.unit_id) AS units
             FROM {quote_ident(units_table)} u
-            JOIN {quote_ident(config.source.exposures)} x
+            JOIN {source_relation(config.source, "exposures", warehouse.dialect)} x
               ON x.unit_id = u.unit_id AND x.exposed_at = u.first_exposed_at
              AND x.experiment_key = :key
             GROUP BY 1, 2""",

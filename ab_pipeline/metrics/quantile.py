@@ -35,6 +35,7 @@ from ab_pipeline.stats.statistics import (
 )
 from ab_pipeline.warehouse import Warehouse, quote_ident
 from ab_pipeline.warehouse.run_tables import RunWindow, quantile_histogram_table_name
+from ab_pipeline.warehouse.sources import source_relation
 
 if TYPE_CHECKING:
     from ab_pipeline.core.config import ExperimentConfig
@@ -116,6 +117,7 @@ def quantile_events_sql(
     units_table: str,
     run_date: date,
     values: str | None = None,
+    dialect: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """FROM-clause body: the quantile metric's event values of enrolled units, with their arm.
 
@@ -127,11 +129,11 @@ def quantile_events_sql(
     the events twice and was slower: docs/benchmarks.md, "Narrow quantile passes".)
     """
     window = before_window_end(metric.window, event="e", unit="u")
-    events = quote_ident(config.source.events)
+    events = source_relation(config.source, "events", dialect)
     if values:
         events = (
             f"(WITH narrow AS MATERIALIZED (SELECT unit_id, event_name, occurred_at, value "
-            f"FROM {events} WHERE event_name = :event AND value IS NOT NULL "
+            f"FROM {events} AS s WHERE event_name = :event AND value IS NOT NULL "
             f"AND {values.format(v='value')}) SELECT * FROM narrow)"
         )
     sql = f"""
@@ -163,10 +165,14 @@ def quantile_summaries(
     pass over the events, then narrow passes; `ab_pipeline.stats.quantiles`) so memory stays
     bounded.
     """
-    body, params = quantile_events_sql(config, metric, units_table, run_date)
+    body, params = quantile_events_sql(
+        config, metric, units_table, run_date, dialect=warehouse.dialect
+    )
 
     def narrowed(values: str) -> str:
-        return quantile_events_sql(config, metric, units_table, run_date, values)[0]
+        return quantile_events_sql(
+            config, metric, units_table, run_date, values, warehouse.dialect
+        )[0]
 
     q = metric.quantile
     stored = quantile_histogram_table_name(config, run_date)

@@ -26,7 +26,8 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from ab_pipeline.core.config import ExperimentConfig
-from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse.sources import source_relation
 
 BACKFILL = "backfill"
 SCHEDULED = "scheduled"
@@ -35,7 +36,8 @@ SCHEDULED = "scheduled"
 def latest_data_date(warehouse: Warehouse, config: ExperimentConfig) -> date | None:
     """The last day with an exposure of this experiment, capped at its planned `end`."""
     rows = warehouse.query(
-        f"SELECT MAX(exposed_at) AS last FROM {quote_ident(config.source.exposures)} "
+        "SELECT MAX(exposed_at) AS last "
+        f"FROM {source_relation(config.source, 'exposures', warehouse.dialect)} AS x "
         "WHERE experiment_key = :key",
         {"key": config.key},
     )

@@ -48,10 +48,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             assert warehouse is not None
             print(warehouse_problem("validate", warehouse.url, error), file=sys.stderr)
             return EXIT_INVALID
-        label = "error" if args.strict else "warning"
         for warning in warnings:
+            label = "error" if args.strict or warning.blocking else "warning"
             print(f"{path}: {warning.field}: {label}: {warning.reason}")
-        if warnings and args.strict:
+        if any(args.strict or warning.blocking for warning in warnings):
             failed += 1
             continue
         print(f"{path}: ok ({config.key}, DAG {config.dag_id}){_catalog_note(config)}")

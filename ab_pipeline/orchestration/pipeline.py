@@ -194,9 +194,9 @@ def _build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date:
         problems = contract_problems(warehouse, config, run_date)
         if problems:
             raise ValueError(
-                f"the source columns do not have the contract's types ({'; '.join(problems)}): "
-                "timestamps must be TIMESTAMP (without time zone, UTC), ids and arms text; cast "
-                "them in a view and point `source` at it"
+                f"the sources do not match the contract ({'; '.join(problems)}): timestamps "
+                "must be TIMESTAMP (without time zone, UTC), ids and arms text; cast them in a "
+                "view and point `source` at it, or in the source's `sql`"
             ) from error
         raise
 

@@ -50,6 +50,7 @@ from ab_pipeline.warehouse.run_tables import (
     quantile_histogram_table_name as quantile_histogram_table_name,
 )
 from ab_pipeline.warehouse.run_tables import units_table_name as units_table_name
+from ab_pipeline.warehouse.sources import source_relation
 
 RUN_TABLE_PREFIXES = ("ab_units", "ab_qhist")
 KEEP_RUN_TABLES_ENV = "AB_PIPELINE_KEEP_RUN_TABLES"
@@ -185,7 +186,8 @@ class ExtractPlan:
         window = RunWindow.of(config, run_date)
         exposures = warehouse.query(
             f"SELECT COUNT(*) AS n, {dialect.memory_limit_sql} AS memory_limit "
-            f"FROM {quote_ident(config.source.exposures)} WHERE experiment_key = :key "
+            f"FROM {source_relation(config.source, 'exposures', warehouse.dialect)} AS x "
+            "WHERE experiment_key = :key "
             "AND exposed_at >= :start AND exposed_at < :end",
             {
                 "key": config.key,
@@ -220,7 +222,7 @@ def _enrolled_sql(exposures: str) -> str:
     """
     return f"""SELECT unit_id, MIN(exposed_at) AS first_exposed_at, COUNT(*) AS exposures,
        MIN(arm) AS arm, CASE WHEN MIN(arm) = MAX(arm) THEN 0 ELSE 1 END AS several_arms
-FROM {exposures}
+FROM {exposures} AS x
 WHERE experiment_key = :key
   AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
 GROUP BY unit_id
@@ -292,8 +294,8 @@ def build_units_sql(
         exclude_internal=config.audience.exclude_internal,
         exclude_bots=config.audience.exclude_bots,
     )
-    exposures = quote_ident(config.source.exposures)
-    events = quote_ident(config.source.events)
+    exposures = source_relation(config.source, "exposures", plan.dialect)
+    events = source_relation(config.source, "events", plan.dialect)
     steps = [
         f"CREATE TEMP TABLE {ENROLLED} AS {_enrolled_sql(exposures)}",
         _first_arm_sql(exposures),
@@ -320,7 +322,7 @@ def build_units_sql(
             grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
         else:
             grouping = "\nFROM ev GROUP BY ev.unit_key"
-            histogram = _histogram_pass(config, run_date, quantiles, table, params)
+            histogram = _histogram_pass(config, run_date, quantiles, table, params, plan.dialect)
         with_arm = plan.histograms_in_pass and bool(quantiles)
         for part in range(plan.partitions):
             into = "INSERT INTO" if part else "CREATE TEMP TABLE"
@@ -402,6 +404,7 @@ def _histogram_pass(
     quantiles: dict[str, QuantileMetric],
     units_table: str,
     params: _Params,
+    dialect: str | None = None,
 ) -> str:
     """The statement that stores quantile histograms from a pass of their own over the metric
     events joined to the units table (the same rows and buckets as the grouping set)."""
@@ -409,7 +412,7 @@ def _histogram_pass(
         return ""
     parts = []
     for name, metric in quantiles.items():
-        body, _ = quantile_events_sql(config, metric, units_table, run_date)
+        body, _ = quantile_events_sql(config, metric, units_table, run_date, dialect=dialect)
         body = body.replace(":event", params.bind(metric.event))
         parts.append(f"SELECT {params.bind(name)} AS metric, h.* FROM ({histogram_sql(body)}) h")
     table = quote_ident(quantile_histogram_table_name(config, run_date))
@@ -512,7 +515,7 @@ def _execute_with_sql_metrics(
     `BEGIN TRANSACTION READ ONLY` (where the engine has it: `Dialect.read_only_transactions`)
     lets the user's SELECT write nothing but the session's temporary table: a write the parser
     could not foresee fails. The connection runs in autocommit so the explicit transactions
-    are the only ones (duckdb_engine opens one on first use, which the first COMMIT closes).
+    are the only ones (`Dialect.autocommit`).
     """
     from sqlalchemy import text
 
@@ -525,14 +528,8 @@ def _execute_with_sql_metrics(
     if not dialect.read_only_transactions:
         warehouse.execute([create, *reads, *statements], params)
         return
-    create = warehouse.render(create)
     with warehouse.engine().connect() as connection:
-        if dialect.name == "duckdb":
-            connection.exec_driver_sql(create)
-            connection.exec_driver_sql("COMMIT")
-        else:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql(create)
+        connection = dialect.autocommit(connection, warehouse.render(create))
         for begin, block in (("BEGIN TRANSACTION READ ONLY", reads), ("BEGIN", statements)):
             connection.exec_driver_sql(begin)
             try:

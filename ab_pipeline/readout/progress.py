@@ -20,7 +20,8 @@ from ab_pipeline.stats.statistics import (
     sample_size_non_inferiority,
     sample_size_two_proportions,
 )
-from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse.sources import source_relation
 
 
 def primary_sample_size(config: ExperimentConfig) -> SampleSize | None:
@@ -163,7 +164,8 @@ def pre_period_moments(
     params |= {"since": until - timedelta(days=lookback_days), "until": until}
     [row] = warehouse.query(
         f"""WITH per_unit AS (
-              SELECT unit_id, {x} AS x, {y} AS y FROM {quote_ident(config.source.events)}
+              SELECT unit_id, {x} AS x, {y} AS y
+              FROM {source_relation(config.source, "events", warehouse.dialect)} AS e
               WHERE occurred_at >= :since AND occurred_at < :until GROUP BY unit_id)
             SELECT COUNT(*) AS n, SUM(x) AS sx, SUM(y) AS sy, SUM(x * x) AS sxx,
                    SUM(y * y) AS syy, SUM(x * y) AS sxy FROM per_unit""",
@@ -172,8 +174,8 @@ def pre_period_moments(
     n = int(row["n"] or 0)
     if n < 2:
         raise ValueError(
-            f"{config.source.events}: {n} unit(s) with events in the {lookback_days} days "
-            f"before {before}; a pre-period plan needs at least 2"
+            f"{config.source.describe('events')}: {n} unit(s) with events in the "
+            f"{lookback_days} days before {before}; a pre-period plan needs at least 2"
         )
     sx, sy, sxx, syy, sxy = (float(row[k] or 0.0) for k in ("sx", "sy", "sxx", "syy", "sxy"))
     return kind.pre_period_moments(metric, n, sx, sy, sxx, syy, sxy)

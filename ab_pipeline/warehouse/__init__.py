@@ -23,7 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ab_pipeline.warehouse.dialects import Dialect, dialect_for, embedded
+from ab_pipeline.warehouse.dialects import (
+    Dialect,
+    all_dialects,
+    dialect_for,
+    dialect_for_conn_type,
+    embedded,
+)
+from ab_pipeline.warehouse.dialects.base import ConnectionFields
 from ab_pipeline.warehouse.quoting import quote_ident
 
 if TYPE_CHECKING:
@@ -76,7 +83,8 @@ class Warehouse:
         """The process's engine for this URL; `read_only` opens a DuckDB file read-only (shared
         with other readers) when the file exists, and changes nothing on PostgreSQL."""
         url = engine_url(self.url)
-        return _engine(url, read_only and self.dialect == "duckdb" and _file_exists(url))
+        shared = read_only and not self.sql_dialect.concurrent_readers and _file_exists(url)
+        return _engine(url, shared)
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -141,12 +149,7 @@ def _engine(url: str, read_only: bool = False) -> Engine:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        connect_args: dict[str, Any] = {}
-        if dialect_of(url) == "duckdb":
-            from ab_pipeline.warehouse import warehouse_lock
-
-            warehouse_lock.install()
-            connect_args["read_only"] = read_only
+        connect_args = dialect_for(url).connect_args(url, read_only)
         # NullPool: a connection (and the DuckDB file's lock) lasts as long as its block.
         _ENGINES[url, read_only] = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     return _ENGINES[url, read_only]
@@ -174,39 +177,22 @@ def url_from_connection_fields(
     schema: str | None = None,
     extra: str | Mapping[str, Any] | None = None,
 ) -> str:
-    """Turn Airflow connection fields into a SQLAlchemy URL.
-
-    `duckdb`: host is the database file path. `postgres`: the usual fields. `spark_connect`:
-    host and port of a Spark Connect server (`sc://host:port`). Any connection may
-    instead carry `{"sqlalchemy_url": "..."}` in its extra, for other dialects.
-    """
+    """Turn Airflow connection fields into a warehouse URL, by the engine whose dialect module
+    claims the connection type (`duckdb`: host is the database file path; `postgres`: the
+    usual fields; see each module). Any connection may instead carry
+    `{"sqlalchemy_url": "..."}` in its extra."""
     extras = json.loads(extra) if isinstance(extra, str) and extra else dict(extra or {})
     if extras.get("sqlalchemy_url"):
         return str(extras["sqlalchemy_url"])
-    if conn_type == "duckdb":
-        if not host:
-            raise ValueError("a duckdb connection needs host = the database file path")
-        return f"duckdb:///{host}"
-    if conn_type in ("postgres", "postgresql"):
-        from urllib.parse import quote
-
-        auth = quote(login or "", safe="")
-        if password:
-            auth += ":" + quote(password, safe="")
-        netloc = f"{auth}@" if auth else ""
-        netloc += host or "localhost"
-        if port:
-            netloc += f":{port}"
-        return f"postgresql://{netloc}/{schema or 'postgres'}"
-    if conn_type == "spark_connect":
-        # The Spark provider's connection: host (optionally written sc://host), port 15002.
-        if not host:
-            raise ValueError("a spark_connect connection needs host = the Spark Connect server")
-        return f"sc://{host.removeprefix('sc://').rstrip('/')}:{port or 15002}"
-    raise ValueError(
-        f"connection type {conn_type!r} is not supported; use duckdb, postgres, spark_connect, "
-        "or set extra.sqlalchemy_url"
-    )
+    dialect = dialect_for_conn_type(conn_type)
+    if dialect is None:
+        known = ", ".join(t for d in all_dialects() for t in d.conn_types)
+        raise ValueError(
+            f"connection type {conn_type!r} is not supported; use one of {known}, or set "
+            "extra.sqlalchemy_url"
+        )
+    fields = ConnectionFields(conn_type, host, login, password, port, schema, extras)
+    return dialect.url_from_connection(fields)
 
 
 def warehouse_for_connection(conn_id: str) -> Warehouse:
@@ -229,10 +215,5 @@ def warehouse_for_connection(conn_id: str) -> Warehouse:
 
 def connection_env_value(url: str) -> str:
     """The `AIRFLOW_CONN_*` value (JSON form) that makes a connection point at `url`."""
-    if dialect_of(url) == "duckdb":
-        path = normalize_url(url).removeprefix("duckdb:///")
-        return json.dumps({"conn_type": "duckdb", "host": path})
-    if dialect_of(url) == "spark":
-        host, _, port = url.removeprefix("sc://").split("/")[0].partition(":")
-        return json.dumps({"conn_type": "spark_connect", "host": host, "port": int(port or 15002)})
-    return json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": url}})
+    dialect = dialect_for(url)
+    return json.dumps(dialect.connection_env(dialect.normalize_url(url)))

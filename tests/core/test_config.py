@@ -312,3 +312,77 @@ def test_the_sql_checker_returns_the_select_it_checked(sql: str, dialect: str) -
     assert "DROP" not in checked and "--" not in checked
     read = sqlglot_dialect(dialect)
     assert sqlglot.parse_one(checked, read=read) == sqlglot.parse_one(sql, read=read)
+
+
+# --- sources: a table name or {sql: SELECT ...} ---------------------------------------------
+
+
+def test_a_source_is_a_table_name_or_a_query(tmp_path: Path) -> None:
+    data = refund_data()
+    query = "SELECT user_key AS unit_id FROM tracking.app_events"
+    data["source"] = {"exposures": "raw.exposures", "events": {"sql": query}}
+    config = load_config(write(tmp_path, data))
+    assert config.source.table("exposures") == "raw.exposures"
+    assert config.source.sql("exposures") is None
+    assert config.source.table("events") is None and config.source.sql("events") == query
+    assert config.source.describe("events") == "source.events.sql"
+    assert config.source.units_schema == "raw"
+
+
+@pytest.mark.parametrize(("work_schema", "expected"), [(None, None), ("ab_work", "ab_work")])
+def test_scratch_tables_of_a_query_source_go_to_the_work_schema_or_the_default(
+    tmp_path: Path, work_schema: str | None, expected: str | None
+) -> None:
+    data = refund_data()
+    data["source"] = {"exposures": {"sql": "SELECT * FROM raw.x"}, "work_schema": work_schema}
+    assert load_config(write(tmp_path, data)).source.units_schema == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "words"),
+    [
+        ("DROP TABLE exposures", "must be a SELECT, not DROP"),
+        ("CREATE TABLE x AS SELECT 1", "must be a SELECT"),
+        ("DELETE FROM events", "must be a SELECT"),
+        ("SELECT * FROM events; DROP TABLE events", "exactly one SELECT statement (found 2)"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "read_csv() in FROM is not allowed"),
+        ("SELECT pg_read_file('/etc/passwd') AS unit_id", "pg_read_file() is not allowed"),
+    ],
+)
+def test_a_source_query_that_is_not_one_read_only_select_names_the_field(
+    tmp_path: Path, sql: str, words: str
+) -> None:
+    data = refund_data()
+    data["source"] = {"events": {"sql": sql}}
+    found = problems(tmp_path, data)
+    assert list(found) == ["source.events.sql"], found
+    assert found["source.events.sql"].startswith("not one read-only SELECT")
+    assert words in found["source.events.sql"]
+
+
+@pytest.mark.parametrize(
+    ("relation", "field", "words"),
+    [
+        (42, "source.exposures", "a table name ([schema.]identifier) or {sql: SELECT ...}"),
+        ({"query": "SELECT 1"}, "source.exposures.query", "unknown field"),
+        ({"sql": ""}, "source.exposures.sql", "at least 1 character"),
+        ("a.b.c", "source.exposures", "{sql: SELECT ...}"),
+    ],
+)
+def test_a_source_that_is_neither_names_the_field(
+    tmp_path: Path, relation: Any, field: str, words: str
+) -> None:
+    data = refund_data()
+    data["source"] = {"exposures": relation}
+    found = problems(tmp_path, data)
+    assert field in found, found
+    assert words in found[field]
+
+
+def test_the_json_schema_takes_a_query_source() -> None:
+    data = json.loads(json.dumps(refund_data(), default=str))
+    data["source"] = {"exposures": {"sql": "SELECT 1"}, "events": "raw.events"}
+    jsonschema.validate(data, json_schema())
+    data["source"]["events"] = {"sql": "SELECT 1", "dialect": "duckdb"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, json_schema())

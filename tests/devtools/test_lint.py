@@ -160,3 +160,87 @@ def test_cli_validate_with_a_warehouse_names_a_misspelt_event(
     assert (
         f"{path}: metrics.p95_latency_ms.event: error: no `answer_servd` events in events"
     ) in out
+
+
+# --- sources given as `{sql: ...}` (validate --warehouse) -----------------------------------
+
+TEAM_TABLES = [
+    """CREATE TABLE assignments (user_key INTEGER, variant TEXT, seen_at TIMESTAMP,
+       staff BOOLEAN)""",
+    "CREATE TABLE app_log (user_key INTEGER, action TEXT, logged_at TEXT, amount INTEGER)",
+]
+EXPOSURES_QUERY = """SELECT 'refund-query-rewrite' AS experiment_key,
+  CAST(user_key AS TEXT) AS unit_id, variant AS arm, seen_at AS exposed_at,
+  staff AS is_internal, FALSE AS is_bot, CAST(NULL AS JSON) AS properties
+FROM assignments"""
+EVENTS_QUERY = """SELECT CAST(user_key AS TEXT) AS unit_id, action AS event_name,
+  CAST(logged_at AS TIMESTAMP) AS occurred_at, CAST(amount AS DOUBLE PRECISION) AS value,
+  CAST(NULL AS TEXT) AS experiment_key
+FROM app_log"""
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def team_warehouse(request: pytest.FixtureRequest) -> Warehouse:
+    """A warehouse with a team's own tables (not the contract's), in its default schema."""
+    if request.param == "duckdb":
+        warehouse: Warehouse = request.getfixturevalue("duckdb_warehouse")
+    else:
+        admin, schema = request.getfixturevalue("postgres_schema")
+        warehouse = Warehouse(f"{admin.url}?options=-csearch_path%3D{schema}")
+    warehouse.execute(TEAM_TABLES)
+    return warehouse
+
+
+def validate_with_queries(
+    tmp_path: Path, warehouse: Warehouse, exposures: str, events: str
+) -> tuple[int, str]:
+    path = tmp_path / "refund.yaml"
+    source = {"exposures": {"sql": exposures}, "events": {"sql": events}}
+    path.write_text(yaml.safe_dump(refund(source=source), sort_keys=False))
+    code = main(["validate", "--warehouse", warehouse.url, str(path)])
+    return code, str(path)
+
+
+def test_validate_runs_source_queries_that_match_the_contract(
+    team_warehouse: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, path = validate_with_queries(tmp_path, team_warehouse, EXPOSURES_QUERY, EVENTS_QUERY)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert ": error:" not in out and f"{path}: ok (refund-query-rewrite" in out
+    # The other warehouse checks read through the query too (its table holds no event yet).
+    assert "no `marked_solved` events in source.events.sql" in out
+
+
+def test_validate_names_a_column_a_source_query_lacks(
+    team_warehouse: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = EVENTS_QUERY.replace("CAST(amount AS DOUBLE PRECISION) AS value,", "")
+    code, path = validate_with_queries(tmp_path, team_warehouse, EXPOSURES_QUERY, events)
+    out = capsys.readouterr().out
+    assert code == 2  # an error without --strict: the run could not read the source
+    assert f"{path}: source.events.sql: error: the query returns no column `value`" in out
+
+
+def test_validate_names_a_column_a_source_query_mistypes(
+    team_warehouse: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = EVENTS_QUERY.replace("CAST(logged_at AS TIMESTAMP)", "logged_at")
+    exposures = EXPOSURES_QUERY.replace("variant AS arm", "user_key AS arm")
+    code, path = validate_with_queries(tmp_path, team_warehouse, exposures, events)
+    out = capsys.readouterr().out
+    text = "VARCHAR" if team_warehouse.dialect == "duckdb" else "TEXT"
+    assert code == 2
+    assert f"{path}: source.exposures.sql: error: column `arm` is INTEGER" in out
+    assert f"{path}: source.events.sql: error: column `occurred_at` is {text}" in out
+
+
+def test_validate_says_when_a_source_query_does_not_run(
+    team_warehouse: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = EVENTS_QUERY.replace("FROM app_log", "FROM app_logs")
+    code, path = validate_with_queries(tmp_path, team_warehouse, EXPOSURES_QUERY, events)
+    out = capsys.readouterr().out
+    assert code == 2
+    assert f"{path}: source.events.sql: error: does not run in the warehouse: " in out
+    assert "app_logs" in out

@@ -670,3 +670,74 @@ def test_the_gate_line_counts_warnings_apart_from_passed_checks() -> None:
     assert _gate_detail([passed, warned, passed], []) == (
         "2 of 3 checks passed, 1 warning (not blocking)"
     )
+
+
+# --- sources given as `{sql: ...}` ----------------------------------------------------------
+
+
+def query_sources(target: Target, exposures: str | None = None) -> ExperimentConfig:
+    """The config reading the test tables through queries, in the shape a team would write
+    them: a JSON literal (braces, which GX formats), a LIKE pattern (`%`, psycopg2's
+    placeholder) and a string with a colon (SQLAlchemy's bind marker) all reach the checks."""
+    p = target.prefix
+    exposures = exposures or (
+        "SELECT x.experiment_key, x.unit_id, x.arm, x.exposed_at, x.is_internal, x.is_bot, "
+        'COALESCE(x.properties, CAST(\'{"from": "query"}\' AS JSON)) AS properties '
+        f"FROM {p}exposures AS x WHERE x.unit_id NOT LIKE 'zz%'"
+    )
+    events = (
+        "SELECT unit_id, event_name, occurred_at, value, experiment_key "
+        f"FROM {p}events WHERE (event_name IS NULL OR event_name <> 'never:seen') "
+        "AND COALESCE(experiment_key, '') <> '100%'"
+    )
+    source = Source(exposures={"sql": exposures}, events={"sql": events})
+    return target.config().model_copy(update={"source": source})
+
+
+def test_a_correct_source_query_passes_every_check(target: Target) -> None:
+    data = Dataset()
+    # Rows the queries leave out, each of which would fail a check if a literal were mangled.
+    data.events += [
+        ("u1", "never:seen", ts("2027-01-01 00:00:00"), KEY),  # from the future
+        ("u2", "checkout", ts("2026-05-06 00:00:00"), "100%"),  # an experiment u2 never saw
+    ]
+    target.load(data)
+    config = query_sources(target)
+    outcome = run_data_quality(target.warehouse.url, config, RUN_DATE, f"{target.prefix}units")
+    assert outcome["passed"], failed(outcome)
+    assert outcome["detail"] == "17 checks passed"
+
+
+def test_bad_data_read_through_a_source_query_fails_the_named_check(target: Target) -> None:
+    data = Dataset()
+    data.exposures += [(KEY, "u2", "control", ts("2026-05-07 00:00:00"), False, False)]
+    target.load(data)
+    config = query_sources(target)
+    outcome = run_data_quality(target.warehouse.url, config, RUN_DATE, f"{target.prefix}units")
+    check = only_failure(outcome, "one_arm_per_unit")
+    assert check["examples"] == ["u2"]
+    assert outcome["detail"].startswith("one_arm_per_unit: 1 unit was exposed to more than one")
+
+
+def test_a_source_query_missing_or_mistyping_a_column_fails_the_contract_check(
+    target: Target,
+) -> None:
+    target.load(Dataset())
+    query = (
+        "SELECT experiment_key, unit_id, arm, CAST(exposed_at AS TEXT) AS exposed_at, "
+        f"is_internal, properties FROM {target.prefix}exposures"
+    )
+    config = query_sources(target, exposures=query)
+    outcome = run_data_quality(target.warehouse.url, config, RUN_DATE, f"{target.prefix}units")
+    [check] = outcome["checks"]  # the other suites are not run
+    text = "VARCHAR" if target.warehouse.dialect == "duckdb" else "TEXT"
+    assert check["name"] == "contract_column_types" and not check["passed"]
+    assert check["examples"] == [f"exposures.exposed_at is {text}", "exposures.is_bot is missing"]
+    assert "missing or have types the pipeline cannot read" in check["detail"]
+
+
+def test_a_source_query_that_does_not_run_is_an_error_naming_the_field(target: Target) -> None:
+    target.load(Dataset())
+    config = query_sources(target, exposures="SELECT * FROM no_such_table")
+    with pytest.raises(PipelineError, match=r"source\.exposures\.sql does not run in the"):
+        run_data_quality(target.warehouse.url, config, RUN_DATE, f"{target.prefix}units")

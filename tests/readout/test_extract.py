@@ -267,10 +267,12 @@ def sql_metric_config(schema: str, sql: str) -> ExperimentConfig:
     return config.model_copy(update={"metrics": {**config.metrics, "Handle_Time": metric}})
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", "postgres", "snowflake"])
 def loaded(request: pytest.FixtureRequest) -> tuple[Warehouse, str, list[Exposure], list[Event]]:
     if request.param == "duckdb":
         warehouse, schema = request.getfixturevalue("duckdb_warehouse"), ""
+    elif request.param == "snowflake":
+        warehouse, schema = request.getfixturevalue("snowflake_warehouse"), ""
     else:
         warehouse, schema = request.getfixturevalue("postgres_schema")
     exposures, events = random_data(seed=5, units=60)
@@ -306,7 +308,8 @@ def test_an_sql_metric_joins_its_values_and_keeps_colons_in_literals(
         ),
         ("SELECT unit_id, 1 AS value FROM events; DROP TABLE ab_readouts", "exactly one SELECT"),
         ("SELECT column0 AS unit_id, 1 AS value FROM read_csv_auto('/etc/passwd')", "read_csv"),
-        ("SELECT unit_id, 1 AS value FROM '/etc/passwd'", "not a plain identifier"),
+        # (sqlglot reads the quoted path as a string on DuckDB, as a stage path on Snowflake)
+        ("SELECT unit_id, 1 AS value FROM '/etc/passwd'", "(not a plain identifier|not a table)"),
         (
             "WITH d AS (DELETE FROM ab_readouts RETURNING *) SELECT 'u' AS unit_id, 1 AS value",
             "DELETE",

@@ -71,7 +71,20 @@ def test_duckdb_engine_urls_carry_the_memory_cap_unless_the_url_sets_one() -> No
     assert engine_url("duckdb:///w.duckdb?memory_limit=4GB") == (
         "duckdb:///w.duckdb?memory_limit=4GB"
     )
-    assert engine_url("postgres://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert engine_url("postgres://u@h/db") == (
+        "postgresql+psycopg2://u@h/db?options=-c+work_mem%3D256MB"
+    )
+
+
+def test_postgresql_sessions_sort_in_memory_unless_the_url_sets_its_options() -> None:
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    assert Warehouse(url).query("SHOW work_mem") == [{"work_mem": "256MB"}]
+    own = url + "?options=-c%20work_mem%3D8MB"
+    assert (
+        engine_url(own)
+        == "postgresql+psycopg2://postgres@127.0.0.1:5432/test?options=-c+work_mem%3D8MB"
+    )
+    assert Warehouse(own).query("SHOW work_mem") == [{"work_mem": "8MB"}]
 
 
 def test_identifiers_are_quoted_so_their_case_survives() -> None:

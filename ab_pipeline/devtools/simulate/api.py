@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
 
-from ab_pipeline.core.config import ExperimentConfig
+from ab_pipeline.core.config import ExperimentConfig, SourceName
 from ab_pipeline.devtools.simulate.generate import _Generator
 from ab_pipeline.devtools.simulate.plan import build_plan
 from ab_pipeline.devtools.simulate.scenario import (
@@ -77,8 +77,8 @@ def simulate(
     began = time.perf_counter()
     plan = build_plan(config, scenario)
     cutoff = plan.end_s if as_of is None else min(plan.end_s, _day_end(config.start, as_of))
-    exposures = _table(config.source.exposures, schema)
-    events = _table(config.source.events, schema)
+    exposures = _table(_source_table(config, "exposures"), schema)
+    events = _table(_source_table(config, "events"), schema)
     counts = np.zeros((len(plan.arms), len(_STATUS)), dtype=np.int64)
     written = [0, 0]
     sink = _open_sink(warehouse_url)
@@ -104,6 +104,17 @@ def simulate(
         events=written[1],
         seconds=time.perf_counter() - began,
     )
+
+
+def _source_table(config: ExperimentConfig, which: SourceName) -> str:
+    """The source table the simulation writes; a source given as `{sql: ...}` has none."""
+    table = config.source.table(which)
+    if table is None:
+        raise ValueError(
+            f"source.{which} of {config.key} is a query ({{sql: ...}}): the simulation writes "
+            "tables; simulate into a config whose sources are table names"
+        )
+    return table
 
 
 def _day_end(start: date, day: date) -> int:

@@ -1,4 +1,5 @@
-"""Writing: the chunks as rows of the warehouse's contract tables (DuckDB, PostgreSQL, Spark)."""
+"""Writing: the chunks as rows of the warehouse's contract tables (DuckDB, PostgreSQL,
+Snowflake or Spark)."""
 
 from __future__ import annotations
 
@@ -172,6 +173,82 @@ class _PostgresSink(_Sink):
             self.tmp.cleanup()
 
 
+# Columns of the contract tables that are not text, and how a CSV text field becomes one.
+_SNOWFLAKE_CASTS = {
+    "exposed_at": "CAST({} AS TIMESTAMP_NTZ)",
+    "occurred_at": "CAST({} AS TIMESTAMP_NTZ)",
+    "is_internal": "CAST({} AS BOOLEAN)",
+    "is_bot": "CAST({} AS BOOLEAN)",
+    "value": "CAST({} AS DOUBLE)",
+    "properties": "PARSE_JSON({})",
+}
+
+
+class _SnowflakeSink(_Sink):
+    """Snowflake's bulk path, one transaction: each chunk is formatted as CSV by an in-memory
+    DuckDB (the same SELECT as the other sinks), uploaded with PUT to the stage of a temporary
+    all-text table, loaded with COPY INTO, and inserted into the contract table with casts
+    (JSON text parsed into VARIANT). The temporary table keeps the COPY plain: a COPY with a
+    transformation (`PARSE_JSON($7)`) is not something fakesnow 0.12.1 runs.
+
+    Statements arrive as canonical SQL and are rendered for Snowflake, like the pipeline's.
+    """
+
+    def __init__(self, url: str) -> None:
+        import tempfile
+
+        import duckdb
+
+        from ab_pipeline.warehouse import Warehouse
+
+        self.warehouse = Warehouse(url)
+        self.raw = self.warehouse.engine().raw_connection()
+        self.cursor = self.raw.cursor()
+        self.formatter = duckdb.connect()
+        self.tmp = tempfile.TemporaryDirectory(prefix="ab-simulate-")
+        self.staged: set[str] = set()
+
+    def run(self, sql: str) -> None:
+        self.cursor.execute(self.warehouse.render(sql))
+
+    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        names = [c.strip() for c in columns.split(",")]
+        stage = quote_ident("ab_simulate_" + table.replace('"', "").replace(".", "_"))
+        if stage not in self.staged:
+            text_columns = ", ".join(f"{n} TEXT" for n in names)
+            self.run(f"CREATE TEMPORARY TABLE {stage} ({text_columns})")
+            self.staged.add(stage)
+        csv = Path(self.tmp.name) / "chunk.csv"
+        self.formatter.register("sim_chunk", frame)
+        try:
+            target = _literal(str(csv))
+            self.formatter.execute(f"COPY ({select}) TO {target} (FORMAT csv, HEADER false)")
+        finally:
+            self.formatter.unregister("sim_chunk")
+        # The table's own stage; its name is [a-z0-9_], unquoted it means the upper-case name.
+        loading = stage.strip('"').upper()
+        self.cursor.execute(f"PUT 'file://{csv}' @%{loading} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
+        self.cursor.execute(
+            f"COPY INTO {loading} FROM @%{loading} "
+            "FILE_FORMAT = (TYPE = CSV FIELD_OPTIONALLY_ENCLOSED_BY = '\"') PURGE = TRUE"
+        )
+        casts = ", ".join(_SNOWFLAKE_CASTS.get(n, "{}").format(n) for n in names)
+        self.run(f"INSERT INTO {table} ({columns}) SELECT {casts} FROM {stage}")
+        self.run(f"DELETE FROM {stage}")
+
+    def finish(self, commit: bool) -> None:
+        try:
+            if commit:
+                self.raw.commit()
+            else:
+                self.raw.rollback()
+        finally:
+            self.cursor.close()
+            self.raw.close()
+            self.formatter.close()
+            self.tmp.cleanup()
+
+
 SPARK_ROWS_PER_MESSAGE = 250_000  # about 10 MB of Arrow: well inside a 1 GB driver
 
 
@@ -239,9 +316,11 @@ def _open_sink(url: str) -> _Sink:
         return _DuckDBSink(normalize_url(url).removeprefix("duckdb:///"))
     if dialect == "postgresql":
         return _PostgresSink(url)
+    if dialect == "snowflake":
+        return _SnowflakeSink(url)
     if dialect == "spark":
         return _SparkSink(url)
-    raise ValueError(f"simulate writes to DuckDB, PostgreSQL or Spark, not {dialect!r}")
+    raise ValueError(f"simulate writes to DuckDB, PostgreSQL, Snowflake or Spark, not {dialect!r}")
 
 
 def _table(name: str, schema: str | None) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "Dialect",
     "all_dialects",
     "dialect_for",
+    "dialect_for_conn_type",
     "dialect_named",
     "embedded",
     "recording",
@@ -26,11 +27,14 @@ __all__ = [
 def all_dialects() -> tuple[Dialect, ...]:
     """Every engine module's DIALECT, found by listing this package (cheap: no engine's
     driver is imported)."""
+    from ab_pipeline.core import sql_safety
+
     found = []
     for module in pkgutil.iter_modules(__path__):
         if module.name != "base":
             dialect = importlib.import_module(f"{__name__}.{module.name}").DIALECT
             found.append(dialect)
+            sql_safety.ENGINE_DIALECTS.add(dialect.sqlglot_name)
     return tuple(sorted(found, key=lambda d: d.name))
 
 
@@ -46,6 +50,14 @@ def dialect_for(url: str) -> Dialect:
             return dialect
     known = ", ".join(s for d in all_dialects() for s in d.schemes)
     raise ValueError(f"warehouse URL scheme {scheme!r} is not supported (known: {known})")
+
+
+def dialect_for_conn_type(conn_type: str) -> Dialect | None:
+    """The engine an Airflow connection type names, or None."""
+    for dialect in all_dialects():
+        if conn_type in dialect.conn_types:
+            return dialect
+    return None
 
 
 def dialect_named(name: str) -> Dialect:

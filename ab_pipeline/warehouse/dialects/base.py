@@ -24,6 +24,7 @@ import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 CANONICAL = "duckdb"  # sqlglot's name for the dialect generated SQL is written in
@@ -57,6 +58,29 @@ def embedded(sql: str) -> str:
     return f'"{name}"'
 
 
+@dataclass(frozen=True)
+class ConnectionFields:
+    """An Airflow connection's fields, as `url_from_connection` reads them."""
+
+    conn_type: str
+    host: str | None = None
+    login: str | None = None
+    password: str | None = None
+    port: int | None = None
+    schema: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def netloc(self, default_host: str = "localhost") -> str:
+        """`login:password@host:port`, each part URL-quoted."""
+        from urllib.parse import quote
+
+        auth = quote(self.login or "", safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        netloc = (f"{auth}@" if auth else "") + (self.host or default_host)
+        return netloc + (f":{self.port}" if self.port else "")
+
+
 class Session(Protocol):
     """How the pipeline talks to an engine that SQLAlchemy does not reach (Spark Connect).
     Statements arrive rendered; parameters are bound by name (`:name`)."""
@@ -87,10 +111,40 @@ class Dialect:
     # Reads may run while another process writes (False: DuckDB's single-writer file).
     concurrent_readers: ClassVar[bool] = True
 
-    # --- URLs ---------------------------------------------------------------------------
+    # Airflow connection types that name this engine (`url_from_connection`).
+    conn_types: ClassVar[tuple[str, ...]] = ()
+
+    # --- URLs and connections -------------------------------------------------------------
 
     def normalize_url(self, url: str) -> str:
         return url
+
+    def url_from_connection(self, fields: ConnectionFields) -> str:
+        """The warehouse URL an Airflow connection of one of `conn_types` stands for."""
+        raise ValueError(f"{self.name} connections need extra.sqlalchemy_url")
+
+    def connection_env(self, url: str) -> dict[str, Any]:
+        """The Airflow connection (`AIRFLOW_CONN_*` JSON form) that points at `url`."""
+        return {"conn_type": "generic", "extra": {"sqlalchemy_url": url}}
+
+    def connect_args(self, url: str, read_only: bool) -> dict[str, Any]:
+        """Driver arguments for the SQLAlchemy engine of `url` (and any set-up it needs)."""
+        return {}
+
+    # Whether `result_types` can read a query's column types (a `{sql: ...}` source's contract).
+    reads_result_types: ClassVar[bool] = False
+
+    def result_types(self, connection: Any, select: str) -> dict[str, str]:
+        """{column: TYPE} of a rendered (LIMIT 0) SELECT's result, types upper-cased and
+        spelled as the engine's information_schema spells them, read without reading a row."""
+        raise NotImplementedError(f"{self.name} does not read a query's result types")
+
+    def autocommit(self, connection: Any, statement: str) -> Any:
+        """Run `statement` on a fresh SQLAlchemy connection and return the connection such
+        that only explicit BEGIN ... COMMIT open transactions on it from then on."""
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql(statement)
+        return connection
 
     def engine_url(self, url: str) -> str:
         """The SQLAlchemy URL an engine is built from."""
@@ -145,6 +199,11 @@ class Dialect:
         if isinstance(value, int | float):
             return repr(value) if isinstance(value, int) else _float_literal(value)
         return str(exp.Literal.string(str(value)).sql(dialect=self.sqlglot_name))
+
+    def stored_name(self, name: str) -> str:
+        """A name the pipeline quotes (`quote_ident`) as the engine stores it, i.e. as
+        information_schema shows it."""
+        return name
 
     def hash_bucket(self, column: str, buckets: int) -> str:
         """An integer in [0, buckets) from a text column, the same for the same value."""

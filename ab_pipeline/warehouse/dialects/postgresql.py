@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from ab_pipeline.warehouse.dialects.base import Dialect
+from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect
 
 # Any constant shared by every writer of the results tables (ASCII "ab_r").
 RESULTS_LOCK_KEY = 0x61625F72
@@ -18,6 +19,32 @@ class PostgreSQL(Dialect):
     # PostgreSQL sorts grouping sets on disk instead of hashing them.
     histograms_in_pass = False
     read_only_transactions = True
+    # Memory per sort or hash of the pipeline's sessions (PostgreSQL's default, 4MB, sends the
+    # extract's joins and per-unit aggregates, and the data-quality queries' of a large
+    # experiment, to disk in batches). A URL with its own `options` keeps them.
+    work_mem = "256MB"
+    conn_types = ("postgres", "postgresql")
+
+    reads_result_types = True
+
+    def result_types(self, connection: Any, select: str) -> dict[str, str]:
+        """The driver's result description carries type OIDs, which `format_type` names."""
+        from sqlalchemy import text
+
+        description = connection.execute(text(select)).cursor.description or []
+        # DB-API description: (name, type_code, ...); psycopg2's type_code is the type's OID.
+        oids = sorted({int(column[1]) for column in description})
+        names = {
+            int(row[0]): str(row[1]).upper()
+            for row in connection.execute(
+                text("SELECT oid, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(:oids)"),
+                {"oids": oids},
+            )
+        }
+        return {str(column[0]): names[int(column[1])] for column in description}
+
+    def url_from_connection(self, fields: ConnectionFields) -> str:
+        return f"postgresql://{fields.netloc()}/{fields.schema or 'postgres'}"
 
     def normalize_url(self, url: str) -> str:
         """`postgres://` and `postgresql://` mean the psycopg2 driver."""
@@ -26,6 +53,14 @@ class PostgreSQL(Dialect):
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
         return url
+
+    def engine_url(self, url: str) -> str:
+        from urllib.parse import parse_qsl, urlencode
+
+        base, _, query = url.partition("?")
+        settings = dict(parse_qsl(query))
+        settings.setdefault("options", f"-c work_mem={self.work_mem}")
+        return f"{base}?{urlencode(settings)}"
 
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"(abs(hashtext({column})) % {buckets})"

@@ -35,8 +35,9 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from ab_pipeline.warehouse.dialects.base import Dialect
+from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect
 
+DEFAULT_PORT = 15002  # Spark Connect's
 _LOCK = threading.Lock()
 _SESSIONS: dict[tuple[int, str], Any] = {}  # (pid, url) -> SparkSession
 # (pid, url, temporary table) -> its views: the table's own, then one per UPDATE of it.
@@ -278,6 +279,19 @@ class Spark(Dialect):
     schemes = ("sc",)
     materialized = False
     read_only_transactions = False
+
+    conn_types = ("spark_connect",)
+
+    def url_from_connection(self, fields: ConnectionFields) -> str:
+        """The Spark provider's connection: host (optionally written sc://host), port 15002."""
+        if not fields.host:
+            raise ValueError("a spark_connect connection needs host = the Spark Connect server")
+        host = fields.host.removeprefix("sc://").rstrip("/")
+        return f"sc://{host}:{fields.port or DEFAULT_PORT}"
+
+    def connection_env(self, url: str) -> dict[str, Any]:
+        host, _, port = url.removeprefix("sc://").split("/")[0].partition(":")
+        return {"conn_type": "spark_connect", "host": host, "port": int(port or DEFAULT_PORT)}
 
     def engine_url(self, url: str) -> str:
         raise ValueError(
