@@ -4,6 +4,7 @@ Usage:
   .venv/bin/python benchmarks/scale.py duckdb 10000 1000000 10000000 [--repeat 3]
   .venv/bin/python benchmarks/scale.py duckdb 200000 1000000 5000000 --scenario pageviews
   .venv/bin/python benchmarks/scale.py postgres 10000 1000000 [--url postgresql://...]
+  .venv/bin/python benchmarks/scale.py spark 10000 200000   # a local Spark Connect server
 
 Scenarios (`--scenario`):
 - `refund` (default): the refund-query-rewrite experiment with N units and ~10 events per unit
@@ -12,8 +13,9 @@ Scenarios (`--scenario`):
   purchase for about a quarter of the units: a proportion (7-day window), a mean and a p95 over
   the same page views (7-day window), one guardrail on the p95.
 
-Per size the scenario is simulated into a fresh warehouse (DuckDB file, or a throwaway
-PostgreSQL schema); then, each in a fresh interpreter so peak RSS belongs to that step alone:
+Per size the scenario is simulated into a fresh warehouse (DuckDB file, a throwaway
+PostgreSQL schema, or a Spark Connect server of its own: `local[2]`, 1 GB driver, started once
+for the whole run by `ab_pipeline.devtools.spark_server`); then, each in a fresh interpreter so peak RSS belongs to that step alone:
 - `readout`: `run_pipeline` (extract, all gates incl. Great Expectations, analysis, decision,
   results tables, brief; no email) — wall time and peak RSS of the process;
 - `floor`: one bare join-and-group-by of events with exposures (one scan of both tables).
@@ -35,6 +37,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,12 +157,14 @@ def measure(
     schema = None
     if kind == "duckdb":
         url = f"duckdb:///{root / f'scale_{units}.duckdb'}"
+    elif kind == "spark":
+        url = pg_url  # the running Spark Connect server's sc:// URL
     else:
         schema = f"ab_scale_{uuid.uuid4().hex[:8]}"
         Warehouse(pg_url).execute(f"CREATE SCHEMA {schema}")
         url = f"{pg_url}?options=-csearch_path%3D{schema}"
     try:
-        sim = simulate(mix, url if kind == "duckdb" else pg_url, units, schema)
+        sim = simulate(mix, pg_url if kind == "postgres" else url, units, schema)
         dispose_all()
         if kind == "postgres":  # a loaded warehouse has statistics; the simulator's tables not yet
             Warehouse(pg_url).execute([f"ANALYZE {schema}.exposures", f"ANALYZE {schema}.events"])
@@ -247,7 +253,7 @@ def report(kind: str, rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["duckdb", "postgres"])
+    parser.add_argument("kind", choices=["duckdb", "postgres", "spark"])
     parser.add_argument("sizes", nargs="+", type=int, help="units per size, smallest first")
     parser.add_argument("--url", default=PG_DEFAULT, help="PostgreSQL server (postgres only)")
     parser.add_argument("--scenario", choices=sorted(MIXES), default="refund", help="metric mix")
@@ -256,12 +262,27 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ab-scale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ab-scale-") as tmp, _server(args.kind, tmp) as url:
         for units in sorted(args.sizes):
-            row = measure(args.kind, units, Path(tmp), args.url, args.repeat, MIXES[args.scenario])
+            row = measure(
+                args.kind, units, Path(tmp), url or args.url, args.repeat, MIXES[args.scenario]
+            )
             print(json.dumps(row), flush=True)
             rows.append(row)
     report(args.kind, rows)
+
+
+@contextmanager
+def _server(kind: str, folder: str) -> Iterator[str | None]:
+    """A Spark Connect server for the run (its URL), or nothing for the other engines."""
+    if kind != "spark":
+        yield None
+        return
+    from ab_pipeline.devtools.spark_server import SparkConnectServer
+
+    with SparkConnectServer(Path(folder) / "spark") as server:
+        print(f"spark: server answered after {server.started_in_s:.0f} s", flush=True)
+        yield server.url
 
 
 if __name__ == "__main__":
