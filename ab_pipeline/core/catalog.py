@@ -49,9 +49,9 @@ from ab_pipeline.core.config import (
     MetricSource,
 )
 from ab_pipeline.core.errors import ConfigProblem
+from ab_pipeline.core.paths import REPO_ROOT
 
 METRICS_DIR_ENV = "AB_PIPELINE_METRICS_DIR"
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 REPO_CATALOG = REPO_ROOT / "dags" / "metrics"
 # Fields of a catalog entry that are not the metric's own (CatalogEntryFields). `description`
 # belongs to both: required in the catalog, and the metric carries it into the brief.
