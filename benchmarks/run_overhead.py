@@ -110,7 +110,8 @@ def main() -> None:
             timed([sys.executable, "-c", "pass"], env) for _ in range(args.repeat)
         )
         rows["python -c 'import ab_pipeline.orchestration.cli'"] = statistics.median(
-            timed([sys.executable, "-c", "import ab_pipeline.orchestration.cli"], env) for _ in range(args.repeat)
+            timed([sys.executable, "-c", "import ab_pipeline.orchestration.cli"], env)
+            for _ in range(args.repeat)
         )
         rows["python -c 'import airflow.sdk'"] = statistics.median(
             timed([sys.executable, "-c", "import airflow.sdk"], env) for _ in range(args.repeat)
