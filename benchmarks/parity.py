@@ -81,13 +81,16 @@ def read_out(engine: str, key: str, url: str, schema: str | None, out: Path) -> 
     run_pipeline(ctx, deliver=False)
     seconds = time.perf_counter() - began
     results = json.loads((ctx.run_dir / "results.json").read_text())
-    primary = results["metrics"][config.primary]
+    row = {"engine": engine, "experiment": key, "decision": results["decision"]}
+    primary = results["metrics"].get(config.primary)
+    if primary is None:  # a failed gate: no analysis; units per arm are the SRM gate's counts
+        counts = (results["gates"].get("srm") or {}).get("counts", {})
+        units = " / ".join(f"{counts[a]:,}" for a in config.arms if a in counts)
+        return {**row, "units": units or "—", "estimate": None, "ci": None, "seconds": seconds}
     arms = primary["arms"]
-    [(arm, comparison)] = list(primary["comparisons"].items())[:1]
+    [comparison] = list(primary["comparisons"].values())[:1]
     return {
-        "engine": engine,
-        "experiment": key,
-        "decision": results["decision"],
+        **row,
         "units": " / ".join(f"{arms[a]['units']:,}" for a in config.arms),
         "estimate": comparison["absolute"],
         "ci": tuple(comparison["ci"]),
@@ -114,10 +117,13 @@ def main() -> None:
     print("\n| experiment | engine | decision | units per arm | primary estimate [95% CI] | s |")
     print("|---|---|---|---:|---|---:|")
     for row in sorted(rows, key=lambda r: (r["experiment"], ENGINES.index(r["engine"]))):
-        low, high = row["ci"]
+        estimate = "— (not analysed)"
+        if row["estimate"] is not None:
+            low, high = row["ci"]
+            estimate = f"{row['estimate']:+.10g} [{low:+.6g}, {high:+.6g}]"
         print(
             f"| {row['experiment']} | {row['engine']} | {row['decision']} | {row['units']} | "
-            f"{row['estimate']:+.10g} [{low:+.6g}, {high:+.6g}] | {row['seconds']:.1f} |"
+            f"{estimate} | {row['seconds']:.1f} |"
         )
 
 
