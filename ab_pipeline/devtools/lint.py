@@ -308,7 +308,7 @@ def check_source_queries(config: ExperimentConfig, warehouse: Warehouse) -> list
             warnings.append(
                 LintWarning(
                     field,
-                    f"the query returns no column {names}; a {which} source returns "
+                    f"the query returns no column {names}; an {which} source returns "
                     f"{', '.join(SOURCE_COLUMNS[which])} (docs/warehouse.md)",
                     blocking=True,
                 )
