@@ -28,8 +28,10 @@ Rules:
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 from ab_pipeline.core.config import SOURCE_COLUMNS, ExperimentConfig, SourceName
 from ab_pipeline.metrics import kind_of
@@ -232,14 +234,20 @@ def exposure_property_names(warehouse: Warehouse, config: ExperimentConfig) -> l
     keys = warehouse.sql_dialect.json_keys_sql("d.doc")
     for where in ("AND x.experiment_key = :key", ""):
         rows = warehouse.query(
-            f"SELECT DISTINCT {keys} AS name FROM (SELECT CAST(x.properties AS TEXT) AS doc "
+            "SELECT DISTINCT k.name AS name FROM (SELECT CAST(x.properties AS TEXT) AS doc "
             f"FROM {table} x WHERE x.properties IS NOT NULL {where} GROUP BY 1) d "
-            "ORDER BY 1",
+            f"CROSS JOIN {keys} AS k(name) ORDER BY 1",
             {"key": config.key},
         )
         if rows:
-            return [str(row["name"]) for row in rows]
+            return sorted({_key_text(row["name"]) for row in rows})
     return []
+
+
+def _key_text(name: Any) -> str:
+    """A key as text: Snowflake's FLATTEN yields VARIANTs, which arrive as JSON text."""
+    text = str(name)
+    return str(json.loads(text)) if text.startswith('"') and text.endswith('"') else text
 
 
 def check_receipt_fields(config: ExperimentConfig, warehouse: Warehouse) -> list[LintWarning]:

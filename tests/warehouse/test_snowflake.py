@@ -98,3 +98,18 @@ def test_simulate_loads_a_scenario_into_fakesnow(fakesnow_url: str) -> None:
     assert 1900 <= row["units"] <= 2000 and row["with_properties"] == row["n"]
     [events] = warehouse.query("SELECT COUNT(*) AS n, COUNT(value) AS v FROM events")
     assert events["n"] > 5000 and 0 < events["v"] < events["n"]
+
+
+def test_exposure_property_names_are_listed_on_snowflake(fakesnow_url: str) -> None:
+    """The canonical set-returning `unnest(json_keys(...))` is transpiled into a FLATTEN."""
+    from ab_pipeline.core.config import load_config
+    from ab_pipeline.devtools.lint import exposure_property_names
+    from ab_pipeline.devtools.simulate import main_simulate
+
+    repo = Path(__file__).resolve().parents[2]
+    scenario = repo / "simulations" / "refund-query-rewrite.yaml"
+    assert main_simulate(["--warehouse", fakesnow_url, "--units", "500", str(scenario)]) == 0
+    config = load_config(repo / "dags" / "experiments" / "refund-query-rewrite.yaml")
+    names = exposure_property_names(Warehouse(fakesnow_url), config)
+    assert {"decoder", "generator", "index"} <= set(names)
+    assert all(not name.startswith('"') for name in names)

@@ -210,7 +210,8 @@ class Dialect:
         return f"(hash({column}) % {buckets})"
 
     def json_keys_sql(self, doc: str) -> str:
-        """A set-returning expression: the top-level keys of the JSON text `doc`."""
+        """A set-returning FROM item (one column, aliased by the caller): the top-level keys of
+        the JSON text `doc`. sqlglot transpiles the canonical one (Snowflake: a FLATTEN)."""
         return f"unnest(json_keys(CAST({doc} AS JSON)))"
 
     # Whether `WITH x AS MATERIALIZED (...)` (a hint to evaluate the CTE once) is kept.

@@ -36,9 +36,6 @@ class BigQuery(Dialect):
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"MOD(ABS(FARM_FINGERPRINT({column})), {buckets})"
 
-    def json_keys_sql(self, doc: str) -> str:
-        return f"UNNEST(JSON_KEYS(PARSE_JSON({doc})))"
-
 
 def _json_value(node: Any) -> Any:
     """Canonical `doc->>:key` (a top-level key bound as a parameter) as BigQuery's
