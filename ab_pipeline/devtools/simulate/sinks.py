@@ -127,72 +127,10 @@ class _DuckDBSink(_Sink):
             self.con.close()
 
 
-class _PostgresSink(_Sink):
-    """COPY FROM STDIN through the engine's raw psycopg2 connection, one transaction.
-
-    An in-memory DuckDB formats each chunk as CSV (the same SELECT as the DuckDB path, so both
-    warehouses get identical rows); psycopg2 streams the file to the server.
-    """
-
-    def __init__(self, url: str) -> None:
-        import tempfile
-
-        import duckdb
-
-        from ab_pipeline.warehouse import Warehouse
-
-        self.raw = Warehouse(url).engine().raw_connection()
-        self.cursor = self.raw.cursor()
-        self.formatter = duckdb.connect()
-        self.tmp = tempfile.TemporaryDirectory(prefix="ab-simulate-")
-        self.csv = Path(self.tmp.name) / "chunk.csv"
-
-    def run(self, sql: str) -> None:
-        self.cursor.execute(sql)
-
-    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
-        self.formatter.register("sim_chunk", frame)
-        try:
-            target = _literal(str(self.csv))
-            self.formatter.execute(f"COPY ({select}) TO {target} (FORMAT csv, HEADER false)")
-        finally:
-            self.formatter.unregister("sim_chunk")
-        with self.csv.open("rb") as data:
-            self.cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", data)
-
-    def finish(self, commit: bool) -> None:
-        try:
-            if commit:
-                self.raw.commit()
-            else:
-                self.raw.rollback()
-        finally:
-            self.cursor.close()
-            self.raw.close()
-            self.formatter.close()
-            self.tmp.cleanup()
-
-
-# Columns of the contract tables that are not text, and how a CSV text field becomes one.
-_SNOWFLAKE_CASTS = {
-    "exposed_at": "CAST({} AS TIMESTAMP_NTZ)",
-    "occurred_at": "CAST({} AS TIMESTAMP_NTZ)",
-    "is_internal": "CAST({} AS BOOLEAN)",
-    "is_bot": "CAST({} AS BOOLEAN)",
-    "value": "CAST({} AS DOUBLE)",
-    "properties": "PARSE_JSON({})",
-}
-
-
-class _SnowflakeSink(_Sink):
-    """Snowflake's bulk path, one transaction: each chunk is formatted as CSV by an in-memory
-    DuckDB (the same SELECT as the other sinks), uploaded with PUT to the stage of a temporary
-    all-text table, loaded with COPY INTO, and inserted into the contract table with casts
-    (JSON text parsed into VARIANT). The temporary table keeps the COPY plain: a COPY with a
-    transformation (`PARSE_JSON($7)`) is not something fakesnow 0.12.1 runs.
-
-    Statements arrive as canonical SQL and are rendered for Snowflake, like the pipeline's.
-    """
+class _CsvSink(_Sink):
+    """A sink over the engine's raw DB-API connection, one transaction; an in-memory DuckDB
+    formats each chunk as CSV (the same SELECT as the DuckDB path, so every warehouse gets
+    identical rows) for the subclass to bulk-load."""
 
     def __init__(self, url: str) -> None:
         import tempfile
@@ -206,35 +144,17 @@ class _SnowflakeSink(_Sink):
         self.cursor = self.raw.cursor()
         self.formatter = duckdb.connect()
         self.tmp = tempfile.TemporaryDirectory(prefix="ab-simulate-")
-        self.staged: set[str] = set()
+        self.csv = Path(self.tmp.name) / "chunk.csv"
 
-    def run(self, sql: str) -> None:
-        self.cursor.execute(self.warehouse.render(sql))
-
-    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
-        names = [c.strip() for c in columns.split(",")]
-        stage = quote_ident("ab_simulate_" + table.replace('"', "").replace(".", "_"))
-        if stage not in self.staged:
-            text_columns = ", ".join(f"{n} TEXT" for n in names)
-            self.run(f"CREATE TEMPORARY TABLE {stage} ({text_columns})")
-            self.staged.add(stage)
-        csv = Path(self.tmp.name) / "chunk.csv"
+    def chunk_csv(self, frame: pd.DataFrame, select: str) -> Path:
+        """The chunk's rows, as `select` shapes them, in a CSV file (no header)."""
         self.formatter.register("sim_chunk", frame)
         try:
-            target = _literal(str(csv))
+            target = _literal(str(self.csv))
             self.formatter.execute(f"COPY ({select}) TO {target} (FORMAT csv, HEADER false)")
         finally:
             self.formatter.unregister("sim_chunk")
-        # The table's own stage; its name is [a-z0-9_], unquoted it means the upper-case name.
-        loading = stage.strip('"').upper()
-        self.cursor.execute(f"PUT 'file://{csv}' @%{loading} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
-        self.cursor.execute(
-            f"COPY INTO {loading} FROM @%{loading} "
-            "FILE_FORMAT = (TYPE = CSV FIELD_OPTIONALLY_ENCLOSED_BY = '\"') PURGE = TRUE"
-        )
-        casts = ", ".join(_SNOWFLAKE_CASTS.get(n, "{}").format(n) for n in names)
-        self.run(f"INSERT INTO {table} ({columns}) SELECT {casts} FROM {stage}")
-        self.run(f"DELETE FROM {stage}")
+        return self.csv
 
     def finish(self, commit: bool) -> None:
         try:
@@ -247,6 +167,65 @@ class _SnowflakeSink(_Sink):
             self.raw.close()
             self.formatter.close()
             self.tmp.cleanup()
+
+
+class _PostgresSink(_CsvSink):
+    """COPY FROM STDIN through psycopg2: the chunk's CSV streamed to the server."""
+
+    def run(self, sql: str) -> None:
+        self.cursor.execute(sql)
+
+    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        with self.chunk_csv(frame, select).open("rb") as data:
+            self.cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", data)
+
+
+# Columns of the contract tables that are not text, and how a CSV text field becomes one.
+_SNOWFLAKE_CASTS = {
+    "exposed_at": "CAST({} AS TIMESTAMP_NTZ)",
+    "occurred_at": "CAST({} AS TIMESTAMP_NTZ)",
+    "is_internal": "CAST({} AS BOOLEAN)",
+    "is_bot": "CAST({} AS BOOLEAN)",
+    "value": "CAST({} AS DOUBLE)",
+    "properties": "PARSE_JSON({})",
+}
+
+
+class _SnowflakeSink(_CsvSink):
+    """Snowflake's bulk path, one transaction: each chunk is formatted as CSV by an in-memory
+    DuckDB (the same SELECT as the other sinks), uploaded with PUT to the stage of a temporary
+    all-text table, loaded with COPY INTO, and inserted into the contract table with casts
+    (JSON text parsed into VARIANT). The temporary table keeps the COPY plain: a COPY with a
+    transformation (`PARSE_JSON($7)`) is not something fakesnow 0.12.1 runs.
+
+    Statements arrive as canonical SQL and are rendered for Snowflake, like the pipeline's.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.staged: set[str] = set()
+
+    def run(self, sql: str) -> None:
+        self.cursor.execute(self.warehouse.render(sql))
+
+    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        names = [c.strip() for c in columns.split(",")]
+        stage = quote_ident("ab_simulate_" + table.replace('"', "").replace(".", "_"))
+        if stage not in self.staged:
+            text_columns = ", ".join(f"{n} TEXT" for n in names)
+            self.run(f"CREATE TEMPORARY TABLE {stage} ({text_columns})")
+            self.staged.add(stage)
+        csv = self.chunk_csv(frame, select)
+        # The table's own stage; its name is [a-z0-9_], unquoted it means the upper-case name.
+        loading = stage.strip('"').upper()
+        self.cursor.execute(f"PUT 'file://{csv}' @%{loading} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
+        self.cursor.execute(
+            f"COPY INTO {loading} FROM @%{loading} "
+            "FILE_FORMAT = (TYPE = CSV FIELD_OPTIONALLY_ENCLOSED_BY = '\"') PURGE = TRUE"
+        )
+        casts = ", ".join(_SNOWFLAKE_CASTS.get(n, "{}").format(n) for n in names)
+        self.run(f"INSERT INTO {table} ({columns}) SELECT {casts} FROM {stage}")
+        self.run(f"DELETE FROM {stage}")
 
 
 SPARK_ROWS_PER_MESSAGE = 250_000  # about 10 MB of Arrow: well inside a 1 GB driver
