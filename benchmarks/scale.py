@@ -19,7 +19,11 @@ for the whole run by `ab_pipeline.devtools.spark_server`); then, each in a fresh
 so peak RSS belongs to that step alone:
 - `readout`: `run_pipeline` (extract, all gates incl. Great Expectations, analysis, decision,
   results tables, brief; no email) — wall time and peak RSS of the process;
-- `floor`: one bare join-and-group-by of events with exposures (one scan of both tables).
+- `floor`: one bare join-and-group-by of events with exposures (one scan of both tables):
+  rows and the sum of values per arm;
+- `units floor`: the same scan counting distinct units and averaging the value per arm (the
+  scan issue 17 measured against: `COUNT(DISTINCT unit)` makes it hash every unit, as a
+  per-unit readout must).
 With `--repeat N` the readout and the floor alternate N times on the same warehouse and the
 medians are reported (peak RSS: the largest): at 1M units the floor is a fraction of a second,
 so one slow run swings the ratio. The smallest size gives the fixed overhead; marginal cost per
@@ -99,8 +103,11 @@ if mode == "readout":
     detail = pipeline.run_pipeline(ctx, deliver=False)["decision"]
 else:
     from ab_pipeline.warehouse import Warehouse
+    what = "COUNT(*) AS n, SUM(e.value)"
+    if mode == "units_floor":
+        what = "COUNT(DISTINCT e.unit_id) AS n, AVG(e.value)"
     rows = Warehouse(url).query(
-        "SELECT x.arm, COUNT(*) AS n, SUM(e.value) AS v FROM events e "
+        f"SELECT x.arm, {what} AS v FROM events e "
         "JOIN exposures x ON x.unit_id = e.unit_id WHERE x.experiment_key = :k GROUP BY x.arm",
         {"k": key})
     detail = sum(int(r["n"]) for r in rows)
@@ -170,10 +177,11 @@ def measure(
         if kind == "postgres":  # a loaded warehouse has statistics; the simulator's tables not yet
             Warehouse(pg_url).execute([f"ANALYZE {schema}.exposures", f"ANALYZE {schema}.events"])
         events = count_events(url)
-        readouts, floors = [], []
+        readouts, floors, unit_floors = [], [], []
         for _ in range(repeat):
             readouts.append(child("readout", url, root / "briefs", mix))
             floors.append(child("floor", url, root / "briefs", mix))
+            unit_floors.append(child("units_floor", url, root / "briefs", mix))
     finally:
         if schema:
             Warehouse(pg_url).execute(f"DROP SCHEMA {schema} CASCADE")
@@ -193,6 +201,8 @@ def measure(
         "floor_s": statistics.median_low(f["wall_s"] for f in floors),
         "floor_runs_s": [f["wall_s"] for f in floors],
         "floor_rss_mib": max(f["peak_rss_mib"] for f in floors),
+        "units_floor_s": statistics.median_low(f["wall_s"] for f in unit_floors),
+        "units_floor_runs_s": [f["wall_s"] for f in unit_floors],
     }
 
 
@@ -227,16 +237,19 @@ def report(kind: str, rows: list[dict[str, Any]]) -> None:
     print(
         "| units | events | simulate s | readout s | readout peak RSS MiB | floor s |"
         " readout ns/event (marginal) | floor ns/event (marginal) | ratio |"
+        " units floor s | ratio to units floor |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         extra = row["events"] - base["events"]
         if extra > 0:
             marginal = 1e9 * (row["readout_s"] - base["readout_s"]) / extra
             floor = 1e9 * (row["floor_s"] - base["floor_s"]) / extra
+            units = 1e9 * (row["units_floor_s"] - base["units_floor_s"]) / extra
             tail = f"{marginal:.0f} | {floor:.0f} | {marginal / max(floor, 1e-9):.1f}x"
+            tail += f" | {row['units_floor_s']:.2f} | {marginal / max(units, 1e-9):.1f}x"
         else:
-            tail = "— | — | —"
+            tail = f"— | — | — | {row['units_floor_s']:.2f} | —"
         print(
             f"| {row['units']:,} | {row['events']:,} | {row['simulate_s']:.1f} | "
             f"{row['readout_s']:.1f} | {row['readout_rss_mib']:.0f} | "
