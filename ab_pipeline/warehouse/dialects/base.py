@@ -136,7 +136,9 @@ class Dialect:
 
     def result_types(self, connection: Any, select: str) -> dict[str, str]:
         """{column: TYPE} of a rendered (LIMIT 0) SELECT's result, types upper-cased and
-        spelled as the engine's information_schema spells them, read without reading a row."""
+        spelled as the engine's information_schema spells them (Spark, which has none: as
+        `column_types_sql` does), read without reading a row. `connection`: a SQLAlchemy
+        connection, or the engine's `session` where it has one."""
         raise NotImplementedError(f"{self.name} does not read a query's result types")
 
     def autocommit(self, connection: Any, statement: str) -> Any:
