@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-fast lint typecheck clean
+.PHONY: install bq-emulator browser demo test test-fast lint typecheck clean
 
 install: $(STAMP)
 
@@ -19,13 +19,32 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(BIN)/ab-pipeline demo
 
-test: install browser
+test: install browser bq-emulator
 	$(BIN)/python -m pytest
 
 # The suite without the tests marked `slow` (real Airflow DAG runs, api-server, Celery stack,
 # Chromium): quick feedback while developing; `make test` stays what CI runs.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# The BigQuery emulator the BigQuery tests start (tests/bigquery_server.py): its own venv, since
+# it pins sqlglot and DuckDB versions the main lock cannot share. DuckDB loads the emulator's
+# spatial extension from $$HOME/.duckdb; the server runs with HOME=$(BQ_HOME), where the
+# extension shipped by the duckdb-extension-spatial package is linked (no download).
+BQ_VENV := .venv-bq
+BQ_HOME := $(BQ_VENV)/home
+BQ_STAMP := $(BQ_VENV)/.installed
+
+bq-emulator: $(BQ_STAMP)
+
+$(BQ_STAMP): requirements-bq-emulator.lock
+	test -x $(BQ_VENV)/bin/python || $(PYTHON) -m venv $(BQ_VENV)
+	$(BQ_VENV)/bin/python -m pip install --quiet -r requirements-bq-emulator.lock
+	mkdir -p $(BQ_HOME)/.duckdb/extensions/v1.5.5/linux_amd64
+	ln -sf "$$($(BQ_VENV)/bin/python -c 'import duckdb_extension_spatial as m, pathlib; \
+		print(next(pathlib.Path(m.__file__).parent.glob("extensions/v1.5.5/spatial.*")))')" \
+		$(BQ_HOME)/.duckdb/extensions/v1.5.5/linux_amd64/spatial.duckdb_extension
+	touch $(BQ_STAMP)
 
 # The brief's browser tests drive Debian's chromium; install it only when it is missing
 # (CI runs `make test` as root, so apt-get needs no sudo there).

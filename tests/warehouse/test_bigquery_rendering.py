@@ -1,6 +1,8 @@
-"""BigQuery is rendered, not executed, here: every statement a real readout runs (on DuckDB)
-is rendered for BigQuery, parsed back by sqlglot's BigQuery dialect and compared with a
-golden file reviewed by hand (`tests/warehouse/golden/bigquery/<experiment>.sql`).
+"""Every statement a real readout runs (on DuckDB) is rendered for BigQuery, parsed back by
+sqlglot's BigQuery dialect and compared with a golden file reviewed by hand
+(`tests/warehouse/golden/bigquery/<experiment>.sql`). tests/test_bigquery_parity.py runs
+readouts against a BigQuery emulator; this test also covers the statements the emulator
+cannot run (docs/engines.md).
 
 After a deliberate change to the generated SQL, rewrite the golden files with
 `AB_PIPELINE_UPDATE_GOLDEN=1 pytest tests/warehouse/test_bigquery_rendering.py` and review the

@@ -1,5 +1,5 @@
 """Writing: the chunks as rows of the warehouse's contract tables (DuckDB, PostgreSQL,
-Snowflake or Spark)."""
+Snowflake, Spark or BigQuery)."""
 
 from __future__ import annotations
 
@@ -289,6 +289,66 @@ class _SparkSink(_Sink):
         self.formatter.close()
 
 
+def _ndjson_line(names: list[str], row: tuple[object, ...]) -> str:
+    """One row as a line of a BigQuery NDJSON load: times in UTC, JSON text as a JSON value."""
+    import json
+    from datetime import datetime
+
+    record = {}
+    for name, value in zip(names, row, strict=True):
+        if isinstance(value, datetime):
+            value = value.isoformat(sep=" ")
+        elif name == "properties" and isinstance(value, str):
+            value = json.loads(value)
+        record[name] = value
+    return json.dumps(record) + "\n"
+
+
+class _BigQuerySink(_Sink):
+    """BigQuery: DDL and DELETEs as statements; each chunk formatted by an in-memory DuckDB
+    (the same SELECT as the other sinks) and appended by a load job of its rows (NDJSON: a
+    load, unlike a streaming insert, leaves rows that DELETE can remove at once).
+
+    No transaction spans the load jobs: a failed simulation leaves the chunks loaded so far,
+    and the next run's `_prepare` deletes them.
+    """
+
+    def __init__(self, url: str) -> None:
+        import duckdb
+
+        from ab_pipeline.warehouse import Warehouse
+        from ab_pipeline.warehouse.dialects.bigquery import BigQuerySession
+
+        self.warehouse = Warehouse(url)
+        self.session = BigQuerySession(url)
+        self.formatter = duckdb.connect()
+
+    def run(self, sql: str) -> None:
+        self.warehouse.execute(sql)
+
+    def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        import io
+
+        from google.cloud.bigquery import LoadJobConfig, SourceFormat
+
+        self.formatter.register("sim_chunk", frame)
+        try:
+            rows = self.formatter.sql(select).fetchall()
+        finally:
+            self.formatter.unregister("sim_chunk")
+        names = [c.strip() for c in columns.split(",")]
+        lines = "".join(_ndjson_line(names, row) for row in rows).encode()
+        config = LoadJobConfig(
+            source_format=SourceFormat.NEWLINE_DELIMITED_JSON, write_disposition="WRITE_APPEND"
+        )
+        self.session.client.load_table_from_file(
+            io.BytesIO(lines), self.session.table_id(table), job_config=config
+        ).result()
+
+    def finish(self, commit: bool) -> None:
+        self.formatter.close()
+
+
 def _open_sink(url: str) -> _Sink:
     dialect = dialect_of(url)
     if dialect == "duckdb":
@@ -299,7 +359,11 @@ def _open_sink(url: str) -> _Sink:
         return _SnowflakeSink(url)
     if dialect == "spark":
         return _SparkSink(url)
-    raise ValueError(f"simulate writes to DuckDB, PostgreSQL, Snowflake or Spark, not {dialect!r}")
+    if dialect == "bigquery":
+        return _BigQuerySink(url)
+    raise ValueError(
+        f"simulate writes to DuckDB, PostgreSQL, Snowflake, Spark or BigQuery, not {dialect!r}"
+    )
 
 
 def _table(name: str, schema: str | None) -> str:
