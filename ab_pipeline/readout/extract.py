@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ab_pipeline.core.config import ExperimentConfig, QuantileMetric
 from ab_pipeline.metrics import KINDS, in_column_order, kind_of
@@ -53,6 +53,9 @@ from ab_pipeline.warehouse.run_tables import (
 )
 from ab_pipeline.warehouse.run_tables import units_table_name as units_table_name
 from ab_pipeline.warehouse.sources import source_relation
+
+if TYPE_CHECKING:
+    from ab_pipeline.warehouse.dialects.base import Session
 
 RUN_TABLE_PREFIXES = ("ab_units", "ab_qhist")
 KEEP_RUN_TABLES_ENV = "AB_PIPELINE_KEEP_RUN_TABLES"
@@ -625,23 +628,26 @@ def _in_transaction(connection: Any, begin: str, work: Callable[[], None]) -> No
 
 def _session_build(
     warehouse: Warehouse,
-    session: Any,
+    session: Session,
     steps: list[str],
     rest: list[str],
     params: dict[str, Any],
 ) -> None:
-    """The build on an engine reached through its own session (Spark), which has no
+    """The build on an engine reached through its own session (Spark, BigQuery), in one
+    `batch` (BigQuery: one session, whose temporary tables the check reads). There are no
     transactions: a failure drops the session-local tables made so far, so that a retry in
-    the same process starts afresh (the units table is dropped and rebuilt by every run)."""
-    try:
-        session.execute([warehouse.render(s) for s in steps], params)
-        _refuse_several_rows(session.query(warehouse.render(SEVERAL_ROWS), params))
-        session.execute([warehouse.render(s) for s in rest], params)
-    except Exception:
-        for name in _temporary_tables(steps):
-            with contextlib.suppress(Exception):  # the error that stopped the build matters
-                session.execute([warehouse.render(f"DROP TABLE IF EXISTS {name}")], {})
-        raise
+    the same process starts afresh (Spark's views outlive the batch; the units table is
+    dropped and rebuilt by every run)."""
+    with session.batch() as batch:
+        try:
+            batch.execute([warehouse.render(s) for s in steps], params)
+            _refuse_several_rows(batch.query(warehouse.render(SEVERAL_ROWS), params))
+            batch.execute([warehouse.render(s) for s in rest], params)
+        except Exception:
+            for name in _temporary_tables(steps):
+                with contextlib.suppress(Exception):  # the error that stopped the build matters
+                    batch.execute([warehouse.render(f"DROP TABLE IF EXISTS {name}")], {})
+            raise
 
 
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:

@@ -125,6 +125,10 @@ class ConnectSession:
                 for part in self._current_names(statement).split("; "):
                     self.dataframe(part, params).collect()
 
+    def batch(self) -> contextlib.nullcontext[ConnectSession]:
+        """The session itself: its temporary views last until they are dropped."""
+        return contextlib.nullcontext(self)
+
     def _update(self, statement: str, params: Mapping[str, Any]) -> None:
         """An UPDATE of a temporary table t (a cached view) as a rebuild: the updated rows are
         cached as a new view, computed from t's current one, and from then on every statement
