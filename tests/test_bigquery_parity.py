@@ -60,8 +60,16 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 # Not refund-query-rewrite nor search-ranking-v2: the first's `receipt` check, the second's SRM
 # diagnosis group by an expression holding a bound parameter, which the emulator cannot run
-# (see the module docstring). onboarding-checklist also runs with a ratio and a CUPED metric.
+# (see the module docstring). onboarding-checklist also runs with a ratio, a CUPED and a `sql:`
+# metric.
 EXPERIMENTS = ("delivery-estimate", "onboarding-checklist", VARIANT)
+
+
+# Support tickets per unit: GoogleSQL that DuckDB runs as written too.
+TICKETS_SQL = (
+    f"SELECT unit_id, COUNT(*) AS value FROM {DATASET}.events "
+    "WHERE event_name = 'support_ticket' GROUP BY unit_id"
+)
 
 
 def qualified_config(key: str, folder: Path) -> Path:
@@ -76,6 +84,8 @@ def qualified_config(key: str, folder: Path) -> Path:
     source = data.setdefault("source", {})
     source["exposures"] = f"{DATASET}.exposures"
     source["events"] = f"{DATASET}.events"
+    if key == VARIANT:  # and a `sql:` metric, read in the extract's BigQuery session
+        data["metrics"]["tickets"] = {"type": "mean", "sql": TICKETS_SQL}
     path = folder / key / f"{original.stem}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -151,6 +161,7 @@ def test_every_gate_ran_and_the_primary_was_estimated_on_bigquery(both: dict[str
     variant = both["bigquery"][VARIANT]["metrics"]
     assert variant["tickets_per_session"]["comparisons"]["treatment"]["se"] > 0
     assert variant["sessions_7d"]["comparisons"]["treatment"]["cuped"]["theta"] != 0
+    assert variant["tickets"]["comparisons"]["treatment"]["se"] > 0
 
 
 def test_each_extract_ran_in_one_bigquery_session(both: dict[str, Any]) -> None:
@@ -160,10 +171,17 @@ def test_each_extract_ran_in_one_bigquery_session(both: dict[str, Any]) -> None:
     extracts = [s for s in sessions(both["requests"]) if "ab_tmp_enrolled" in " ".join(s)]
     assert len(extracts) == len(EXPERIMENTS)
     for statements in extracts:
-        assert statements[0].startswith("DROP TABLE IF EXISTS `ab`.`ab_units__")
+        # (With a `sql:` metric, its rows are read first, into a temporary table.)
+        assert statements[0].startswith(
+            ("DROP TABLE IF EXISTS `ab`.`ab_units__", "CREATE TEMPORARY TABLE ab_tmp_sql_metric")
+        )
         assert any(s.startswith("CREATE TEMPORARY TABLE ab_tmp_enrolled") for s in statements)
         assert any(s.startswith("UPDATE ab_tmp_enrolled") for s in statements)
         assert statements[-1] == "CALL BQ.ABORT_SESSION()"
+    # The `sql:` metric's values, and the query that refuses several rows for a unit, in the
+    # session whose temporary tables they are.
+    [with_sql] = [s for s in extracts if any("ab_tmp_sql_metric_values" in q for q in s)]
+    assert any("HAVING COUNT(*) > 1" in q for q in with_sql)
 
 
 def sessions(requests: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[list[str]]:

@@ -64,6 +64,36 @@ def with_ratio_and_cuped(folder: Path) -> Path:
     return path
 
 
+# The user's own SQL of `with_sql_metric_and_query_sources`: as written, it runs on DuckDB,
+# Snowflake and Spark alike.
+ESCALATIONS_SQL = (
+    "SELECT unit_id, COUNT(*) AS value FROM events WHERE event_name = 'escalated' GROUP BY unit_id"
+)
+QUERY_SOURCES = {
+    "exposures": {
+        "sql": "SELECT experiment_key, unit_id, arm, exposed_at, is_internal, is_bot, "
+        "properties FROM exposures WHERE experiment_key IS NOT NULL"
+    },
+    "events": {
+        "sql": "SELECT unit_id, event_name, occurred_at, value, experiment_key FROM events "
+        "WHERE event_name IS NOT NULL"
+    },
+}
+
+
+def with_sql_metric_and_query_sources(folder: Path) -> Path:
+    """refund-query-rewrite reading both sources through `{sql: ...}` queries over the
+    contract tables, plus a `sql:` metric (escalations per unit, a mean over every unit),
+    written to folder under the same file name (the DAG id comes from the key)."""
+    data = yaml.safe_load((REPO / "dags" / "experiments" / "refund-query-rewrite.yaml").read_text())
+    data["source"] = {**data["source"], **QUERY_SOURCES}
+    data["metrics"]["escalations"] = {"type": "mean", "sql": ESCALATIONS_SQL}
+    folder.mkdir(parents=True)
+    path = folder / "refund-query-rewrite.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def run_all(url: str, out: Path, variant: Path) -> dict[tuple[str, str], dict[str, Any]]:
     runs = {}
     for label, path, where in [

@@ -4,9 +4,10 @@ The same seeded data goes into an embedded DuckDB file and, through the simulato
 sink (PUT + COPY INTO), into a fakesnow server the Snowflake connector talks to over HTTP
 (tests/snowflake_server.py). Every sample config plus onboarding-checklist with a ratio and a
 CUPED metric runs in-process (`run_pipeline`); refund-query-rewrite (proportions, guardrails, a
-p95 quantile) also runs as the real DAG in an `ab-pipeline run` process, which reaches the
-server as any Airflow task would. Decisions, units per arm, estimates and every gate outcome
-must agree (floats to 1e-9 relative).
+p95 quantile), reading both sources through `{sql: ...}` queries and with a `sql:` metric
+added, also runs as the real DAG in an `ab-pipeline run` process, which reaches the server as
+any Airflow task would. Decisions, units per arm, estimates and every gate outcome must agree
+(floats to 1e-9 relative).
 
 What this does not prove: fakesnow runs the SQL on DuckDB after translating it, so Snowflake's
 own semantics (name case, implicit commits around DDL, numeric types) are not exercised.
@@ -35,11 +36,11 @@ from tests.test_postgres_parity import (
     run_all,
     same,
     with_ratio_and_cuped,
+    with_sql_metric_and_query_sources,
 )
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).with_name("ab-pipeline"))
 DAG_RUN = ("refund-query-rewrite", "2026-05-31")
 
@@ -76,7 +77,7 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         assert main_simulate(["--warehouse", duck]) == 0
         assert main_simulate(["--warehouse", snowflake]) == 0
         variant = with_ratio_and_cuped(root / "variant")
-        config = REPO / "dags" / "experiments" / f"{DAG_RUN[0]}.yaml"
+        config = with_sql_metric_and_query_sources(root / "queries")
         yield {
             "duckdb": run_all(duck, root / "duckdb", variant),
             "snowflake": run_all(snowflake, root / "snowflake", variant),
@@ -125,11 +126,19 @@ def test_every_gate_ran_and_the_primary_was_estimated_on_snowflake(both: dict[st
 
 
 def test_the_real_dag_on_snowflake_matches_duckdb(both: dict[str, Any]) -> None:
+    """Through query sources, with a `sql:` metric: the contract check read the queries'
+    result types, and the metric's values were joined in on Snowflake as on DuckDB."""
     expected, got = both["dag_duckdb"], both["dag_snowflake"]
     assert got["decision"] == expected["decision"] == "SHIP"
+    assert got["gates"]["srm"]["counts"] == expected["gates"]["srm"]["counts"]
     assert same(comparable(expected), comparable(got)) == []
     quantile = got["metrics"]["p95_latency_ms"]["comparisons"]["treatment"]
     assert quantile["absolute"] > 0
+    contract = got["gates"]["data_quality"]["checks"][0]
+    assert contract["name"] == "contract_column_types" and contract["passed"]
+    escalations = got["metrics"]["escalations"]
+    assert all(arm["value"] > 0 for arm in escalations["arms"].values())
+    assert escalations["comparisons"]["treatment"]["se"] > 0
 
 
 def test_the_pipeline_tables_are_snowflake_upper_case_names(both: dict[str, Any]) -> None:

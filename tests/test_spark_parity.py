@@ -6,6 +6,12 @@ engine: extract, all gates (the data-quality suites through GX's Spark datasourc
 decision, brief and the results tables. Decisions, SRM counts, every gate outcome and every
 number of results.json must agree (floats to 1e-9 relative); only the data-quality check
 wording, which names the clock, is left out (as in the PostgreSQL parity test).
+
+onboarding-checklist reads its tables in-process (`run_pipeline`). refund-query-rewrite
+(proportions with an `unless`, guardrails, a p95 quantile) reads both sources through
+`{sql: ...}` queries and adds a `sql:` metric, and on Spark runs as the real DAG in an
+`ab-pipeline run` process, as an Airflow task would; DuckDB reads the same config out
+in-process (a DAG run and an in-process run write the same results.json).
 """
 
 from __future__ import annotations
@@ -17,23 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ab_pipeline.core.config import load_config
 from ab_pipeline.devtools.simulate import main_simulate
 from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.readout.results_store import history
 from ab_pipeline.warehouse import Warehouse, dispose_all
-from tests.test_postgres_parity import comparable, same
+from ab_pipeline.warehouse.dialects.spark import close_sessions
+from tests.test_postgres_parity import comparable, same, with_sql_metric_and_query_sources
+from tests.test_snowflake_parity import run_dag
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("refund-query-rewrite", "onboarding-checklist")
+DAG_RUN = "refund-query-rewrite"  # on Spark as the real DAG, with query sources and a sql: metric
 pytestmark = pytest.mark.slow
 
 
-def run_both(url: str, out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+def run_in_process(
+    url: str, out: Path, configs: dict[str, Path]
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     runs, seconds = {}, {}
-    for key in EXPERIMENTS:
-        path = REPO / "dags" / "experiments" / f"{key}.yaml"
+    for key, path in configs.items():
         ctx = RunContext(path, load_config(path).end, url, out)
         began = time.perf_counter()
         run_pipeline(ctx, deliver=False)
@@ -52,10 +63,20 @@ def both(
     scenarios = [str(REPO / "simulations" / f"{key}.yaml") for key in EXPERIMENTS]
     assert main_simulate(["--warehouse", duck, *scenarios]) == 0
     assert main_simulate(["--warehouse", spark_url, *scenarios]) == 0
-    duck_runs, duck_s = run_both(duck, root / "duckdb")
-    spark_runs, spark_s = run_both(spark_url, root / "spark")
-    print(f"readout seconds: DuckDB {duck_s}, Spark {spark_s}")
-    yield duck_runs, spark_runs, {"url": spark_url}
+    variant = with_sql_metric_and_query_sources(root / "variant")
+    tables = {key: REPO / "dags" / "experiments" / f"{key}.yaml" for key in EXPERIMENTS}
+    duck_runs, duck_s = run_in_process(duck, root / "duckdb", {**tables, DAG_RUN: variant})
+    del tables[DAG_RUN]
+    spark_runs, spark_s = run_in_process(spark_url, root / "spark", tables)
+    began = time.perf_counter()
+    run_date = load_config(variant).end.isoformat()
+    spark_runs[DAG_RUN] = run_dag(variant, run_date, spark_url, root / "dag", root / "airflow")
+    spark_s[DAG_RUN] = time.perf_counter() - began
+    # A session keeps its own listing of a table's files: the next one sees what the DAG's
+    # process wrote to the results tables.
+    close_sessions(spark_url)
+    print(f"readout seconds: DuckDB {duck_s}, Spark {spark_s} ({DAG_RUN}: the DAG)")
+    yield duck_runs, spark_runs, {"url": spark_url, "variant": variant, "root": root}
 
 
 def test_decisions_gates_and_numbers_match_duckdb(both: tuple[Any, ...]) -> None:
@@ -95,3 +116,61 @@ def test_the_results_tables_on_spark_hold_the_readouts(both: tuple[Any, ...]) ->
     later = load_config(REPO / "dags" / "experiments" / f"{EXPERIMENTS[0]}.yaml").end
     earlier = history(warehouse, EXPERIMENTS[0], later.replace(year=later.year + 1))
     assert [h["decision"] for h in earlier] == [spark[EXPERIMENTS[0]]["decision"]]
+
+
+def test_the_real_dag_on_spark_reads_query_sources_and_an_sql_metric_as_duckdb_does(
+    both: tuple[Any, ...],
+) -> None:
+    duck, spark, info = both
+    config = yaml.safe_load(info["variant"].read_text())
+    assert all("sql" in config["source"][which] for which in ("exposures", "events"))
+    assert "sql" in config["metrics"]["escalations"]
+    expected, got = duck[DAG_RUN], spark[DAG_RUN]
+    assert got["decision"] == expected["decision"] == "SHIP"
+    assert got["gates"]["srm"]["counts"] == expected["gates"]["srm"]["counts"]
+    assert sum(got["gates"]["srm"]["counts"].values()) > 100_000
+    escalations = got["metrics"]["escalations"]
+    assert same(expected["metrics"]["escalations"], escalations) == []
+    assert all(arm["value"] > 0 for arm in escalations["arms"].values())
+    assert escalations["comparisons"]["treatment"]["se"] > 0
+    assert same(comparable(expected), comparable(got)) == []
+
+
+def test_an_sql_metric_with_several_rows_for_an_enrolled_unit_stops_the_extract_on_spark(
+    both: tuple[Any, ...], tmp_path: Path
+) -> None:
+    """One row per escalation: several rows for a unit that escalated twice, counted over the
+    units DuckDB enrolled (its units table of the same readout); the session's temporary
+    tables are dropped, so the process can build again."""
+    from ab_pipeline.readout.extract import build_units_table, units_table_name
+    from ab_pipeline.warehouse.dialects.spark import spark_session
+
+    _, _, info = both
+    data = yaml.safe_load(info["variant"].read_text())
+    sql = "SELECT unit_id, 1 AS value FROM events WHERE event_name = 'escalated'"
+    data["metrics"] = {"escalation_rows": {"type": "proportion", "sql": sql}}
+    data["primary"] = data["hypothesis"]["metric"] = "escalation_rows"
+    data["guardrails"] = {}
+    # Its units table in a database of its own: the readout's stays as the DAG left it.
+    data["source"]["work_schema"] = "ab_several_rows"
+    (tmp_path / "refund-query-rewrite.yaml").write_text(yaml.safe_dump(data))
+    config = load_config(tmp_path / "refund-query-rewrite.yaml")
+    readout = load_config(info["variant"])
+    duck = Warehouse(f"duckdb:///{info['root'] / 'warehouse.duckdb'}")
+    [twice] = duck.query(
+        "SELECT COUNT(*) AS units, MIN(unit_id) AS example "
+        f'FROM "{units_table_name(readout, readout.end)}" WHERE m_escalations > 1'
+    )
+    assert twice["units"] > 100
+    spark = Warehouse(info["url"])
+    spark.execute("CREATE DATABASE IF NOT EXISTS ab_several_rows")
+    with pytest.raises(ValueError) as raised:
+        build_units_table(spark, config, config.end)
+    assert str(raised.value) == (
+        f"metrics.escalation_rows.sql returned more than one row for {twice['units']} enrolled "
+        f"units (for example unit_id {twice['example']!r}): a metric's query must return one "
+        "row per unit"
+    )
+    session = spark_session(info["url"])
+    assert not [t.name for t in session.catalog.listTables() if t.name.startswith("ab_tmp_")]
+    assert not spark.table_exists(units_table_name(config, config.end))

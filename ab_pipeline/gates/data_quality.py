@@ -352,10 +352,17 @@ def _contract_batch(
     url: str, template: dict[str, Any], values: ExperimentValues, fill: Fill
 ) -> str:
     """The contract suite's batch: the engine's own column listing where it has no
-    information_schema (`Dialect.column_types_sql`), else the suite's query."""
-    tables = {"exposures": values.identifiers["exposures"], "events": values.identifiers["events"]}
+    information_schema (`Dialect.column_types_sql`, of the sources that are tables) with the
+    source queries' result types, else the suite's query (which has both)."""
+    tables = {
+        which: values.identifiers[which]
+        for which in ("exposures", "events")
+        if values.values[f"{which}_table"]
+    }
     listed = dialect_for(url).column_types_sql(url, tables)
-    return listed if listed is not None else fill(template["meta"]["batch_query"])
+    if listed is None:
+        return fill(template["meta"]["batch_query"])
+    return f"SELECT * FROM ({listed}) AS listed UNION ALL {fill('$query_source_columns')}"
 
 
 def _literal_writer(url: str) -> Literal:

@@ -344,7 +344,7 @@ class UnitValueKind(MetricKind[M]):
         return f",\n      {self.aggregate(metric, params, None)} AS {column}"
 
     def unit_columns(self, name: str, metric: Any, alias: str) -> str:
-        if metric.event is None:  # a `sql:` metric's column is added after the build
+        if metric.event is None:  # a `sql:` metric's column: the extract's join of its values
             return ""
         column = quote_ident(metric_column(name))
         return (

@@ -20,11 +20,13 @@ Metric semantics (docs/warehouse.md):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ab_pipeline.core.config import ExperimentConfig, QuantileMetric
 from ab_pipeline.metrics import KINDS, in_column_order, kind_of
@@ -51,6 +53,9 @@ from ab_pipeline.warehouse.run_tables import (
 )
 from ab_pipeline.warehouse.run_tables import units_table_name as units_table_name
 from ab_pipeline.warehouse.sources import source_relation
+
+if TYPE_CHECKING:
+    from ab_pipeline.warehouse.dialects.base import Session
 
 RUN_TABLE_PREFIXES = ("ab_units", "ab_qhist")
 KEEP_RUN_TABLES_ENV = "AB_PIPELINE_KEEP_RUN_TABLES"
@@ -272,7 +277,8 @@ def build_units_sql(
     (one join to the enrolled units, one GROUP BY per unit: every metric, ratio part and
     quantile event count is a conditional aggregate of that pass), or once per hash partition
     of the units when `plan.partitions` > 1; the events of `unless` rules in a second, narrow
-    pass; pre-exposure events once when a metric uses CUPED.
+    pass; pre-exposure events once when a metric uses CUPED. `sql:` metrics' values are read
+    before the build into SQL_METRIC_VALUES (`_sql_metric_reads`); the units table joins them.
 
     Each step writes a temporary table and the last joins them: one plan per step keeps each
     join's and aggregate's memory to itself: at 10M units under DuckDB's 1 GB cap, faster than
@@ -345,15 +351,22 @@ SELECT ev.unit_key{aggregates}{grouping}"""
     if pre_step:
         steps.append(pre_step)
         joins += f"\nLEFT JOIN {COVARIATES} c ON c.unit_key = u.{plan.unit_key}"
+    sql_join, sql_columns = _sql_metric_join(config, params)
     target = quote_ident(table)
     units = f"""CREATE TABLE {target} AS
-SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.several_arms{columns}{pre_columns}
-FROM {ENROLLED} u{joins}"""
+SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.several_arms{columns}{pre_columns}\
+{sql_columns}
+FROM {ENROLLED} u{joins}{sql_join}"""
     hist_table = quote_ident(quantile_histogram_table_name(config, run_date))
     statements = [f"DROP TABLE IF EXISTS {target}", f"DROP TABLE IF EXISTS {hist_table}"]
     statements += [*steps, units, *([histogram] if histogram else [])]
-    temporary = [step.split()[3] for step in steps if step.startswith("CREATE TEMP TABLE")]
+    temporary = _temporary_tables(steps) + ([SQL_METRIC_VALUES] if sql_join else [])
     return statements + [f"DROP TABLE {name}" for name in temporary], params.values
+
+
+def _temporary_tables(statements: list[str]) -> list[str]:
+    """The session-local tables the statements create, in order."""
+    return [s.split()[3] for s in statements if s.startswith("CREATE TEMP TABLE")]
 
 
 def _quantile_histograms(
@@ -457,8 +470,12 @@ FROM pre pe GROUP BY pe.unit_key"""
     return step, columns
 
 
-# Session-local table the `sql:` metrics' values are read into, in a read-only transaction.
+# Session-local table the `sql:` metrics' values are read into (in a read-only transaction
+# where the engine has one) before the build, which joins them into the units table.
 SQL_METRIC_VALUES = "ab_tmp_sql_metric_values"
+SQL_METRIC_TABLE = (
+    f"CREATE TEMP TABLE {SQL_METRIC_VALUES} (metric TEXT, unit_id TEXT, value DOUBLE PRECISION)"
+)
 
 
 def _sql_metrics(config: ExperimentConfig) -> dict[str, str]:
@@ -469,8 +486,37 @@ def _sql_metrics(config: ExperimentConfig) -> dict[str, str]:
     }
 
 
+def _sql_metric_join(config: ExperimentConfig, params: _Params) -> tuple[str, str]:
+    """The units table's join of the `sql:` metrics' values (read beforehand into
+    SQL_METRIC_VALUES, `_sql_metric_reads`) and its columns: one column per metric, from a
+    per-unit pivot of the values; 0 for a unit the query has no row for. Empty strings when
+    no metric is defined by `sql:`.
+
+    `MAX` picks a unit's one value: the build refuses a query that returned several rows for
+    an enrolled unit before this runs (`_refuse_several_rows`)."""
+    names = list(_sql_metrics(config))
+    if not names:
+        return "", ""
+    pivot, columns = "", ""
+    for i, name in enumerate(names):
+        params.values[f"sql_metric_{i}"] = name
+        column = quote_ident(metric_column(name))
+        pivot += f",\n    MAX(CASE WHEN v.metric = :sql_metric_{i} THEN v.value END) AS {column}"
+        columns += f",\n  COALESCE(sv.{column}, 0) AS {column}"
+    join = f"""
+LEFT JOIN (
+  SELECT v.unit_id{pivot}
+  FROM {SQL_METRIC_VALUES} v GROUP BY v.unit_id
+) sv ON sv.unit_id = u.unit_id"""
+    return join, columns
+
+
 def _sql_metric_reads(config: ExperimentConfig, dialect: str) -> tuple[list[str], dict[str, Any]]:
-    """Statements that copy each `sql:` metric's rows (unit_id, value) into SQL_METRIC_VALUES.
+    """Statements that copy each `sql:` metric's rows (metric, unit_id, value) into
+    SQL_METRIC_VALUES: where the engine has read-only transactions, one INSERT per metric into
+    the table created beforehand (`SQL_METRIC_TABLE`; no CREATE runs in a read-only
+    transaction); elsewhere one `CREATE TEMP TABLE ... AS` of every metric's rows (Spark's
+    temporary tables are cached views, which take no INSERT).
 
     The user's text runs as sqlglot writes it back after `sql_safety.checked_select` (one
     SELECT, nothing else), in the warehouse's dialect: it is `embedded`, so rendering the
@@ -478,67 +524,130 @@ def _sql_metric_reads(config: ExperimentConfig, dialect: str) -> tuple[list[str]
     """
     from ab_pipeline.core.sql_safety import UnsafeSQL, checked_select
 
-    statements, params = [], {}
+    engine = dialect_named(dialect)
+    selects, params = [], {}
     for i, (name, sql) in enumerate(_sql_metrics(config).items()):
         try:
-            select = checked_select(sql, dialect_named(dialect).sqlglot_name)
+            select = checked_select(sql, engine.sqlglot_name)
         except UnsafeSQL as error:
             raise ValueError(f"metrics.{name}.sql: not one read-only SELECT: {error}") from None
         params[f"sql_metric_{i}"] = name
-        statements.append(
-            f"INSERT INTO {SQL_METRIC_VALUES} SELECT :sql_metric_{i}, CAST(s.unit_id AS TEXT), "
-            f"CAST(s.value AS DOUBLE PRECISION) FROM {embedded(select)} AS s"
+        selects.append(
+            f"SELECT :sql_metric_{i} AS metric, CAST(s.unit_id AS TEXT) AS unit_id, "
+            f"CAST(s.value AS DOUBLE PRECISION) AS value FROM {embedded(select)} AS s"
         )
-    return statements, params
+    if engine.read_only_transactions:
+        return [f"INSERT INTO {SQL_METRIC_VALUES} {select}" for select in selects], params
+    return [f"CREATE TEMP TABLE {SQL_METRIC_VALUES} AS\n" + "\nUNION ALL\n".join(selects)], params
 
 
-def _sql_metric_statements(config: ExperimentConfig, table: str) -> list[str]:
-    """`sql:` metrics: their values (read beforehand, `_sql_metric_reads`) joined onto the
-    units table; 0 for a unit the query has no row for."""
-    statements = []
-    target = quote_ident(table)
-    for i, name in enumerate(_sql_metrics(config)):
-        column = quote_ident(metric_column(name))
-        statements += [
-            f"ALTER TABLE {target} ADD COLUMN {column} DOUBLE PRECISION",
-            f"UPDATE {target} SET {column} = COALESCE((SELECT v.value FROM {SQL_METRIC_VALUES} v "
-            f"WHERE v.metric = :sql_metric_{i} AND v.unit_id = {target}.unit_id), 0)",
-        ]
-    return statements + ([f"DROP TABLE {SQL_METRIC_VALUES}"] if statements else [])
+# Enrolled units a `sql:` metric's query returned more than one row for, per metric.
+SEVERAL_ROWS = f"""SELECT d.metric, COUNT(*) AS units, MIN(d.unit_id) AS example
+FROM (
+  SELECT v.metric, v.unit_id FROM {SQL_METRIC_VALUES} v
+  GROUP BY v.metric, v.unit_id HAVING COUNT(*) > 1
+) d
+JOIN {ENROLLED} u ON u.unit_id = d.unit_id
+GROUP BY d.metric ORDER BY d.metric"""
+
+
+def _refuse_several_rows(found: list[dict[str, Any]]) -> None:
+    """A metric's query must give an enrolled unit one value: several rows for one unit are
+    an error naming the metric and counting such units, never summed or picked from (which
+    of them the user meant cannot be known; a scalar lookup of the value would fail too)."""
+    if not found:
+        return
+    problems = "; ".join(
+        f"metrics.{row['metric']}.sql returned more than one row for {int(row['units'])} "
+        f"enrolled unit{'s' if int(row['units']) != 1 else ''} (for example unit_id "
+        f"{row['example']!r})"
+        for row in found
+    )
+    raise ValueError(f"{problems}: a metric's query must return one row per unit")
 
 
 def _execute_with_sql_metrics(
-    warehouse: Warehouse, config: ExperimentConfig, statements: list[str], params: dict[str, Any]
+    warehouse: Warehouse,
+    config: ExperimentConfig,
+    statements: list[str],
+    params: dict[str, Any],
+    table: str,
 ) -> None:
-    """Read the `sql:` metrics in a read-only transaction, then build, on one connection.
+    """Read the `sql:` metrics, then build, on one connection (or the engine's session).
 
     `BEGIN TRANSACTION READ ONLY` (where the engine has it: `Dialect.read_only_transactions`)
     lets the user's SELECT write nothing but the session's temporary table: a write the parser
     could not foresee fails. The connection runs in autocommit so the explicit transactions
-    are the only ones (`Dialect.autocommit`).
+    are the only ones (`Dialect.autocommit`). Before the units table is created, the build
+    stops if a query returned several rows for an enrolled unit (`_refuse_several_rows`).
     """
     from sqlalchemy import text
 
     dialect = warehouse.sql_dialect
     reads, read_params = _sql_metric_reads(config, dialect.name)
     params = {**params, **read_params}
-    create = (
-        f"CREATE TEMP TABLE {SQL_METRIC_VALUES} (metric TEXT, unit_id TEXT, value DOUBLE PRECISION)"
-    )
-    if not dialect.read_only_transactions:
-        warehouse.execute([create, *reads, *statements], params)
+    units = f"CREATE TABLE {quote_ident(table)}"
+    at = next(i for i, statement in enumerate(statements) if statement.startswith(units))
+    steps, rest = statements[:at], statements[at:]
+    session = dialect.session(warehouse.url)
+    if session is not None:
+        _session_build(warehouse, session, [*reads, *steps], rest, params)
         return
     with warehouse.engine().connect() as connection:
-        connection = dialect.autocommit(connection, warehouse.render(create))
-        for begin, block in (("BEGIN TRANSACTION READ ONLY", reads), ("BEGIN", statements)):
-            connection.exec_driver_sql(begin)
-            try:
-                for statement in block:
-                    connection.execute(text(warehouse.render(statement)), params)
-            except Exception:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
-            connection.exec_driver_sql("COMMIT")
+
+        def run(block: list[str]) -> None:
+            for statement in block:
+                connection.execute(text(warehouse.render(statement)), params)
+
+        def build() -> None:
+            run(steps)
+            found = connection.execute(text(warehouse.render(SEVERAL_ROWS)), params)
+            _refuse_several_rows([dict(row._mapping) for row in found])
+            run(rest)
+
+        if not dialect.read_only_transactions:
+            with connection.begin():
+                run(reads)
+                build()
+            return
+        connection = dialect.autocommit(connection, warehouse.render(SQL_METRIC_TABLE))
+        _in_transaction(connection, "BEGIN TRANSACTION READ ONLY", lambda: run(reads))
+        _in_transaction(connection, "BEGIN", build)
+
+
+def _in_transaction(connection: Any, begin: str, work: Callable[[], None]) -> None:
+    """`work()` between `begin` and COMMIT on an autocommit connection; ROLLBACK on error."""
+    connection.exec_driver_sql(begin)
+    try:
+        work()
+    except Exception:
+        connection.exec_driver_sql("ROLLBACK")
+        raise
+    connection.exec_driver_sql("COMMIT")
+
+
+def _session_build(
+    warehouse: Warehouse,
+    session: Session,
+    steps: list[str],
+    rest: list[str],
+    params: dict[str, Any],
+) -> None:
+    """The build on an engine reached through its own session (Spark, BigQuery), in one
+    `batch` (BigQuery: one session, whose temporary tables the check reads). There are no
+    transactions: a failure drops the session-local tables made so far, so that a retry in
+    the same process starts afresh (Spark's views outlive the batch; the units table is
+    dropped and rebuilt by every run)."""
+    with session.batch() as batch:
+        try:
+            batch.execute([warehouse.render(s) for s in steps], params)
+            _refuse_several_rows(batch.query(warehouse.render(SEVERAL_ROWS), params))
+            batch.execute([warehouse.render(s) for s in rest], params)
+        except Exception:
+            for name in _temporary_tables(steps):
+                with contextlib.suppress(Exception):  # the error that stopped the build matters
+                    batch.execute([warehouse.render(f"DROP TABLE IF EXISTS {name}")], {})
+            raise
 
 
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
@@ -546,13 +655,11 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     table = units_table_name(config, run_date)
     plan = ExtractPlan.for_warehouse(warehouse, config, run_date)
     statements, params = build_units_sql(config, run_date, table, plan)
-    statements += _sql_metric_statements(config, table)
-    params.update({f"sql_metric_{i}": name for i, name in enumerate(_sql_metrics(config))})
     # Where the engine needs it (PostgreSQL: planner statistics), steps around the build.
     analysed = {f"UPDATE {ENROLLED}": ENROLLED, f"CREATE TABLE {quote_ident(table)}": table}
     statements = warehouse.sql_dialect.prepare_build(statements, analysed, table)
     if _sql_metrics(config):
-        _execute_with_sql_metrics(warehouse, config, statements, params)
+        _execute_with_sql_metrics(warehouse, config, statements, params, table)
     else:
         warehouse.execute(statements, params)
     return table

@@ -69,10 +69,13 @@ def source_columns(warehouse: Warehouse, source: Source, which: SourceName) -> d
             f"{dialect.name} yet (only {', '.join(readers)}); give a table"
         )
     relation = source_relation(source, which, warehouse.dialect)
-    select = f"SELECT * FROM {relation} AS s LIMIT 0"
+    select = warehouse.render(f"SELECT * FROM {relation} AS s LIMIT 0")
     try:
+        session = dialect.session(warehouse.url)
+        if session is not None:
+            return dialect.result_types(session, select)
         with warehouse.engine(read_only=True).begin() as connection:
-            return dialect.result_types(connection, warehouse.render(select))
+            return dialect.result_types(connection, select)
     except SourceQueryError:
         raise
     except Exception as error:

@@ -12,6 +12,7 @@ import logging
 import math
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -22,7 +23,11 @@ import pytest
 
 from ab_pipeline.core.config import Audience, ExperimentConfig, Source, load_config
 from ab_pipeline.core.errors import PipelineError
-from ab_pipeline.gates.data_quality import load_suite_templates, run_data_quality
+from ab_pipeline.gates.data_quality import (
+    contract_problems,
+    load_suite_templates,
+    run_data_quality,
+)
 from ab_pipeline.warehouse import Warehouse
 from tests.conftest import REPO_ROOT
 
@@ -98,6 +103,9 @@ class Target:
 
         p = self.prefix
         self.warehouse.execute([ddl.format(p=p) for ddl in DDL])
+        if self.warehouse.dialect == "spark":
+            self._insert_literals(data)
+            return
         inserts = [
             (
                 f"INSERT INTO {p}exposures (experiment_key, unit_id, arm, exposed_at, is_internal, "
@@ -118,6 +126,36 @@ class Target:
                         text(sql), [dict(zip("abcdef", r, strict=False)) for r in rows]
                     )
 
+    def _insert_literals(self, data: Dataset) -> None:
+        """Spark (no SQLAlchemy): one INSERT of literal rows per table."""
+        literal = self.warehouse.sql_dialect.literal
+
+        def row(values: tuple[Any, ...]) -> str:
+            return (
+                "("
+                + ", ".join(
+                    f"TIMESTAMP '{v.isoformat(sep=' ')}'" if isinstance(v, datetime) else literal(v)
+                    for v in values
+                )
+                + ")"
+            )
+
+        p = self.prefix
+        tables = [
+            (
+                f"{p}exposures (experiment_key, unit_id, arm, exposed_at, is_internal, is_bot)",
+                data.exposures,
+            ),
+            (
+                f"{p}events (unit_id, event_name, occurred_at, experiment_key, value)",
+                [(*event, None)[:5] for event in data.events],
+            ),
+            (f"{p}units", data.units),
+        ]
+        self.warehouse.execute(
+            [f"INSERT INTO {t} VALUES {', '.join(map(row, rows))}" for t, rows in tables if rows]
+        )
+
     def config(self, **audience: bool) -> ExperimentConfig:
         base = load_config(REPO_ROOT / "dags" / "experiments" / f"{KEY}.yaml")
         source = Source(exposures=f"{self.prefix}exposures", events=f"{self.prefix}events")
@@ -133,13 +171,37 @@ class Target:
         )
 
 
+def sql_target(request: pytest.FixtureRequest, engine: str) -> Target:
+    if engine == "duckdb":
+        return Target(request.getfixturevalue("duckdb_warehouse"), "")
+    warehouse, schema = request.getfixturevalue("postgres_schema")
+    return Target(warehouse, f"{schema}.")
+
+
 @pytest.fixture(params=["duckdb", "postgres"])
-def target(request: pytest.FixtureRequest) -> Iterator[Target]:
-    if request.param == "duckdb":
-        yield Target(request.getfixturevalue("duckdb_warehouse"), "")
+def target(request: pytest.FixtureRequest) -> Target:
+    return sql_target(request, request.param)
+
+
+@pytest.fixture(
+    params=["duckdb", "postgres", "snowflake", pytest.param("spark", marks=pytest.mark.slow)]
+)
+def any_target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    """Every engine that runs the gate here: also Snowflake (a fakesnow server, a schema of
+    the test's own) and Spark (the session's Spark Connect server, a database of the test's
+    own, dropped afterwards)."""
+    if request.param == "snowflake":
+        yield Target(request.getfixturevalue("snowflake_warehouse"), "")
+    elif request.param == "spark":
+        warehouse = Warehouse(request.getfixturevalue("spark_url"))
+        database = f"ab_test_{uuid.uuid4().hex[:10]}"
+        warehouse.execute(f"CREATE DATABASE {database}")
+        try:
+            yield Target(warehouse, f"{database}.")
+        finally:
+            warehouse.execute(f"DROP DATABASE {database} CASCADE")
     else:
-        warehouse, schema = request.getfixturevalue("postgres_schema")
-        yield Target(warehouse, f"{schema}.")
+        yield sql_target(request, request.param)
 
 
 def failed(outcome: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -720,23 +782,33 @@ def test_bad_data_read_through_a_source_query_fails_the_named_check(target: Targ
 
 
 def test_a_source_query_missing_or_mistyping_a_column_fails_the_contract_check(
-    target: Target,
+    any_target: Target,
 ) -> None:
+    """On every engine: the query's result types are read (`Dialect.result_types`) and the
+    check names the column, in the engine's own name of the type."""
+    target = any_target
     target.load(Dataset())
+    dialect = target.warehouse.dialect
     query = (
-        "SELECT experiment_key, unit_id, arm, CAST(exposed_at AS TEXT) AS exposed_at, "
+        "SELECT experiment_key, unit_id, arm, "
+        f"CAST(exposed_at AS {'STRING' if dialect == 'spark' else 'TEXT'}) AS exposed_at, "
         f"is_internal, properties FROM {target.prefix}exposures"
     )
     config = query_sources(target, exposures=query)
     outcome = run_data_quality(target.warehouse.url, config, RUN_DATE, f"{target.prefix}units")
     [check] = outcome["checks"]  # the other suites are not run
-    text = "VARCHAR" if target.warehouse.dialect == "duckdb" else "TEXT"
+    text = {"duckdb": "VARCHAR", "spark": "STRING"}.get(dialect, "TEXT")
     assert check["name"] == "contract_column_types" and not check["passed"]
     assert check["examples"] == [f"exposures.exposed_at is {text}", "exposures.is_bot is missing"]
     assert "missing or have types the pipeline cannot read" in check["detail"]
+    problems = contract_problems(target.warehouse, config, RUN_DATE)
+    assert problems == [f"exposures.exposed_at is {text}", "exposures.is_bot is missing"]
 
 
-def test_a_source_query_that_does_not_run_is_an_error_naming_the_field(target: Target) -> None:
+def test_a_source_query_that_does_not_run_is_an_error_naming_the_field(
+    any_target: Target,
+) -> None:
+    target = any_target
     target.load(Dataset())
     config = query_sources(target, exposures="SELECT * FROM no_such_table")
     with pytest.raises(PipelineError, match=r"source\.exposures\.sql does not run in the"):

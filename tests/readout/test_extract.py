@@ -299,6 +299,31 @@ def test_an_sql_metric_joins_its_values_and_keeps_colons_in_literals(
     assert any(row["m_Handle_Time"] > 0 for row in rows.values())
 
 
+def test_an_sql_metric_with_several_rows_for_an_enrolled_unit_is_an_error_naming_it(
+    loaded: tuple[Warehouse, str, list[Exposure], list[Event]],
+) -> None:
+    """One row per click: several rows for a unit that clicked twice. The error names the
+    metric and counts the enrolled units concerned (units not enrolled do not count, as they
+    did not before the values were joined in the build); no units table is built."""
+    warehouse, schema, exposures, events = loaded
+    prefix = f"{schema}." if schema else ""
+    sql = f"SELECT e.unit_id, 1 AS value FROM {prefix}events AS e WHERE e.event_name = 'click'"
+    clicks: dict[str, int] = {}
+    for unit, name, *_ in events:
+        clicks[unit] = clicks.get(unit, 0) + (name == "click")
+    enrolled = expected_units(exposures, events, END)
+    twice = sorted(u for u in enrolled if clicks.get(u, 0) > 1)
+    assert twice and any(n > 1 for u, n in clicks.items() if u not in enrolled)
+    config = sql_metric_config(schema, sql)
+    with pytest.raises(ValueError) as raised:
+        build_units_table(warehouse, config, END)
+    assert str(raised.value) == (
+        f"metrics.Handle_Time.sql returned more than one row for {len(twice)} enrolled units "
+        f"(for example unit_id {twice[0]!r}): a metric's query must return one row per unit"
+    )
+    assert not warehouse.table_exists(f"{prefix}{units_table_name(config, END)}")
+
+
 @pytest.mark.parametrize(
     ("sql", "reason"),
     [

@@ -20,20 +20,45 @@ from ab_pipeline.orchestration.backfill import latest_data_date
 from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.readout.extract import units_table_name
 from ab_pipeline.readout.progress import pre_period_moments
-from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse import Warehouse, embedded
 from ab_pipeline.warehouse.sources import SourceQueryError, source_columns, source_relation
 
 EVENTS_QUERY = (
     "SELECT CAST(user_key AS TEXT) AS unit_id, action AS event_name, logged_at AS occurred_at, "
     "CAST(amount AS DOUBLE PRECISION) AS value, 'exp:1' AS experiment_key FROM app_log"
 )
+# Spark SQL names the types STRING and DOUBLE (the user's SQL is in the warehouse's dialect).
+SPARK_EVENTS_QUERY = (
+    "SELECT CAST(user_key AS STRING) AS unit_id, action AS event_name, logged_at AS occurred_at, "
+    "CAST(amount AS DOUBLE) AS value, 'exp:1' AS experiment_key FROM app_log"
+)
+# The query's result types, as each engine's information_schema names them (Spark, which has
+# none: as its tables' schemas do).
+RESULT_TYPES = {
+    "duckdb": ("VARCHAR", "TIMESTAMP", "DOUBLE"),
+    "postgresql": ("TEXT", "TIMESTAMP WITHOUT TIME ZONE", "DOUBLE PRECISION"),
+    "snowflake": ("TEXT", "TIMESTAMP_NTZ", "FLOAT"),
+    "spark": ("STRING", "TIMESTAMP_NTZ", "DOUBLE"),
+}
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+def events_query(warehouse: Warehouse) -> str:
+    return SPARK_EVENTS_QUERY if warehouse.dialect == "spark" else EVENTS_QUERY
+
+
+@pytest.fixture(
+    params=["duckdb", "postgres", "snowflake", pytest.param("spark", marks=pytest.mark.slow)]
+)
 def warehouse(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
-    """A warehouse holding a team's own table, `app_log`, in its default schema."""
+    """A warehouse holding a team's own table, `app_log`, in its default schema (Spark's
+    server lives for the test session: the table is made afresh)."""
     if request.param == "duckdb":
         found: Warehouse = request.getfixturevalue("duckdb_warehouse")
+    elif request.param == "snowflake":
+        found = request.getfixturevalue("snowflake_warehouse")
+    elif request.param == "spark":
+        found = Warehouse(request.getfixturevalue("spark_url"))
+        found.execute(["DROP TABLE IF EXISTS app_log", "DROP TABLE IF EXISTS made"])
     else:
         admin, schema = request.getfixturevalue("postgres_schema")
         found = Warehouse(f"{admin.url}?options=-csearch_path%3D{schema}")
@@ -45,6 +70,21 @@ def warehouse(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
         ]
     )
     yield found
+
+
+def table_types(warehouse: Warehouse, table: str) -> dict[str, str]:
+    """{column: TYPE} of a table as the contract check lists it: information_schema's, upper
+    case (Spark: the table's schema, `column_types_sql`)."""
+    if warehouse.dialect == "spark":
+        from ab_pipeline.warehouse.dialects.spark import ConnectSession
+
+        return dict(ConnectSession(warehouse.url).column_types(table))
+    rows = warehouse.query(
+        "SELECT LOWER(column_name) AS c, UPPER(data_type) AS t FROM information_schema.columns "
+        "WHERE table_name = :table AND table_schema = current_schema()",
+        {"table": warehouse.sql_dialect.stored_name(table)},
+    )
+    return {r["c"]: r["t"] for r in rows}
 
 
 def test_a_table_source_is_its_quoted_name() -> None:
@@ -73,7 +113,8 @@ def test_the_query_is_checked_again_in_the_warehouse_dialect(sql: str) -> None:
 
 
 def test_a_query_source_reads_in_generated_sql_with_an_alias(warehouse: Warehouse) -> None:
-    relation = source_relation(Source(events={"sql": EVENTS_QUERY}), "events", warehouse.dialect)
+    source = Source(events={"sql": events_query(warehouse)})
+    relation = source_relation(source, "events", warehouse.dialect)
     rows = warehouse.query(
         f"SELECT e.unit_id, e.value, e.experiment_key FROM {relation} AS e "
         "WHERE e.event_name = :name",
@@ -86,22 +127,56 @@ def test_a_query_source_reads_in_generated_sql_with_an_alias(warehouse: Warehous
 def test_source_columns_are_the_query_result_types_as_information_schema_names_them(
     warehouse: Warehouse,
 ) -> None:
-    columns = source_columns(warehouse, Source(events={"sql": EVENTS_QUERY}), "events")
-    duckdb = warehouse.dialect == "duckdb"
+    query = events_query(warehouse)
+    columns = source_columns(warehouse, Source(events={"sql": query}), "events")
+    text, timestamp, double = RESULT_TYPES[warehouse.dialect]
     assert columns == {
-        "unit_id": "VARCHAR" if duckdb else "TEXT",
-        "event_name": "VARCHAR" if duckdb else "TEXT",
-        "occurred_at": "TIMESTAMP" if duckdb else "TIMESTAMP WITHOUT TIME ZONE",
-        "value": "DOUBLE" if duckdb else "DOUBLE PRECISION",
-        "experiment_key": "VARCHAR" if duckdb else "TEXT",
+        "unit_id": text,
+        "event_name": text,
+        "occurred_at": timestamp,
+        "value": double,
+        "experiment_key": text,
     }
-    # The same types information_schema gives for a table made from the query.
-    warehouse.execute(f"CREATE TABLE made AS {EVENTS_QUERY}")
-    rows = warehouse.query(
-        "SELECT column_name, UPPER(data_type) AS t FROM information_schema.columns "
-        "WHERE table_name = 'made' AND table_schema = current_schema()"
+    # The same types the contract check lists for a table made from the query.
+    warehouse.execute(f"CREATE TABLE made AS {embedded(query)}")
+    assert table_types(warehouse, "made") == columns
+
+
+@pytest.mark.parametrize(
+    ("engine", "cast", "listed"),
+    [
+        ("snowflake", "CAST(amount AS INTEGER)", "NUMBER"),
+        ("snowflake", "CAST(logged_at AS TIMESTAMP_TZ)", "TIMESTAMP_TZ"),
+        ("snowflake", "PARSE_JSON('{}')", "VARIANT"),
+        pytest.param("spark", "amount", "INTEGER", marks=pytest.mark.slow),
+        pytest.param(
+            "spark", "CAST(amount AS DECIMAL(10, 2))", "DECIMAL(10,2)", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            "spark", "CAST(logged_at AS TIMESTAMP_LTZ)", "TIMESTAMP", marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_result_types_of_snowflake_and_spark_are_named_as_the_contract_check_compares_them(
+    engine: str, cast: str, listed: str, request: pytest.FixtureRequest
+) -> None:
+    """An integer, a decimal, timestamps with a time zone and JSON: each named as the contract
+    check names the same type of a table's column, so both fall in the same type family."""
+    if engine == "spark":
+        warehouse = Warehouse(request.getfixturevalue("spark_url"))
+        warehouse.execute("DROP TABLE IF EXISTS typed")
+    else:
+        warehouse = request.getfixturevalue("snowflake_warehouse")
+    warehouse.execute(
+        "CREATE TABLE app_log (user_key INTEGER, logged_at TIMESTAMP, amount INTEGER)"
+        if engine == "snowflake"
+        else "CREATE TABLE IF NOT EXISTS app_log (user_key INTEGER, logged_at TIMESTAMP, "
+        "amount INTEGER)"
     )
-    assert {r["column_name"]: r["t"] for r in rows} == columns
+    query = f"SELECT {cast} AS c FROM app_log"
+    assert source_columns(warehouse, Source(events={"sql": query}), "events") == {"c": listed}
+    warehouse.execute(f"CREATE TABLE typed AS {embedded(query)}")
+    assert table_types(warehouse, "typed") == {"c": listed}
 
 
 def test_a_source_query_that_does_not_run_names_the_field(warehouse: Warehouse) -> None:
@@ -195,7 +270,7 @@ def test_every_reader_of_a_source_reads_a_query_as_it_reads_the_table(
 
 
 def test_an_engine_whose_result_types_are_not_read_yet_says_so_naming_the_field() -> None:
-    warehouse = Warehouse("snowflake://user:pw@account/db/schema")
+    warehouse = Warehouse("bigquery://project/dataset")
     source = Source(events={"sql": "SELECT * FROM app_log"})
-    with pytest.raises(SourceQueryError, match=r"^source\.events\.sql: .* not read on snowflake"):
+    with pytest.raises(SourceQueryError, match=r"^source\.events\.sql: .* not read on bigquery"):
         source_columns(warehouse, source, "events")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -81,6 +81,14 @@ class ConnectionFields:
         return netloc + (f":{self.port}" if self.port else "")
 
 
+class Batch(Protocol):
+    """Statements and queries that see each other's temporary tables (`Session.batch`)."""
+
+    def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]: ...
+
+    def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None: ...
+
+
 class Session(Protocol):
     """How the pipeline talks to an engine that SQLAlchemy does not reach (Spark Connect).
     Statements arrive rendered; parameters are bound by name (`:name`)."""
@@ -88,6 +96,11 @@ class Session(Protocol):
     def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]: ...
 
     def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None: ...
+
+    def batch(self) -> AbstractContextManager[Batch]:
+        """A block whose statements and queries share the engine's session state (its
+        temporary tables), as one `execute` call's statements do."""
+        ...
 
     def table_exists(self, name: str) -> bool: ...
 
@@ -136,7 +149,9 @@ class Dialect:
 
     def result_types(self, connection: Any, select: str) -> dict[str, str]:
         """{column: TYPE} of a rendered (LIMIT 0) SELECT's result, types upper-cased and
-        spelled as the engine's information_schema spells them, read without reading a row."""
+        spelled as the engine's information_schema spells them (Spark, which has none: as
+        `column_types_sql` does), read without reading a row. `connection`: a SQLAlchemy
+        connection, or the engine's `session` where it has one."""
         raise NotImplementedError(f"{self.name} does not read a query's result types")
 
     def autocommit(self, connection: Any, statement: str) -> Any:

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -127,17 +128,19 @@ class BigQuerySession:
 
     def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
         """The statements in order, in one BigQuery session, ended afterwards."""
-        session_id: str | None = None
+        with self.batch() as batch:
+            batch.execute(statements, params)
+
+    @contextmanager
+    def batch(self) -> Iterator[BigQueryBatch]:
+        """Statements and queries in one BigQuery session (its temporary tables), ended when
+        the block ends, after a failure too."""
+        batch = BigQueryBatch(self)
         try:
-            for statement in statements:
-                config = self.job_config(statement, params, session_id, new=session_id is None)
-                job = self.client.query(statement, job_config=config)
-                job.result()
-                if session_id is None:
-                    session_id = job.session_info.session_id
+            yield batch
         finally:
-            if session_id is not None:
-                self.end(session_id)
+            if batch.session_id is not None:
+                self.end(batch.session_id)
 
     def end(self, session_id: str) -> None:
         """End the session (its temporary tables go with it). A failure to end it is logged,
@@ -180,6 +183,33 @@ class BigQuerySession:
         if not self.dataset:
             raise ValueError(f"{self.url} names no dataset: qualify table names (dataset.table)")
         return self.dataset
+
+
+class BigQueryBatch:
+    """Jobs of one BigQuery session (`BigQuerySession.batch`): the first job creates it, every
+    later one carries its id."""
+
+    def __init__(self, session: BigQuerySession) -> None:
+        self.session = session
+        self.session_id: str | None = None
+
+    def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
+        for statement in statements:
+            self._run(statement, params)
+
+    def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """One SELECT in the session: it may read the session's temporary tables."""
+        rows = self._run(sql, params)
+        return [{key: plain(value) for key, value in row.items()} for row in rows]
+
+    def _run(self, sql: str, params: Mapping[str, Any]) -> Any:
+        new = self.session_id is None
+        config = self.session.job_config(sql, params, self.session_id, new=new)
+        job = self.session.client.query(sql, job_config=config)
+        rows = job.result()
+        if new:
+            self.session_id = job.session_info.session_id
+        return rows
 
 
 class BigQuery(Dialect):

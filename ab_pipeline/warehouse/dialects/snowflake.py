@@ -28,6 +28,10 @@ from urllib.parse import parse_qsl, urlencode
 
 from ab_pipeline.warehouse.dialects.base import _EMBED_PREFIX, ConnectionFields, Dialect
 
+# The connector's type names (snowflake.connector.constants.FIELD_TYPES) that
+# information_schema.columns spells otherwise.
+_INFORMATION_SCHEMA_TYPES = {"FIXED": "NUMBER", "REAL": "FLOAT"}
+
 
 class Snowflake(Dialect):
     name = "snowflake"
@@ -87,6 +91,25 @@ class Snowflake(Dialect):
             # Snowflake's CAST(text AS VARIANT) is a string, not an object: parse the text.
             return exp.JSONKeys(this=exp.ParseJSON(this=node.this.this))
         return super().rewrite(node)
+
+    reads_result_types = True
+
+    def result_types(self, connection: Any, select: str) -> dict[str, str]:
+        """The connector's description of the (LIMIT 0) result: each column's Snowflake type
+        code, named as information_schema names that type (FIXED is NUMBER, REAL is FLOAT;
+        TEXT, TIMESTAMP_NTZ, BOOLEAN, VARIANT, ... as they are); upper-case names read back
+        in lower case, as every result's names do (`sa_snowflake`)."""
+        from snowflake.connector.constants import FIELD_ID_TO_NAME
+        from sqlalchemy import text
+
+        description = connection.execute(text(select)).cursor.description or []
+        normalize = connection.dialect.normalize_name
+        return {
+            normalize(str(column[0])): _INFORMATION_SCHEMA_TYPES.get(
+                FIELD_ID_TO_NAME[column[1]], FIELD_ID_TO_NAME[column[1]]
+            )
+            for column in description
+        }
 
     def stored_name(self, name: str) -> str:
         return name.upper() if name == name.lower() else name

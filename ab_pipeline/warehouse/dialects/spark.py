@@ -22,7 +22,9 @@ What differs from the canonical engine, and how it is bridged here:
 - `->>` on a STRING column holding JSON is `get_json_object`; `CAST(x AS JSON)` is x itself;
   `hash()` is signed (buckets use `pmod`); `WITH x AS MATERIALIZED` does not parse (Spark
   decides).
-- No `BEGIN TRANSACTION READ ONLY`: user SELECTs are checked by the parser alone.
+- No `BEGIN TRANSACTION READ ONLY`: user SELECTs are checked by the parser alone. A user's
+  text (a `sql:` metric, a `{sql: ...}` source) is sent as written; a source query's column
+  types are its analysed schema (`result_types`).
 """
 
 from __future__ import annotations
@@ -123,6 +125,10 @@ class ConnectSession:
                 for part in self._current_names(statement).split("; "):
                     self.dataframe(part, params).collect()
 
+    def batch(self) -> contextlib.nullcontext[ConnectSession]:
+        """The session itself: its temporary views last until they are dropped."""
+        return contextlib.nullcontext(self)
+
     def _update(self, statement: str, params: Mapping[str, Any]) -> None:
         """An UPDATE of a temporary table t (a cached view) as a rebuild: the updated rows are
         cached as a new view, computed from t's current one, and from then on every statement
@@ -196,10 +202,18 @@ class ConnectSession:
         return list(self.spark.table(_unquoted(table)).columns)
 
     def column_types(self, table: str) -> list[tuple[str, str]]:
-        """(name, Spark SQL type in upper case) of each column of `table`."""
+        """(name, Spark SQL type, `contract_type_name`) of each column of `table`."""
         return [
-            (field.name, field.dataType.simpleString().upper())
+            (field.name, contract_type_name(field.dataType))
             for field in self.spark.table(_unquoted(table)).schema.fields
+        ]
+
+    def result_types(self, select: str) -> list[tuple[str, str]]:
+        """(name, `contract_type_name`) of each column of a query's result: its schema as
+        Spark's analyser resolves it (`spark.sql` of a query plans it; no job runs)."""
+        return [
+            (field.name, contract_type_name(field.dataType))
+            for field in self.dataframe(select, {}).schema.fields
         ]
 
     def table_names(self, schema: str | None) -> list[str]:
@@ -211,6 +225,20 @@ class ConnectSession:
 
     def table_exists(self, name: str) -> bool:
         return bool(self.spark.catalog.tableExists(_unquoted(name)))
+
+
+def contract_type_name(data_type: Any) -> str:
+    """A Spark type as the contract check compares types: upper-cased as Spark SQL writes it
+    (STRING, TIMESTAMP_NTZ, DOUBLE, DECIMAL(10,2)), with the spellings the check shares with
+    information_schema where Spark's differ: INT is INTEGER, VARCHAR(n) and CHAR(n) are
+    VARCHAR and CHARACTER."""
+    name = str(data_type.simpleString()).upper()
+    if name == "INT":
+        return "INTEGER"
+    for spark, shared in (("VARCHAR(", "VARCHAR"), ("CHAR(", "CHARACTER")):
+        if name.startswith(spark):
+            return shared
+    return name
 
 
 def _unquoted(name: str) -> str:
@@ -343,6 +371,18 @@ class Spark(Dialect):
 
     def gx_release(self, datasource: Any) -> None:
         return None  # the session stays: it is the process's, not GX's
+
+    reads_result_types = True
+
+    def result_types(self, connection: Any, select: str) -> dict[str, str]:
+        """The query's schema through the session (`connection`): names in lower case, as
+        Spark resolves them (case-insensitively), types as `column_types_sql` names them."""
+        return {name.lower(): kind for name, kind in connection.result_types(select)}
+
+    def embed_text(self, sql: str) -> str:
+        """The user's text as written: Spark reads no `:name` in it that the session did not
+        bind (there is no SQLAlchemy `text()` to escape a colon from)."""
+        return sql
 
     def column_types_sql(self, url: str, tables: Mapping[str, str]) -> str | None:
         """The tables' schemas as Spark reports them (STRING, TIMESTAMP_NTZ, ...), as rows."""
