@@ -39,17 +39,8 @@ import pytest
 import yaml
 
 from ab_pipeline.core.config import load_config
-from ab_pipeline.core.errors import GateFailed
 from ab_pipeline.devtools.simulate import main_simulate
-from ab_pipeline.gates import registry as gate_registry
-from ab_pipeline.orchestration.pipeline import (
-    RunContext,
-    assemble_results,
-    stage_analyse,
-    stage_extract,
-    stage_gate,
-    stage_validity,
-)
+from ab_pipeline.orchestration.pipeline import RunContext, assemble_results, run_readout_stages
 from ab_pipeline.warehouse import dispose_all
 from ab_pipeline.warehouse.bigquery_client import bigquery_client
 from tests.bigquery_server import DATASET, serving_bigquery
@@ -95,15 +86,7 @@ def qualified_config(key: str, folder: Path) -> Path:
 def readout(url: str, config: Path, out: Path) -> dict[str, Any]:
     """Every stage of `run_pipeline` up to the results (not the results store: see above)."""
     ctx = RunContext(config, load_config(config).end, url, out)
-    table = stage_extract(ctx)
-    for gate in gate_registry.names():
-        stage_gate(ctx, gate, table)
-    try:
-        stage_validity(ctx)
-    except GateFailed:
-        pass
-    else:
-        stage_analyse(ctx, table)
+    run_readout_stages(ctx)
     return dict(json.loads(json.dumps(assemble_results(ctx), default=str)))
 
 

@@ -433,8 +433,10 @@ def stage_deliver(ctx: RunContext, smtp_conn_id: str = "smtp_default") -> dict[s
     return {"sent": outcome.sent, "eml": str(outcome.eml_path), "detail": outcome.detail}
 
 
-def run_pipeline(ctx: RunContext, deliver: bool = True) -> dict[str, Any]:
-    """All stages in this process, in DAG order (for tests, benchmarks and debugging)."""
+def run_readout_stages(ctx: RunContext) -> str:
+    """The extract, every gate, the validity check and (unless it failed) the analysis, in
+    this process and DAG order; returns the units table. A failed gate is recorded, as in the
+    DAG, and does not stop the later stages."""
     table = stage_extract(ctx)
     for gate in gate_registry.names():
         stage_gate(ctx, gate, table)
@@ -444,6 +446,12 @@ def run_pipeline(ctx: RunContext, deliver: bool = True) -> dict[str, Any]:
         pass
     else:
         stage_analyse(ctx, table)
+    return table
+
+
+def run_pipeline(ctx: RunContext, deliver: bool = True) -> dict[str, Any]:
+    """All stages in this process, in DAG order (for tests, benchmarks and debugging)."""
+    run_readout_stages(ctx)
     summary = stage_brief(ctx)
     if deliver:
         stage_deliver(ctx)

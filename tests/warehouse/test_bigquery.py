@@ -11,10 +11,10 @@ import pytest
 import sqlglot
 
 from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse.dialects.base import plain_value
 from ab_pipeline.warehouse.dialects.bigquery import (
     BigQuerySession,
     bigquery_target,
-    plain,
     query_parameters,
 )
 
@@ -73,9 +73,9 @@ def test_only_the_parameters_a_statement_uses_are_sent_each_typed_from_its_value
 
 
 def test_values_read_back_are_the_pipelines_python() -> None:
-    assert plain(Decimal("2.5")) == 2.5
+    assert plain_value(Decimal("2.5")) == 2.5
     moment = dt.datetime(2026, 4, 1, 14, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    assert plain(moment) == dt.datetime(2026, 4, 1, 12, 30)
+    assert plain_value(moment) == dt.datetime(2026, 4, 1, 12, 30)
 
 
 def test_a_job_starts_a_session_joins_one_or_has_none() -> None:

@@ -20,11 +20,13 @@ transpiling the rest.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
 CANONICAL = "duckdb"  # sqlglot's name for the dialect generated SQL is written in
@@ -287,3 +289,13 @@ class Dialect:
 def _float_literal(value: float) -> str:
     text = repr(value)
     return text if ("e" in text or "." in text) else text + ".0"
+
+
+def plain_value(value: Any) -> Any:
+    """A value from an engine's own client (Spark, BigQuery) as the pipeline's Python, the
+    same as SQLAlchemy's drivers give: Decimal -> float, timestamps naive UTC."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value

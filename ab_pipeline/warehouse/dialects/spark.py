@@ -34,10 +34,9 @@ import datetime as dt
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
-from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect
+from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect, plain_value
 
 DEFAULT_PORT = 15002  # Spark Connect's
 _LOCK = threading.Lock()
@@ -75,15 +74,6 @@ def close_sessions(url: str | None = None) -> None:
                 session.stop()
 
 
-def plain(value: Any) -> Any:
-    """A value from Spark as the pipeline's Python: Decimal -> float, timestamps naive UTC."""
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value
-
-
 def spark_args(params: Mapping[str, Any]) -> dict[str, Any]:
     """Bound parameters for `spark.sql(args=...)`: a naive datetime is UTC wall-clock time
     (made explicit, so the client's local time zone never shifts it)."""
@@ -111,7 +101,7 @@ class ConnectSession:
 
     def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         table = self.dataframe(self._current_names(sql), params).toArrow()
-        return [{k: plain(v) for k, v in row.items()} for row in table.to_pylist()]
+        return [{k: plain_value(v) for k, v in row.items()} for row in table.to_pylist()]
 
     def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
         for statement in statements:
