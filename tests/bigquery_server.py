@@ -36,7 +36,7 @@ def serving_bigquery(folder: Path) -> Iterator[str]:
     """An emulator (state in memory) with an empty dataset `ab`; yields its warehouse URL,
     which names no default dataset (see docs/engines.md: the emulator cannot create a
     temporary table in a job that has one)."""
-    from tests.local_services import free_port
+    from tests.local_services import free_port, stop_server
 
     program = VENV / "bin" / "bqemulator"
     if not program.exists():
@@ -54,13 +54,7 @@ def serving_bigquery(folder: Path) -> Iterator[str]:
         _create_dataset(url_for(port, DATASET))
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        stop_server(process, log)
 
 
 def _wait_for(process: subprocess.Popen[bytes], port: int, folder: Path) -> None:

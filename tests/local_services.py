@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes
@@ -10,6 +11,17 @@ from email.message import Message
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+
+def stop_server(process: subprocess.Popen[bytes], log: Any) -> None:
+    """End a test server process (terminate, kill after 20 s) and close its log file."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
 
 
 def free_port() -> int:

@@ -36,7 +36,7 @@ def serving_fakesnow(folder: Path, port: int | None = None) -> Iterator[str]:
     """A fakesnow server storing its databases in `folder`; yields its warehouse URL."""
     import socket
 
-    from tests.local_services import free_port
+    from tests.local_services import free_port, stop_server
 
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -62,13 +62,7 @@ def serving_fakesnow(folder: Path, port: int | None = None) -> Iterator[str]:
                 time.sleep(0.2)
         yield url_for(port)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        stop_server(process, log)
 
 
 def _serve(port: int, folder: str) -> None:

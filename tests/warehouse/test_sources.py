@@ -22,6 +22,7 @@ from ab_pipeline.readout.extract import units_table_name
 from ab_pipeline.readout.progress import pre_period_moments
 from ab_pipeline.warehouse import Warehouse, embedded
 from ab_pipeline.warehouse.sources import SourceQueryError, source_columns, source_relation
+from tests.test_postgres_parity import QUERY_SOURCES
 
 EVENTS_QUERY = (
     "SELECT CAST(user_key AS TEXT) AS unit_id, action AS event_name, logged_at AS occurred_at, "
@@ -193,16 +194,7 @@ REFUND_SCENARIO = REPO / "simulations" / "refund-query-rewrite.yaml"
 FINAL = date(2026, 5, 31)
 # Hashed arms and a first event: the assignment gate's both queries read the sources too.
 HASHED = {"assignment": "hash", "assignment_check": {"first_event": "page_viewed"}}
-QUERIES = {
-    "exposures": {
-        "sql": "SELECT experiment_key, unit_id, arm, exposed_at, is_internal, is_bot, "
-        "properties FROM exposures WHERE experiment_key IS NOT NULL"
-    },
-    "events": {
-        "sql": "SELECT unit_id, event_name, occurred_at, value, experiment_key FROM events "
-        "WHERE event_name IS NOT NULL"
-    },
-}
+QUERIES = QUERY_SOURCES  # the same two queries the parity tests read through
 
 
 def refund_config(folder: Path, source: dict[str, Any]) -> Path:
