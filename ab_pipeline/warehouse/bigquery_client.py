@@ -32,7 +32,7 @@ def bigquery_client(url: str) -> Any:
 
 
 def _new_client(url: str) -> Any:
-    from google.cloud import bigquery
+    from google.cloud.bigquery import Client
 
     project, _, settings = bigquery_target(url)
     endpoint = settings.get("api_endpoint")
@@ -45,4 +45,4 @@ def _new_client(url: str) -> Any:
             from google.auth.credentials import AnonymousCredentials
 
             options["credentials"] = AnonymousCredentials()
-    return bigquery.Client(project=project, location=settings.get("location"), **options)
+    return Client(project=project, location=settings.get("location"), **options)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -291,9 +291,14 @@ def _float_literal(value: float) -> str:
     return text if ("e" in text or "." in text) else text + ".0"
 
 
+def plain_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows from an engine's own client (Spark, BigQuery), each value as `plain_value`."""
+    return [{key: plain_value(value) for key, value in row.items()} for row in rows]
+
+
 def plain_value(value: Any) -> Any:
-    """A value from an engine's own client (Spark, BigQuery) as the pipeline's Python, the
-    same as SQLAlchemy's drivers give: Decimal -> float, timestamps naive UTC."""
+    """A value from an engine's own client as the pipeline's Python, the same as
+    SQLAlchemy's drivers give: Decimal -> float, timestamps naive UTC."""
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, dt.datetime) and value.tzinfo is not None:

@@ -36,7 +36,7 @@ from decimal import Decimal
 from typing import Any
 
 from ab_pipeline.warehouse.bigquery_client import bigquery_client, bigquery_target
-from ab_pipeline.warehouse.dialects.base import Dialect, plain_value
+from ab_pipeline.warehouse.dialects.base import Dialect, plain_rows
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class BigQuerySession:
     def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One SELECT, outside any session (it reads no temporary table)."""
         rows = self.client.query(sql, job_config=self.job_config(sql, params)).result()
-        return [{key: plain_value(value) for key, value in row.items()} for row in rows]
+        return plain_rows(rows)
 
     def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
         """The statements in order, in one BigQuery session, ended afterwards."""
@@ -191,7 +191,7 @@ class BigQueryBatch:
     def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One SELECT in the session: it may read the session's temporary tables."""
         rows = self._run(sql, params)
-        return [{key: plain_value(value) for key, value in row.items()} for row in rows]
+        return plain_rows(rows)
 
     def _run(self, sql: str, params: Mapping[str, Any]) -> Any:
         new = self.session_id is None

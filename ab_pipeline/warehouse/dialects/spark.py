@@ -36,7 +36,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect, plain_value
+from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect, plain_rows
 
 DEFAULT_PORT = 15002  # Spark Connect's
 _LOCK = threading.Lock()
@@ -101,7 +101,7 @@ class ConnectSession:
 
     def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         table = self.dataframe(self._current_names(sql), params).toArrow()
-        return [{k: plain_value(v) for k, v in row.items()} for row in table.to_pylist()]
+        return plain_rows(table.to_pylist())
 
     def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
         for statement in statements:
@@ -193,18 +193,12 @@ class ConnectSession:
 
     def column_types(self, table: str) -> list[tuple[str, str]]:
         """(name, Spark SQL type, `contract_type_name`) of each column of `table`."""
-        return [
-            (field.name, contract_type_name(field.dataType))
-            for field in self.spark.table(_unquoted(table)).schema.fields
-        ]
+        return _named_types(self.spark.table(_unquoted(table)).schema)
 
     def result_types(self, select: str) -> list[tuple[str, str]]:
         """(name, `contract_type_name`) of each column of a query's result: its schema as
         Spark's analyser resolves it (`spark.sql` of a query plans it; no job runs)."""
-        return [
-            (field.name, contract_type_name(field.dataType))
-            for field in self.dataframe(select, {}).schema.fields
-        ]
+        return _named_types(self.dataframe(select, {}).schema)
 
     def table_names(self, schema: str | None) -> list[str]:
         """Tables of `schema` (else the current database), temporary views left out."""
@@ -215,6 +209,11 @@ class ConnectSession:
 
     def table_exists(self, name: str) -> bool:
         return bool(self.spark.catalog.tableExists(_unquoted(name)))
+
+
+def _named_types(schema: Any) -> list[tuple[str, str]]:
+    """(name, `contract_type_name`) of each field of a Spark schema."""
+    return [(field.name, contract_type_name(field.dataType)) for field in schema.fields]
 
 
 def contract_type_name(data_type: Any) -> str:
