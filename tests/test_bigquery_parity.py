@@ -24,6 +24,10 @@ why, and the last tests here check that they still hold:
   the results tables cannot be created: each readout runs every stage up to the results
   (extract, gates, analysis, `assemble_results`), not the results store and brief.
 
+delivery-estimate reads its sources through `{sql: ...}` queries (their column types from the
+schema BigQuery returns with a LIMIT 0 result); the other two read the tables (their types
+from INFORMATION_SCHEMA.COLUMNS).
+
 What this does not prove: the emulator runs the SQL on DuckDB after translating it, and does
 not scope temporary tables to a session, so BigQuery's own semantics are not exercised.
 """
@@ -38,7 +42,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ab_pipeline.core.config import load_config
+from ab_pipeline.core.config import Source, load_config
 from ab_pipeline.devtools.simulate import main_simulate
 from ab_pipeline.orchestration.pipeline import RunContext, assemble_results, run_readout_stages
 from ab_pipeline.warehouse import dispose_all
@@ -56,6 +60,19 @@ REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("delivery-estimate", "onboarding-checklist", VARIANT)
 
 
+# delivery-estimate's sources as the team's own queries: SQL that DuckDB runs as written too.
+SOURCE_QUERIES = {
+    "exposures": (
+        "SELECT x.experiment_key, x.unit_id, x.arm, x.exposed_at, x.is_internal, x.is_bot, "
+        f"x.properties FROM {DATASET}.exposures AS x"
+    ),
+    "events": (
+        "SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key "
+        f"FROM {DATASET}.events AS e"
+    ),
+}
+QUERY_SOURCED = "delivery-estimate"
+
 # Support tickets per unit: GoogleSQL that DuckDB runs as written too.
 TICKETS_SQL = (
     f"SELECT unit_id, COUNT(*) AS value FROM {DATASET}.events "
@@ -63,9 +80,9 @@ TICKETS_SQL = (
 )
 
 
-def qualified_config(key: str, folder: Path) -> Path:
+def qualified_config(key: str, folder: Path, queries: bool = False) -> Path:
     """The sample config (or the ratio+CUPED variant) with its tables in the dataset `ab`,
-    written to folder."""
+    written to folder; with `queries`, its sources as SOURCE_QUERIES."""
     original = (
         with_ratio_and_cuped(folder / "variant")
         if key == VARIANT
@@ -75,9 +92,12 @@ def qualified_config(key: str, folder: Path) -> Path:
     source = data.setdefault("source", {})
     source["exposures"] = f"{DATASET}.exposures"
     source["events"] = f"{DATASET}.events"
+    if queries:  # a query has no schema: the run's units table goes to `work_schema`
+        source.update({which: {"sql": sql} for which, sql in SOURCE_QUERIES.items()})
+        source["work_schema"] = DATASET
     if key == VARIANT:  # and a `sql:` metric, read in the extract's BigQuery session
         data["metrics"]["tickets"] = {"type": "mean", "sql": TICKETS_SQL}
-    path = folder / key / f"{original.stem}.yaml"
+    path = folder / key / ("queries" if queries else "") / f"{original.stem}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -116,7 +136,8 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             for label, url in (("duckdb", duck), ("bigquery", bigquery)):
                 simulated = [scenario, "--warehouse", url, "--config", str(config)]
                 assert main_simulate([*simulated, "--schema", DATASET]) == 0
-                runs[label][key] = readout(url, config, root / label / key)
+                read = qualified_config(key, root, queries=True) if key == QUERY_SOURCED else config
+                runs[label][key] = readout(url, read, root / label / key)
         yield runs
         dispose_all()
 
@@ -145,6 +166,45 @@ def test_every_gate_ran_and_the_primary_was_estimated_on_bigquery(both: dict[str
     assert variant["tickets_per_session"]["comparisons"]["treatment"]["se"] > 0
     assert variant["sessions_7d"]["comparisons"]["treatment"]["cuped"]["theta"] != 0
     assert variant["tickets"]["comparisons"]["treatment"]["se"] > 0
+
+
+def test_the_contract_check_reads_every_column_and_names_an_instant_timestamp(
+    both: dict[str, Any], tmp_path: Path
+) -> None:
+    """BigQuery's DATETIME is the contract's timestamp (wall-clock UTC); its TIMESTAMP is an
+    instant, refused as TIMESTAMP WITH TIME ZONE is elsewhere, from a table's
+    INFORMATION_SCHEMA and from a source query's result schema alike."""
+    from ab_pipeline.gates.data_quality import contract_problems
+    from ab_pipeline.warehouse import Warehouse
+    from ab_pipeline.warehouse.sources import source_columns
+
+    url = both["url"]
+    warehouse = Warehouse(url)
+    config = load_config(qualified_config("onboarding-checklist", tmp_path))
+    assert contract_problems(warehouse, config, config.end) == []
+    listed = warehouse.query(
+        warehouse.sql_dialect.column_types_sql(url, {"events": f"{DATASET}.events"}) or ""
+    )
+    assert {r["column_name"]: r["data_type"] for r in listed} == {
+        "unit_id": "STRING",
+        "event_name": "STRING",
+        "occurred_at": "TIMESTAMP",
+        "value": "DOUBLE",
+        "experiment_key": "STRING",
+    }
+    instant = "SELECT e.* REPLACE (TIMESTAMP(e.occurred_at) AS occurred_at) FROM ab.events AS e"
+    bigquery_client(url).query(f"CREATE OR REPLACE TABLE ab.events_instant AS {instant}").result()
+    as_table, as_query = (
+        config.model_copy(update={"source": Source.model_validate({**tables, "events": events})})
+        for tables in [config.source.model_dump()]
+        for events in (f"{DATASET}.events_instant", {"sql": instant})
+    )
+    assert source_columns(warehouse, as_query.source, "events")["occurred_at"] == (
+        "TIMESTAMP WITH TIME ZONE"
+    )
+    for changed in (as_table, as_query):
+        problems = contract_problems(warehouse, changed, config.end)
+        assert problems == ["events.occurred_at is TIMESTAMP WITH TIME ZONE"]
 
 
 def test_each_extract_ran_in_one_bigquery_session(both: dict[str, Any]) -> None:

@@ -359,6 +359,8 @@ def _contract_batch(
         for which in ("exposures", "events")
         if values.values[f"{which}_table"]
     }
+    if not tables:  # both sources are queries
+        return fill("$query_source_columns")
     listed = dialect_for(url).column_types_sql(url, tables)
     if listed is None:
         return fill(template["meta"]["batch_query"])

@@ -103,10 +103,11 @@ def test_the_contract_check_reads_each_tables_dataset_information_schema() -> No
     dialect = Warehouse(URL).sql_dialect
     tables = {"exposures": '"exposures"', "events": '"other"."events"'}
     sql = dialect.render(str(dialect.column_types_sql(URL, tables)))
-    assert "FROM `ab`.`INFORMATION_SCHEMA`.`COLUMNS` AS c WHERE c.table_name = 'exposures'" in sql
-    assert "FROM `other`.`INFORMATION_SCHEMA`.`COLUMNS` AS c WHERE c.table_name = 'events'" in sql
-    # BigQuery's type names as the suite spells them.
+    assert "FROM `ab`.INFORMATION_SCHEMA.COLUMNS AS c WHERE c.table_name = 'exposures'" in sql
+    assert "FROM `other`.INFORMATION_SCHEMA.COLUMNS AS c WHERE c.table_name = 'events'" in sql
+    # BigQuery's type names as the suite spells them; DATETIME is the contract's TIMESTAMP.
     assert "WHEN 'BOOL' THEN 'BOOLEAN' WHEN 'FLOAT64' THEN 'DOUBLE'" in sql
+    assert "WHEN 'DATETIME' THEN 'TIMESTAMP' WHEN 'TIMESTAMP' THEN 'TIMESTAMP WITH TIME ZONE'" in sql
     sqlglot.parse_one(sql, read="bigquery")
     with pytest.raises(ValueError, match="names no dataset"):
         dialect.column_types_sql("bigquery://p", {"exposures": '"exposures"'})

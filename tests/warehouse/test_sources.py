@@ -261,7 +261,13 @@ def test_every_reader_of_a_source_reads_a_query_as_it_reads_the_table(
     assert through_queries == through_tables
 
 
-def test_an_engine_whose_result_types_are_not_read_yet_says_so_naming_the_field() -> None:
+def test_an_engine_whose_result_types_are_not_read_yet_says_so_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every engine here reads them; a new dialect starts without (`reads_result_types`)."""
+    from ab_pipeline.warehouse.dialects.bigquery import BigQuery
+
+    monkeypatch.setattr(BigQuery, "reads_result_types", False)
     warehouse = Warehouse("bigquery://project/dataset")
     source = Source(events={"sql": "SELECT * FROM app_log"})
     with pytest.raises(SourceQueryError, match=r"^source\.events\.sql: .* not read on bigquery"):

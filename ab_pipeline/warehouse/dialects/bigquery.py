@@ -40,8 +40,26 @@ from ab_pipeline.warehouse.dialects.base import Dialect, plain_rows
 
 log = logging.getLogger(__name__)
 
-# BigQuery's type names as the contract suite spells the same types (it lists each engine's).
-_SUITE_TYPE_NAMES = {"BOOL": "BOOLEAN", "FLOAT64": "DOUBLE", "INT64": "BIGINT"}
+# BigQuery's type names as the contract suite spells the same types (it lists each engine's),
+# in GoogleSQL (INFORMATION_SCHEMA) and in the REST API's legacy names (a query's schema).
+# DATETIME is BigQuery's timestamp without time zone, the contract's TIMESTAMP (canonical
+# TIMESTAMP renders as DATETIME); BigQuery's TIMESTAMP is an instant, which the contract
+# refuses as it refuses TIMESTAMP WITH TIME ZONE elsewhere.
+_SUITE_TYPE_NAMES = {
+    "BOOL": "BOOLEAN",
+    "FLOAT64": "DOUBLE",
+    "FLOAT": "DOUBLE",
+    "INT64": "BIGINT",
+    "INTEGER": "BIGINT",
+    "DATETIME": "TIMESTAMP",
+    "TIMESTAMP": "TIMESTAMP WITH TIME ZONE",
+}
+
+
+def suite_type_name(bigquery_type: str) -> str:
+    """A BigQuery type name (GoogleSQL or legacy) as the contract suite names that type."""
+    upper = bigquery_type.upper()
+    return _SUITE_TYPE_NAMES.get(upper, upper)
 
 
 def query_parameters(sql: str, params: Mapping[str, Any]) -> list[Any]:
@@ -144,6 +162,12 @@ class BigQuerySession:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             log.warning("BigQuery session %s was not ended: %s", session_id, reason)
 
+    def result_types(self, select: str) -> dict[str, str]:
+        """{column: contract type name} of a query's result, from the schema BigQuery returns
+        with it (run it with LIMIT 0: no row is read)."""
+        rows = self.client.query(select, job_config=self.job_config(select, {})).result()
+        return {field.name.lower(): suite_type_name(field.field_type) for field in rows.schema}
+
     def table_exists(self, name: str) -> bool:
         """Whether the table exists; an unqualified name names none when the URL has no
         default dataset."""
@@ -233,10 +257,19 @@ class BigQuery(Dialect):
         """A materialized batch's statements, through the pipeline's own client."""
         self.session(url).execute(statements, {})
 
+    reads_result_types = True
+
+    def result_types(self, connection: Any, select: str) -> dict[str, str]:
+        """The schema BigQuery returns with the (LIMIT 0) result, through the session
+        (`connection`): names in lower case, types as `suite_type_name` names them."""
+        return dict(connection.result_types(select))
+
     def column_types_sql(self, url: str, tables: Mapping[str, str]) -> str | None:
         """The contract tables' columns from their dataset's INFORMATION_SCHEMA.COLUMNS
         (BigQuery has one per dataset, and no current schema), types named as the suite
-        names them (BOOL is BOOLEAN, FLOAT64 DOUBLE, INT64 BIGINT)."""
+        names them (`suite_type_name`: BOOL is BOOLEAN, DATETIME is TIMESTAMP, ...).
+        `dataset`.INFORMATION_SCHEMA.COLUMNS is written with the view's name unquoted, the
+        form BigQuery documents (the emulator does not resolve it quoted part by part)."""
         _, default_dataset, _ = bigquery_target(url)
         kind = "UPPER(c.data_type)"
         renamed = " ".join(f"WHEN '{bq}' THEN '{suite}'" for bq, suite in _SUITE_TYPE_NAMES.items())
@@ -246,7 +279,7 @@ class BigQuery(Dialect):
             where = dataset[-1] if dataset else default_dataset
             if not where:
                 raise ValueError(f"{url} names no dataset: qualify {table} (dataset.table)")
-            columns = f'"{where}"."INFORMATION_SCHEMA"."COLUMNS"'
+            columns = f'"{where}".INFORMATION_SCHEMA.COLUMNS'
             selects.append(
                 f"SELECT {self.literal(source)} AS source, LOWER(c.column_name) AS column_name, "
                 f"CASE {kind} {renamed} ELSE {kind} END AS data_type FROM {columns} AS c "
