@@ -276,3 +276,25 @@ def test_what_the_emulator_cannot_run_still_fails_there(
         config.default_dataset = f"{client.project}.{DATASET}"
     with pytest.raises(GoogleAPICallError, match=message):
         client.query(statement, job_config=config).result()
+
+
+def test_a_failed_data_quality_query_raises_where_the_emulator_answers_it_with_no_rows(
+    both: dict[str, Any],
+) -> None:
+    """GX's engine (`sa_bigquery`) runs each query as a job, whose failure raises: through
+    the DB-API's `jobs.query` shortcut the emulator answers a failed query with an empty
+    result, and a data-quality check would pass without having run."""
+    import sqlalchemy as sa
+    from google.cloud.bigquery import dbapi
+
+    from ab_pipeline.warehouse import sa_bigquery
+
+    missing = f"SELECT unit_id FROM {DATASET}.no_such_table"
+    shortcut = dbapi.connect(client=bigquery_client(both["url"])).cursor()
+    shortcut.execute(missing)
+    assert shortcut.fetchall() == []  # the emulator's limit: when this fails, drop the job ids
+    sa_bigquery.register()
+    engine = sa.create_engine("bigquery+ab_dbapi://" + both["url"].split("://", 1)[1])
+    with engine.connect() as connection, pytest.raises(sa.exc.DatabaseError, match="no_such_table"):
+        connection.execute(sa.text(missing))
+    engine.dispose()

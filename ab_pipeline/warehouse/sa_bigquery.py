@@ -56,6 +56,21 @@ class BigQueryDBAPIDialect(default.DefaultDialect):
         pipeline_url = url.set(drivername="bigquery").render_as_string(hide_password=False)
         return [], {"client": bigquery_client(pipeline_url), "prefer_bqstorage_client": False}
 
+    def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        """Each query as a job of its own (`jobs.insert`, then its result), whose failure
+        raises. Without a job id the DB-API takes the `jobs.query` shortcut, whose failed query
+        the emulator answers with an empty result: a data-quality check would then pass without
+        having run. (With a job id the DB-API sets the parameters on the config it is given.)"""
+        from uuid import uuid4
+
+        from google.cloud.bigquery import QueryJobConfig
+
+        job_id = f"ab_pipeline_{uuid4().hex}"
+        cursor.execute(statement, parameters, job_id=job_id, job_config=QueryJobConfig())
+
+    def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
+        self.do_execute(cursor, statement, None, context)
+
     def do_rollback(self, dbapi_connection: Any) -> None:
         return None  # nothing to roll back: BigQuery's DB-API has no transactions
 
