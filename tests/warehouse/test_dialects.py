@@ -67,7 +67,7 @@ def test_a_colon_in_user_sql_stays_a_colon_on_duckdb_and_postgresql(
 
 
 def test_duckdb_engine_urls_carry_the_memory_cap_unless_the_url_sets_one() -> None:
-    assert engine_url("duckdb:///w.duckdb") == "duckdb:///w.duckdb?memory_limit=1GB"
+    assert engine_url("duckdb:///w.duckdb") == "duckdb:///w.duckdb?memory_limit=900MB"
     assert engine_url("duckdb:///w.duckdb?memory_limit=4GB") == (
         "duckdb:///w.duckdb?memory_limit=4GB"
     )

@@ -10,8 +10,10 @@ from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect
 # buffers; a cap keeps peak memory flat as events grow (joins and sorts spill to disk beyond
 # it). Set in the URL (duckdb_engine passes query parameters as DuckDB config) so that every
 # engine built from it, Great Expectations' included, gets it. Override per warehouse:
-# duckdb:///file.duckdb?memory_limit=4GB&threads=4.
-DUCKDB_DEFAULTS = {"memory_limit": "1GB"}
+# duckdb:///file.duckdb?memory_limit=4GB&threads=4. 900 MB: a readout's peak RSS is the cap
+# plus ~570 MiB of interpreter (Great Expectations, pandas, statsmodels), and with 1 GB it
+# came within 10 MiB of 1.5 GiB at 20M units (docs/benchmarks.md).
+DUCKDB_DEFAULTS = {"memory_limit": "900MB"}
 
 
 class DuckDB(Dialect):
