@@ -132,8 +132,11 @@ class BigQuerySession:
 
     def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One SELECT, outside any session (it reads no temporary table)."""
-        rows = self.client.query(sql, job_config=self.job_config(sql, params)).result()
-        return plain_rows(rows)
+        return plain_rows(self._result(sql, params))
+
+    def _result(self, sql: str, params: Mapping[str, Any]) -> Any:
+        """The rows (and schema) of one query job outside any session."""
+        return self.client.query(sql, job_config=self.job_config(sql, params)).result()
 
     def execute(self, statements: Sequence[str], params: Mapping[str, Any]) -> None:
         """The statements in order, in one BigQuery session, ended afterwards."""
@@ -165,8 +168,8 @@ class BigQuerySession:
     def result_types(self, select: str) -> dict[str, str]:
         """{column: contract type name} of a query's result, from the schema BigQuery returns
         with it (run it with LIMIT 0: no row is read)."""
-        rows = self.client.query(select, job_config=self.job_config(select, {})).result()
-        return {field.name.lower(): suite_type_name(field.field_type) for field in rows.schema}
+        schema = self._result(select, {}).schema
+        return {field.name.lower(): suite_type_name(field.field_type) for field in schema}
 
     def table_exists(self, name: str) -> bool:
         """Whether the table exists; an unqualified name names none when the URL has no
@@ -262,7 +265,8 @@ class BigQuery(Dialect):
     def result_types(self, connection: Any, select: str) -> dict[str, str]:
         """The schema BigQuery returns with the (LIMIT 0) result, through the session
         (`connection`): names in lower case, types as `suite_type_name` names them."""
-        return dict(connection.result_types(select))
+        types: dict[str, str] = connection.result_types(select)
+        return types
 
     def column_types_sql(self, url: str, tables: Mapping[str, str]) -> str | None:
         """The contract tables' columns from their dataset's INFORMATION_SCHEMA.COLUMNS

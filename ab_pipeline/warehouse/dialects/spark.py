@@ -192,7 +192,7 @@ class ConnectSession:
         return list(self.spark.table(_unquoted(table)).columns)
 
     def column_types(self, table: str) -> list[tuple[str, str]]:
-        """(name, Spark SQL type, `contract_type_name`) of each column of `table`."""
+        """(name, `contract_type_name`) of each column of `table`."""
         return _named_types(self.spark.table(_unquoted(table)).schema)
 
     def result_types(self, select: str) -> list[tuple[str, str]]:
