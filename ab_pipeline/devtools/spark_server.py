@@ -14,6 +14,7 @@ pyspark is imported inside functions only (it costs about a second and starts no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -108,13 +109,20 @@ class SparkConnectServer:
             if not self._port_open():
                 time.sleep(1.0)
                 continue
+            session = None
             try:
-                session = SparkSession.builder.remote(self.url).getOrCreate()
+                session = SparkSession.builder.remote(self.url).create()
                 session.sql("SELECT 1").collect()
                 return
             except Exception as error:  # still starting: the port opens before sessions work
                 last_error = error
                 time.sleep(1.0)
+            finally:
+                # An open client's exit hook calls the server; once the server is stopped, it
+                # retries for minutes and holds up the process's exit.
+                if session is not None:
+                    with contextlib.suppress(Exception):
+                        session.stop()
         self.stop()
         raise RuntimeError(
             f"Spark Connect server at {self.url} did not answer within {STARTUP_TIMEOUT_S:.0f} s "

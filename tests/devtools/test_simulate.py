@@ -369,6 +369,42 @@ def test_postgres_gets_the_same_rows_as_duckdb(
         assert len(local) > 500
 
 
+@pytest.mark.slow
+def test_spark_gets_the_same_rows_as_duckdb_through_a_file_and_through_grpc(
+    tmp_path: Path, spark_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server on this machine reads each chunk from a Parquet file; a remote one gets it as
+    Arrow through gRPC (forced here by calling the local server remote). Both load what DuckDB
+    gets, timestamps included (the file's are time-zone-less, the table's in session UTC)."""
+    from ab_pipeline.devtools.simulate import sinks
+
+    config, scn = config_of("refund-query-rewrite"), scenario("refund-query-rewrite", units=800)
+    url = duckdb_url(tmp_path)
+    simulate(config, scn, url, chunk_units=300)
+    simulate(config, scn, spark_url, schema="sim_by_file", chunk_units=300)
+    monkeypatch.setattr(sinks, "_spark_server_is_local", lambda _url: False)
+    simulate(config, scn, spark_url, schema="sim_by_grpc", chunk_units=300)
+    spark = Warehouse(spark_url)
+    for table, columns in (
+        ("exposures", "experiment_key, unit_id, arm, exposed_at, is_internal, is_bot, properties"),
+        ("events", "unit_id, event_name, occurred_at, value, experiment_key"),
+    ):
+        local = _sorted(rows(url, f"SELECT {columns} FROM {table}"))
+        assert len(local) > 500
+        for schema in ("sim_by_file", "sim_by_grpc"):
+            loaded = spark.query(f"SELECT {columns} FROM {schema}.{table}")
+            assert _sorted([tuple(r.values()) for r in loaded]) == local, (schema, table)
+
+
+def test_only_a_spark_server_on_this_machine_is_sent_files() -> None:
+    from ab_pipeline.devtools.simulate.sinks import _spark_server_is_local
+
+    assert _spark_server_is_local("sc://127.0.0.1:15002")
+    assert _spark_server_is_local("sc://localhost:15002/;user_id=ab")
+    assert not _spark_server_is_local("sc://spark.internal:15002")
+    assert not _spark_server_is_local("sc://10.0.0.7")
+
+
 def _sorted(table: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return sorted(table, key=lambda row: tuple((v is None, 0 if v is None else v) for v in row))
 

@@ -70,6 +70,23 @@ def test_the_session_queries_updates_and_deletes_on_a_real_server(spark_url: str
     )
     updated = warehouse.query("SELECT k, v FROM ab_tmp_check ORDER BY k")
     assert updated == [{"k": "a", "v": 1.5}, {"k": "b", "v": 9.0}]
+    assert _views_of(spark_url, "ab_tmp_check") == ["ab_tmp_check", "ab_tmp_check__updated_1"]
+    # UPDATEs that match no row leave the table as it is, without a rebuild.
+    warehouse.execute(
+        [
+            "UPDATE ab_tmp_check SET v = f.v FROM (SELECT 'z' AS k, 7.0 AS v) f "
+            "WHERE f.k = ab_tmp_check.k",
+            "UPDATE ab_tmp_check SET v = 0 WHERE k = :none",
+        ],
+        {"none": "z"},
+    )
+    assert warehouse.query("SELECT k, v FROM ab_tmp_check ORDER BY k") == updated
+    assert _views_of(spark_url, "ab_tmp_check") == ["ab_tmp_check", "ab_tmp_check__updated_1"]
+    warehouse.execute("UPDATE ab_tmp_check SET v = 0 WHERE k = :a", {"a": "a"})
+    assert warehouse.query("SELECT k, v FROM ab_tmp_check ORDER BY k") == [
+        {"k": "a", "v": 0.0},
+        {"k": "b", "v": 9.0},
+    ]
     warehouse.execute("DELETE FROM ab_session_check WHERE k = :gone", {"gone": "a"})
     rows = warehouse.query("SELECT k, t, v, 0.5 AS d FROM ab_session_check")
     assert rows == [{"k": "b", "t": datetime(2026, 5, 1, 23, 30), "v": 2.5, "d": 0.5}]
@@ -78,3 +95,11 @@ def test_the_session_queries_updates_and_deletes_on_a_real_server(spark_url: str
     assert "ab_session_check" in warehouse.table_names()
     warehouse.execute(["DROP TABLE ab_tmp_check", "DROP TABLE ab_session_check"])
     assert not warehouse.table_exists("ab_session_check")
+
+
+def _views_of(url: str, table: str) -> list[str]:
+    """The session's temporary views that hold `table` and its updated versions."""
+    from ab_pipeline.warehouse.dialects.spark import spark_session
+
+    listed = spark_session(url).catalog.listTables()
+    return sorted(t.name for t in listed if t.isTemporary and t.name.startswith(table))

@@ -229,11 +229,24 @@ class _SnowflakeSink(_CsvSink):
 
 
 SPARK_ROWS_PER_MESSAGE = 250_000  # about 10 MB of Arrow: well inside a 1 GB driver
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _spark_server_is_local(url: str) -> bool:
+    """Whether the Spark Connect server runs on this machine (it can then read our files)."""
+    host = url.removeprefix("sc://").split("/", 1)[0].rsplit(":", 1)[0]
+    return host.lower() in _LOOPBACK_HOSTS
 
 
 class _SparkSink(_Sink):
     """Spark Connect: each chunk formatted by an in-memory DuckDB (the same SELECT as the other
-    sinks, so every warehouse gets identical rows), sent as Arrow and appended (`insertInto`).
+    sinks, so every warehouse gets identical rows) and appended to the table.
+
+    A server on this machine reads each chunk from a Parquet file DuckDB writes (a read and an
+    `insertInto` per chunk). A remote server gets the rows as Arrow through gRPC instead, in
+    messages of SPARK_ROWS_PER_MESSAGE rows. On the 2-core machine the gRPC path once stalled
+    loading 1 M units (10.5 M events); through files they load in 20-30 s, and 10 M units in
+    about 3 minutes (docs/benchmarks.md).
 
     Spark has no transactions: a failed simulation leaves the chunks written so far, and the
     next run's `_prepare` deletes them. Its DELETE (Parquet tables cannot delete rows) keeps
@@ -241,12 +254,20 @@ class _SparkSink(_Sink):
     """
 
     def __init__(self, url: str) -> None:
+        import tempfile
+
         import duckdb
 
         from ab_pipeline.warehouse import Warehouse
 
         self.warehouse = Warehouse(url)
         self.formatter = duckdb.connect()
+        self.staging = (
+            tempfile.TemporaryDirectory(prefix="ab-simulate-spark-")
+            if _spark_server_is_local(url)
+            else None
+        )
+        self.chunks = 0
 
     def run(self, sql: str) -> None:
         import sqlglot
@@ -271,6 +292,35 @@ class _SparkSink(_Sink):
         )
 
     def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
+        names = [c.strip() for c in columns.split(",")]
+        if self.staging is not None:
+            self._write_file(table, names, frame, select, Path(self.staging.name))
+        else:
+            self._write_arrow(table, names, frame, select)
+
+    def _write_file(
+        self, table: str, names: list[str], frame: pd.DataFrame, select: str, folder: Path
+    ) -> None:
+        from ab_pipeline.warehouse.dialects.spark import spark_session
+
+        self.chunks += 1
+        path = folder / f"chunk_{self.chunks}.parquet"
+        named = ", ".join(f"{quote_ident(n)}" for n in names)
+        self.formatter.register("sim_chunk", frame)
+        try:
+            self.formatter.execute(
+                f"COPY (SELECT * FROM ({select}) AS chunk ({named})) "
+                f"TO {_literal(str(path))} (FORMAT parquet)"
+            )
+        finally:
+            self.formatter.unregister("sim_chunk")
+        spark = spark_session(self.warehouse.url)
+        try:
+            spark.read.parquet(str(path)).select(*names).write.insertInto(table.replace('"', ""))
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _write_arrow(self, table: str, names: list[str], frame: pd.DataFrame, select: str) -> None:
         from ab_pipeline.warehouse.dialects.spark import spark_session
 
         self.formatter.register("sim_chunk", frame)
@@ -279,7 +329,7 @@ class _SparkSink(_Sink):
         finally:
             self.formatter.unregister("sim_chunk")
         spark = spark_session(self.warehouse.url)
-        rows = rows.rename_columns([c.strip() for c in columns.split(",")])
+        rows = rows.rename_columns(names)
         # A local relation travels in one gRPC message and is held whole by the driver.
         for start in range(0, rows.num_rows, SPARK_ROWS_PER_MESSAGE):
             part = rows.slice(start, SPARK_ROWS_PER_MESSAGE)
@@ -287,6 +337,8 @@ class _SparkSink(_Sink):
 
     def finish(self, commit: bool) -> None:
         self.formatter.close()
+        if self.staging is not None:
+            self.staging.cleanup()
 
 
 def _ndjson_line(names: list[str], row: tuple[object, ...]) -> str:

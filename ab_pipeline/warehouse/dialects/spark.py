@@ -133,7 +133,11 @@ class ConnectSession:
                 f"Spark cannot UPDATE {target}: only the extract's temporary tables are updated "
                 "here (Parquet tables have no UPDATE)"
             )
-        _, select = _updated_rows(statement, self.columns, chain[-1])
+        _, select, probe = _updated_rows(statement, self.columns, chain[-1])
+        # Most readouts have no unit in several arms: the rebuild (a copy of every enrolled
+        # unit) runs only when some row is updated.
+        if not self.query(probe, params):
+            return
         updated = f"{target}__updated_{len(chain)}"
         self.dataframe(f"CACHE TABLE `{updated}` AS {select}", params).collect()
         chain.append(updated)
@@ -235,9 +239,10 @@ def _unquoted(name: str) -> str:
     return name.replace('"', "").replace("`", "")
 
 
-def _updated_rows(statement: str, columns: Any, source: str) -> tuple[str, str]:
+def _updated_rows(statement: str, columns: Any, source: str) -> tuple[str, str, str]:
     """`UPDATE t SET c = e, ... [FROM s AS f] [WHERE p]` (Spark SQL, as rendered) as
-    (t, a SELECT of t's rows after the update): Spark updates only Delta/Iceberg tables.
+    (t, a SELECT of t's rows after the update, a query with a row when some row is updated):
+    Spark updates only Delta/Iceberg tables.
 
     With FROM, each row of t takes the values of its matching row of s (the pipeline's UPDATEs
     match at most one); rows without a match keep theirs. t's rows are read from the view
@@ -275,8 +280,13 @@ def _updated_rows(statement: str, columns: Any, source: str) -> tuple[str, str]:
             f"{base} LEFT JOIN (SELECT *, 1 AS {marker} FROM {inner.sql(dialect='spark')}) "
             f"AS {alias} ON {predicate.sql(dialect='spark')}"
         )
+        probe = (
+            f"SELECT 1 AS found FROM {base} JOIN {inner.sql(dialect='spark')} AS {alias} "
+            f"ON {predicate.sql(dialect='spark')} LIMIT 1"
+        )
     else:
         matched, from_clause = predicate, base
+        probe = f"SELECT 1 AS found FROM {base} WHERE {predicate.sql(dialect='spark')} LIMIT 1"
     selected = []
     for column in column_names:
         value = assigned.get(column)
@@ -287,7 +297,7 @@ def _updated_rows(statement: str, columns: Any, source: str) -> tuple[str, str]:
                 f"CASE WHEN {matched.sql(dialect='spark')} THEN {value.sql(dialect='spark')} "
                 f"ELSE `{target}`.`{column}` END AS `{column}`"
             )
-    return name, f"SELECT {', '.join(selected)} FROM {from_clause}"
+    return name, f"SELECT {', '.join(selected)} FROM {from_clause}", probe
 
 
 class Spark(Dialect):
