@@ -3,8 +3,10 @@ Snowflake, Spark or BigQuery)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ab_pipeline.devtools.simulate.generate import _Chunk
 from ab_pipeline.devtools.simulate.plan import _Plan
@@ -54,6 +56,16 @@ def _frames(plan: _Plan, chunk: _Chunk, cutoff_s: int) -> tuple[pd.DataFrame, pd
         }
     )
     return exposures, events
+
+
+@contextmanager
+def _chunk_registered(con: Any, frame: pd.DataFrame) -> Iterator[None]:
+    """The chunk readable as `sim_chunk` on a DuckDB connection while the block runs."""
+    con.register("sim_chunk", frame)
+    try:
+        yield
+    finally:
+        con.unregister("sim_chunk")
 
 
 def _unit_id_sql(plan: _Plan) -> str:
@@ -113,11 +125,8 @@ class _DuckDBSink(_Sink):
         self.con.execute(sql)
 
     def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
-        self.con.register("sim_chunk", frame)
-        try:
+        with _chunk_registered(self.con, frame):
             self.con.execute(f"INSERT INTO {table} ({columns}) {select}")
-        finally:
-            self.con.unregister("sim_chunk")
 
     def finish(self, commit: bool) -> None:
         try:
@@ -148,12 +157,9 @@ class _CsvSink(_Sink):
 
     def chunk_csv(self, frame: pd.DataFrame, select: str) -> Path:
         """The chunk's rows, as `select` shapes them, in a CSV file (no header)."""
-        self.formatter.register("sim_chunk", frame)
-        try:
+        with _chunk_registered(self.formatter, frame):
             target = _literal(str(self.csv))
             self.formatter.execute(f"COPY ({select}) TO {target} (FORMAT csv, HEADER false)")
-        finally:
-            self.formatter.unregister("sim_chunk")
         return self.csv
 
     def finish(self, commit: bool) -> None:
@@ -229,13 +235,14 @@ class _SnowflakeSink(_CsvSink):
 
 
 SPARK_ROWS_PER_MESSAGE = 250_000  # about 10 MB of Arrow: well inside a 1 GB driver
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 
 
 def _spark_server_is_local(url: str) -> bool:
     """Whether the Spark Connect server runs on this machine (it can then read our files)."""
-    host = url.removeprefix("sc://").split("/", 1)[0].rsplit(":", 1)[0]
-    return host.lower() in _LOOPBACK_HOSTS
+    from ab_pipeline.warehouse.dialects.spark import server_address
+
+    return server_address(url)[0].lower() in _LOOPBACK_HOSTS
 
 
 class _SparkSink(_Sink):
@@ -292,48 +299,39 @@ class _SparkSink(_Sink):
         )
 
     def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
-        names = [c.strip() for c in columns.split(",")]
-        if self.staging is not None:
-            self._write_file(table, names, frame, select, Path(self.staging.name))
-        else:
-            self._write_arrow(table, names, frame, select)
-
-    def _write_file(
-        self, table: str, names: list[str], frame: pd.DataFrame, select: str, folder: Path
-    ) -> None:
         from ab_pipeline.warehouse.dialects.spark import spark_session
 
+        names = [c.strip() for c in columns.split(",")]
+        target = table.replace('"', "")
+        spark = spark_session(self.warehouse.url)
+        with _chunk_registered(self.formatter, frame):
+            if self.staging is None:
+                self._send_arrow(spark, target, self.formatter.sql(select), names)
+            else:
+                self._send_file(spark, target, select, names, Path(self.staging.name))
+
+    def _send_file(
+        self, spark: Any, target: str, select: str, names: list[str], folder: Path
+    ) -> None:
         self.chunks += 1
         path = folder / f"chunk_{self.chunks}.parquet"
-        named = ", ".join(f"{quote_ident(n)}" for n in names)
-        self.formatter.register("sim_chunk", frame)
+        named = ", ".join(quote_ident(n) for n in names)
+        self.formatter.execute(
+            f"COPY (SELECT * FROM ({select}) AS chunk ({named})) "
+            f"TO {_literal(str(path))} (FORMAT parquet)"
+        )
         try:
-            self.formatter.execute(
-                f"COPY (SELECT * FROM ({select}) AS chunk ({named})) "
-                f"TO {_literal(str(path))} (FORMAT parquet)"
-            )
-        finally:
-            self.formatter.unregister("sim_chunk")
-        spark = spark_session(self.warehouse.url)
-        try:
-            spark.read.parquet(str(path)).select(*names).write.insertInto(table.replace('"', ""))
+            spark.read.parquet(str(path)).select(*names).write.insertInto(target)
         finally:
             path.unlink(missing_ok=True)
 
-    def _write_arrow(self, table: str, names: list[str], frame: pd.DataFrame, select: str) -> None:
-        from ab_pipeline.warehouse.dialects.spark import spark_session
-
-        self.formatter.register("sim_chunk", frame)
-        try:
-            rows = self.formatter.sql(select).to_arrow_table()
-        finally:
-            self.formatter.unregister("sim_chunk")
-        spark = spark_session(self.warehouse.url)
-        rows = rows.rename_columns(names)
+    @staticmethod
+    def _send_arrow(spark: Any, target: str, chunk: Any, names: list[str]) -> None:
+        rows = chunk.to_arrow_table().rename_columns(names)
         # A local relation travels in one gRPC message and is held whole by the driver.
         for start in range(0, rows.num_rows, SPARK_ROWS_PER_MESSAGE):
             part = rows.slice(start, SPARK_ROWS_PER_MESSAGE)
-            spark.createDataFrame(part).write.insertInto(table.replace('"', ""))
+            spark.createDataFrame(part).write.insertInto(target)
 
     def finish(self, commit: bool) -> None:
         self.formatter.close()
@@ -383,11 +381,8 @@ class _BigQuerySink(_Sink):
 
         from google.cloud.bigquery import LoadJobConfig, SourceFormat
 
-        self.formatter.register("sim_chunk", frame)
-        try:
+        with _chunk_registered(self.formatter, frame):
             rows = self.formatter.sql(select).fetchall()
-        finally:
-            self.formatter.unregister("sim_chunk")
         names = [c.strip() for c in columns.split(",")]
         lines = "".join(_ndjson_line(names, row) for row in rows).encode()
         config = LoadJobConfig(

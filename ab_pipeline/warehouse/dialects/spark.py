@@ -45,6 +45,15 @@ _SESSIONS: dict[tuple[int, str], Any] = {}  # (pid, url) -> SparkSession
 _UPDATED: dict[tuple[int, str, str], list[str]] = {}
 
 
+def server_address(url: str) -> tuple[str, int]:
+    """(host, port) of an `sc://HOST[:PORT][/;params]` URL; an IPv6 host keeps its brackets."""
+    netloc = url.removeprefix("sc://").split("/", 1)[0]
+    if ":" not in netloc or netloc.endswith("]"):
+        return netloc, DEFAULT_PORT
+    host, _, port = netloc.rpartition(":")
+    return host, int(port)
+
+
 def spark_session(url: str) -> Any:
     """This process's Spark Connect session to `url` (created on first use, time zone UTC)."""
     key = (os.getpid(), url)
@@ -317,8 +326,8 @@ class Spark(Dialect):
         return f"sc://{host}:{fields.port or DEFAULT_PORT}"
 
     def connection_env(self, url: str) -> dict[str, Any]:
-        host, _, port = url.removeprefix("sc://").split("/")[0].partition(":")
-        return {"conn_type": "spark_connect", "host": host, "port": int(port or DEFAULT_PORT)}
+        host, port = server_address(url)
+        return {"conn_type": "spark_connect", "host": host, "port": port}
 
     def engine_url(self, url: str) -> str:
         raise ValueError(
