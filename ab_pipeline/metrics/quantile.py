@@ -20,6 +20,7 @@ from ab_pipeline.metrics.base import (
     quantile_count_column,
 )
 from ab_pipeline.stats.quantiles import (
+    Histogram,
     cont_ranks,
     disc_rank,
     histograms,
@@ -161,9 +162,10 @@ def quantile_summaries(
 ) -> dict[str, QuantileSummary]:
     """Per arm: event count, the sample quantile and the order statistics bracketing it.
 
-    Exact `percentile_cont` / `percentile_disc` values, read through a bucket histogram (one
-    pass over the events, then narrow passes; `ab_pipeline.stats.quantiles`) so memory stays
-    bounded.
+    Exact `percentile_cont` / `percentile_disc` values, read through a bucket histogram (stored
+    by the extract's pass; `ab_pipeline.stats.quantiles`) so memory stays bounded: one narrow
+    pass reads the estimate's order statistics and the clustered variance's sums together
+    (`quantile_reading`); a second one only for a bracket outside the ranks it read.
     """
     body, params = quantile_events_sql(
         config, metric, units_table, run_date, dialect=warehouse.dialect
@@ -174,29 +176,24 @@ def quantile_summaries(
             config, metric, units_table, run_date, values, warehouse.dialect
         )[0]
 
-    q = metric.quantile
     stored = quantile_histogram_table_name(config, run_date)
     if warehouse.table_exists(stored):
         found = stored_histograms(warehouse, stored, name)
     else:  # a units table built before the extract stored histograms: one pass instead
         found = histograms(warehouse, body, params)
     hists = {arm: h for arm, h in found.items() if h.n >= 2}
-    cont = {arm: cont_ranks(q, h.n) for arm, h in hists.items()}
-    # The bracket's ranks lie within a few sqrt(n) of the estimate's: read that span with the
-    # estimate, and make a second pass only for a bracket outside it.
-    margins = {arm: bracket_margin(h.n) for arm, h in hists.items()}
-    values = order_statistics(
-        warehouse, narrowed, params, hists, {a: {r[0], r[1]} for a, r in cont.items()}, margins
-    )
-    estimates = {}
-    for arm, (below, above, fraction) in cont.items():
-        low, high = values[arm][below], values[arm][above]
-        estimates[arm] = low + fraction * (high - low)
-    clusters = quantile_cluster_sums(
-        warehouse, narrowed, params, estimates, units_table, quantile_count_column(name), q
+    values, estimates, clusters = quantile_reading(
+        warehouse,
+        narrowed,
+        params,
+        hists,
+        metric.quantile,
+        units_table,
+        quantile_count_column(name),
     )
     brackets = {
-        arm: clustered_quantile_bracket(q, clusters[arm], config.decision.alpha) for arm in hists
+        arm: clustered_quantile_bracket(metric.quantile, clusters[arm], config.decision.alpha)
+        for arm in hists
     }
     ranks = {
         arm: (disc_rank(brackets[arm][0], h.n), disc_rank(brackets[arm][1], h.n))
@@ -218,51 +215,108 @@ def quantile_summaries(
     }
 
 
-def quantile_cluster_sums(
+def quantile_reading(
     warehouse: Warehouse,
     narrowed: Callable[[str], str],
     params: dict[str, Any],
-    estimates: dict[str, float],
+    hists: dict[str, Histogram],
+    q: float,
     units_table: str,
     count_column: str,
-    q: float,
-) -> dict[str, QuantileClusterSums]:
-    """Per arm, over units: sums of N_i (events), I_i (events <= the arm's quantile), their
-    squares and cross-product: the pieces of the Deng-Knoblich-Lu variance.
+) -> tuple[dict[str, dict[int, float]], dict[str, float], dict[str, QuantileClusterSums]]:
+    """Per arm, in one narrow pass over the events: the order statistics within
+    `bracket_margin` ranks of the sample quantile x_q (the bracket's ranks usually lie there),
+    x_q itself (`percentile_cont`), and the sums of the Deng-Knoblich-Lu variance around it.
 
-    N_i is a column of the units table (counted by the extract). Only the smaller side of the
-    quantile is read from the events: J_i = events above x_q when q >= 0.5 (then I_i = N_i - J_i),
-    else J_i = I_i itself; the value predicate is applied while scanning, so a p95 reads 5% of
-    the events past the scan.
+    The variance needs, per unit, N_i (its events: a column of the units table, counted by
+    the extract) and I_i (its events <= x_q). Only the smaller side of x_q is read: J_i = events
+    above x_q when q >= 0.5 (then I_i = N_i - J_i), else J_i = I_i itself. That side, from the
+    value range holding x_q's ranks outwards, is the pass's rows: numbered in value order
+    within the range they give the order statistics, and counted per unit against x_q
+    (computed in SQL from the two order statistics around it, with the same arithmetic as
+    here) they give J_i. A p95 reads ~5% of the events past the scan.
     """
-    if not estimates:
-        return {}
+    if not hists:
+        return {}, {}, {}
+    above = q >= 0.5
+    bound: dict[str, Any] = dict(params)
+    spans, cont, sides, in_span, wanted, rows_wanted = {}, {}, [], [], [], []
+    for i, (arm, hist) in enumerate(hists.items()):
+        cont[arm] = cont_ranks(q, hist.n)
+        margin = bracket_margin(hist.n)
+        span = spans[arm] = hist.span(cont[arm][0] - margin, cont[arm][1] + margin)
+        bound |= {f"qa{i}": arm, f"ql{i}": span.low, f"qh{i}": span.high, f"qf{i}": cont[arm][2]}
+        bound |= {f"qb{i}": cont[arm][0] - span.before, f"qc{i}": cont[arm][1] - span.before}
+        bound |= {f"qs{i}": span.first - span.before, f"qe{i}": span.last - span.before}
+        edge = f"v >= :ql{i}" if above else f"v <= :qh{i}"
+        sides.append(f"(arm = :qa{i} AND {edge})")
+        in_span.append(f"(arm = :qa{i} AND v >= :ql{i} AND v <= :qh{i})")
+        wanted.append(
+            f"SELECT CAST(:qa{i} AS TEXT) AS arm, CAST(:qb{i} AS BIGINT) AS below,"
+            f" CAST(:qc{i} AS BIGINT) AS above, CAST(:qf{i} AS DOUBLE PRECISION) AS fraction"
+        )
+        rows_wanted.append(f"(arm = :qa{i} AND rn BETWEEN :qs{i} AND :qe{i})")
+    if above:
+        bound["qedge"] = min(span.low for span in spans.values())
+    else:
+        bound["qedge"] = max(span.high for span in spans.values())
     column = quote_ident(count_column)
+    rows = warehouse.query(
+        f"""WITH side AS MATERIALIZED (
+              SELECT arm, unit_id, n_i, v FROM (
+                SELECT u.arm AS arm, u.unit_id AS unit_id, u.{column} AS n_i, e.value AS v
+                {narrowed("{v} " + (">=" if above else "<=") + " :qedge")}
+              ) s WHERE {" OR ".join(sides)}
+            ),
+            ranked AS (
+              SELECT arm, v, ROW_NUMBER() OVER (PARTITION BY arm ORDER BY v) AS rn
+              FROM side WHERE {" OR ".join(in_span)}
+            ),
+            wanted AS ({" UNION ALL ".join(wanted)}),
+            estimate AS (
+              SELECT r.arm AS arm, MIN(CASE WHEN r.rn = w.below THEN r.v END) AS low_v,
+                     MIN(CASE WHEN r.rn = w.above THEN r.v END) AS high_v,
+                     MIN(w.fraction) AS fraction
+              FROM ranked r JOIN wanted w ON w.arm = r.arm
+              WHERE r.rn = w.below OR r.rn = w.above
+              GROUP BY r.arm
+            ),
+            per_unit AS (
+              SELECT s.arm AS arm, s.unit_id AS unit_id, MAX(s.n_i) AS n_i,
+                     SUM(CASE WHEN s.v {">" if above else "<="}
+                              x.low_v + x.fraction * (x.high_v - x.low_v)
+                         THEN 1 ELSE 0 END) AS j_i
+              FROM side s JOIN estimate x ON x.arm = s.arm
+              GROUP BY s.arm, s.unit_id
+            )
+            SELECT arm, 0 AS rn, CAST(NULL AS DOUBLE PRECISION) AS v,
+                   SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn
+            FROM per_unit GROUP BY arm
+            UNION ALL
+            SELECT arm, rn, v, NULL, NULL, NULL
+            FROM ranked WHERE {" OR ".join(rows_wanted)}""",
+        bound,
+    )
+    values: dict[str, dict[int, float]] = {arm: {} for arm in hists}
+    side_sums: dict[str, tuple[int, int, int]] = {}
+    for row in rows:
+        arm, number = str(row["arm"]), int(row["rn"])
+        if number == 0:
+            side_sums[arm] = (int(row["sj"]), int(row["sjj"]), int(row["sjn"]))
+        else:
+            values[arm][spans[arm].before + number] = float(row["v"])
+    estimates = {}
+    for arm, (below, above_rank, fraction) in cont.items():
+        low, high = values[arm][below], values[arm][above_rank]
+        estimates[arm] = low + fraction * (high - low)
     units = warehouse.query(
         f"""SELECT arm, COUNT(*) AS units, SUM({column}) AS sn, SUM({column} * {column}) AS snn
             FROM {quote_ident(units_table)} WHERE {column} > 0 GROUP BY arm"""
     )
-    above = q >= 0.5
-    arms = list(estimates)
-    bound: dict[str, Any] = {f"qa{i}": arm for i, arm in enumerate(arms)}
-    bound |= {f"qx{i}": estimates[arm] for i, arm in enumerate(arms)}
-    side = ">" if above else "<="
-    cases = " ".join(f"WHEN :qa{i} THEN e.value {side} :qx{i}" for i in range(len(arms)))
-    bound["qedge"] = min(estimates.values()) if above else max(estimates.values())
-    rows = warehouse.query(
-        f"""WITH per_unit AS (
-              SELECT u.arm AS arm, u.unit_id AS unit_id, MAX(u.{column}) AS n_i, COUNT(*) AS j_i
-              {narrowed("{v} " + side + " :qedge")} AND (CASE u.arm {cases} ELSE FALSE END)
-              GROUP BY u.arm, u.unit_id)
-            SELECT arm, SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn
-            FROM per_unit GROUP BY arm""",
-        {**params, **bound},
-    )
-    side_sums = {str(r["arm"]): (int(r["sj"]), int(r["sjj"]), int(r["sjn"])) for r in rows}
     sums = {}
     for row in units:
         arm = str(row["arm"])
-        if arm not in estimates:
+        if arm not in hists:
             continue
         n, sn, snn = int(row["units"]), int(row["sn"]), int(row["snn"])
         sj, sjj, sjn = side_sums.get(arm, (0, 0, 0))
@@ -275,4 +329,4 @@ def quantile_cluster_sums(
             below_sq=float(sii),
             cross=float(sin),
         )
-    return sums
+    return values, estimates, sums

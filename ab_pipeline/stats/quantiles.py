@@ -19,7 +19,7 @@ The result is the order statistic itself, not an approximation: the tests compar
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,20 @@ class Bucket:
     count: int
     low: float
     high: float
+
+
+@dataclass(frozen=True)
+class RankSpan:
+    """Ranks `first`..`last` (1-based, inclusive) of an arm's values and where they lie: every
+    value in [`low`, `high`] belongs to the buckets holding them, and `before` values of the
+    arm are smaller than `low` (the rank of a value in the range is `before` + its number
+    among the range's values in value order)."""
+
+    first: int
+    last: int
+    low: float
+    high: float
+    before: int
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,12 @@ class Histogram:
                 return index, before
             before += bucket.count
         raise AssertionError("unreachable: rank checked against n")
+
+    def span(self, first: int, last: int) -> RankSpan:
+        """The value range of the buckets holding ranks `first`..`last`, clipped to 1..n."""
+        first, last = max(1, first), min(self.n, last)
+        (start, before), (end, _) = self.locate(first), self.locate(last)
+        return RankSpan(first, last, self.buckets[start].low, self.buckets[end].high, before)
 
 
 def cont_ranks(q: float, n: int) -> tuple[int, int, float]:
@@ -114,7 +134,6 @@ def order_statistics(
     params: dict[str, Any],
     hists: dict[str, Histogram],
     ranks: dict[str, set[int]],
-    around: Mapping[str, int] | None = None,
 ) -> dict[str, dict[int, float]]:
     """The values at the given 1-based ranks, per arm, in one narrow pass.
 
@@ -122,27 +141,14 @@ def order_statistics(
     in the contiguous bucket range holding its ranks are numbered in value order; only that
     range is read (`low <= value <= high`: buckets preserve order, so the range holds exactly
     those buckets' values). `narrowed(predicate)` is the events body restricted to values
-    satisfying a predicate on `{v}`.
-
-    `around[arm]` > 0 returns every rank from the lowest wanted minus it to the highest plus
-    it, from the same pass: ranks needed later near these (a confidence bracket around the
-    estimate) then cost no pass of their own.
+    satisfying a predicate on `{v}`. (The ranks around a quantile's estimate, with its
+    variance's sums, come from `metrics.quantile.quantile_reading`; this reads what that pass
+    did not.)
     """
     found: dict[str, dict[int, float]] = {arm: {} for arm in ranks}
-    ranges: list[tuple[str, float, float, int, tuple[int, int] | set[int]]] = []
+    ranges: list[tuple[str, float, float, int, set[int]]] = []
     for arm, wanted in ranks.items():
         hist = hists[arm]
-        margin = (around or {}).get(arm, 0)
-        if margin > 0:
-            lo, hi = max(1, min(wanted) - margin), min(hist.n, max(wanted) + margin)
-            (first, before), (last, _) = hist.locate(lo), hist.locate(hi)
-            bucket = hist.buckets[first]
-            if first == last and bucket.low == bucket.high:
-                found[arm].update(dict.fromkeys(range(lo, hi + 1), bucket.low))
-            else:
-                span = (lo - before, hi - before)
-                ranges.append((arm, bucket.low, hist.buckets[last].high, before, span))
-            continue
         to_read = []
         for rank in sorted(wanted):
             index, _ = hist.locate(rank)
@@ -169,20 +175,16 @@ def _read_ranks(
     warehouse: Warehouse,
     narrowed: Callable[[str], str],
     params: dict[str, Any],
-    ranges: list[tuple[str, float, float, int, tuple[int, int] | set[int]]],
+    ranges: list[tuple[str, float, float, int, set[int]]],
     found: dict[str, dict[int, float]],
 ) -> None:
     """One pass: per arm, its values in [low, high] numbered in value order; the wanted
-    numbers (a set, or an inclusive span) are stored at rank `before + number`."""
+    numbers are stored at rank `before + number`."""
     bound = dict(params)
     in_range, wanted_rows = [], []
     for i, (arm, low, high, _, numbers) in enumerate(ranges):
         bound |= {f"oa{i}": arm, f"ol{i}": low, f"oh{i}": high}
         in_range.append(f"(u.arm = :oa{i} AND e.value >= :ol{i} AND e.value <= :oh{i})")
-        if isinstance(numbers, tuple):
-            bound |= {f"os{i}": numbers[0], f"oe{i}": numbers[1]}
-            wanted_rows.append(f"(arm = :oa{i} AND rn BETWEEN :os{i} AND :oe{i})")
-            continue
         names = []
         for j, number in enumerate(sorted(numbers)):
             bound[f"or{i}_{j}"] = number

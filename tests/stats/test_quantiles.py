@@ -13,7 +13,7 @@ import pytest
 
 from ab_pipeline.core.config import QuantileMetric, parse_config
 from ab_pipeline.metrics import quantile as quantile_kind
-from ab_pipeline.metrics.quantile import quantile_cluster_sums, quantile_summaries
+from ab_pipeline.metrics.quantile import quantile_reading, quantile_summaries
 from ab_pipeline.readout import analysis
 from ab_pipeline.readout.extract import (
     build_units_table,
@@ -112,15 +112,6 @@ def test_order_statistics_equal_the_sorted_values_at_any_rank(
     for arm, array in by_arm.items():
         ordered = np.sort(array)
         assert found[arm] == {rank: float(ordered[rank - 1]) for rank in ranks[arm]}, arm
-    # With a margin: every rank in the span around the wanted ones, from one pass.
-    middle = {arm: {disc_rank(0.9, len(array))} for arm, array in by_arm.items()}
-    spans = order_statistics(warehouse, narrowing(body), {}, hists, middle, {"control": 40})
-    ordered = np.sort(by_arm["control"])
-    rank = disc_rank(0.9, len(ordered))
-    assert spans["control"] == {r: float(ordered[r - 1]) for r in range(rank - 40, rank + 41)}
-    assert spans["treatment"] == {
-        r: float(np.sort(by_arm["treatment"])[r - 1]) for r in middle["treatment"]
-    }
 
 
 def test_rank_helpers_reproduce_the_engines_percentile_functions(
@@ -148,6 +139,43 @@ def test_rank_helpers_reproduce_the_engines_percentile_functions(
             float(np.quantile(array, p)), rel=1e-12
         )
         assert got["control"][disc] == float(row["d"])
+
+
+def test_one_narrow_pass_reads_the_ranks_around_the_estimate_and_the_variance_sums(
+    warehouse_and_prefix: tuple[Warehouse, str],
+) -> None:
+    """On every bucket shape (ties at the quantile included), the pass returns exactly the
+    sorted values at the ranks within `bracket_margin` of the estimate, the estimate of
+    numpy's quantile, and the per-unit sums counted against that estimate."""
+    warehouse, prefix = warehouse_and_prefix
+    rng = np.random.default_rng(20261203)
+    by_arm = {"control": awkward_values(rng, 3000), "treatment": awkward_values(rng, 2200)}
+    load_values(warehouse, prefix, by_arm)  # unit i // 3 of each arm holds values i
+    warehouse.execute(
+        f"CREATE TABLE {prefix}qn AS SELECT u.unit_id, u.arm, COUNT(*) AS n_x "
+        f"FROM {prefix}qu u JOIN {prefix}qv e ON e.unit_id = u.unit_id GROUP BY u.unit_id, u.arm"
+    )
+    body = f"FROM {prefix}qv e JOIN {prefix}qn u ON u.unit_id = e.unit_id WHERE e.value IS NOT NULL"
+    hists = histograms(warehouse, body, {})
+    for q in (0.95, 0.5, 0.1):
+        values, estimates, sums = quantile_reading(
+            warehouse, narrowing(body), {}, hists, q, f"{prefix}qn", "n_x"
+        )
+        for arm, array in by_arm.items():
+            ordered, n = np.sort(array), len(array)
+            assert estimates[arm] == pytest.approx(float(np.quantile(array, q)), rel=1e-12)
+            below, above, _ = cont_ranks(q, n)
+            margin = quantile_kind.bracket_margin(n)
+            span = range(max(1, below - margin), min(n, above + margin) + 1)
+            assert values[arm] == {rank: float(ordered[rank - 1]) for rank in span}, (arm, q)
+            units = [array[i : i + 3] for i in range(0, n, 3)]
+            counted = [(len(u), int(np.sum(u <= estimates[arm]))) for u in units]
+            got = sums[arm]
+            assert (got.units, got.events) == (len(units), n)
+            assert got.below == sum(i for _, i in counted), (arm, q)
+            assert got.below_sq == sum(i * i for _, i in counted), (arm, q)
+            assert got.cross == sum(i * n_i for n_i, i in counted), (arm, q)
+            assert got.events_sq == sum(n_i * n_i for n_i, _ in counted)
 
 
 def clustered_config(quantile: float, prefix: str) -> Any:
@@ -205,16 +233,18 @@ def test_clustered_quantile_sums_and_summaries_match_a_brute_force_computation(
 
     monkeypatch.setattr(quantile_kind, "order_statistics", counted)
     summaries = quantile_summaries(warehouse, config, "latency", metric, table, RUN)
-    assert len(calls) == (2 if margin == 0 else 1)  # the bracket's own pass, or none
+    assert len(calls) == (1 if margin == 0 else 0)  # the bracket's own pass, or none
     params = quantile_events_sql(config, metric, table, RUN)[1]
     estimates = {arm: s.estimate for arm, s in summaries.items()}
 
     def narrowed(values: str) -> str:
         return quantile_events_sql(config, metric, table, RUN, values)[0]
 
-    sums = quantile_cluster_sums(
-        warehouse, narrowed, params, estimates, table, quantile_count_column("latency"), quantile
+    hists = histograms(warehouse, quantile_events_sql(config, metric, table, RUN)[0], params)
+    _, read_estimates, sums = quantile_reading(
+        warehouse, narrowed, params, hists, quantile, table, quantile_count_column("latency")
     )
+    assert read_estimates == estimates
     for arm, units in truth.items():
         values = np.array([v for vs in units.values() for v in vs])
         x = float(np.quantile(values, quantile))
