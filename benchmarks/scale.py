@@ -23,7 +23,8 @@ so peak RSS belongs to that step alone:
   rows and the sum of values per arm;
 - `units floor`: the same scan counting distinct units and averaging the value per arm (the
   scan issue 17 measured against: `COUNT(DISTINCT unit)` makes it hash every unit, as a
-  per-unit readout must).
+  per-unit readout must); on DuckDB twice: under the readout's memory cap (900 MB) and under
+  DuckDB's usual 1 GB, where at 5 M units it still fits in memory and is faster.
 With `--repeat N` the readout and the floor alternate N times on the same warehouse and the
 medians are reported (peak RSS: the largest): at 1M units the floor is a fraction of a second,
 so one slow run swings the ratio. The smallest size gives the fixed overhead; marginal cost per
@@ -177,11 +178,14 @@ def measure(
         if kind == "postgres":  # a loaded warehouse has statistics; the simulator's tables not yet
             Warehouse(pg_url).execute([f"ANALYZE {schema}.exposures", f"ANALYZE {schema}.events"])
         events = count_events(url)
-        readouts, floors, unit_floors = [], [], []
+        readouts, floors, unit_floors, unit_floors_1gb = [], [], [], []
         for _ in range(repeat):
             readouts.append(child("readout", url, root / "briefs", mix))
             floors.append(child("floor", url, root / "briefs", mix))
             unit_floors.append(child("units_floor", url, root / "briefs", mix))
+            if kind == "duckdb":  # the scan with DuckDB's usual 1 GB, not the readout's cap
+                one_gb = f"{url}?memory_limit=1GB"
+                unit_floors_1gb.append(child("units_floor", one_gb, root / "briefs", mix))
     finally:
         if schema:
             Warehouse(pg_url).execute(f"DROP SCHEMA {schema} CASCADE")
@@ -203,6 +207,9 @@ def measure(
         "floor_rss_mib": max(f["peak_rss_mib"] for f in floors),
         "units_floor_s": statistics.median_low(f["wall_s"] for f in unit_floors),
         "units_floor_runs_s": [f["wall_s"] for f in unit_floors],
+        "units_floor_1gb_s": statistics.median_low(f["wall_s"] for f in unit_floors_1gb)
+        if unit_floors_1gb
+        else None,
     }
 
 
@@ -238,8 +245,12 @@ def report(kind: str, rows: list[dict[str, Any]]) -> None:
         "| units | events | simulate s | readout s | readout peak RSS MiB | floor s |"
         " readout ns/event (marginal) | floor ns/event (marginal) | ratio |"
         " units floor s | ratio to units floor |"
+        + (" units floor s (1 GB) | ratio to it |" if kind == "duckdb" else "")
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + "---:|---:|" * (kind == "duckdb")
+    )
     for row in rows:
         extra = row["events"] - base["events"]
         if extra > 0:
@@ -248,8 +259,13 @@ def report(kind: str, rows: list[dict[str, Any]]) -> None:
             units = 1e9 * (row["units_floor_s"] - base["units_floor_s"]) / extra
             tail = f"{marginal:.0f} | {floor:.0f} | {marginal / max(floor, 1e-9):.1f}x"
             tail += f" | {row['units_floor_s']:.2f} | {marginal / max(units, 1e-9):.1f}x"
+            if row["units_floor_1gb_s"] is not None:
+                units = 1e9 * (row["units_floor_1gb_s"] - base["units_floor_1gb_s"]) / extra
+                tail += f" | {row['units_floor_1gb_s']:.2f} | {marginal / max(units, 1e-9):.1f}x"
         else:
             tail = f"— | — | — | {row['units_floor_s']:.2f} | —"
+            if row["units_floor_1gb_s"] is not None:
+                tail += f" | {row['units_floor_1gb_s']:.2f} | —"
         print(
             f"| {row['units']:,} | {row['events']:,} | {row['simulate_s']:.1f} | "
             f"{row['readout_s']:.1f} | {row['readout_rss_mib']:.0f} | "

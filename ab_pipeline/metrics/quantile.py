@@ -224,94 +224,36 @@ def quantile_reading(
     units_table: str,
     count_column: str,
 ) -> tuple[dict[str, dict[int, float]], dict[str, float], dict[str, QuantileClusterSums]]:
-    """Per arm, in one narrow pass over the events: the order statistics within
-    `bracket_margin` ranks of the sample quantile x_q (the bracket's ranks usually lie there),
-    x_q itself (`percentile_cont`), and the sums of the Deng-Knoblich-Lu variance around it.
+    """Per arm: the order statistics within `bracket_margin` ranks of the sample quantile x_q
+    (the bracket's ranks usually lie there), x_q itself (`percentile_cont`), and the sums of
+    the Deng-Knoblich-Lu variance around it; in one narrow pass where the engine evaluates a
+    `MATERIALIZED` CTE once, else in two.
 
     The variance needs, per unit, N_i (its events: a column of the units table, counted by
     the extract) and I_i (its events <= x_q). Only the smaller side of x_q is read: J_i = events
     above x_q when q >= 0.5 (then I_i = N_i - J_i), else J_i = I_i itself. That side, from the
     value range holding x_q's ranks outwards, is the pass's rows: numbered in value order
-    within the range they give the order statistics, and counted per unit against x_q
-    (computed in SQL from the two order statistics around it, with the same arithmetic as
-    here) they give J_i. A p95 reads ~5% of the events past the scan.
+    within the range they give the order statistics, and counted per unit against x_q they
+    give J_i. In one pass, SQL computes x_q from the two order statistics around it with the
+    same arithmetic as here; an engine that would evaluate the shared rows once per reference
+    (Spark, BigQuery) gets the order statistics first and x_q as a bound value in a second
+    pass. A p95 reads ~5% of the events past the scan.
     """
     if not hists:
         return {}, {}, {}
-    above = q >= 0.5
-    bound: dict[str, Any] = dict(params)
-    spans, cont, sides, in_span, wanted, rows_wanted = {}, {}, [], [], [], []
-    for i, (arm, hist) in enumerate(hists.items()):
-        cont[arm] = cont_ranks(q, hist.n)
-        margin = bracket_margin(hist.n)
-        span = spans[arm] = hist.span(cont[arm][0] - margin, cont[arm][1] + margin)
-        bound |= {f"qa{i}": arm, f"ql{i}": span.low, f"qh{i}": span.high, f"qf{i}": cont[arm][2]}
-        bound |= {f"qb{i}": cont[arm][0] - span.before, f"qc{i}": cont[arm][1] - span.before}
-        bound |= {f"qs{i}": span.first - span.before, f"qe{i}": span.last - span.before}
-        edge = f"v >= :ql{i}" if above else f"v <= :qh{i}"
-        sides.append(f"(arm = :qa{i} AND {edge})")
-        in_span.append(f"(arm = :qa{i} AND v >= :ql{i} AND v <= :qh{i})")
-        wanted.append(
-            f"SELECT CAST(:qa{i} AS TEXT) AS arm, CAST(:qb{i} AS BIGINT) AS below,"
-            f" CAST(:qc{i} AS BIGINT) AS above, CAST(:qf{i} AS DOUBLE PRECISION) AS fraction"
-        )
-        rows_wanted.append(f"(arm = :qa{i} AND rn BETWEEN :qs{i} AND :qe{i})")
-    if above:
-        bound["qedge"] = min(span.low for span in spans.values())
+    reading = _QuantileReading(hists, q, params, count_column)
+    if warehouse.sql_dialect.materialized:
+        rows = warehouse.query(reading.one_pass(narrowed), reading.bound)
+        values, side_sums = reading.rows_read(rows)
+        estimates = reading.estimates(values)
     else:
-        bound["qedge"] = max(span.high for span in spans.values())
-    column = quote_ident(count_column)
-    rows = warehouse.query(
-        f"""WITH side AS MATERIALIZED (
-              SELECT arm, unit_id, n_i, v FROM (
-                SELECT u.arm AS arm, u.unit_id AS unit_id, u.{column} AS n_i, e.value AS v
-                {narrowed("{v} " + (">=" if above else "<=") + " :qedge")}
-              ) s WHERE {" OR ".join(sides)}
-            ),
-            ranked AS (
-              SELECT arm, v, ROW_NUMBER() OVER (PARTITION BY arm ORDER BY v) AS rn
-              FROM side WHERE {" OR ".join(in_span)}
-            ),
-            wanted AS ({" UNION ALL ".join(wanted)}),
-            estimate AS (
-              SELECT r.arm AS arm, MIN(CASE WHEN r.rn = w.below THEN r.v END) AS low_v,
-                     MIN(CASE WHEN r.rn = w.above THEN r.v END) AS high_v,
-                     MIN(w.fraction) AS fraction
-              FROM ranked r JOIN wanted w ON w.arm = r.arm
-              WHERE r.rn = w.below OR r.rn = w.above
-              GROUP BY r.arm
-            ),
-            per_unit AS (
-              SELECT s.arm AS arm, s.unit_id AS unit_id, MAX(s.n_i) AS n_i,
-                     SUM(CASE WHEN s.v {">" if above else "<="}
-                              x.low_v + x.fraction * (x.high_v - x.low_v)
-                         THEN 1 ELSE 0 END) AS j_i
-              FROM side s JOIN estimate x ON x.arm = s.arm
-              GROUP BY s.arm, s.unit_id
-            )
-            SELECT arm, 0 AS rn, CAST(NULL AS DOUBLE PRECISION) AS v,
-                   SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn
-            FROM per_unit GROUP BY arm
-            UNION ALL
-            SELECT arm, rn, v, NULL, NULL, NULL
-            FROM ranked WHERE {" OR ".join(rows_wanted)}""",
-        bound,
-    )
-    values: dict[str, dict[int, float]] = {arm: {} for arm in hists}
-    side_sums: dict[str, tuple[int, int, int]] = {}
-    for row in rows:
-        arm, number = str(row["arm"]), int(row["rn"])
-        if number == 0:
-            side_sums[arm] = (int(row["sj"]), int(row["sjj"]), int(row["sjn"]))
-        else:
-            values[arm][spans[arm].before + number] = float(row["v"])
-    estimates = {}
-    for arm, (below, above_rank, fraction) in cont.items():
-        low, high = values[arm][below], values[arm][above_rank]
-        estimates[arm] = low + fraction * (high - low)
+        values, _ = reading.rows_read(warehouse.query(*reading.ranks_pass(narrowed)))
+        estimates = reading.estimates(values)
+        _, side_sums = reading.rows_read(warehouse.query(*reading.sums_pass(narrowed, estimates)))
     units = warehouse.query(
-        f"""SELECT arm, COUNT(*) AS units, SUM({column}) AS sn, SUM({column} * {column}) AS snn
-            FROM {quote_ident(units_table)} WHERE {column} > 0 GROUP BY arm"""
+        f"""SELECT arm, COUNT(*) AS units, SUM({reading.column}) AS sn,
+                   SUM({reading.column} * {reading.column}) AS snn
+            FROM {quote_ident(units_table)} WHERE {reading.column} > 0 GROUP BY arm"""
     )
     sums = {}
     for row in units:
@@ -320,6 +262,7 @@ def quantile_reading(
             continue
         n, sn, snn = int(row["units"]), int(row["sn"]), int(row["snn"])
         sj, sjj, sjn = side_sums.get(arm, (0, 0, 0))
+        above = reading.above
         si, sii, sin = (sn - sj, snn - 2 * sjn + sjj, snn - sjn) if above else (sj, sjj, sjn)
         sums[arm] = QuantileClusterSums(
             units=n,
@@ -330,3 +273,137 @@ def quantile_reading(
             cross=float(sin),
         )
     return values, estimates, sums
+
+
+class _QuantileReading:
+    """The SQL of `quantile_reading` for one metric's arms: per arm (`qa<i>`), the value range
+    [`ql<i>`, `qh<i>`] holding the ranks read, its numbers `qs<i>`..`qe<i>` (rank minus the
+    values before the range), x_q's two numbers `qb<i>`, `qc<i>` and the fraction between."""
+
+    def __init__(
+        self, hists: dict[str, Histogram], q: float, params: dict[str, Any], count_column: str
+    ) -> None:
+        self.above = q >= 0.5
+        self.column = quote_ident(count_column)
+        self.bound: dict[str, Any] = dict(params)
+        self.spans, self.cont = {}, {}
+        for i, (arm, hist) in enumerate(hists.items()):
+            cont = self.cont[arm] = cont_ranks(q, hist.n)
+            margin = bracket_margin(hist.n)
+            span = self.spans[arm] = hist.span(cont[0] - margin, cont[1] + margin)
+            self.bound |= {f"qa{i}": arm, f"ql{i}": span.low, f"qh{i}": span.high}
+            self.bound |= {f"qs{i}": span.first - span.before, f"qe{i}": span.last - span.before}
+            self.bound |= {f"qb{i}": cont[0] - span.before, f"qc{i}": cont[1] - span.before}
+            self.bound[f"qf{i}"] = cont[2]
+        if self.above:
+            self.bound["qedge"] = min(span.low for span in self.spans.values())
+        else:
+            self.bound["qedge"] = max(span.high for span in self.spans.values())
+
+    def _each_arm(self, template: str, joiner: str = " OR ") -> str:
+        return joiner.join(template.format(i=i) for i in range(len(self.spans)))
+
+    def _side(self, narrowed: Callable[[str], str], span_only: bool = False) -> str:
+        """The rows read: each arm's values from its range outwards on the smaller side of
+        x_q (or only those inside the range), with the unit and its N_i."""
+        if span_only:
+            per_arm = self._each_arm("(arm = :qa{i} AND v >= :ql{i} AND v <= :qh{i})")
+        else:
+            per_arm = self._each_arm(
+                f"(arm = :qa{{i}} AND v {'>= :ql' if self.above else '<= :qh'}{{i}})"
+            )
+        edge = "{v} " + (">=" if self.above else "<=") + " :qedge"
+        return f"""SELECT arm, unit_id, n_i, v FROM (
+                SELECT u.arm AS arm, u.unit_id AS unit_id, u.{self.column} AS n_i, e.value AS v
+                {narrowed(edge)}
+              ) s WHERE {per_arm}"""
+
+    _RANKED = """SELECT arm, v, ROW_NUMBER() OVER (PARTITION BY arm ORDER BY v) AS rn
+              FROM side WHERE {in_span}"""
+    _PER_UNIT = """SELECT s.arm AS arm, s.unit_id AS unit_id, MAX(s.n_i) AS n_i,
+                     SUM(CASE WHEN s.v {side} {x_q} THEN 1 ELSE 0 END) AS j_i
+              FROM side s{join}
+              GROUP BY s.arm, s.unit_id"""
+    _SUMS = """SELECT arm, 0 AS rn, CAST(NULL AS DOUBLE PRECISION) AS v,
+                   SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn
+            FROM per_unit GROUP BY arm"""
+
+    def _ranked(self) -> str:
+        return self._RANKED.format(
+            in_span=self._each_arm("(arm = :qa{i} AND v >= :ql{i} AND v <= :qh{i})")
+        )
+
+    def _wanted_rows(self) -> str:
+        return self._each_arm("(arm = :qa{i} AND rn BETWEEN :qs{i} AND :qe{i})")
+
+    def one_pass(self, narrowed: Callable[[str], str]) -> str:
+        """Order statistics, x_q and the sums, from rows read once."""
+        wanted = self._each_arm(
+            "SELECT CAST(:qa{i} AS TEXT) AS arm, CAST(:qb{i} AS BIGINT) AS below,"
+            " CAST(:qc{i} AS BIGINT) AS above, CAST(:qf{i} AS DOUBLE PRECISION) AS fraction",
+            " UNION ALL ",
+        )
+        per_unit = self._PER_UNIT.format(
+            side=">" if self.above else "<=",
+            x_q="x.low_v + x.fraction * (x.high_v - x.low_v)",
+            join=" JOIN estimate x ON x.arm = s.arm",
+        )
+        return f"""WITH side AS MATERIALIZED (
+              {self._side(narrowed)}
+            ),
+            ranked AS ({self._ranked()}),
+            wanted AS ({wanted}),
+            estimate AS (
+              SELECT r.arm AS arm, MIN(CASE WHEN r.rn = w.below THEN r.v END) AS low_v,
+                     MIN(CASE WHEN r.rn = w.above THEN r.v END) AS high_v,
+                     MIN(w.fraction) AS fraction
+              FROM ranked r JOIN wanted w ON w.arm = r.arm
+              WHERE r.rn = w.below OR r.rn = w.above
+              GROUP BY r.arm
+            ),
+            per_unit AS ({per_unit})
+            {self._SUMS}
+            UNION ALL
+            SELECT arm, rn, v, NULL, NULL, NULL FROM ranked WHERE {self._wanted_rows()}"""
+
+    def ranks_pass(self, narrowed: Callable[[str], str]) -> tuple[str, dict[str, Any]]:
+        """The order statistics alone, from the values inside each arm's range."""
+        sql = f"""WITH side AS ({self._side(narrowed, span_only=True)}),
+            ranked AS ({self._ranked()})
+            SELECT arm, rn, v FROM ranked WHERE {self._wanted_rows()}"""
+        return sql, self.bound
+
+    def sums_pass(
+        self, narrowed: Callable[[str], str], estimates: dict[str, float]
+    ) -> tuple[str, dict[str, Any]]:
+        """The sums, counted against x_q as bound values."""
+        bound = self.bound | {f"qx{i}": estimates[arm] for i, arm in enumerate(self.spans)}
+        x_q = f"CASE s.arm {self._each_arm('WHEN :qa{i} THEN :qx{i}', ' ')} END"
+        per_unit = self._PER_UNIT.format(side=">" if self.above else "<=", x_q=x_q, join="")
+        return (
+            f"WITH side AS ({self._side(narrowed)}), per_unit AS ({per_unit})\n{self._SUMS}",
+            bound,
+        )
+
+    def rows_read(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[dict[str, dict[int, float]], dict[str, tuple[int, int, int]]]:
+        """{arm: {rank: value}} and {arm: (sum J, sum J^2, sum J N)} from a pass's rows (`rn`
+        0: an arm's sums)."""
+        values: dict[str, dict[int, float]] = {arm: {} for arm in self.spans}
+        sums: dict[str, tuple[int, int, int]] = {}
+        for row in rows:
+            arm, number = str(row["arm"]), int(row["rn"])
+            if number == 0:
+                sums[arm] = (int(row["sj"]), int(row["sjj"]), int(row["sjn"]))
+            else:
+                values[arm][self.spans[arm].before + number] = float(row["v"])
+        return values, sums
+
+    def estimates(self, values: dict[str, dict[int, float]]) -> dict[str, float]:
+        """x_q per arm (`percentile_cont`): low + fraction * (high - low)."""
+        estimates = {}
+        for arm, (below, above, fraction) in self.cont.items():
+            low, high = values[arm][below], values[arm][above]
+            estimates[arm] = low + fraction * (high - low)
+        return estimates

@@ -141,13 +141,24 @@ def test_rank_helpers_reproduce_the_engines_percentile_functions(
         assert got["control"][disc] == float(row["d"])
 
 
-def test_one_narrow_pass_reads_the_ranks_around_the_estimate_and_the_variance_sums(
-    warehouse_and_prefix: tuple[Warehouse, str],
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one pass", "two passes"])
+def test_the_narrow_reading_gives_the_ranks_around_the_estimate_and_the_variance_sums(
+    warehouse_and_prefix: tuple[Warehouse, str], one_pass: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On every bucket shape (ties at the quantile included), the pass returns exactly the
+    """On every bucket shape (ties at the quantile included), the reading returns exactly the
     sorted values at the ranks within `bracket_margin` of the estimate, the estimate of
-    numpy's quantile, and the per-unit sums counted against that estimate."""
+    numpy's quantile, and the per-unit sums counted against that estimate: in one pass (an
+    engine that evaluates a MATERIALIZED CTE once) and in two (Spark, BigQuery)."""
     warehouse, prefix = warehouse_and_prefix
+    monkeypatch.setattr(type(warehouse.sql_dialect), "materialized", one_pass)
+    queries: list[str] = []
+    real_query = Warehouse.query
+
+    def recorded(self: Warehouse, sql: str, *args: Any, **kwargs: Any) -> Any:
+        queries.append(sql)
+        return real_query(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(Warehouse, "query", recorded)
     rng = np.random.default_rng(20261203)
     by_arm = {"control": awkward_values(rng, 3000), "treatment": awkward_values(rng, 2200)}
     load_values(warehouse, prefix, by_arm)  # unit i // 3 of each arm holds values i
@@ -158,9 +169,12 @@ def test_one_narrow_pass_reads_the_ranks_around_the_estimate_and_the_variance_su
     body = f"FROM {prefix}qv e JOIN {prefix}qn u ON u.unit_id = e.unit_id WHERE e.value IS NOT NULL"
     hists = histograms(warehouse, body, {})
     for q in (0.95, 0.5, 0.1):
+        queries.clear()
         values, estimates, sums = quantile_reading(
             warehouse, narrowing(body), {}, hists, q, f"{prefix}qn", "n_x"
         )
+        event_passes = [sql for sql in queries if f"{prefix}qv" in sql]
+        assert len(event_passes) == (1 if one_pass else 2)
         for arm, array in by_arm.items():
             ordered, n = np.sort(array), len(array)
             assert estimates[arm] == pytest.approx(float(np.quantile(array, q)), rel=1e-12)
