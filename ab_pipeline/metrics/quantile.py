@@ -235,7 +235,7 @@ def quantile_reading(
     value range holding x_q's ranks outwards, is the pass's rows: numbered in value order
     within the range they give the order statistics, and counted per unit against x_q they
     give J_i. In one pass, SQL computes x_q from the two order statistics around it with the
-    same arithmetic as here; an engine that would evaluate the shared rows once per reference
+    same arithmetic as here; an engine that would read the shared rows again at each reference
     (Spark, BigQuery) gets the order statistics first and x_q as a bound value in a second
     pass. A p95 reads ~5% of the events past the scan.
     """
