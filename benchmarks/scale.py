@@ -256,16 +256,17 @@ def report(kind: str, rows: list[dict[str, Any]]) -> None:
         if extra > 0:
             marginal = 1e9 * (row["readout_s"] - base["readout_s"]) / extra
             floor = 1e9 * (row["floor_s"] - base["floor_s"]) / extra
-            units = 1e9 * (row["units_floor_s"] - base["units_floor_s"]) / extra
             tail = f"{marginal:.0f} | {floor:.0f} | {marginal / max(floor, 1e-9):.1f}x"
-            tail += f" | {row['units_floor_s']:.2f} | {marginal / max(units, 1e-9):.1f}x"
-            if row["units_floor_1gb_s"] is not None:
-                units = 1e9 * (row["units_floor_1gb_s"] - base["units_floor_1gb_s"]) / extra
-                tail += f" | {row['units_floor_1gb_s']:.2f} | {marginal / max(units, 1e-9):.1f}x"
         else:
-            tail = f"— | — | — | {row['units_floor_s']:.2f} | —"
-            if row["units_floor_1gb_s"] is not None:
-                tail += f" | {row['units_floor_1gb_s']:.2f} | —"
+            tail = "— | — | —"
+        for key in ("units_floor_s", "units_floor_1gb_s"):  # the second on DuckDB only
+            if row[key] is None:
+                continue
+            ratio = "—"
+            if extra > 0:
+                units = 1e9 * (row[key] - base[key]) / extra
+                ratio = f"{marginal / max(units, 1e-9):.1f}x"
+            tail += f" | {row[key]:.2f} | {ratio}"
         print(
             f"| {row['units']:,} | {row['events']:,} | {row['simulate_s']:.1f} | "
             f"{row['readout_s']:.1f} | {row['readout_rss_mib']:.0f} | "

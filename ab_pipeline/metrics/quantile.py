@@ -243,8 +243,7 @@ def quantile_reading(
         return {}, {}, {}
     reading = _QuantileReading(hists, q, params, count_column)
     if warehouse.sql_dialect.materialized:
-        rows = warehouse.query(reading.one_pass(narrowed), reading.bound)
-        values, side_sums = reading.rows_read(rows)
+        values, side_sums = reading.rows_read(warehouse.query(*reading.one_pass(narrowed)))
         estimates = reading.estimates(values)
     else:
         values, _ = reading.rows_read(warehouse.query(*reading.ranks_pass(narrowed)))
@@ -256,13 +255,13 @@ def quantile_reading(
             FROM {quote_ident(units_table)} WHERE {reading.column} > 0 GROUP BY arm"""
     )
     sums = {}
+    above = reading.above
     for row in units:
         arm = str(row["arm"])
         if arm not in hists:
             continue
         n, sn, snn = int(row["units"]), int(row["sn"]), int(row["snn"])
         sj, sjj, sjn = side_sums.get(arm, (0, 0, 0))
-        above = reading.above
         si, sii, sin = (sn - sj, snn - 2 * sjn + sjj, snn - sjn) if above else (sj, sjj, sjn)
         sums[arm] = QuantileClusterSums(
             units=n,
@@ -284,6 +283,7 @@ class _QuantileReading:
         self, hists: dict[str, Histogram], q: float, params: dict[str, Any], count_column: str
     ) -> None:
         self.above = q >= 0.5
+        self.counted = ">" if self.above else "<="  # J_i: events on this side of x_q
         self.column = quote_ident(count_column)
         self.bound: dict[str, Any] = dict(params)
         self.spans, self.cont = {}, {}
@@ -307,7 +307,7 @@ class _QuantileReading:
         """The rows read: each arm's values from its range outwards on the smaller side of
         x_q (or only those inside the range), with the unit and its N_i."""
         if span_only:
-            per_arm = self._each_arm("(arm = :qa{i} AND v >= :ql{i} AND v <= :qh{i})")
+            per_arm = self._in_span()
         else:
             per_arm = self._each_arm(
                 f"(arm = :qa{{i}} AND v {'>= :ql' if self.above else '<= :qh'}{{i}})"
@@ -328,15 +328,16 @@ class _QuantileReading:
                    SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn
             FROM per_unit GROUP BY arm"""
 
+    def _in_span(self) -> str:
+        return self._each_arm("(arm = :qa{i} AND v >= :ql{i} AND v <= :qh{i})")
+
     def _ranked(self) -> str:
-        return self._RANKED.format(
-            in_span=self._each_arm("(arm = :qa{i} AND v >= :ql{i} AND v <= :qh{i})")
-        )
+        return self._RANKED.format(in_span=self._in_span())
 
     def _wanted_rows(self) -> str:
         return self._each_arm("(arm = :qa{i} AND rn BETWEEN :qs{i} AND :qe{i})")
 
-    def one_pass(self, narrowed: Callable[[str], str]) -> str:
+    def one_pass(self, narrowed: Callable[[str], str]) -> tuple[str, dict[str, Any]]:
         """Order statistics, x_q and the sums, from rows read once."""
         wanted = self._each_arm(
             "SELECT CAST(:qa{i} AS TEXT) AS arm, CAST(:qb{i} AS BIGINT) AS below,"
@@ -344,11 +345,11 @@ class _QuantileReading:
             " UNION ALL ",
         )
         per_unit = self._PER_UNIT.format(
-            side=">" if self.above else "<=",
+            side=self.counted,
             x_q="x.low_v + x.fraction * (x.high_v - x.low_v)",
             join=" JOIN estimate x ON x.arm = s.arm",
         )
-        return f"""WITH side AS MATERIALIZED (
+        sql = f"""WITH side AS MATERIALIZED (
               {self._side(narrowed)}
             ),
             ranked AS ({self._ranked()}),
@@ -365,6 +366,7 @@ class _QuantileReading:
             {self._SUMS}
             UNION ALL
             SELECT arm, rn, v, NULL, NULL, NULL FROM ranked WHERE {self._wanted_rows()}"""
+        return sql, self.bound
 
     def ranks_pass(self, narrowed: Callable[[str], str]) -> tuple[str, dict[str, Any]]:
         """The order statistics alone, from the values inside each arm's range."""
@@ -379,7 +381,7 @@ class _QuantileReading:
         """The sums, counted against x_q as bound values."""
         bound = self.bound | {f"qx{i}": estimates[arm] for i, arm in enumerate(self.spans)}
         x_q = f"CASE s.arm {self._each_arm('WHEN :qa{i} THEN :qx{i}', ' ')} END"
-        per_unit = self._PER_UNIT.format(side=">" if self.above else "<=", x_q=x_q, join="")
+        per_unit = self._PER_UNIT.format(side=self.counted, x_q=x_q, join="")
         return (
             f"WITH side AS ({self._side(narrowed)}), per_unit AS ({per_unit})\n{self._SUMS}",
             bound,

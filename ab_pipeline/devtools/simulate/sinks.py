@@ -68,6 +68,11 @@ def _chunk_registered(con: Any, frame: pd.DataFrame) -> Iterator[None]:
         con.unregister("sim_chunk")
 
 
+def _column_names(columns: str) -> list[str]:
+    """The names of a sink's `columns` list ("a, b, c")."""
+    return [c.strip() for c in columns.split(",")]
+
+
 def _unit_id_sql(plan: _Plan) -> str:
     return f"{_literal(plan.prefix)} || lpad(CAST(n AS VARCHAR), {plan.id_width}, '0')"
 
@@ -215,7 +220,7 @@ class _SnowflakeSink(_CsvSink):
         self.cursor.execute(self.warehouse.render(sql))
 
     def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
-        names = [c.strip() for c in columns.split(",")]
+        names = _column_names(columns)
         stage = quote_ident("ab_simulate_" + table.replace('"', "").replace(".", "_"))
         if stage not in self.staged:
             text_columns = ", ".join(f"{n} TEXT" for n in names)
@@ -301,7 +306,7 @@ class _SparkSink(_Sink):
     def write(self, table: str, columns: str, frame: pd.DataFrame, select: str) -> None:
         from ab_pipeline.warehouse.dialects.spark import spark_session
 
-        names = [c.strip() for c in columns.split(",")]
+        names = _column_names(columns)
         target = table.replace('"', "")
         spark = spark_session(self.warehouse.url)
         with _chunk_registered(self.formatter, frame):
@@ -383,7 +388,7 @@ class _BigQuerySink(_Sink):
 
         with _chunk_registered(self.formatter, frame):
             rows = self.formatter.sql(select).fetchall()
-        names = [c.strip() for c in columns.split(",")]
+        names = _column_names(columns)
         lines = "".join(_ndjson_line(names, row) for row in rows).encode()
         config = LoadJobConfig(
             source_format=SourceFormat.NEWLINE_DELIMITED_JSON, write_disposition="WRITE_APPEND"
