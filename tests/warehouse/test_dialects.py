@@ -76,9 +76,13 @@ def test_duckdb_engine_urls_carry_the_memory_cap_unless_the_url_sets_one() -> No
     )
 
 
-def test_postgresql_sessions_sort_in_memory_unless_the_url_sets_its_options() -> None:
+def test_postgresql_sessions_sort_in_memory_unless_the_url_sets_work_mem() -> None:
     url = "postgresql://postgres@127.0.0.1:5432/test"
     assert Warehouse(url).query("SHOW work_mem") == [{"work_mem": "256MB"}]
+    # Options that set something else (here the search_path) keep the larger work_mem.
+    searched = Warehouse(url + "?options=-csearch_path%3Dpg_catalog")
+    assert searched.query("SHOW work_mem") == [{"work_mem": "256MB"}]
+    assert searched.query("SHOW search_path") == [{"search_path": "pg_catalog"}]
     own = url + "?options=-c%20work_mem%3D8MB"
     assert (
         engine_url(own)

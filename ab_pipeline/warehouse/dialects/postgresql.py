@@ -21,7 +21,7 @@ class PostgreSQL(Dialect):
     read_only_transactions = True
     # Memory per sort or hash of the pipeline's sessions (PostgreSQL's default, 4MB, sends the
     # extract's joins and per-unit aggregates, and the data-quality queries' of a large
-    # experiment, to disk in batches). A URL with its own `options` keeps them.
+    # experiment, to disk in batches). A URL whose `options` set work_mem keeps its own.
     work_mem = "256MB"
     conn_types = ("postgres", "postgresql")
 
@@ -59,7 +59,11 @@ class PostgreSQL(Dialect):
 
         base, _, query = url.partition("?")
         settings = dict(parse_qsl(query))
-        settings.setdefault("options", f"-c work_mem={self.work_mem}")
+        # A URL's own options (a search_path, say) replace libpq's whole `options`: the
+        # work_mem setting is added to them, unless they set work_mem themselves.
+        options = settings.get("options", "")
+        if "work_mem" not in options:
+            settings["options"] = f"{options} -c work_mem={self.work_mem}".strip()
         return f"{base}?{urlencode(settings)}"
 
     def hash_bucket(self, column: str, buckets: int) -> str:
