@@ -364,6 +364,39 @@ FROM {ENROLLED} u{joins}{sql_join}"""
     return statements + [f"DROP TABLE {name}" for name in temporary], params.values
 
 
+def shared_step_tables(statements: list[str], table: str) -> tuple[list[str], Callable[[str], str]]:
+    """The build with its TEMP step tables made UNLOGGED tables in the units table's schema,
+    each named `<step>_<hash of the units table>` so that concurrent builds of other
+    experiments or dates never meet; and the renaming, for queries that read a step later in
+    the build.
+
+    PostgreSQL never scans a temporary table in a parallel worker, so a join to one runs
+    serially. The build is one transaction: a failed build leaves none of these tables, and a
+    successful one drops them at its end."""
+    import hashlib
+
+    schema, dot, _ = table.rpartition(".")
+    digest = hashlib.sha1(table.encode()).hexdigest()[:10]
+    names = {
+        name: quote_ident(f"{schema}{dot}{name}_{digest}") for name in _temporary_tables(statements)
+    }
+    if not names:
+        return list(statements), lambda sql: sql
+    # A step's name, bare or quoted (the ANALYZE statements quote it).
+    pattern = re.compile(r'"?\b(' + "|".join(map(re.escape, names)) + r')\b"?')
+
+    def rename(sql: str) -> str:
+        return pattern.sub(lambda found: names[found.group(1)], sql)
+
+    unlogged = [
+        "CREATE UNLOGGED TABLE" + s.removeprefix("CREATE TEMP TABLE")
+        if s.startswith("CREATE TEMP TABLE")
+        else s
+        for s in statements
+    ]
+    return [rename(s) for s in unlogged], rename
+
+
 def _temporary_tables(statements: list[str]) -> list[str]:
     """The session-local tables the statements create, in order."""
     return [s.split()[3] for s in statements if s.startswith("CREATE TEMP TABLE")]
@@ -572,6 +605,7 @@ def _execute_with_sql_metrics(
     statements: list[str],
     params: dict[str, Any],
     table: str,
+    several_rows: str = SEVERAL_ROWS,
 ) -> None:
     """Read the `sql:` metrics, then build, on one connection (or the engine's session).
 
@@ -601,7 +635,7 @@ def _execute_with_sql_metrics(
 
         def build() -> None:
             run(steps)
-            found = connection.execute(text(warehouse.render(SEVERAL_ROWS)), params)
+            found = connection.execute(text(warehouse.render(several_rows)), params)
             _refuse_several_rows([dict(row._mapping) for row in found])
             run(rest)
 
@@ -658,8 +692,12 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     # Where the engine needs it (PostgreSQL: planner statistics), steps around the build.
     analysed = {f"UPDATE {ENROLLED}": ENROLLED, f"CREATE TABLE {quote_ident(table)}": table}
     statements = warehouse.sql_dialect.prepare_build(statements, analysed, table)
+    several_rows = SEVERAL_ROWS
+    if warehouse.sql_dialect.shared_step_tables:
+        statements, rename = shared_step_tables(statements, table)
+        several_rows = rename(SEVERAL_ROWS)
     if _sql_metrics(config):
-        _execute_with_sql_metrics(warehouse, config, statements, params, table)
+        _execute_with_sql_metrics(warehouse, config, statements, params, table, several_rows)
     else:
         warehouse.execute(statements, params)
     return table

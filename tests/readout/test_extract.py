@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -10,9 +12,13 @@ import pytest
 
 from ab_pipeline.core.config import ExperimentConfig, parse_config
 from ab_pipeline.readout.extract import (
+    ENROLLED,
+    SEVERAL_ROWS,
     ExtractPlan,
+    build_units_sql,
     build_units_table,
     partitions_for,
+    shared_step_tables,
     units_table_name,
 )
 from ab_pipeline.warehouse import Warehouse, quote_ident
@@ -217,6 +223,46 @@ def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse
     table = build_units_table(warehouse, config, END)
     assert_units_match(warehouse, table, expected_units(exposures, events, END))
     warehouse.execute(f"DROP TABLE {quote_ident(table)}")
+
+
+def test_shared_step_tables_are_unlogged_in_the_units_schema_and_named_per_run() -> None:
+    config = make_config("sales")
+    plan = ExtractPlan(histograms_in_pass=False, dialect="postgresql")
+    built = {}
+    for day in (END, END - timedelta(days=1)):
+        table = units_table_name(config, day)
+        statements, _ = build_units_sql(config, day, table, plan)
+        built[day] = shared_step_tables([f"ANALYZE {quote_ident(ENROLLED)}", *statements], table)
+    statements, rename = built[END]
+    created = [s.split()[3] for s in statements if s.startswith("CREATE UNLOGGED TABLE")]
+    assert len(created) >= 2 and not any(s.startswith("CREATE TEMP") for s in statements)
+    assert all(name.startswith('"sales"."ab_tmp_') for name in created)
+    # No statement (nor the later check of `sql:` metrics) still names a step the old way.
+    for sql in [*statements, rename(SEVERAL_ROWS)]:
+        assert re.search(r"\bab_tmp_(enrolled|metrics|unless)\b", sql) is None
+    assert f"ANALYZE {created[0]}" in statements and created[0] in rename(SEVERAL_ROWS)
+    other = {s.split()[3] for s in built[END - timedelta(days=1)][0] if "UNLOGGED" in s}
+    assert other.isdisjoint(created)  # another run date's build never meets this one's
+
+
+def test_concurrent_postgresql_builds_leave_no_step_tables(
+    postgres_schema: tuple[Warehouse, str],
+) -> None:
+    """Two run dates built at once in one schema, each through its own UNLOGGED steps: both
+    units tables are right, and neither build leaves a step table behind."""
+    warehouse, schema = postgres_schema
+    exposures, events = random_data(seed=23, units=150)
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    config = make_config(schema)
+    days = [END, END - timedelta(days=3)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tables = list(pool.map(lambda day: build_units_table(warehouse, config, day), days))
+    for day, table in zip(days, tables, strict=True):
+        assert_units_match(warehouse, table, expected_units(exposures, events, day))
+    left = warehouse.table_names(schema)
+    assert {t.split(".")[1] for t in tables} <= set(left)
+    assert [name for name in left if name.startswith("ab_tmp_")] == []
 
 
 def test_rebuilding_a_run_date_replaces_the_units_table(duckdb_warehouse: Warehouse) -> None:

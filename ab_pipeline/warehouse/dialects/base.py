@@ -125,6 +125,10 @@ class Dialect:
     read_only_transactions: ClassVar[bool] = False
     # Reads may run while another process writes (False: DuckDB's single-writer file).
     concurrent_readers: ClassVar[bool] = True
+    # The extract's step tables as UNLOGGED tables of the schema, named after the run's units
+    # table, instead of session-local TEMP tables (PostgreSQL: only shared tables are scanned
+    # by parallel workers).
+    shared_step_tables: ClassVar[bool] = False
 
     # Airflow connection types that name this engine (`url_from_connection`).
     conn_types: ClassVar[tuple[str, ...]] = ()

@@ -19,6 +19,8 @@ class PostgreSQL(Dialect):
     # PostgreSQL sorts grouping sets on disk instead of hashing them.
     histograms_in_pass = False
     read_only_transactions = True
+    # A join to a temporary table runs serially; to an UNLOGGED table, in parallel workers.
+    shared_step_tables = True
     # Memory per sort or hash of the pipeline's sessions (PostgreSQL's default, 4MB, sends the
     # extract's joins and per-unit aggregates, and the data-quality queries' of a large
     # experiment, to disk in batches). A URL whose `options` set work_mem keeps its own.
