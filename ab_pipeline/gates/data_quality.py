@@ -63,6 +63,7 @@ from ab_pipeline.warehouse import (
     normalize_url,
     quote_ident,
 )
+from ab_pipeline.warehouse.run_tables import scratch_table_name
 from ab_pipeline.warehouse.sources import (
     SourceQueryError,
     checked_source_sql,
@@ -638,7 +639,8 @@ def _batch_query(
     if not template["meta"].get("materialize"):
         yield render(query)
         return
-    table = scratch_table_name(values.identifiers["units"], template["name"])
+    units = values.identifiers["units"].replace('"', "")  # quote_ident's names hold no quote
+    table = quote_ident(scratch_table_name(units, f"ab_dq_{template['name']}"))
     execute = dialect_for(url).gx_execute
     drop = render(f"DROP TABLE IF EXISTS {table}")
     execute(datasource, [drop, render(f"CREATE TABLE {table} AS {query}")], url)
@@ -646,16 +648,6 @@ def _batch_query(
         yield render(f"SELECT * FROM {table}")
     finally:
         execute(datasource, [drop], url)
-
-
-def scratch_table_name(units: str, suite: str) -> str:
-    """The scratch table of a materialized batch, next to (same schema as) the run's quoted
-    units table: `ab_dq_<suite>_<hash of the units table>`, short enough for PostgreSQL."""
-    import hashlib
-
-    schema, dot, _ = units.rpartition(".")
-    digest = hashlib.sha1(units.encode()).hexdigest()[:12]
-    return f"{schema}{dot}{quote_ident(f'ab_dq_{suite}_{digest}')}"
 
 
 def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from ab_pipeline.core.formatting import fmt_count, fmt_num
 from ab_pipeline.stats.statistics import MeanSummary
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import StepTables
 
 if TYPE_CHECKING:
     from ab_pipeline.core.config import Cuped, ExperimentConfig, Unless
@@ -159,8 +160,10 @@ class MetricKind(ABC, Generic[M]):
         metrics: Mapping[str, M],
         params: SqlParams,
         events_of_enrolled: EventsOfEnrolled,
+        tables: StepTables,
     ) -> SideStep | None:
-        """A step of its own for some of this kind's metrics (then left out of the pass)."""
+        """A step of its own for some of this kind's metrics (then left out of the pass), its
+        table created and named as `tables` says."""
         return None
 
     def unit_columns(self, name: str, metric: M, alias: str) -> str:

@@ -16,6 +16,7 @@ from ab_pipeline.metrics.base import (
     EventsOfEnrolled,
     SideStep,
     SqlParams,
+    StepTables,
     UnitValueKind,
     before_window_end,
     conditional_aggregate,
@@ -25,8 +26,8 @@ from ab_pipeline.metrics.base import (
 from ab_pipeline.stats.statistics import Comparison, MeanSummary, compare_proportions
 from ab_pipeline.warehouse import quote_ident
 
-# Session-local table of the `unless` step (dropped when the units table is built).
-UNLESS_AGGREGATES = "ab_tmp_unless"
+# The `unless` step's table (`StepTables`; dropped when the units table is built).
+UNLESS_STEP = "unless"
 
 
 class ProportionKind(UnitValueKind[ProportionMetric]):
@@ -61,6 +62,7 @@ class ProportionKind(UnitValueKind[ProportionMetric]):
         metrics: Mapping[str, ProportionMetric],
         params: SqlParams,
         events_of_enrolled: EventsOfEnrolled,
+        tables: StepTables,
     ) -> SideStep | None:
         """Proportions with an `unless` rule, apart from the other metrics: the window function
         (next `unless` event after each event, per unit) sorts only these events."""
@@ -82,7 +84,7 @@ class ProportionKind(UnitValueKind[ProportionMetric]):
             for name, m in spoilable.items()
             if m.unless
         )
-        statement = f"""CREATE TEMP TABLE {UNLESS_AGGREGATES} AS
+        statement = f"""{tables.create} {tables.ref(UNLESS_STEP)} AS
 WITH uev AS (
   {events_of_enrolled(names)}
 ),
@@ -92,7 +94,7 @@ useq AS (
 )
 SELECT ev.unit_key{aggregates}
 FROM useq ev GROUP BY ev.unit_key"""
-        return SideStep(statement, UNLESS_AGGREGATES, "ua", tuple(spoilable))
+        return SideStep(statement, tables.ref(UNLESS_STEP), "ua", tuple(spoilable))
 
     # ---- analysis ---------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from ab_pipeline.stats.quantiles import bucket_sql, histogram_sql
 from ab_pipeline.warehouse import Warehouse, embedded, quote_ident
 from ab_pipeline.warehouse.dialects import dialect_named
 from ab_pipeline.warehouse.run_tables import RunWindow as RunWindow
-from ab_pipeline.warehouse.run_tables import _run_table_stem
+from ab_pipeline.warehouse.run_tables import StepTables, _run_table_stem
 from ab_pipeline.warehouse.run_tables import (
     quantile_histogram_table_name as quantile_histogram_table_name,
 )
@@ -137,9 +137,9 @@ def _covariate_aggregate(name: str, target: Any, metric: Any, params: _Params) -
     return f",\n      {agg} AS {quote_ident(covariate_column(name))}"
 
 
-# Session-local (temporary) tables of the extract's steps; dropped when the units table is built.
-# (The `unless` step's table is the proportion kind's: metrics.proportion.UNLESS_AGGREGATES.)
-ENROLLED, METRIC_AGGREGATES, COVARIATES = ("ab_tmp_enrolled", "ab_tmp_metrics", "ab_tmp_covariates")
+# The extract's steps, each a table (`StepTables`) dropped when the units table is built.
+# (The `unless` step is the proportion kind's: metrics.proportion.UNLESS_STEP.)
+ENROLLED, METRIC_AGGREGATES, COVARIATES = ("enrolled", "metrics", "covariates")
 
 
 # Rows of the experiment's exposures (about 1.45 per unit) one hash partition of the metric pass
@@ -158,14 +158,17 @@ class ExtractPlan:
       partition's join and per-unit aggregate fit in DuckDB's memory limit instead of spilling;
     - `unit_key`: the enrolled table's column the steps' tables carry and are joined back on
       (DuckDB's `rowid`: an integer, cheaper to group and join than a unit id string);
-    - `dialect`: the engine's name, whose `hash_bucket` splits units into partitions.
-    All four come from the engine's dialect module (`Dialect`).
+    - `dialect`: the engine's name, whose `hash_bucket` splits units into partitions;
+    - `steps`: where the steps' tables live (session-local, or beside the units table where
+      the dialect asks for `shared_step_tables`).
+    All five come from the engine's dialect module (`Dialect`).
     """
 
     histograms_in_pass: bool = True
     partitions: int = 1
     unit_key: str = "unit_id"
     dialect: str = "duckdb"
+    steps: StepTables = StepTables()
 
     def partition_filter(self, part: int, *aliases: str) -> str:
         """` AND <hash bucket of alias.unit_id> = part` per alias, or nothing unpartitioned."""
@@ -185,6 +188,9 @@ class ExtractPlan:
             histograms_in_pass=dialect.histograms_in_pass,
             unit_key=dialect.unit_key,
             dialect=dialect.name,
+            steps=StepTables(units_table_name(config, run_date))
+            if dialect.shared_step_tables
+            else StepTables(),
         )
         if dialect.memory_limit_sql is None:
             return plan
@@ -235,17 +241,17 @@ HAVING NOT (:exclude_internal AND MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) =
    AND NOT (:exclude_bots AND MAX(CASE WHEN is_bot THEN 1 ELSE 0 END) = 1)"""
 
 
-def _first_arm_sql(exposures: str) -> str:
+def _first_arm_sql(exposures: str, enrolled: str) -> str:
     """Units seen in several arms: the arm of their first exposure (ties: the smallest arm)."""
-    return f"""UPDATE {ENROLLED} SET arm = f.arm
+    return f"""UPDATE {enrolled} SET arm = f.arm
 FROM (
   SELECT p.unit_id, MIN(x.arm) AS arm
-  FROM {ENROLLED} p
+  FROM {enrolled} p
   JOIN {exposures} x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
   WHERE p.several_arms = 1 AND x.experiment_key = :key
   GROUP BY p.unit_id
 ) f
-WHERE f.unit_id = {ENROLLED}.unit_id"""
+WHERE f.unit_id = {enrolled}.unit_id"""
 
 
 def _events_of_enrolled(
@@ -262,7 +268,7 @@ def _events_of_enrolled(
     return f"""SELECT u.{plan.unit_key} AS unit_key, e.event_name, e.occurred_at, e.value, \
 u.first_exposed_at{arm}
   FROM {events} e
-  JOIN {ENROLLED} u ON u.unit_id = e.unit_id
+  JOIN {plan.steps.ref(ENROLLED)} u ON u.unit_id = e.unit_id
   WHERE e.event_name IN ({", ".join(params.bind(n) for n in names)})
     AND e.occurred_at >= u.first_exposed_at AND e.occurred_at < :run_end\
 {"" if part is None else plan.partition_filter(part, "e", "u")}"""
@@ -302,9 +308,10 @@ def build_units_sql(
     )
     exposures = source_relation(config.source, "exposures", plan.dialect)
     events = source_relation(config.source, "events", plan.dialect)
+    tables = plan.steps
     steps = [
-        f"CREATE TEMP TABLE {ENROLLED} AS {_enrolled_sql(exposures)}",
-        _first_arm_sql(exposures),
+        f"{tables.create} {tables.ref(ENROLLED)} AS {_enrolled_sql(exposures)}",
+        _first_arm_sql(exposures, tables.ref(ENROLLED)),
     ]
     joins = ""
     ordered = list(in_column_order(config.metrics))
@@ -315,7 +322,7 @@ def build_units_sql(
     side_steps = []
     for kind in KINDS:
         of_kind = {n: m for n, m, k in ordered if k is kind}
-        if of_kind and (step := kind.side_step(of_kind, params, events_of_enrolled)):
+        if of_kind and (step := kind.side_step(of_kind, params, events_of_enrolled, tables)):
             side_steps.append(step)
     aliases = {name: step.alias for step in side_steps for name in step.metrics}
     plain = [(n, m, k) for n, m, k in ordered if n not in aliases]
@@ -325,22 +332,22 @@ def build_units_sql(
     if wanted:
         aggregates = "".join(k.pass_aggregates(n, m, params) for n, m, k in plain)
         if plan.histograms_in_pass:
-            grouping, histogram = _quantile_histograms(config, run_date, quantiles, params)
+            grouping, histogram = _quantile_histograms(config, run_date, quantiles, params, tables)
         else:
             grouping = "\nFROM ev GROUP BY ev.unit_key"
             histogram = _histogram_pass(config, run_date, quantiles, table, params, plan.dialect)
         with_arm = plan.histograms_in_pass and bool(quantiles)
         for part in range(plan.partitions):
-            into = "INSERT INTO" if part else "CREATE TEMP TABLE"
+            into = "INSERT INTO" if part else tables.create
             step_events = _events_of_enrolled(events, wanted, params, plan, with_arm, part)
             steps.append(
-                f"""{into} {METRIC_AGGREGATES}{"" if part else " AS"}
+                f"""{into} {tables.ref(METRIC_AGGREGATES)}{"" if part else " AS"}
 WITH ev AS (
   {step_events}
 )
 SELECT ev.unit_key{aggregates}{grouping}"""
             )
-        joins += f"\nLEFT JOIN {METRIC_AGGREGATES} a ON a.unit_key = u.{plan.unit_key}"
+        joins += f"\nLEFT JOIN {tables.ref(METRIC_AGGREGATES)} a ON a.unit_key = u.{plan.unit_key}"
     for step in side_steps:
         steps.append(step.statement)
         joins += (
@@ -350,56 +357,23 @@ SELECT ev.unit_key{aggregates}{grouping}"""
     pre_step, pre_columns = _pre_exposure_sql(config, events, params, plan)
     if pre_step:
         steps.append(pre_step)
-        joins += f"\nLEFT JOIN {COVARIATES} c ON c.unit_key = u.{plan.unit_key}"
+        joins += f"\nLEFT JOIN {tables.ref(COVARIATES)} c ON c.unit_key = u.{plan.unit_key}"
     sql_join, sql_columns = _sql_metric_join(config, params)
     target = quote_ident(table)
     units = f"""CREATE TABLE {target} AS
 SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.several_arms{columns}{pre_columns}\
 {sql_columns}
-FROM {ENROLLED} u{joins}{sql_join}"""
+FROM {tables.ref(ENROLLED)} u{joins}{sql_join}"""
     hist_table = quote_ident(quantile_histogram_table_name(config, run_date))
     statements = [f"DROP TABLE IF EXISTS {target}", f"DROP TABLE IF EXISTS {hist_table}"]
     statements += [*steps, units, *([histogram] if histogram else [])]
-    temporary = _temporary_tables(steps) + ([SQL_METRIC_VALUES] if sql_join else [])
+    temporary = _step_tables(steps, tables) + ([SQL_METRIC_VALUES] if sql_join else [])
     return statements + [f"DROP TABLE {name}" for name in temporary], params.values
 
 
-def shared_step_tables(statements: list[str], table: str) -> tuple[list[str], Callable[[str], str]]:
-    """The build with its TEMP step tables made UNLOGGED tables in the units table's schema,
-    each named `<step>_<hash of the units table>` so that concurrent builds of other
-    experiments or dates never meet; and the renaming, for queries that read a step later in
-    the build.
-
-    PostgreSQL never scans a temporary table in a parallel worker, so a join to one runs
-    serially. The build is one transaction: a failed build leaves none of these tables, and a
-    successful one drops them at its end."""
-    import hashlib
-
-    schema, dot, _ = table.rpartition(".")
-    digest = hashlib.sha1(table.encode()).hexdigest()[:10]
-    names = {
-        name: quote_ident(f"{schema}{dot}{name}_{digest}") for name in _temporary_tables(statements)
-    }
-    if not names:
-        return list(statements), lambda sql: sql
-    # A step's name, bare or quoted (the ANALYZE statements quote it).
-    pattern = re.compile(r'"?\b(' + "|".join(map(re.escape, names)) + r')\b"?')
-
-    def rename(sql: str) -> str:
-        return pattern.sub(lambda found: names[found.group(1)], sql)
-
-    unlogged = [
-        "CREATE UNLOGGED TABLE" + s.removeprefix("CREATE TEMP TABLE")
-        if s.startswith("CREATE TEMP TABLE")
-        else s
-        for s in statements
-    ]
-    return [rename(s) for s in unlogged], rename
-
-
-def _temporary_tables(statements: list[str]) -> list[str]:
-    """The session-local tables the statements create, in order."""
-    return [s.split()[3] for s in statements if s.startswith("CREATE TEMP TABLE")]
+def _step_tables(statements: list[str], tables: StepTables) -> list[str]:
+    """The step tables the statements create, in order."""
+    return [s.split()[3] for s in statements if s.startswith(tables.create)]
 
 
 def _quantile_histograms(
@@ -407,6 +381,7 @@ def _quantile_histograms(
     run_date: date,
     quantiles: dict[str, QuantileMetric],
     params: _Params,
+    tables: StepTables,
 ) -> tuple[str, str]:
     """The metric aggregate's grouping, and the statement that stores quantile histograms.
 
@@ -431,7 +406,8 @@ def _quantile_histograms(
         parts.append(
             f"SELECT {params.bind(name)} AS metric, arm, {buckets[name]} AS bucket,"
             f" SUM(bucket_events) AS n, MIN(low) AS low, MAX(high) AS high"
-            f" FROM {METRIC_AGGREGATES} WHERE unit_key IS NULL AND {buckets[name]} IS NOT NULL"
+            f" FROM {tables.ref(METRIC_AGGREGATES)}"
+            f" WHERE unit_key IS NULL AND {buckets[name]} IS NOT NULL"
             f" GROUP BY arm, {buckets[name]}"
         )
     grouping = f""",
@@ -485,11 +461,12 @@ def _pre_exposure_sql(
         _covariate_aggregate(name, targets[name], source, params)
         for name, source in sources.items()
     )
-    step = f"""CREATE TEMP TABLE {COVARIATES} AS
+    tables = plan.steps
+    step = f"""{tables.create} {tables.ref(COVARIATES)} AS
 WITH pre AS (
   SELECT u.{plan.unit_key} AS unit_key, e.event_name, e.occurred_at, e.value, u.first_exposed_at
   FROM {events} e
-  JOIN {ENROLLED} u ON u.unit_id = e.unit_id
+  JOIN {tables.ref(ENROLLED)} u ON u.unit_id = e.unit_id
   WHERE e.event_name IN ({names})
     AND e.occurred_at >= u.first_exposed_at - INTERVAL '{lookback} seconds'
     AND e.occurred_at < u.first_exposed_at
@@ -574,13 +551,14 @@ def _sql_metric_reads(config: ExperimentConfig, dialect: str) -> tuple[list[str]
     return [f"CREATE TEMP TABLE {SQL_METRIC_VALUES} AS\n" + "\nUNION ALL\n".join(selects)], params
 
 
-# Enrolled units a `sql:` metric's query returned more than one row for, per metric.
-SEVERAL_ROWS = f"""SELECT d.metric, COUNT(*) AS units, MIN(d.unit_id) AS example
+def several_rows_sql(tables: StepTables) -> str:
+    """Enrolled units a `sql:` metric's query returned more than one row for, per metric."""
+    return f"""SELECT d.metric, COUNT(*) AS units, MIN(d.unit_id) AS example
 FROM (
   SELECT v.metric, v.unit_id FROM {SQL_METRIC_VALUES} v
   GROUP BY v.metric, v.unit_id HAVING COUNT(*) > 1
 ) d
-JOIN {ENROLLED} u ON u.unit_id = d.unit_id
+JOIN {tables.ref(ENROLLED)} u ON u.unit_id = d.unit_id
 GROUP BY d.metric ORDER BY d.metric"""
 
 
@@ -605,7 +583,7 @@ def _execute_with_sql_metrics(
     statements: list[str],
     params: dict[str, Any],
     table: str,
-    several_rows: str = SEVERAL_ROWS,
+    tables: StepTables,
 ) -> None:
     """Read the `sql:` metrics, then build, on one connection (or the engine's session).
 
@@ -625,7 +603,7 @@ def _execute_with_sql_metrics(
     steps, rest = statements[:at], statements[at:]
     session = dialect.session(warehouse.url)
     if session is not None:
-        _session_build(warehouse, session, [*reads, *steps], rest, params)
+        _session_build(warehouse, session, [*reads, *steps], rest, params, tables)
         return
     with warehouse.engine().connect() as connection:
 
@@ -635,7 +613,7 @@ def _execute_with_sql_metrics(
 
         def build() -> None:
             run(steps)
-            found = connection.execute(text(warehouse.render(several_rows)), params)
+            found = connection.execute(text(warehouse.render(several_rows_sql(tables))), params)
             _refuse_several_rows([dict(row._mapping) for row in found])
             run(rest)
 
@@ -666,6 +644,7 @@ def _session_build(
     steps: list[str],
     rest: list[str],
     params: dict[str, Any],
+    tables: StepTables,
 ) -> None:
     """The build on an engine reached through its own session (Spark, BigQuery), in one
     `batch` (BigQuery: one session, whose temporary tables the check reads). There are no
@@ -675,10 +654,10 @@ def _session_build(
     with session.batch() as batch:
         try:
             batch.execute([warehouse.render(s) for s in steps], params)
-            _refuse_several_rows(batch.query(warehouse.render(SEVERAL_ROWS), params))
+            _refuse_several_rows(batch.query(warehouse.render(several_rows_sql(tables)), params))
             batch.execute([warehouse.render(s) for s in rest], params)
         except Exception:
-            for name in _temporary_tables(steps):
+            for name in _step_tables(steps, tables):
                 with contextlib.suppress(Exception):  # the error that stopped the build matters
                     batch.execute([warehouse.render(f"DROP TABLE IF EXISTS {name}")], {})
             raise
@@ -690,14 +669,14 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     plan = ExtractPlan.for_warehouse(warehouse, config, run_date)
     statements, params = build_units_sql(config, run_date, table, plan)
     # Where the engine needs it (PostgreSQL: planner statistics), steps around the build.
-    analysed = {f"UPDATE {ENROLLED}": ENROLLED, f"CREATE TABLE {quote_ident(table)}": table}
+    enrolled = plan.steps
+    analysed = {
+        f"UPDATE {enrolled.ref(ENROLLED)}": enrolled.name(ENROLLED),
+        f"CREATE TABLE {quote_ident(table)}": table,
+    }
     statements = warehouse.sql_dialect.prepare_build(statements, analysed, table)
-    several_rows = SEVERAL_ROWS
-    if warehouse.sql_dialect.shared_step_tables:
-        statements, rename = shared_step_tables(statements, table)
-        several_rows = rename(SEVERAL_ROWS)
     if _sql_metrics(config):
-        _execute_with_sql_metrics(warehouse, config, statements, params, table, several_rows)
+        _execute_with_sql_metrics(warehouse, config, statements, params, table, plan.steps)
     else:
         warehouse.execute(statements, params)
     return table

@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 
 from ab_pipeline.core.config import ExperimentConfig
 from ab_pipeline.core.dates import midnight
+from ab_pipeline.warehouse.quoting import quote_ident
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,44 @@ def quantile_histogram_table_name(config: ExperimentConfig, run_date: date) -> s
     """`[schema.]ab_qhist__<key>__<yyyymmdd>`: the run's quantile histograms (see
     `build_units_sql`), next to its units table."""
     return _run_table_name("ab_qhist", config, run_date)
+
+
+def scratch_table_name(units_table: str, stem: str) -> str:
+    """`[schema.]<stem>_<hash of the units table>`, unquoted: a scratch table of one run,
+    beside (in the schema of) its `units_table`, under a name no other experiment's or run
+    date's scratch table shares, short enough for PostgreSQL's 63 characters."""
+    schema, dot, _ = units_table.rpartition(".")
+    digest = hashlib.sha1(units_table.encode()).hexdigest()[:10]
+    return f"{schema}{dot}{stem}_{digest}"
+
+
+@dataclass(frozen=True)
+class StepTables:
+    """Where the extract keeps its steps' tables (enrolled units, the metric pass, ...).
+
+    By default each is a session-local `CREATE TEMP TABLE ab_tmp_<step>`. Given the run's
+    `units_table`, each is an UNLOGGED table beside it, `ab_tmp_<step>_<hash>`
+    (`scratch_table_name`): PostgreSQL never scans a temporary table in a parallel worker, so
+    every join to one runs serially. The build is one transaction that drops them at its end,
+    so other sessions never see them and a failed build leaves none.
+    """
+
+    units_table: str | None = None
+
+    @property
+    def create(self) -> str:
+        """The statement's head that creates a step's table (its name follows)."""
+        return "CREATE TEMP TABLE" if self.units_table is None else "CREATE UNLOGGED TABLE"
+
+    def name(self, step: str) -> str:
+        """The step's table, unquoted (possibly schema-qualified)."""
+        if self.units_table is None:
+            return f"ab_tmp_{step}"
+        return scratch_table_name(self.units_table, f"ab_tmp_{step}")
+
+    def ref(self, step: str) -> str:
+        """The step's table as SQL names it (a session-local name needs no quotes)."""
+        return self.name(step) if self.units_table is None else quote_ident(self.name(step))
 
 
 def _run_table_name(prefix: str, config: ExperimentConfig, run_date: date) -> str:

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 from ab_pipeline.core.config import ProportionMetric, Unless
 from ab_pipeline.metrics.base import SqlParams
-from ab_pipeline.metrics.proportion import UNLESS_AGGREGATES, ProportionKind
+from ab_pipeline.metrics.proportion import ProportionKind
 from ab_pipeline.stats.statistics import MeanSummary, compare_proportions
+from ab_pipeline.warehouse.run_tables import StepTables
 
 KIND = ProportionKind()
 
@@ -51,16 +52,18 @@ def test_unless_proportions_get_a_step_of_their_own_with_the_next_unless_event()
         {"solved": spoilable, "plain": metric(event="buy")},
         params,
         lambda names: f"SELECT * FROM events_of({', '.join(names)})",
+        StepTables(),
     )
     assert step is not None
-    assert (step.table, step.alias, step.metrics) == (UNLESS_AGGREGATES, "ua", ("solved",))
+    assert (step.table, step.alias, step.metrics) == ("ab_tmp_unless", "ua", ("solved",))
+    assert step.statement.startswith("CREATE TEMP TABLE ab_tmp_unless AS")
     assert "events_of(solved, ticket)" in step.statement
     assert "OVER (PARTITION BY ev.unit_key ORDER BY ev.occurred_at" in step.statement
     assert "NOT COALESCE(ev.next_unless_0 <= ev.occurred_at + INTERVAL '600 seconds'" in (
         step.statement
     )
     assert params.values == {"p0": "ticket", "p1": "solved"}
-    assert KIND.side_step({"plain": metric(event="buy")}, SqlParams(), str) is None
+    assert KIND.side_step({"plain": metric(event="buy")}, SqlParams(), str, StepTables()) is None
 
 
 def test_scan_sums_give_a_count_and_success_summary_compared_by_the_z_test() -> None:

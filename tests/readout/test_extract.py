@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -12,16 +13,15 @@ import pytest
 
 from ab_pipeline.core.config import ExperimentConfig, parse_config
 from ab_pipeline.readout.extract import (
-    ENROLLED,
-    SEVERAL_ROWS,
     ExtractPlan,
     build_units_sql,
     build_units_table,
     partitions_for,
-    shared_step_tables,
+    several_rows_sql,
     units_table_name,
 )
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import StepTables
 from tests.warehouse_fixtures import (
     Event,
     Exposure,
@@ -208,9 +208,14 @@ def test_postgresql_plan_joins_on_unit_id_in_one_pass_with_its_own_histogram_pas
     postgres_schema: tuple[Warehouse, str],
 ) -> None:
     warehouse, schema = postgres_schema
-    plan = ExtractPlan.for_warehouse(warehouse, make_config(schema), END)
+    config = make_config(schema)
+    plan = ExtractPlan.for_warehouse(warehouse, config, END)
     assert plan == ExtractPlan(
-        histograms_in_pass=False, partitions=1, unit_key="unit_id", dialect="postgresql"
+        histograms_in_pass=False,
+        partitions=1,
+        unit_key="unit_id",
+        dialect="postgresql",
+        steps=StepTables(units_table_name(config, END)),  # beside the units table, UNLOGGED
     )
 
 
@@ -227,22 +232,23 @@ def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse
 
 def test_shared_step_tables_are_unlogged_in_the_units_schema_and_named_per_run() -> None:
     config = make_config("sales")
-    plan = ExtractPlan(histograms_in_pass=False, dialect="postgresql")
-    built = {}
+    created = {}
     for day in (END, END - timedelta(days=1)):
         table = units_table_name(config, day)
+        plan = ExtractPlan(histograms_in_pass=False, dialect="postgresql")
+        plan = replace(plan, steps=StepTables(table))
         statements, _ = build_units_sql(config, day, table, plan)
-        built[day] = shared_step_tables([f"ANALYZE {quote_ident(ENROLLED)}", *statements], table)
-    statements, rename = built[END]
-    created = [s.split()[3] for s in statements if s.startswith("CREATE UNLOGGED TABLE")]
-    assert len(created) >= 2 and not any(s.startswith("CREATE TEMP") for s in statements)
-    assert all(name.startswith('"sales"."ab_tmp_') for name in created)
-    # No statement (nor the later check of `sql:` metrics) still names a step the old way.
-    for sql in [*statements, rename(SEVERAL_ROWS)]:
-        assert re.search(r"\bab_tmp_(enrolled|metrics|unless)\b", sql) is None
-    assert f"ANALYZE {created[0]}" in statements and created[0] in rename(SEVERAL_ROWS)
-    other = {s.split()[3] for s in built[END - timedelta(days=1)][0] if "UNLOGGED" in s}
-    assert other.isdisjoint(created)  # another run date's build never meets this one's
+        assert not any(s.startswith("CREATE TEMP") for s in statements)
+        created[day] = [s.split()[3] for s in statements if s.startswith("CREATE UNLOGGED")]
+        names = created[day]
+        assert len(names) == 3  # enrolled units, the metric pass, the `unless` step
+        assert all(re.fullmatch(r'"sales"\."ab_tmp_[a-z]+_[0-9a-f]{10}"', n) for n in names)
+        # Every statement, and the later check of `sql:` metrics, names the steps this way.
+        for sql in [*statements, several_rows_sql(plan.steps)]:
+            assert re.search(r"\bab_tmp_(enrolled|metrics|unless)\b(?!_)", sql) is None, sql
+        assert names[0] in several_rows_sql(plan.steps)
+        assert [f"DROP TABLE {n}" for n in names] == statements[-3:]
+    assert set(created[END]).isdisjoint(created[END - timedelta(days=1)])
 
 
 def test_concurrent_postgresql_builds_leave_no_step_tables(

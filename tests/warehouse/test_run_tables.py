@@ -3,6 +3,7 @@ all but the latest few run dates' of each experiment, on DuckDB and PostgreSQL."
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import yaml
 
 from ab_pipeline.core.config import ExperimentConfig, load_config
 from ab_pipeline.readout.extract import drop_old_run_tables
-from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import StepTables, scratch_table_name, units_table_name
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "dags" / "experiments" / "refund-query-rewrite.yaml"
@@ -82,3 +84,29 @@ def test_a_long_key_s_shortened_names_are_found(
     names = [units_table_name(config, date(2026, 5, d)) for d in (1, 2)]
     duckdb_warehouse.execute([f"CREATE TABLE {n} (i INTEGER)" for n in names])
     assert drop_old_run_tables(duckdb_warehouse, config, keep=1) == [names[0]]
+
+
+def test_scratch_tables_sit_beside_the_units_table_under_a_name_of_their_run(
+    tmp_path: Path,
+) -> None:
+    long_key = "k" * 60
+    names = set()
+    for key, day in [("refund-query-rewrite", 30), ("refund-query-rewrite", 31), (long_key, 31)]:
+        config = config_in(tmp_path, "Work", key)
+        units = units_table_name(config, date(2026, 5, day))
+        name = scratch_table_name(units, "ab_dq_events")
+        schema, table = name.split(".")
+        assert schema == "Work" and table.startswith("ab_dq_events_") and len(table) <= 63
+        names.add(name)
+    assert len(names) == 3  # another date's or experiment's run never shares a scratch table
+
+
+def test_step_tables_are_session_local_unless_placed_beside_the_units_table() -> None:
+    local = StepTables()
+    assert (local.create, local.ref("enrolled")) == ("CREATE TEMP TABLE", "ab_tmp_enrolled")
+    units = "Work.ab_units__x__20260531"
+    shared = StepTables(units)
+    assert shared.create == "CREATE UNLOGGED TABLE"
+    assert shared.name("enrolled") == scratch_table_name(units, "ab_tmp_enrolled")
+    assert shared.ref("enrolled") == quote_ident(shared.name("enrolled"))
+    assert shared.ref("enrolled").startswith('"Work"."ab_tmp_enrolled_')

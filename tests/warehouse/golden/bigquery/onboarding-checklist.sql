@@ -32,11 +32,11 @@ WITH unexpected AS (SELECT x.unit_id AS example FROM `ab_gx_batch` AS x WHERE x.
 
 WITH unexpected AS (SELECT x.unit_id AS example FROM `ab_gx_batch` AS x WHERE NOT x.unit_id IS NULL AND NOT x.arm IS NULL GROUP BY x.unit_id HAVING MIN(x.arm) <> MAX(x.arm)) SELECT s.example, c.unexpected_count FROM (SELECT DISTINCT example FROM unexpected ORDER BY example NULLS LAST LIMIT 5) AS s CROSS JOIN (SELECT COUNT(*) AS unexpected_count FROM unexpected) AS c;
 
-DROP TABLE IF EXISTS `ab_dq_events_636a342c465d`;
+DROP TABLE IF EXISTS `ab_dq_events_2767332424`;
 
-CREATE TABLE `ab_dq_events_636a342c465d` AS SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key FROM `events` AS e WHERE e.unit_id IN (SELECT u.unit_id FROM `ab_units__onboarding_checklist__20260329` AS u) AND (e.event_name IS NULL OR e.occurred_at IS NULL OR e.occurred_at > CAST('<now>' AS DATETIME) OR (NOT e.value IS NULL AND NOT (ABS(e.value) <= 1000000000000000.0)) OR e.experiment_key IS NULL OR e.experiment_key <> 'onboarding-checklist') UNION ALL SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key FROM `events` AS e WHERE e.unit_id IS NULL AND e.occurred_at >= CAST('2026-03-02 00:00:00' AS DATETIME) AND e.occurred_at < CAST('<now>' AS DATETIME);
+CREATE TABLE `ab_dq_events_2767332424` AS SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key FROM `events` AS e WHERE e.unit_id IN (SELECT u.unit_id FROM `ab_units__onboarding_checklist__20260329` AS u) AND (e.event_name IS NULL OR e.occurred_at IS NULL OR e.occurred_at > CAST('<now>' AS DATETIME) OR (NOT e.value IS NULL AND NOT (ABS(e.value) <= 1000000000000000.0)) OR e.experiment_key IS NULL OR e.experiment_key <> 'onboarding-checklist') UNION ALL SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key FROM `events` AS e WHERE e.unit_id IS NULL AND e.occurred_at >= CAST('2026-03-02 00:00:00' AS DATETIME) AND e.occurred_at < CAST('<now>' AS DATETIME);
 
-SELECT * FROM `ab_dq_events_636a342c465d`;
+SELECT * FROM `ab_dq_events_2767332424`;
 
 WITH unexpected AS (SELECT e.event_name AS example FROM `ab_gx_batch` AS e WHERE e.unit_id IS NULL) SELECT s.example, c.unexpected_count FROM (SELECT DISTINCT example FROM unexpected ORDER BY example NULLS LAST LIMIT 5) AS s CROSS JOIN (SELECT COUNT(*) AS unexpected_count FROM unexpected) AS c;
 
