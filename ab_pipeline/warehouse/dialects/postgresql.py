@@ -91,7 +91,9 @@ class PostgreSQL(Dialect):
                 for prefix, table in analysed.items()
                 if statement.startswith(prefix)
             ]
-        return [*prepared, f"ANALYZE {quote_ident(table)}"]
+        if table not in analysed.values():
+            prepared.append(f"ANALYZE {quote_ident(table)}")
+        return prepared
 
     def results_lock(self) -> str:
         return f"SELECT pg_advisory_xact_lock({RESULTS_LOCK_KEY})"
