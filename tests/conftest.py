@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,18 @@ def postgres_schema() -> Iterator[tuple[Warehouse, str]]:
     finally:
         warehouse.execute(f"DROP SCHEMA {schema} CASCADE")
         dispose_all()
+
+
+@pytest.fixture(scope="session")
+def real_pipeline_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Real pipeline outputs of every decision kind (tests/browser/real_runs.py), run once for
+    the session: the brief's tests read them as text and in Chromium. Tests only read them."""
+    from tests.browser.real_runs import real_results
+
+    root = tmp_path_factory.mktemp("real")
+    return root, real_results(root)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import pytest
 
 from ab_pipeline.report.brief import render_brief, write_brief
 from ab_pipeline.report.charts import PIXEL_RATIO
-from tests.browser.real_runs import real_results, run_dir
+from tests.browser.real_runs import run_dir
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -122,9 +122,10 @@ NEVER = ["{'", "NOT RUN", "This gate did not run", "breached"]
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, Any]]]:
-    root = tmp_path_factory.mktemp("real")
-    return root, real_results(root)
+def real(
+    real_pipeline_runs: tuple[Path, dict[str, dict[str, Any]]],
+) -> tuple[Path, dict[str, dict[str, Any]]]:
+    return real_pipeline_runs
 
 
 def check_layout(run: Any, charts: dict[str, Any], width: int) -> None:

@@ -434,10 +434,10 @@ def shape_differences(fixture: Any, real: Any, path: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def real_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    from tests.browser.real_runs import real_results
-
-    return real_results(tmp_path_factory.mktemp("real"))
+def real_runs(
+    real_pipeline_runs: tuple[Path, dict[str, dict[str, Any]]],
+) -> dict[str, dict[str, Any]]:
+    return real_pipeline_runs[1]
 
 
 def metric_shapes(runs: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
