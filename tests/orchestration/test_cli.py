@@ -186,6 +186,30 @@ def test_a_date_before_start_is_refused_before_anything_runs(world: World) -> No
     assert not (world.out / KEY / "2026-05-01").exists()
 
 
+def test_the_command_runs_the_cyclic_garbage_collector_less_often(world: World) -> None:
+    """The command's imports leave millions of long-lived objects, which the collector would
+    otherwise traverse every 700 allocations (docs/benchmarks.md, "Fixed overhead")."""
+    from ab_pipeline.orchestration.cli import GC_YOUNG_THRESHOLD
+
+    script = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('threshold', gc.get_threshold()))\n"
+        "sys.argv = ['ab-pipeline', 'validate', 'my-experiment.yaml']\n"
+        "from ab_pipeline.orchestration.cli import console\n"
+        "console()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=world.folder,
+        env=world.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"threshold ({GC_YOUNG_THRESHOLD}, 10, 10)"
+
+
 @pytest.mark.slow  # a real DAG run
 def test_decide_accepts_only_experiment_keys(
     world: World, final_readout: subprocess.CompletedProcess[str], tmp_path: Path
