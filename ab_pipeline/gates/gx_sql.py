@@ -115,11 +115,12 @@ def prepare_gx_for(url: str) -> None:
 def mute_teardown_leak_report() -> None:
     """Send stderr to /dev/null once the interpreter starts tearing down.
 
-    With GX and duckdb_engine both loaded, DuckDB's nanobind bindings print pages of "leaked
-    instance" lines while modules are finalised (`python -c "import great_expectations,
-    duckdb_engine"` shows it). They are harmless, but they bury a process's last real lines
-    (pytest's summary, a task's log). atexit handlers run before that finalisation and after
-    every line the program itself writes.
+    With GX and duckdb_engine both loaded, or after `gc.freeze()` (the `ab-pipeline` command),
+    DuckDB's nanobind bindings print pages of "leaked instance" lines while modules are
+    finalised (`python -c "import great_expectations, duckdb_engine"` shows it). They are
+    harmless, but they bury a process's last real lines (pytest's summary, a task's log).
+    atexit handlers run before that finalisation and after every line the program itself
+    writes.
     """
 
     def _mute() -> None:

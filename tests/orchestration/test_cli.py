@@ -186,6 +186,20 @@ def test_a_date_before_start_is_refused_before_anything_runs(world: World) -> No
     assert not (world.out / KEY / "2026-05-01").exists()
 
 
+def test_simulate_ends_on_its_summary_without_the_bindings_teardown_report(
+    world: World,
+) -> None:
+    """The command freezes its objects before exiting; DuckDB's bindings would then report
+    dozens of them as "leaked" on stderr while the interpreter tears down."""
+    done = world.cli(
+        "simulate", "scenario.yaml", "--config", "my-experiment.yaml", "--units", "500",
+        "--warehouse", f"duckdb:///{world.folder / 'other.duckdb'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(f"{KEY}: 500 units")
+    assert "leaked" not in done.stderr and "nanobind" not in done.stderr, done.stderr[-2000:]
+
+
 def test_the_command_runs_the_cyclic_garbage_collector_less_often(world: World) -> None:
     """The command's imports leave millions of long-lived objects, which the collector would
     otherwise traverse every 700 allocations (docs/benchmarks.md, "Fixed overhead")."""
