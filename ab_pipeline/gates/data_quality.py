@@ -106,6 +106,7 @@ class ExperimentValues:
     values: dict[str, Any]  # $placeholder -> Python value, rendered as an SQL literal
     words: dict[str, str]  # fields of the detail sentences
     event_metrics: dict[str, list[str]]  # metric event -> the metrics that read it
+    units_table: str  # the run's units table, unquoted (its scratch tables sit beside it)
     # source given as `{sql: ...}` -> its result's {contract column: TYPE, or "missing"}
     query_columns: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     # source given as `{sql: ...}` -> the query as checked in the warehouse's dialect
@@ -216,6 +217,7 @@ def experiment_values(
             "sql_metrics": ", ".join(sql_columns),
         },
         event_metrics=events,
+        units_table=units_table,
         query_columns=dict(query_columns or {}),
         source_queries={
             which: checked_source_sql(config.source, which, dialect)
@@ -639,8 +641,7 @@ def _batch_query(
     if not template["meta"].get("materialize"):
         yield render(query)
         return
-    units = values.identifiers["units"].replace('"', "")  # quote_ident's names hold no quote
-    table = quote_ident(scratch_table_name(units, f"ab_dq_{template['name']}"))
+    table = quote_ident(scratch_table_name(values.units_table, f"ab_dq_{template['name']}"))
     execute = dialect_for(url).gx_execute
     drop = render(f"DROP TABLE IF EXISTS {table}")
     execute(datasource, [drop, render(f"CREATE TABLE {table} AS {query}")], url)

@@ -669,14 +669,14 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     plan = ExtractPlan.for_warehouse(warehouse, config, run_date)
     statements, params = build_units_sql(config, run_date, table, plan)
     # Where the engine needs it (PostgreSQL: planner statistics), steps around the build.
-    enrolled = plan.steps
+    steps = plan.steps
     analysed = {
-        f"UPDATE {enrolled.ref(ENROLLED)}": enrolled.name(ENROLLED),
+        f"UPDATE {steps.ref(ENROLLED)}": steps.name(ENROLLED),
         f"CREATE TABLE {quote_ident(table)}": table,
     }
     statements = warehouse.sql_dialect.prepare_build(statements, analysed, table)
     if _sql_metrics(config):
-        _execute_with_sql_metrics(warehouse, config, statements, params, table, plan.steps)
+        _execute_with_sql_metrics(warehouse, config, statements, params, table, steps)
     else:
         warehouse.execute(statements, params)
     return table
