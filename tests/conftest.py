@@ -68,6 +68,23 @@ def real_pipeline_runs(
 
 
 @pytest.fixture(scope="session")
+def duckdb_parity_baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The engines' parity baseline, made once for the session: every sample scenario simulated
+    into one DuckDB file and every sample config (plus onboarding-checklist with a ratio and a
+    CUPED metric) read out on it in-process (tests/test_postgres_parity.py, `run_all`). The
+    PostgreSQL and Snowflake parity modules compare their engine's readouts of the same seeded
+    data with these. Tests only read them; `url` may be read out again (another config)."""
+    from ab_pipeline.devtools.simulate import main_simulate
+    from tests.test_postgres_parity import run_all, with_ratio_and_cuped
+
+    root = tmp_path_factory.mktemp("duckdb_parity")
+    url = f"duckdb:///{root / 'warehouse.duckdb'}"
+    assert main_simulate(["--warehouse", url]) == 0
+    variant = with_ratio_and_cuped(root / "variant")
+    return {"url": url, "variant": variant, "runs": run_all(url, root / "runs", variant)}
+
+
+@pytest.fixture(scope="session")
 def spark_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Spark Connect server (local[2], 1 GB driver), started once per test session and
     only when a test asks for it (~20-40 s); its URL `sc://127.0.0.1:<port>`."""

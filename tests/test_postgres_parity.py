@@ -1,7 +1,8 @@
 """The sample experiments, unchanged, read out on PostgreSQL give what DuckDB gives.
 
-The same seeded data goes into an embedded DuckDB file and into a throwaway schema on the
-machine's PostgreSQL. Only the connection differs: the PostgreSQL URL selects the schema
+The same seeded data goes into an embedded DuckDB file (the session's parity baseline,
+tests/conftest.py, which the Snowflake module compares with too) and into a throwaway schema
+on the machine's PostgreSQL. Only the connection differs: the PostgreSQL URL selects the schema
 through `search_path`, so the configs (and their hashes) are byte-identical, and the run's
 units table and results tables land in that schema too. The connection URL carries a password
 (trust auth ignores it): it must not appear in any file the runs write or any log line.
@@ -113,24 +114,22 @@ VARIANT = "onboarding-checklist+ratio+cuped"
 
 @pytest.fixture(scope="module")
 def both(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, duckdb_parity_baseline: dict[str, Any]
 ) -> Iterator[tuple[dict[tuple[str, str], dict[str, Any]], ...]]:
+    """DuckDB's readouts (the session's baseline, tests/conftest.py) and PostgreSQL's."""
     root = tmp_path_factory.mktemp("parity")
-    duck = f"duckdb:///{root / 'warehouse.duckdb'}"
     admin = Warehouse(POSTGRES_URL)
     schema = f"ab_parity_{uuid.uuid4().hex[:8]}"
     admin.execute(f"CREATE SCHEMA {schema}")
     secret_url = with_password(POSTGRES_URL, SECRET) + f"?options=-csearch_path%3D{schema}"
     try:
-        assert main_simulate(["--warehouse", duck]) == 0
         assert main_simulate(["--warehouse", POSTGRES_URL, "--schema", schema]) == 0
         # Freshly loaded tables have no planner statistics; without them PostgreSQL picks
         # nested loops and the extract takes minutes instead of milliseconds.
         admin.execute([f"ANALYZE {schema}.exposures", f"ANALYZE {schema}.events"])
-        variant = with_ratio_and_cuped(root / "variant")
         yield (
-            run_all(duck, root / "duckdb", variant),
-            run_all(secret_url, root / "postgres", variant),
+            duckdb_parity_baseline["runs"],
+            run_all(secret_url, root / "postgres", duckdb_parity_baseline["variant"]),
             {"root": root, "schema": schema, "tables": _tables(admin, schema)},  # type: ignore[dict-item]
         )
     finally:

@@ -1,13 +1,14 @@
 """The sample experiments read out on Snowflake (a fakesnow server) give what DuckDB gives.
 
-The same seeded data goes into an embedded DuckDB file and, through the simulator's Snowflake
-sink (PUT + COPY INTO), into a fakesnow server the Snowflake connector talks to over HTTP
-(tests/snowflake_server.py). Every sample config plus onboarding-checklist with a ratio and a
-CUPED metric runs in-process (`run_pipeline`); refund-query-rewrite (proportions, guardrails, a
-p95 quantile), reading both sources through `{sql: ...}` queries and with a `sql:` metric
-added, also runs as the real DAG in an `ab-pipeline run` process, which reaches the server as
-any Airflow task would. Decisions, units per arm, estimates and every gate outcome must agree
-(floats to 1e-9 relative).
+The same seeded data goes into an embedded DuckDB file (the session's parity baseline,
+tests/conftest.py) and, through the simulator's Snowflake sink (PUT + COPY INTO), into a
+fakesnow server the Snowflake connector talks to over HTTP (tests/snowflake_server.py). Every
+sample config plus onboarding-checklist with a ratio and a CUPED metric runs in-process
+(`run_pipeline`) on both; refund-query-rewrite (proportions, guardrails, a p95 quantile),
+reading both sources through `{sql: ...}` queries and with a `sql:` metric added, also runs on
+Snowflake as the real DAG in an `ab-pipeline run` process, which reaches the server as any
+Airflow task would, against the same config read out in-process on DuckDB. Decisions, units
+per arm, estimates and every gate outcome must agree (floats to 1e-9 relative).
 
 What this does not prove: fakesnow runs the SQL on DuckDB after translating it, so Snowflake's
 own semantics (name case, implicit commits around DDL, numeric types) are not exercised.
@@ -20,12 +21,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ab_pipeline.devtools.simulate import main_simulate
+from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse, dispose_all
 from tests.local_services import Inbox, serving_smtp, smtp_connection
 from tests.snowflake_server import serving_fakesnow
@@ -35,7 +38,6 @@ from tests.test_postgres_parity import (
     comparable,
     run_all,
     same,
-    with_ratio_and_cuped,
     with_sql_metric_and_query_sources,
 )
 
@@ -69,19 +71,28 @@ def run_dag(config: Path, run_date: str, warehouse: str, out: Path, home: Path) 
     return dict(json.loads(results.read_text()))
 
 
+def read_out(config: Path, run_date: str, warehouse: str, root: Path) -> dict[str, Any]:
+    """The same readout in-process (`run_pipeline`, no email): the DAG's tasks run its stages."""
+    ctx = RunContext(config, date.fromisoformat(run_date), warehouse, root / "duckdb")
+    run_pipeline(ctx, deliver=False)
+    dispose_all()
+    return dict(json.loads((ctx.run_dir / "results.json").read_text()))
+
+
 @pytest.fixture(scope="module")
-def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def both(
+    tmp_path_factory: pytest.TempPathFactory, duckdb_parity_baseline: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """DuckDB's readouts (the session's baseline, tests/conftest.py, plus the query-sourced
+    config read out in-process there) and Snowflake's, the latter config through the DAG."""
     root = tmp_path_factory.mktemp("snowflake_parity")
-    duck = f"duckdb:///{root / 'warehouse.duckdb'}"
     with serving_fakesnow(root / "fakesnow") as snowflake:
-        assert main_simulate(["--warehouse", duck]) == 0
         assert main_simulate(["--warehouse", snowflake]) == 0
-        variant = with_ratio_and_cuped(root / "variant")
         config = with_sql_metric_and_query_sources(root / "queries")
         yield {
-            "duckdb": run_all(duck, root / "duckdb", variant),
-            "snowflake": run_all(snowflake, root / "snowflake", variant),
-            "dag_duckdb": run_dag(config, DAG_RUN[1], duck, root / "dag_duckdb", root / "af1"),
+            "duckdb": duckdb_parity_baseline["runs"],
+            "snowflake": run_all(snowflake, root / "snowflake", duckdb_parity_baseline["variant"]),
+            "dag_duckdb": read_out(config, DAG_RUN[1], duckdb_parity_baseline["url"], root),
             "dag_snowflake": run_dag(
                 config, DAG_RUN[1], snowflake, root / "dag_snowflake", root / "af2"
             ),
