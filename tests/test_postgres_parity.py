@@ -95,6 +95,14 @@ def with_sql_metric_and_query_sources(folder: Path) -> Path:
     return path
 
 
+def read_out(config: Path, day: date, url: str, out: Path) -> dict[str, Any]:
+    """One readout in-process (`run_pipeline`, no email; a DAG's tasks run the same stages):
+    its results.json."""
+    ctx = RunContext(config, day, url, out)
+    run_pipeline(ctx, deliver=False)
+    return dict(json.loads((ctx.run_dir / "results.json").read_text()))
+
+
 def run_all(url: str, out: Path, variant: Path) -> dict[tuple[str, str], dict[str, Any]]:
     runs = {}
     for label, path, where in [
@@ -102,9 +110,7 @@ def run_all(url: str, out: Path, variant: Path) -> dict[tuple[str, str], dict[st
         (VARIANT, variant, out / "variant"),
     ]:
         for day in readout_dates(path):
-            ctx = RunContext(path, day, url, where)
-            run_pipeline(ctx, deliver=False)
-            runs[label, day.isoformat()] = json.loads((ctx.run_dir / "results.json").read_text())
+            runs[label, day.isoformat()] = read_out(path, day, url, where)
     dispose_all()
     return runs
 

@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 from ab_pipeline.devtools.simulate import main_simulate
-from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.warehouse import Warehouse, dispose_all
 from tests.local_services import Inbox, serving_smtp, smtp_connection
 from tests.snowflake_server import serving_fakesnow
@@ -36,6 +35,7 @@ from tests.test_postgres_parity import (
     CONFIGS,
     VARIANT,
     comparable,
+    read_out,
     run_all,
     same,
     with_sql_metric_and_query_sources,
@@ -71,14 +71,6 @@ def run_dag(config: Path, run_date: str, warehouse: str, out: Path, home: Path) 
     return dict(json.loads(results.read_text()))
 
 
-def read_out(config: Path, run_date: str, warehouse: str, root: Path) -> dict[str, Any]:
-    """The same readout in-process (`run_pipeline`, no email): the DAG's tasks run its stages."""
-    ctx = RunContext(config, date.fromisoformat(run_date), warehouse, root / "duckdb")
-    run_pipeline(ctx, deliver=False)
-    dispose_all()
-    return dict(json.loads((ctx.run_dir / "results.json").read_text()))
-
-
 @pytest.fixture(scope="module")
 def both(
     tmp_path_factory: pytest.TempPathFactory, duckdb_parity_baseline: dict[str, Any]
@@ -92,7 +84,9 @@ def both(
         yield {
             "duckdb": duckdb_parity_baseline["runs"],
             "snowflake": run_all(snowflake, root / "snowflake", duckdb_parity_baseline["variant"]),
-            "dag_duckdb": read_out(config, DAG_RUN[1], duckdb_parity_baseline["url"], root),
+            "queries_duckdb": read_out(
+                config, date.fromisoformat(DAG_RUN[1]), duckdb_parity_baseline["url"], root
+            ),
             "dag_snowflake": run_dag(
                 config, DAG_RUN[1], snowflake, root / "dag_snowflake", root / "af2"
             ),
@@ -139,7 +133,7 @@ def test_every_gate_ran_and_the_primary_was_estimated_on_snowflake(both: dict[st
 def test_the_real_dag_on_snowflake_matches_duckdb(both: dict[str, Any]) -> None:
     """Through query sources, with a `sql:` metric: the contract check read the queries'
     result types, and the metric's values were joined in on Snowflake as on DuckDB."""
-    expected, got = both["dag_duckdb"], both["dag_snowflake"]
+    expected, got = both["queries_duckdb"], both["dag_snowflake"]
     assert got["decision"] == expected["decision"] == "SHIP"
     assert got["gates"]["srm"]["counts"] == expected["gates"]["srm"]["counts"]
     assert same(comparable(expected), comparable(got)) == []

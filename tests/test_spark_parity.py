@@ -16,7 +16,6 @@ in-process (a DAG run and an in-process run write the same results.json).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +26,15 @@ import yaml
 
 from ab_pipeline.core.config import load_config
 from ab_pipeline.devtools.simulate import main_simulate
-from ab_pipeline.orchestration.pipeline import RunContext, run_pipeline
 from ab_pipeline.readout.results_store import history
 from ab_pipeline.warehouse import Warehouse, dispose_all
 from ab_pipeline.warehouse.dialects.spark import close_sessions
-from tests.test_postgres_parity import comparable, same, with_sql_metric_and_query_sources
+from tests.test_postgres_parity import (
+    comparable,
+    read_out,
+    same,
+    with_sql_metric_and_query_sources,
+)
 from tests.test_snowflake_parity import run_dag
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,11 +48,9 @@ def run_in_process(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     runs, seconds = {}, {}
     for key, path in configs.items():
-        ctx = RunContext(path, load_config(path).end, url, out)
         began = time.perf_counter()
-        run_pipeline(ctx, deliver=False)
+        runs[key] = read_out(path, load_config(path).end, url, out)
         seconds[key] = time.perf_counter() - began
-        runs[key] = json.loads((ctx.run_dir / "results.json").read_text())
     dispose_all()
     return runs, seconds
 
