@@ -291,9 +291,12 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="readout/floor pairs per size; medians reported"
     )
+    parser.add_argument(
+        "--spark-driver-memory", default="1g", help="the Spark Connect server's driver memory"
+    )
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ab-scale-") as tmp, _server(args.kind, tmp) as url:
+    with tempfile.TemporaryDirectory(prefix="ab-scale-") as tmp, _server(args.kind, tmp, args.spark_driver_memory) as url:
         for units in sorted(args.sizes):
             row = measure(
                 args.kind, units, Path(tmp), url or args.url, args.repeat, MIXES[args.scenario]
@@ -304,14 +307,14 @@ def main() -> None:
 
 
 @contextmanager
-def _server(kind: str, folder: str) -> Iterator[str | None]:
+def _server(kind: str, folder: str, driver_memory: str = "1g") -> Iterator[str | None]:
     """A Spark Connect server for the run (its URL), or nothing for the other engines."""
     if kind != "spark":
         yield None
         return
     from ab_pipeline.devtools.spark_server import SparkConnectServer
 
-    with SparkConnectServer(Path(folder) / "spark") as server:
+    with SparkConnectServer(Path(folder) / "spark", driver_memory=driver_memory) as server:
         print(f"spark: server answered after {server.started_in_s:.0f} s", flush=True)
         yield server.url
 

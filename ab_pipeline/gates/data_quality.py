@@ -467,14 +467,22 @@ def _bounded(offending_rows_query: str) -> str:
     buffers the whole result), so the count and the examples are reduced in the warehouse. The
     `unexpected_count` column is what decides the check (`_counted_expectation()`): no row,
     nothing unexpected.
-    The CROSS JOIN also makes GX substitute `{batch}` as a bare `(subquery)` that the suite
-    queries alias themselves (`{batch} AS x`).
+    The offending rows are read once: grouped by example, the groups give the first examples
+    (in the engine's order) and, summed over a window, the count of rows. (Counting in a second
+    subquery of the same CTE made Spark and BigQuery, which inline a CTE at each reference,
+    run the check's query twice.)
+    The CROSS JOIN makes GX substitute `{batch}` as a bare `(subquery)` that the suite queries
+    alias themselves (`{batch} AS x`): GX aliases the batch itself in a query without a join.
     """
     return (
-        f"WITH unexpected AS ({offending_rows_query}) "
-        "SELECT s.example, c.unexpected_count FROM "
-        f"(SELECT DISTINCT example FROM unexpected ORDER BY example LIMIT {MAX_EXAMPLES}) AS s "
-        "CROSS JOIN (SELECT COUNT(*) AS unexpected_count FROM unexpected) AS c"
+        f"WITH unexpected AS ({offending_rows_query}), "
+        "examples AS (SELECT example, COUNT(*) AS rows_of_example FROM unexpected "
+        "GROUP BY example) "
+        "SELECT s.example, s.unexpected_count FROM ("
+        "SELECT e.example, CAST(SUM(e.rows_of_example) OVER () AS BIGINT) AS unexpected_count "
+        "FROM examples AS e"
+        ") AS s CROSS JOIN (SELECT 1 AS one) AS j "
+        f"ORDER BY s.example LIMIT {MAX_EXAMPLES}"
     )
 
 

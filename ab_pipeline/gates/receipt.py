@@ -70,8 +70,26 @@ def _distinct_values(
     fields: list[str],
     run_date: date,
 ) -> dict[str, dict[str, list[str]]]:
-    """Distinct values of each property per arm, in one query; over the units in
-    `units_table`, or over every unit exposed before the run date when it is None.
+    """Distinct values of each property per arm, in one query (`distinct_values_sql`); over
+    the units in `units_table`, or over every unit exposed before the run date when it is
+    None."""
+    sql, params = distinct_values_sql(config, units_table, fields, run_date, warehouse.dialect)
+    values: dict[str, dict[str, list[str]]] = {f: {arm: [] for arm in config.arms} for f in fields}
+    for row in warehouse.query(sql, params):
+        value = MISSING if row["value"] is None else str(row["value"])
+        per_arm = values[fields[int(row["field_no"])]]
+        per_arm.setdefault(str(row["arm"]), []).append(value)
+    return values
+
+
+def distinct_values_sql(
+    config: ExperimentConfig,
+    units_table: str | None,
+    fields: list[str],
+    run_date: date,
+    dialect: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The query of `_distinct_values` and its parameters: rows (field_no, arm, value).
 
     The innermost query reads the exposures once and keeps the distinct (arm, properties
     document) pairs, normally a handful of rows: grouping by the JSON text is several times
@@ -80,6 +98,9 @@ def _distinct_values(
     distinct values per arm. (Were every document unique, this would parse each once, as a
     direct extraction does.) Field names are bound parameters, never SQL text. The semi-join
     (`IN`) selects the same values as a join to the units table would, and is the cheaper plan.
+    The middle query's `HAVING COUNT(*) > 0` (always true) keeps the innermost GROUP BY:
+    Spark's optimizer drops a GROUP BY whose rows only feed another one without an aggregate,
+    and then parsed every exposure's JSON (3.5-4.6 s instead of 0.5-0.9 s at 1 M units).
     """
     window = RunWindow.of(config, run_date)
     params: dict[str, Any] = {"key": config.key, "run_end": window.run_end}
@@ -93,32 +114,25 @@ def _distinct_values(
         if units_table
         else ""
     )
-    rows = warehouse.query(
-        f"""
+    sql = f"""
         SELECT f.field_no AS field_no, c.arm AS arm, CASE f.field_no {value_of} END AS value
         FROM (
             SELECT d.arm AS arm, {extracted}
             FROM (
                 SELECT x.arm AS arm, CAST(x.properties AS TEXT) AS doc
-                FROM {source_relation(config.source, "exposures", warehouse.dialect)} x
+                FROM {source_relation(config.source, "exposures", dialect)} x
                 WHERE x.experiment_key = :key AND x.exposed_at < :run_end
                   {enrolled}
                 GROUP BY 1, 2
             ) AS d
             GROUP BY {", ".join(str(i + 1) for i in range(len(fields) + 1))}
+            HAVING COUNT(*) > 0
         ) AS c
         CROSS JOIN (VALUES {positions}) AS f(field_no)
         GROUP BY 1, 2, 3
         ORDER BY 1, 2, 3
-        """,
-        params,
-    )
-    values: dict[str, dict[str, list[str]]] = {f: {arm: [] for arm in config.arms} for f in fields}
-    for row in rows:
-        value = MISSING if row["value"] is None else str(row["value"])
-        per_arm = values[fields[int(row["field_no"])]]
-        per_arm.setdefault(str(row["arm"]), []).append(value)
-    return values
+        """
+    return sql, params
 
 
 def evaluate_receipt(values_by_field: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
