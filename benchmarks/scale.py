@@ -15,7 +15,8 @@ Scenarios (`--scenario`):
 
 Per size the scenario is simulated into a fresh warehouse (DuckDB file, a throwaway
 PostgreSQL schema, or a Spark Connect server of its own: `local[2]`, 1 GB driver, started once
-for the whole run by `ab_pipeline.devtools.spark_server`); then, each in a fresh interpreter
+for the whole run by `ab_pipeline.devtools.spark_server`; `--spark-driver-memory 4g` for a
+larger driver); then, each in a fresh interpreter
 so peak RSS belongs to that step alone:
 - `readout`: `run_pipeline` (extract, all gates incl. Great Expectations, analysis, decision,
   results tables, brief; no email) — wall time and peak RSS of the process;
