@@ -297,7 +297,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ab-scale-") as tmp, _server(args.kind, tmp, args.spark_driver_memory) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="ab-scale-") as tmp,
+        _server(args.kind, tmp, args.spark_driver_memory) as url,
+    ):
         for units in sorted(args.sizes):
             row = measure(
                 args.kind, units, Path(tmp), url or args.url, args.repeat, MIXES[args.scenario]
@@ -308,7 +311,7 @@ def main() -> None:
 
 
 @contextmanager
-def _server(kind: str, folder: str, driver_memory: str = "1g") -> Iterator[str | None]:
+def _server(kind: str, folder: str, driver_memory: str) -> Iterator[str | None]:
     """A Spark Connect server for the run (its URL), or nothing for the other engines."""
     if kind != "spark":
         yield None

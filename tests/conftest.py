@@ -96,3 +96,15 @@ def spark_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def spark_database(spark_url: str) -> Iterator[str]:
+    """A database of the test's own on the session's Spark server, dropped afterwards."""
+    warehouse = Warehouse(spark_url)
+    database = f"ab_test_{uuid.uuid4().hex[:10]}"
+    warehouse.execute(f"CREATE DATABASE {database}")
+    try:
+        yield database
+    finally:
+        warehouse.execute(f"DROP DATABASE {database} CASCADE")

@@ -100,7 +100,7 @@ def distinct_values_sql(
     (`IN`) selects the same values as a join to the units table would, and is the cheaper plan.
     The middle query's `HAVING COUNT(*) > 0` (always true) keeps the innermost GROUP BY:
     Spark's optimizer drops a GROUP BY whose rows only feed another one without an aggregate,
-    and then parsed every exposure's JSON (3.5-4.6 s instead of 0.5-0.9 s at 1 M units).
+    and then parsed every exposure's JSON (docs/benchmarks.md, "2026-12-04 afternoon").
     """
     window = RunWindow.of(config, run_date)
     params: dict[str, Any] = {"key": config.key, "run_end": window.run_end}

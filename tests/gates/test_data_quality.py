@@ -12,7 +12,6 @@ import logging
 import math
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -194,12 +193,7 @@ def any_target(request: pytest.FixtureRequest) -> Iterator[Target]:
         yield Target(request.getfixturevalue("snowflake_warehouse"), "")
     elif request.param == "spark":
         warehouse = Warehouse(request.getfixturevalue("spark_url"))
-        database = f"ab_test_{uuid.uuid4().hex[:10]}"
-        warehouse.execute(f"CREATE DATABASE {database}")
-        try:
-            yield Target(warehouse, f"{database}.")
-        finally:
-            warehouse.execute(f"DROP DATABASE {database} CASCADE")
+        yield Target(warehouse, f"{request.getfixturevalue('spark_database')}.")
     else:
         yield sql_target(request, request.param)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -367,34 +366,31 @@ def test_srm_names_the_arms_units_were_enrolled_in_when_none_is_configured(
 
 
 @pytest.mark.slow
-def test_on_spark_the_receipt_groups_the_documents_before_parsing_any(spark_url: str) -> None:
+def test_on_spark_the_receipt_groups_the_documents_before_parsing_any(
+    spark_url: str, spark_database: str
+) -> None:
     """Spark's optimizer drops a GROUP BY whose rows only feed another GROUP BY; the receipt
     query's inner grouping of the JSON documents must survive it, or every exposure's
     document is parsed (ten times the gate's time at 1 M units)."""
     warehouse = Warehouse(spark_url)
-    database = f"ab_test_{uuid.uuid4().hex[:10]}"
-    warehouse.execute(f"CREATE DATABASE {database}")
-    try:
-        create_contract_tables(warehouse, database)
-        rows = exposures({"control": 3, "treatment": 3}, {"control": SAME, "treatment": SAME})
-        values = ", ".join(
-            f"('{key}', '{unit}', '{arm}', TIMESTAMP '{at:%Y-%m-%d %H:%M:%S}', false, false, "
-            f"'{json.dumps(props)}')"
-            for key, unit, arm, at, _, _, props in rows
-        )
-        warehouse.execute(f"INSERT INTO {database}.exposures VALUES {values}")
-        sql, params = distinct_values_sql(
-            config(database), None, ["index", "decoder"], RUN, warehouse.dialect
-        )
-        plan = warehouse.query(f"EXPLAIN {warehouse.render(sql)}", params)[0]["plan"]
-        # Parsed straight off the scanned column, a document is parsed once per exposure.
-        assert "get_json_object(properties#" not in plan, plan
-        found = {(r["field_no"], r["arm"], r["value"]) for r in warehouse.query(sql, params)}
-        assert found == {
-            (0, "control", "kb-5"),
-            (0, "treatment", "kb-5"),
-            (1, "control", "v2"),
-            (1, "treatment", "v2"),
-        }
-    finally:
-        warehouse.execute(f"DROP DATABASE {database} CASCADE")
+    create_contract_tables(warehouse, spark_database)
+    rows = exposures({"control": 3, "treatment": 3}, {"control": SAME, "treatment": SAME})
+    values = ", ".join(
+        f"('{key}', '{unit}', '{arm}', TIMESTAMP '{at:%Y-%m-%d %H:%M:%S}', false, false, "
+        f"'{json.dumps(props)}')"
+        for key, unit, arm, at, _, _, props in rows
+    )
+    warehouse.execute(f"INSERT INTO {spark_database}.exposures VALUES {values}")
+    sql, params = distinct_values_sql(
+        config(spark_database), None, ["index", "decoder"], RUN, warehouse.dialect
+    )
+    plan = warehouse.query(f"EXPLAIN {warehouse.render(sql)}", params)[0]["plan"]
+    # Parsed straight off the scanned column, a document is parsed once per exposure.
+    assert "get_json_object(properties#" not in plan, plan
+    found = {(r["field_no"], r["arm"], r["value"]) for r in warehouse.query(sql, params)}
+    assert found == {
+        (0, "control", "kb-5"),
+        (0, "treatment", "kb-5"),
+        (1, "control", "v2"),
+        (1, "treatment", "v2"),
+    }
