@@ -1,8 +1,8 @@
 """Small hand-made warehouses in the warehouse contract (docs/warehouse.md), for tests.
 
 Rows are built in Python (tests only; the product never moves raw events into Python) and
-bulk-loaded (DuckDB from a pandas frame, PostgreSQL by COPY), so the same fixture loads into
-both quickly.
+bulk-loaded (DuckDB from a pandas frame, PostgreSQL by COPY, Spark as one INSERT of literal
+rows per table), so the same fixture loads into every engine quickly.
 """
 
 from __future__ import annotations
@@ -70,12 +70,31 @@ def insert_rows(
             if rows:
                 _snowflake_insert(warehouse, table, columns, rows)
         return
+    if warehouse.dialect == "spark":
+        warehouse.execute(
+            [
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {spark_values(warehouse, rows)}"
+                for table, columns, rows in tables
+                if rows
+            ]
+        )
+        return
     load = _duckdb_insert if warehouse.dialect == "duckdb" else _postgres_copy
     with warehouse.connect() as connection:
         raw = connection.connection.dbapi_connection
         for table, columns, rows in tables:
             if rows:
                 load(raw, table, columns, rows)
+
+
+def spark_values(warehouse: Warehouse, rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as literal `(...), (...)` for a Spark INSERT (Spark Connect takes no bound rows)."""
+    literal = warehouse.sql_dialect.literal
+
+    def value(v: Any) -> str:
+        return f"TIMESTAMP '{v.isoformat(sep=' ')}'" if isinstance(v, datetime) else literal(v)
+
+    return ", ".join("(" + ", ".join(value(v) for v in row) + ")" for row in rows)
 
 
 def _duckdb_insert(raw: Any, table: str, columns: Sequence[str], rows: list[Any]) -> None:

@@ -366,6 +366,8 @@ SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.several_arms{columns
 FROM {tables.ref(ENROLLED)} u{joins}{sql_join}"""
     hist_table = quote_ident(quantile_histogram_table_name(config, run_date))
     statements = [f"DROP TABLE IF EXISTS {target}", f"DROP TABLE IF EXISTS {hist_table}"]
+    if tables.units_table is not None:  # shared steps a killed build (without rollback) left
+        statements += [f"DROP TABLE IF EXISTS {name}" for name in _step_tables(steps, tables)]
     statements += [*steps, units, *([histogram] if histogram else [])]
     temporary = _step_tables(steps, tables) + ([SQL_METRIC_VALUES] if sql_join else [])
     return statements + [f"DROP TABLE {name}" for name in temporary], params.values
@@ -374,6 +376,13 @@ FROM {tables.ref(ENROLLED)} u{joins}{sql_join}"""
 def _step_tables(statements: list[str], tables: StepTables) -> list[str]:
     """The step tables the statements create, in order."""
     return [s.split()[3] for s in statements if s.startswith(tables.create)]
+
+
+def _scratch_tables(statements: list[str], tables: StepTables) -> list[str]:
+    """The step tables and the temporary tables (the `sql:` metrics' values) the statements
+    create, in order."""
+    heads = (tables.create, "CREATE TEMP TABLE")
+    return [s.split()[3] for s in statements if s.startswith(heads)]
 
 
 def _quantile_histograms(
@@ -648,7 +657,7 @@ def _session_build(
 ) -> None:
     """The build on an engine reached through its own session (Spark, BigQuery), in one
     `batch` (BigQuery: one session, whose temporary tables the check reads). There are no
-    transactions: a failure drops the session-local tables made so far, so that a retry in
+    transactions: a failure drops the step and temporary tables made so far, so that a retry in
     the same process starts afresh (Spark's views outlive the batch; the units table is
     dropped and rebuilt by every run)."""
     with session.batch() as batch:
@@ -657,7 +666,7 @@ def _session_build(
             _refuse_several_rows(batch.query(warehouse.render(several_rows_sql(tables)), params))
             batch.execute([warehouse.render(s) for s in rest], params)
         except Exception:
-            for name in _step_tables(steps, tables):
+            for name in _scratch_tables(steps, tables):
                 with contextlib.suppress(Exception):  # the error that stopped the build matters
                     batch.execute([warehouse.render(f"DROP TABLE IF EXISTS {name}")], {})
             raise

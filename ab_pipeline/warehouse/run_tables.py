@@ -59,8 +59,10 @@ class StepTables:
     By default each is a session-local `CREATE TEMP TABLE ab_tmp_<step>`. Given the run's
     `units_table`, each is an UNLOGGED table beside it, `ab_tmp_<step>_<hash>`
     (`scratch_table_name`): PostgreSQL never scans a temporary table in a parallel worker, so
-    every join to one runs serially. The build is one transaction that drops them at its end,
-    so other sessions never see them and a failed build leaves none.
+    every join to one runs serially; Spark writes and reads a Parquet table faster than a
+    cached view. On PostgreSQL the build is one transaction that drops them at its end, so
+    other sessions never see them and a failed build leaves none; on Spark the build drops
+    them at its end or when a step fails, and drops any a killed build left before it starts.
     """
 
     units_table: str | None = None

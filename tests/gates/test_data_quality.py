@@ -29,6 +29,7 @@ from ab_pipeline.gates.data_quality import (
 )
 from ab_pipeline.warehouse import Warehouse
 from tests.conftest import REPO_ROOT
+from tests.warehouse_fixtures import spark_values
 
 KEY = "refund-query-rewrite"  # start 2026-05-04, end 2026-05-31, arms control/treatment
 RUN_DATE = date(2026, 5, 31)
@@ -127,18 +128,6 @@ class Target:
 
     def _insert_literals(self, data: Dataset) -> None:
         """Spark (no SQLAlchemy): one INSERT of literal rows per table."""
-        literal = self.warehouse.sql_dialect.literal
-
-        def row(values: tuple[Any, ...]) -> str:
-            return (
-                "("
-                + ", ".join(
-                    f"TIMESTAMP '{v.isoformat(sep=' ')}'" if isinstance(v, datetime) else literal(v)
-                    for v in values
-                )
-                + ")"
-            )
-
         p = self.prefix
         tables = [
             (
@@ -152,7 +141,11 @@ class Target:
             (f"{p}units", data.units),
         ]
         self.warehouse.execute(
-            [f"INSERT INTO {t} VALUES {', '.join(map(row, rows))}" for t, rows in tables if rows]
+            [
+                f"INSERT INTO {t} VALUES {spark_values(self.warehouse, rows)}"
+                for t, rows in tables
+                if rows
+            ]
         )
 
     def config(self, **audience: bool) -> ExperimentConfig:

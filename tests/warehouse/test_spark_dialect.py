@@ -22,6 +22,11 @@ def test_a_temporary_table_becomes_a_cached_view() -> None:
     assert rendered.startswith("CACHE TABLE ab_tmp_x AS SELECT")
 
 
+def test_an_unlogged_step_table_becomes_a_plain_table_of_the_catalog() -> None:
+    rendered = SPARK.render('CREATE UNLOGGED TABLE "s"."ab_tmp_x_0a" AS SELECT 1 AS a')
+    assert rendered == "CREATE TABLE `s`.`ab_tmp_x_0a` AS SELECT 1 AS a"
+
+
 def test_json_fields_are_read_with_get_json_object_also_by_bound_key() -> None:
     rendered = SPARK.render("SELECT CAST(d.doc AS JSON)->>:field_0 AS v, x.p->>'a' AS w FROM t d")
     assert "GET_JSON_OBJECT(d.doc, CONCAT('$.', :field_0))" in rendered
@@ -87,6 +92,24 @@ def test_the_session_queries_updates_and_deletes_on_a_real_server(spark_url: str
         {"k": "a", "v": 0.0},
         {"k": "b", "v": 9.0},
     ]
+    # A step table of the catalog (`shared_step_tables`) is updated the same way; a user's
+    # Parquet table is not.
+    warehouse.execute(
+        [
+            "CREATE UNLOGGED TABLE ab_tmp_step AS SELECT k, v FROM ab_session_check",
+            "UPDATE ab_tmp_step SET v = 5 WHERE k = :b",
+        ],
+        {"b": "b"},
+    )
+    assert warehouse.query("SELECT k, v FROM ab_tmp_step ORDER BY k") == [
+        {"k": "a", "v": 1.5},
+        {"k": "b", "v": 5.0},
+    ]
+    warehouse.execute("DROP TABLE ab_tmp_step")
+    assert not warehouse.table_exists("ab_tmp_step")
+    assert _views_of(spark_url, "ab_tmp_step") == []
+    with pytest.raises(ValueError, match="only the extract's step tables"):
+        warehouse.execute("UPDATE ab_session_check SET v = 0 WHERE k = :a", {"a": "a"})
     warehouse.execute("DELETE FROM ab_session_check WHERE k = :gone", {"gone": "a"})
     rows = warehouse.query("SELECT k, t, v, 0.5 AS d FROM ab_session_check")
     assert rows == [{"k": "b", "t": datetime(2026, 5, 1, 23, 30), "v": 2.5, "d": 0.5}]

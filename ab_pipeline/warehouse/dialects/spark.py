@@ -10,9 +10,15 @@ What differs from the canonical engine, and how it is bridged here:
   `CACHE TABLE x AS SELECT`, a session-local view whose rows are computed once, eagerly, and
   kept by the server (memory, spilling to disk), like a temporary table's; `DROP TABLE x`
   drops it. Being session-local, two runs in two processes never see each other's.
+- The extract's step tables are tables of the catalog instead (`shared_step_tables`: an
+  UNLOGGED table is a plain `CREATE TABLE`, in the session's default format, Parquet unless
+  the cluster says otherwise), named per run and dropped at the build's end: Spark writes and
+  reads them faster than cached views, which a small driver keeps partly on disk
+  (docs/benchmarks.md).
 - Spark cannot UPDATE tables that are not Delta/Iceberg: `UPDATE t SET c = e [FROM s] WHERE p`
-  of a temporary table runs as a rebuild (`_updated_rows`): t's rows with `c` replaced where
-  `p` holds are cached as a new view, which later statements of the session read as t.
+  of an extract step (an `ab_tmp_` table, or a cached view) runs as a rebuild
+  (`_updated_rows`): t's rows with `c` replaced where `p` holds are cached as a new view,
+  which later statements of the session read as t.
 - Spark cannot DELETE from Parquet tables either: `DELETE FROM t WHERE p` keeps the other rows
   by overwriting t with them (only when some row matches: a retried write).
 - No multi-statement transactions: `execute` runs statements one by one and a failure leaves
@@ -39,9 +45,12 @@ from typing import Any
 from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect, plain_rows
 
 DEFAULT_PORT = 15002  # Spark Connect's
+# The extract's step tables (`run_tables.StepTables`): the only tables an UPDATE rebuilds.
+STEP_TABLE_PREFIX = "ab_tmp_"
 _LOCK = threading.Lock()
 _SESSIONS: dict[tuple[int, str], Any] = {}  # (pid, url) -> SparkSession
-# (pid, url, temporary table) -> its views: the table's own, then one per UPDATE of it.
+# (pid, url, updated step table) -> its names: the table itself, then one cached view per
+# UPDATE that changed rows (the latest is what the session reads as the table).
 _UPDATED: dict[tuple[int, str, str], list[str]] = {}
 
 
@@ -129,17 +138,20 @@ class ConnectSession:
         return contextlib.nullcontext(self)
 
     def _update(self, statement: str, params: Mapping[str, Any]) -> None:
-        """An UPDATE of a temporary table t (a cached view) as a rebuild: the updated rows are
-        cached as a new view, computed from t's current one, and from then on every statement
-        of this session reads the new view where it names t (`_current_names`). A cached view
-        is re-analysed from its SQL text, so the views it reads stay until t is dropped."""
+        """An UPDATE of an extract step t (an `ab_tmp_` table, or a cached view) as a rebuild:
+        the updated rows are cached as a new view, computed from t's current rows, and from
+        then on every statement of this session reads the new view where it names t
+        (`_current_names`). A cached view is re-analysed from its SQL text, so the views it
+        reads stay until t is dropped."""
         import sqlglot
 
         target = _unquoted(sqlglot.parse_one(statement, read="spark").this.sql(dialect="spark"))
-        chain = _UPDATED.setdefault((os.getpid(), self.url, target), [target])
-        if not self.spark.catalog.isCached(chain[-1]):
+        bare = target.rsplit(".", 1)[-1]
+        chain = _UPDATED.get((*self._key, target), [target])
+        step = bare.startswith(STEP_TABLE_PREFIX) and self.table_exists(target)
+        if not step and not self.spark.catalog.isCached(chain[-1]):
             raise ValueError(
-                f"Spark cannot UPDATE {target}: only the extract's temporary tables are updated "
+                f"Spark cannot UPDATE {target}: only the extract's step tables are updated "
                 "here (Parquet tables have no UPDATE)"
             )
         _, select, probe = _updated_rows(statement, self.columns, chain[-1])
@@ -147,15 +159,15 @@ class ConnectSession:
         # unit) runs only when some row is updated.
         if not self.query(probe, params):
             return
-        updated = f"{target}__updated_{len(chain)}"
+        updated = f"{bare}__updated_{len(chain)}"
         self.dataframe(f"CACHE TABLE `{updated}` AS {select}", params).collect()
-        chain.append(updated)
+        _UPDATED[(*self._key, target)] = [*chain, updated]
 
     def _current_names(self, statement: str) -> str:
         """The statement reading each updated temporary table's latest view; a DROP of such a
         table drops all of its views."""
         updated = {t: c for (pid, url, t), c in _UPDATED.items() if (pid, url) == self._key}
-        if not updated or not any(t in statement for t in updated):
+        if not updated or not any(t.rsplit(".", 1)[-1] in statement for t in updated):
             return statement
         import sqlglot
         from sqlglot import exp
@@ -163,15 +175,16 @@ class ConnectSession:
         tree = sqlglot.parse_one(statement, read="spark")
         if isinstance(tree, exp.Drop):
             table = tree.find(exp.Table)
-            chain = _UPDATED.pop((*self._key, table.name), None) if table else None
-            if chain:
-                return "; ".join(f"DROP VIEW IF EXISTS `{name}`" for name in reversed(chain))
+            chain = _UPDATED.pop((*self._key, _full_name(table)), None) if table else None
+            if chain:  # the updated views, then the table (or the first cached view) itself
+                views = [f"DROP VIEW IF EXISTS `{name}`" for name in reversed(chain[1:])]
+                return "; ".join([*views, statement])
             return statement
 
         def current(node: Any) -> Any:
-            if isinstance(node, exp.Table) and node.name in updated and not node.args.get("db"):
+            if isinstance(node, exp.Table) and _full_name(node) in updated:
                 alias = node.alias or node.name
-                name = exp.to_identifier(updated[node.name][-1], quoted=True)
+                name = exp.to_identifier(updated[_full_name(node)][-1], quoted=True)
                 return exp.Table(this=name, alias=exp.TableAlias(this=exp.to_identifier(alias)))
             return node
 
@@ -224,6 +237,11 @@ class ConnectSession:
         return bool(self.spark.catalog.tableExists(_unquoted(name)))
 
 
+def _full_name(table: Any) -> str:
+    """A sqlglot table's `db.name` (or `name`), unquoted, as `_UPDATED` keys it."""
+    return f"{table.db}.{table.name}" if table.db else str(table.name)
+
+
 def _named_types(schema: Any) -> list[tuple[str, str]]:
     """(name, `contract_type_name`) of each field of a Spark schema."""
     return [(field.name, contract_type_name(field.dataType)) for field in schema.fields]
@@ -265,12 +283,23 @@ def _updated_rows(statement: str, columns: Any, source: str) -> tuple[str, str, 
         raise ValueError(f"not an UPDATE: {statement[:80]}")
     name = tree.this.sql(dialect="spark")
     target = tree.this.name
+    quoted_source = "`" + source.replace(".", "`.`") + "`"
+
+    def by_alias(node: Any) -> Any:
+        # `db.t.c` (a schema-qualified target's column) is `t.c`: t's rows come aliased as t.
+        if isinstance(node, exp.Column) and node.table == target and node.args.get("db"):
+            return exp.column(node.name, table=target, quoted=True)
+        return node
+
+    tree = tree.transform(by_alias)
     column_names = columns(name)
 
     def renamed(node: Any) -> Any:
         if isinstance(node, exp.Table) and node.name == target:
             alias = node.alias or target
-            return exp.Table(this=exp.to_identifier(source, quoted=True), alias=alias)
+            table = exp.to_table(quoted_source, dialect="spark")
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+            return table
         return node
 
     assigned = {eq.this.name: eq.expression for eq in tree.expressions}
@@ -278,7 +307,7 @@ def _updated_rows(statement: str, columns: Any, source: str) -> tuple[str, str, 
     predicate = condition.this if condition is not None else exp.true()
     found = tree.args.get("from") or tree.args.get("from_")
     marker = "ab_update_matched"
-    base = f"`{source}` AS `{target}`"
+    base = f"{quoted_source} AS `{target}`"
     if found is not None:
         joined = found.this.transform(renamed)
         alias = joined.alias_or_name
@@ -315,6 +344,8 @@ class Spark(Dialect):
     schemes = ("sc",)
     materialized = False
     read_only_transactions = False
+    # Step tables written as tables (Parquet), not cached views: faster at 10 M units.
+    shared_step_tables = True
 
     conn_types = ("spark_connect",)
 
@@ -352,6 +383,8 @@ class Spark(Dialect):
                 "concat", exp.Literal.string("$."), exp.Var(this=f":{node.expression.name}")
             )
             return exp.func("get_json_object", self.rewrite(node.this), path)
+        if isinstance(node, exp.UnloggedProperty):
+            return None  # a step table (`shared_step_tables`): a plain table of the catalog
         if isinstance(node, exp.PrimaryKey):
             return None  # the session catalog's tables take no constraints; writers keep keys
         if isinstance(node, exp.DataType) and node.is_type(exp.DataType.Type.JSON):
