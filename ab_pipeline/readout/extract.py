@@ -374,15 +374,9 @@ FROM {tables.ref(ENROLLED)} u{joins}{sql_join}"""
 
 
 def _step_tables(statements: list[str], tables: StepTables) -> list[str]:
-    """The step tables the statements create, in order."""
-    return [s.split()[3] for s in statements if s.startswith(tables.create)]
-
-
-def _scratch_tables(statements: list[str], tables: StepTables) -> list[str]:
-    """The step tables and the temporary tables (the `sql:` metrics' values) the statements
+    """The step tables, and any temporary table (the `sql:` metrics' values), the statements
     create, in order."""
-    heads = (tables.create, "CREATE TEMP TABLE")
-    return [s.split()[3] for s in statements if s.startswith(heads)]
+    return [s.split()[3] for s in statements if s.startswith((tables.create, "CREATE TEMP"))]
 
 
 def _quantile_histograms(
@@ -666,7 +660,7 @@ def _session_build(
             _refuse_several_rows(batch.query(warehouse.render(several_rows_sql(tables)), params))
             batch.execute([warehouse.render(s) for s in rest], params)
         except Exception:
-            for name in _scratch_tables(steps, tables):
+            for name in _step_tables(steps, tables):
                 with contextlib.suppress(Exception):  # the error that stopped the build matters
                     batch.execute([warehouse.render(f"DROP TABLE IF EXISTS {name}")], {})
             raise

@@ -52,6 +52,10 @@ def scratch_table_name(units_table: str, stem: str) -> str:
     return f"{schema}{dot}{stem}_{digest}"
 
 
+# The extract's step tables' names begin so (Spark's UPDATE rebuilds only these).
+STEP_TABLE_PREFIX = "ab_tmp_"
+
+
 @dataclass(frozen=True)
 class StepTables:
     """Where the extract keeps its steps' tables (enrolled units, the metric pass, ...).
@@ -75,8 +79,8 @@ class StepTables:
     def name(self, step: str) -> str:
         """The step's table, unquoted (possibly schema-qualified)."""
         if self.units_table is None:
-            return f"ab_tmp_{step}"
-        return scratch_table_name(self.units_table, f"ab_tmp_{step}")
+            return f"{STEP_TABLE_PREFIX}{step}"
+        return scratch_table_name(self.units_table, f"{STEP_TABLE_PREFIX}{step}")
 
     def ref(self, step: str) -> str:
         """The step's table as SQL names it (a session-local name needs no quotes)."""

@@ -45,8 +45,6 @@ from typing import Any
 from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect, plain_rows
 
 DEFAULT_PORT = 15002  # Spark Connect's
-# The extract's step tables (`run_tables.StepTables`): the only tables an UPDATE rebuilds.
-STEP_TABLE_PREFIX = "ab_tmp_"
 _LOCK = threading.Lock()
 _SESSIONS: dict[tuple[int, str], Any] = {}  # (pid, url) -> SparkSession
 # (pid, url, updated step table) -> its names: the table itself, then one cached view per
@@ -145,15 +143,16 @@ class ConnectSession:
         reads stay until t is dropped."""
         import sqlglot
 
+        from ab_pipeline.warehouse.run_tables import STEP_TABLE_PREFIX
+
         target = _unquoted(sqlglot.parse_one(statement, read="spark").this.sql(dialect="spark"))
         bare = target.rsplit(".", 1)[-1]
-        chain = _UPDATED.get((*self._key, target), [target])
-        step = bare.startswith(STEP_TABLE_PREFIX) and self.table_exists(target)
-        if not step and not self.spark.catalog.isCached(chain[-1]):
+        if not bare.startswith(STEP_TABLE_PREFIX):
             raise ValueError(
                 f"Spark cannot UPDATE {target}: only the extract's step tables are updated "
                 "here (Parquet tables have no UPDATE)"
             )
+        chain = _UPDATED.get((*self._key, target), [target])
         _, select, probe = _updated_rows(statement, self.columns, chain[-1])
         # Most readouts have no unit in several arms: the rebuild (a copy of every enrolled
         # unit) runs only when some row is updated.
