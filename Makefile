@@ -19,13 +19,18 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(BIN)/ab-pipeline demo
 
+# Two pytest-xdist workers, one per core: most tests wait on Airflow processes, servers and
+# warehouses; tests sharing a costly session fixture stay on one worker (tests/conftest.py).
+# `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 2
+
 test: install browser bq-emulator
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The suite without the tests marked `slow` (real Airflow DAG runs, api-server, Celery stack,
 # Chromium): quick feedback while developing; `make test` stays what CI runs.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 # The BigQuery emulator the BigQuery tests start (tests/bigquery_server.py): its own venv, since
 # it pins sqlglot and DuckDB versions the main lock cannot share. DuckDB loads the emulator's

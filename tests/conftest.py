@@ -15,6 +15,41 @@ from ab_pipeline.warehouse import Warehouse, dispose_all
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("AB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). Every test that
+# uses one of a group's session fixtures runs on the same worker, so a Spark server, a fakesnow
+# server, the parity baseline, the real pipeline runs or Chromium is started or made once; every
+# other test stays with its module, whose module fixtures are then made once too.
+SHARED_SESSION_GROUPS = (
+    ("warehouse-servers", frozenset({"spark_url", "fakesnow_url", "duckdb_parity_baseline"})),
+    ("real-runs", frozenset({"real_pipeline_runs", "chromium"})),
+)
+
+
+def worker_group(item: pytest.Item) -> str:
+    """The xdist group of a test: the first shared-session group whose fixtures it uses, else
+    its module."""
+    used = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "spark" in callspec.params.values():
+        used.add("spark_url")  # an engine-parametrized target asks for the server itself
+    for group, fixtures in SHARED_SESSION_GROUPS:
+        if used & fixtures:
+            return group
+    return item.nodeid.split("::")[0]
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Marked as it is collected: xdist reads the marks in its own collection hook.
+    item.add_marker(pytest.mark.xdist_group(worker_group(item)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The shared-session groups are the longest: handed out first, so that neither worker
+    # starts one when the other has nearly finished (the sort is stable; within a group, and
+    # among the modules, collection order stays).
+    rank = {group: index for index, (group, _) in enumerate(SHARED_SESSION_GROUPS)}
+    items.sort(key=lambda item: rank.get(worker_group(item), len(rank)))
+
 
 @pytest.fixture
 def duckdb_warehouse(tmp_path: Path) -> Iterator[Warehouse]:

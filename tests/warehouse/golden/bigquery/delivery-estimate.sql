@@ -34,7 +34,7 @@ WITH unexpected AS (SELECT x.unit_id AS example FROM `ab_gx_batch` AS x WHERE NO
 
 DROP TABLE IF EXISTS `ab_dq_events_769bc8cf5c`;
 
-CREATE TABLE `ab_dq_events_769bc8cf5c` AS SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key FROM `events` AS e WHERE e.unit_id IN (SELECT u.unit_id FROM `ab_units__delivery_estimate__20260426` AS u) AND (e.event_name IS NULL OR e.occurred_at IS NULL OR e.occurred_at > CAST('<now>' AS DATETIME) OR (NOT e.value IS NULL AND NOT (ABS(e.value) <= 1000000000000000.0)) OR e.experiment_key IS NULL OR e.experiment_key <> 'delivery-estimate') UNION ALL SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key FROM `events` AS e WHERE e.unit_id IS NULL AND e.occurred_at >= CAST('2026-04-06 00:00:00' AS DATETIME) AND e.occurred_at < CAST('<now>' AS DATETIME);
+CREATE TABLE `ab_dq_events_769bc8cf5c` AS SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key FROM (SELECT e.unit_id, e.event_name, e.occurred_at, e.value, e.experiment_key FROM `events` AS e WHERE (e.event_name IS NULL OR e.occurred_at IS NULL OR e.occurred_at > CAST('<now>' AS DATETIME) OR (NOT e.value IS NULL AND NOT (ABS(e.value) <= 1000000000000000.0)) OR e.experiment_key IS NULL OR e.experiment_key <> 'delivery-estimate') OR (e.unit_id IS NULL AND e.occurred_at >= CAST('2026-04-06 00:00:00' AS DATETIME) AND e.occurred_at < CAST('<now>' AS DATETIME))) AS e LEFT JOIN `ab_units__delivery_estimate__20260426` AS u ON u.unit_id = e.unit_id WHERE NOT u.unit_id IS NULL OR (e.unit_id IS NULL AND e.occurred_at >= CAST('2026-04-06 00:00:00' AS DATETIME) AND e.occurred_at < CAST('<now>' AS DATETIME));
 
 SELECT * FROM `ab_dq_events_769bc8cf5c`;
 
