@@ -478,8 +478,12 @@ def test_the_events_scratch_table_is_dropped_even_when_a_check_breaks(
     from ab_pipeline.gates import data_quality
 
     def scratch_tables() -> list[dict[str, Any]]:
+        # Only the test's own schema: other tests (and other workers) write theirs meanwhile.
+        schema = target.prefix.rstrip(".")
         return target.warehouse.query(
             "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'ab_dq_%'"
+            + (" AND table_schema = :schema" if schema else ""),
+            {"schema": schema} if schema else None,
         )
 
     target.gate(Dataset())  # loads the dataset
