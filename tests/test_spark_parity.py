@@ -175,3 +175,40 @@ def test_an_sql_metric_with_several_rows_for_an_enrolled_unit_stops_the_extract_
     session = spark_session(info["url"])
     assert not [t.name for t in session.catalog.listTables() if t.name.startswith("ab_tmp_")]
     assert not spark.table_exists(units_table_name(config, config.end))
+
+
+def test_the_p95_joins_its_rows_once_into_a_scratch_table_that_it_drops(
+    both: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spark has no MATERIALIZED CTE: the quantile's two narrow passes read one scratch table
+    of the joined rows instead of joining the events to the units table twice."""
+    from ab_pipeline.metrics.quantile import quantile_summaries
+    from ab_pipeline.warehouse.run_tables import units_table_name
+
+    duck, _, info = both
+    config = load_config(REPO / "dags" / "experiments" / f"{DAG_RUN}.yaml")
+    name = "p95_latency_ms"
+    warehouse = Warehouse(info["url"])
+    written: list[str] = []
+    execute = Warehouse.execute
+
+    def recording(self: Warehouse, statements: Any, params: Any = None) -> None:
+        written.extend([statements] if isinstance(statements, str) else statements)
+        execute(self, statements, params)
+
+    monkeypatch.setattr(Warehouse, "execute", recording)
+    summaries = quantile_summaries(
+        warehouse,
+        config,
+        name,
+        config.metrics[name],  # type: ignore[arg-type]
+        units_table_name(config, config.end),
+        config.end,
+    )
+    created = [s for s in written if s.startswith("CREATE TABLE")]
+    assert len(created) == 1 and "ab_qside_" in created[0], created
+    expected = duck[DAG_RUN]["metrics"][name]["arms"]
+    assert {arm: s.estimate for arm, s in summaries.items()} == pytest.approx(
+        {arm: entry["value"] for arm, entry in expected.items()}, rel=1e-6
+    )
+    assert not [t for t in warehouse.table_names() if t.startswith("ab_qside_")]
