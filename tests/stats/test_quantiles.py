@@ -141,24 +141,39 @@ def test_rank_helpers_reproduce_the_engines_percentile_functions(
         assert got["control"][disc] == float(row["d"])
 
 
-@pytest.mark.parametrize("one_pass", [True, False], ids=["one pass", "two passes"])
+@pytest.mark.parametrize(
+    ("one_pass", "step_tables", "event_joins"),
+    [(True, False, 1), (False, False, 2), (False, True, 1)],
+    ids=["one pass", "two passes", "two passes over a scratch table"],
+)
 def test_the_narrow_reading_gives_the_ranks_around_the_estimate_and_the_variance_sums(
-    warehouse_and_prefix: tuple[Warehouse, str], one_pass: bool, monkeypatch: pytest.MonkeyPatch
+    warehouse_and_prefix: tuple[Warehouse, str],
+    one_pass: bool,
+    step_tables: bool,
+    event_joins: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On every bucket shape (ties at the quantile included), the reading returns exactly the
     sorted values at the ranks within `bracket_margin` of the estimate, the estimate of
     numpy's quantile, and the per-unit sums counted against that estimate: in one pass (an
-    engine that evaluates a MATERIALIZED CTE once) and in two (Spark, BigQuery)."""
+    engine that evaluates a MATERIALIZED CTE once), in two (BigQuery, Snowflake), and in two
+    that read one scratch table of the joined rows (Spark: step tables are tables)."""
     warehouse, prefix = warehouse_and_prefix
     monkeypatch.setattr(type(warehouse.sql_dialect), "materialized", one_pass)
+    monkeypatch.setattr(type(warehouse.sql_dialect), "shared_step_tables", step_tables)
     queries: list[str] = []
-    real_query = Warehouse.query
+    real_query, real_execute = Warehouse.query, Warehouse.execute
 
     def recorded(self: Warehouse, sql: str, *args: Any, **kwargs: Any) -> Any:
         queries.append(sql)
         return real_query(self, sql, *args, **kwargs)
 
+    def recorded_statements(self: Warehouse, statements: Any, *args: Any, **kwargs: Any) -> None:
+        queries.extend([statements] if isinstance(statements, str) else statements)
+        real_execute(self, statements, *args, **kwargs)
+
     monkeypatch.setattr(Warehouse, "query", recorded)
+    monkeypatch.setattr(Warehouse, "execute", recorded_statements)
     rng = np.random.default_rng(20261203)
     by_arm = {"control": awkward_values(rng, 3000), "treatment": awkward_values(rng, 2200)}
     load_values(warehouse, prefix, by_arm)  # unit i // 3 of each arm holds values i
@@ -174,7 +189,10 @@ def test_the_narrow_reading_gives_the_ranks_around_the_estimate_and_the_variance
             warehouse, narrowing(body), {}, hists, q, f"{prefix}qn", "n_x"
         )
         event_passes = [sql for sql in queries if f"{prefix}qv" in sql]
-        assert len(event_passes) == (1 if one_pass else 2)
+        assert len(event_passes) == event_joins
+        scratch = [sql for sql in queries if "ab_qside_" in sql]
+        assert len(scratch) == (5 if step_tables else 0)  # drop, create, two reads, drop
+        assert not [t for t in warehouse.table_names(prefix.rstrip(".") or None) if "qside" in t]
         for arm, array in by_arm.items():
             ordered, n = np.sort(array), len(array)
             assert estimates[arm] == pytest.approx(float(np.quantile(array, q)), rel=1e-12)
