@@ -48,7 +48,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # starts one when the other has nearly finished (the sort is stable; within a group, and
     # among the modules, collection order stays).
     rank = {group: index for index, (group, _) in enumerate(SHARED_SESSION_GROUPS)}
-    items.sort(key=lambda item: rank.get(worker_group(item), len(rank)))
+
+    def order(item: pytest.Item) -> int:
+        mark = item.get_closest_marker("xdist_group")
+        return rank.get(mark.args[0] if mark else "", len(rank))
+
+    items.sort(key=order)
 
 
 @pytest.fixture

@@ -365,11 +365,12 @@ SELECT u.unit_id, u.arm, u.first_exposed_at, u.exposures, u.several_arms{columns
 {sql_columns}
 FROM {tables.ref(ENROLLED)} u{joins}{sql_join}"""
     hist_table = quote_ident(quantile_histogram_table_name(config, run_date))
+    made = _step_tables(steps, tables)
     statements = [f"DROP TABLE IF EXISTS {target}", f"DROP TABLE IF EXISTS {hist_table}"]
     if tables.units_table is not None:  # shared steps a killed build (without rollback) left
-        statements += [f"DROP TABLE IF EXISTS {name}" for name in _step_tables(steps, tables)]
+        statements += [f"DROP TABLE IF EXISTS {name}" for name in made]
     statements += [*steps, units, *([histogram] if histogram else [])]
-    temporary = _step_tables(steps, tables) + ([SQL_METRIC_VALUES] if sql_join else [])
+    temporary = made + ([SQL_METRIC_VALUES] if sql_join else [])
     return statements + [f"DROP TABLE {name}" for name in temporary], params.values
 
 
