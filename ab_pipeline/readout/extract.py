@@ -678,6 +678,10 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
         f"UPDATE {steps.ref(ENROLLED)}": steps.name(ENROLLED),
         f"CREATE TABLE {quote_ident(table)}": table,
     }
+    # The other steps' tables, which the units table joins, as soon as each is filled.
+    for made in _step_tables(statements, steps):
+        if made != steps.ref(ENROLLED):
+            analysed[f"{steps.create} {made}"] = made.replace('"', "")
     statements = warehouse.sql_dialect.prepare_build(statements, analysed, table)
     if _sql_metrics(config):
         _execute_with_sql_metrics(warehouse, config, statements, params, table, steps)

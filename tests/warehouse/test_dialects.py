@@ -91,23 +91,37 @@ def test_postgresql_sessions_sort_in_memory_unless_the_url_sets_work_mem() -> No
     assert Warehouse(own).query("SHOW work_mem") == [{"work_mem": "8MB"}]
 
 
-def test_postgresql_analyses_each_filled_table_once_and_the_units_table_at_the_latest_last() -> (
-    None
-):
+def test_postgresql_analyses_each_filled_table_once_and_plans_the_units_join_in_parallel() -> None:
     postgresql = dialect_named("postgresql")
     build = ["CREATE UNLOGGED TABLE s AS x", 'CREATE TABLE "u" AS y', "CREATE TABLE h AS z"]
     prepared = postgresql.prepare_build(build, {"CREATE UNLOGGED TABLE s": "s"}, "u")
+    free_parallel = ["SET LOCAL parallel_setup_cost = 0", "SET LOCAL parallel_tuple_cost = 0"]
+    costs_back = [
+        "SET LOCAL parallel_setup_cost TO DEFAULT",
+        "SET LOCAL parallel_tuple_cost TO DEFAULT",
+    ]
     assert prepared == [
         "SET LOCAL enable_nestloop = off",
         build[0],
         'ANALYZE "s"',
-        *build[1:],
+        *free_parallel,
+        build[1],
+        *costs_back,
+        build[2],
         'ANALYZE "u"',
     ]
     # Analysed right after it is filled (later steps join it), the units table is not again.
     analysed = {"CREATE UNLOGGED TABLE s": "s", 'CREATE TABLE "u"': "u"}
     prepared = postgresql.prepare_build(build, analysed, "u")
-    assert prepared[1:] == [build[0], 'ANALYZE "s"', build[1], 'ANALYZE "u"', build[2]]
+    assert prepared[1:] == [
+        build[0],
+        'ANALYZE "s"',
+        *free_parallel,
+        build[1],
+        *costs_back,
+        'ANALYZE "u"',
+        build[2],
+    ]
 
 
 def test_identifiers_are_quoted_so_their_case_survives() -> None:

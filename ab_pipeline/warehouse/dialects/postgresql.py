@@ -9,6 +9,8 @@ from ab_pipeline.warehouse.dialects.base import ConnectionFields, Dialect
 
 # Any constant shared by every writer of the results tables (ASCII "ab_r").
 RESULTS_LOCK_KEY = 0x61625F72
+# Planner costs of a parallel plan, set to 0 for the units table's join of the steps.
+PARALLEL_COSTS = ("parallel_setup_cost", "parallel_tuple_cost")
 
 
 class PostgreSQL(Dialect):
@@ -80,12 +82,23 @@ class PostgreSQL(Dialect):
         """Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
         estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
         whole-table ETL: hash joins are always right, and ANALYZE after each step that fills a
-        table gives the later joins on it real statistics."""
+        table gives the later joins on it real statistics.
+
+        The units table's statement joins the steps' tables, one row per unit each. Priced
+        at the default cost of handing rows from parallel workers to the leader, that join
+        is planned in one process; planned without that cost it runs in the workers, about
+        twice as fast at 1 M units (docs/benchmarks.md, 2026-12-04 night)."""
         from ab_pipeline.warehouse.quoting import quote_ident
 
         prepared = ["SET LOCAL enable_nestloop = off"]
+        units = f"CREATE TABLE {quote_ident(table)}"
         for statement in statements:
+            joins_steps = statement.startswith(units)
+            if joins_steps:
+                prepared += [f"SET LOCAL {cost} = 0" for cost in PARALLEL_COSTS]
             prepared.append(statement)
+            if joins_steps:
+                prepared += [f"SET LOCAL {cost} TO DEFAULT" for cost in PARALLEL_COSTS]
             prepared += [
                 f"ANALYZE {quote_ident(table)}"
                 for prefix, table in analysed.items()
