@@ -667,6 +667,18 @@ def _session_build(
             raise
 
 
+def analysed_tables(statements: list[str], steps: StepTables, table: str) -> dict[str, str]:
+    """{a statement's head: the table it fills (unquoted)} for `Dialect.prepare_build`: the
+    enrolled units once the UPDATE has settled their arms, every other step's table as soon
+    as it is filled (the units table joins them), and the units table `table`."""
+    analysed = {f"UPDATE {steps.ref(ENROLLED)}": steps.name(ENROLLED)}
+    for made in _step_tables(statements, steps):
+        if made != steps.ref(ENROLLED):
+            analysed[f"{steps.create} {made}"] = made.replace('"', "")
+    analysed[f"CREATE TABLE {quote_ident(table)}"] = table
+    return analysed
+
+
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
     """Build (or rebuild) the run's units table in one transaction; returns its name."""
     table = units_table_name(config, run_date)
@@ -674,14 +686,7 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     statements, params = build_units_sql(config, run_date, table, plan)
     # Where the engine needs it (PostgreSQL: planner statistics), steps around the build.
     steps = plan.steps
-    analysed = {
-        f"UPDATE {steps.ref(ENROLLED)}": steps.name(ENROLLED),
-        f"CREATE TABLE {quote_ident(table)}": table,
-    }
-    # The other steps' tables, which the units table joins, as soon as each is filled.
-    for made in _step_tables(statements, steps):
-        if made != steps.ref(ENROLLED):
-            analysed[f"{steps.create} {made}"] = made.replace('"', "")
+    analysed = analysed_tables(statements, steps, table)
     statements = warehouse.sql_dialect.prepare_build(statements, analysed, table)
     if _sql_metrics(config):
         _execute_with_sql_metrics(warehouse, config, statements, params, table, steps)

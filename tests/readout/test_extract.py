@@ -14,6 +14,7 @@ import pytest
 from ab_pipeline.core.config import ExperimentConfig, parse_config
 from ab_pipeline.readout.extract import (
     ExtractPlan,
+    analysed_tables,
     build_units_sql,
     build_units_table,
     partitions_for,
@@ -278,6 +279,26 @@ def test_shared_step_tables_are_unlogged_in_the_units_schema_and_named_per_run()
         # Dropped first too: on Spark a killed build (no transaction) leaves them behind.
         assert [f"DROP TABLE IF EXISTS {n}" for n in names] == statements[2:5]
     assert set(created[END]).isdisjoint(created[END - timedelta(days=1)])
+
+
+def test_every_step_table_is_analysed_as_soon_as_it_is_filled_and_the_units_table_too() -> None:
+    """PostgreSQL plans the units table's join of the steps from their statistics
+    (`prepare_build`): each step's table is named, as it is filled, under its exact name."""
+    config = make_config("sales")
+    table = units_table_name(config, END)
+    plan = ExtractPlan(histograms_in_pass=False, dialect="postgresql", steps=StepTables(table))
+    statements, _ = build_units_sql(config, END, table, plan)
+    analysed = analysed_tables(statements, plan.steps, table)
+    steps = {step: plan.steps.name(step) for step in ("enrolled", "metrics", "unless")}
+    assert analysed == {
+        f"UPDATE {quote_ident(steps['enrolled'])}": steps["enrolled"],
+        f"CREATE UNLOGGED TABLE {quote_ident(steps['metrics'])}": steps["metrics"],
+        f"CREATE UNLOGGED TABLE {quote_ident(steps['unless'])}": steps["unless"],
+        f"CREATE TABLE {quote_ident(table)}": table,
+    }
+    assert all(name.startswith("sales.ab_") for name in analysed.values())
+    for head in analysed:  # each names a statement of the build
+        assert sum(s.startswith(head) for s in statements) == 1, head
 
 
 def test_concurrent_postgresql_builds_leave_no_step_tables(
