@@ -57,6 +57,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
+def executed_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement `Warehouse.execute` runs during the test, in order (and run as usual)."""
+    statements: list[str] = []
+    execute = Warehouse.execute
+
+    def recording(self: Warehouse, sql: Any, *args: Any, **kwargs: Any) -> None:
+        statements.extend([sql] if isinstance(sql, str) else sql)
+        execute(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(Warehouse, "execute", recording)
+    return statements
+
+
+@pytest.fixture
 def duckdb_warehouse(tmp_path: Path) -> Iterator[Warehouse]:
     yield Warehouse(f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
     dispose_all()

@@ -178,7 +178,7 @@ def test_an_sql_metric_with_several_rows_for_an_enrolled_unit_stops_the_extract_
 
 
 def test_the_p95_joins_its_rows_once_into_a_scratch_table_that_it_drops(
-    both: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch
+    both: tuple[Any, ...], executed_statements: list[str]
 ) -> None:
     """Spark has no MATERIALIZED CTE: the quantile's two narrow passes read one scratch table
     of the joined rows instead of joining the events to the units table twice."""
@@ -189,14 +189,6 @@ def test_the_p95_joins_its_rows_once_into_a_scratch_table_that_it_drops(
     config = load_config(REPO / "dags" / "experiments" / f"{DAG_RUN}.yaml")
     name = "p95_latency_ms"
     warehouse = Warehouse(info["url"])
-    written: list[str] = []
-    execute = Warehouse.execute
-
-    def recording(self: Warehouse, statements: Any, params: Any = None) -> None:
-        written.extend([statements] if isinstance(statements, str) else statements)
-        execute(self, statements, params)
-
-    monkeypatch.setattr(Warehouse, "execute", recording)
     summaries = quantile_summaries(
         warehouse,
         config,
@@ -205,7 +197,7 @@ def test_the_p95_joins_its_rows_once_into_a_scratch_table_that_it_drops(
         units_table_name(config, config.end),
         config.end,
     )
-    created = [s for s in written if s.startswith("CREATE TABLE")]
+    created = [s for s in executed_statements if s.startswith("CREATE TABLE")]
     assert len(created) == 1 and "ab_qside_" in created[0], created
     expected = duck[DAG_RUN]["metrics"][name]["arms"]
     assert {arm: s.estimate for arm, s in summaries.items()} == pytest.approx(

@@ -152,6 +152,7 @@ def test_the_narrow_reading_gives_the_ranks_around_the_estimate_and_the_variance
     step_tables: bool,
     event_joins: int,
     monkeypatch: pytest.MonkeyPatch,
+    executed_statements: list[str],
 ) -> None:
     """On every bucket shape (ties at the quantile included), the reading returns exactly the
     sorted values at the ranks within `bracket_margin` of the estimate, the estimate of
@@ -161,19 +162,14 @@ def test_the_narrow_reading_gives_the_ranks_around_the_estimate_and_the_variance
     warehouse, prefix = warehouse_and_prefix
     monkeypatch.setattr(type(warehouse.sql_dialect), "materialized", one_pass)
     monkeypatch.setattr(type(warehouse.sql_dialect), "shared_step_tables", step_tables)
-    queries: list[str] = []
-    real_query, real_execute = Warehouse.query, Warehouse.execute
+    queries = executed_statements  # the statements run, and (below) the queries
+    real_query = Warehouse.query
 
     def recorded(self: Warehouse, sql: str, *args: Any, **kwargs: Any) -> Any:
         queries.append(sql)
         return real_query(self, sql, *args, **kwargs)
 
-    def recorded_statements(self: Warehouse, statements: Any, *args: Any, **kwargs: Any) -> None:
-        queries.extend([statements] if isinstance(statements, str) else statements)
-        real_execute(self, statements, *args, **kwargs)
-
     monkeypatch.setattr(Warehouse, "query", recorded)
-    monkeypatch.setattr(Warehouse, "execute", recorded_statements)
     rng = np.random.default_rng(20261203)
     by_arm = {"control": awkward_values(rng, 3000), "treatment": awkward_values(rng, 2200)}
     load_values(warehouse, prefix, by_arm)  # unit i // 3 of each arm holds values i
