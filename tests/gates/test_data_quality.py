@@ -461,7 +461,10 @@ def test_one_query_per_check_returning_the_count_and_a_few_examples(target: Targ
     finally:
         event.remove(Engine, "before_cursor_execute", record)
     scratch = [s for s in statements if "ab_dq_events_" in s and "unexpected" not in s]
-    checks = [s for s in statements if s not in scratch]
+    # metric_events_after_exposure's witness queries: one per metric event, one row at most.
+    witnesses = [s for s in statements if "LIMIT 10000" in s]
+    assert len(witnesses) == 4 and all(s.endswith("LIMIT 1") for s in witnesses)
+    checks = [s for s in statements if s not in scratch and s not in witnesses]
     assert len(checks) == 16  # one per check that applies, not two (examples, then a COUNT)
     for statement in checks:
         assert statement.startswith("WITH unexpected AS"), statement
@@ -704,6 +707,78 @@ def test_event_names_with_quotes_slashes_and_brackets_reach_the_checks(target: T
     outcome = run_data_quality(target.warehouse.url, config, RUN_DATE, units)
     check = only_failure(outcome, "metric_events_after_exposure")
     assert check["examples"] == [name]
+
+
+MEAE_PART = "AS example WHERE NOT EXISTS (SELECT 1 FROM"  # one metric event's part
+
+
+def test_metric_events_a_sample_shows_after_exposure_leave_the_check_query(
+    any_target: Target,
+) -> None:
+    """Every metric event has a qualifying row among its first rows: the witness queries
+    (one per event) find them and the check's query keeps no per-event join."""
+    from ab_pipeline.gates.data_quality import metric_events
+    from ab_pipeline.warehouse.dialects.base import recording
+
+    config = any_target.config()
+    with recording() as statements:
+        outcome = gate_with(any_target, Dataset(), config)
+    assert outcome["passed"], failed(outcome)
+    witnesses = [s for s in statements if "LIMIT 10000" in s]
+    assert len(witnesses) == len(metric_events(config)) >= 4
+    assert not [s for s in statements if MEAE_PART in s]
+    check = next(c for c in outcome["checks"] if c["name"] == "metric_events_after_exposure")
+    assert check["passed"] and check["unexpected_count"] == 0
+
+
+def test_an_event_the_sample_does_not_settle_keeps_its_part_of_the_check(target: Target) -> None:
+    """`escalated`'s only row after an exposure comes after 10,000 rows before it: the
+    witness's sample misses it, so the full part for `escalated` runs, and finds it."""
+    from ab_pipeline.warehouse.dialects.base import recording
+
+    data = Dataset()
+    data.events = [e for e in data.events if e[1] != "escalated"]
+    target.load(data)
+    events = f"{target.prefix}events"
+    target.warehouse.execute(
+        [
+            f"INSERT INTO {events} (unit_id, event_name, occurred_at, experiment_key) "
+            f"SELECT 'u1', 'escalated', TIMESTAMP '2026-05-03 12:00:00', '{KEY}' "
+            "FROM generate_series(1, 10000)",  # before u1's first exposure: no outcome
+            f"INSERT INTO {events} (unit_id, event_name, occurred_at, experiment_key) "
+            f"VALUES ('u4', 'escalated', TIMESTAMP '2026-05-12 00:00:00', '{KEY}')",
+        ]
+    )
+    units = f"{target.prefix}units"
+    with recording() as statements:
+        outcome = run_data_quality(target.warehouse.url, target.config(), RUN_DATE, units)
+    assert outcome["passed"], failed(outcome)
+    [check_query] = [s for s in statements if MEAE_PART in s]
+    assert check_query.count(MEAE_PART) == 1 and "'escalated'" in check_query
+    target.warehouse.execute(
+        f"DELETE FROM {events} WHERE unit_id = 'u4' AND event_name = 'escalated'"
+    )
+    outcome = run_data_quality(target.warehouse.url, target.config(), RUN_DATE, units)
+    assert only_failure(outcome, "metric_events_after_exposure")["examples"] == ["escalated"]
+
+
+def test_no_witness_runs_where_a_sample_costs_a_full_read() -> None:
+    """BigQuery bills the bytes of every column a query reads, LIMIT or not."""
+    from ab_pipeline.gates.data_quality import _witnessed
+
+    [expectation] = [
+        e
+        for t in load_suite_templates()
+        for e in t["expectations"]
+        if e["meta"]["check"] == "metric_events_after_exposure"
+    ]
+    assert "witness_query" in expectation["meta"]
+
+    def unreachable(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("no query is written for BigQuery")
+
+    found = _witnessed(None, expectation, None, unreachable, unreachable, "bigquery://p/d")  # type: ignore[arg-type]
+    assert found == frozenset()
 
 
 def test_an_event_name_the_checks_cannot_quote_is_a_clear_error(target: Target) -> None:

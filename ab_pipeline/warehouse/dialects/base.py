@@ -129,6 +129,9 @@ class Dialect:
     # table, instead of session-local TEMP tables (PostgreSQL: only shared tables are scanned
     # by parallel workers; Spark: Parquet tables, faster than cached views).
     shared_step_tables: ClassVar[bool] = False
+    # A LIMIT stops a scan early, so a sample of a few thousand rows is cheap (False where
+    # the engine bills every byte of the columns a query reads, LIMIT or not: BigQuery).
+    samples_cheaply: ClassVar[bool] = True
 
     # Airflow connection types that name this engine (`url_from_connection`).
     conn_types: ClassVar[tuple[str, ...]] = ()
@@ -272,6 +275,13 @@ class Dialect:
         with datasource.get_execution_engine().engine.begin() as connection:
             for statement in statements:
                 connection.execute(text(statement))
+
+    def gx_query(self, datasource: Any, sql: str, url: str) -> list[dict[str, Any]]:
+        """A rendered query's rows, through the datasource's own engine (see `gx_execute`)."""
+        from sqlalchemy import text
+
+        with datasource.get_execution_engine().engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(text(sql))]
 
     def gx_release(self, datasource: Any) -> None:
         """Close what the datasource holds (its engines' pools: no DuckDB file stays locked)."""

@@ -235,6 +235,7 @@ class BigQuery(Dialect):
     sqlglot_name = "bigquery"
     schemes = ("bigquery",)
     materialized = False
+    samples_cheaply = False  # bytes billed are the columns read, whatever the LIMIT
 
     def engine_url(self, url: str) -> str:
         raise ValueError(

@@ -409,6 +409,9 @@ class Spark(Dialect):
     def gx_execute(self, datasource: Any, statements: Sequence[str], url: str) -> None:
         self.session(url).execute(statements, {})
 
+    def gx_query(self, datasource: Any, sql: str, url: str) -> list[dict[str, Any]]:
+        return self.session(url).query(sql, {})
+
     def gx_release(self, datasource: Any) -> None:
         return None  # the session stays: it is the process's, not GX's
 
