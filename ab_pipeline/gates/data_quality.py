@@ -246,7 +246,8 @@ def run_data_quality(
         render = gx_renderer(warehouse_url)
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
             for template in templates:
-                checks += _run_suite(datasource, template, values, fill, render, warehouse_url)
+                run = _GateRun(datasource, values, fill, render, warehouse_url)
+                checks += _run_suite(run, template)
                 if template["name"] == "contract" and not all(c["passed"] for c in checks):
                     break  # the other suites compare columns of the types this found wrong
     except Exception as error:  # a bad query, an unreachable warehouse, a check GX could not run
@@ -601,27 +602,31 @@ def gx_renderer(warehouse_url: str) -> Render:
     return render
 
 
-def _run_suite(
-    datasource: Datasource,
-    template: dict[str, Any],
-    values: ExperimentValues,
-    fill: Fill,
-    render: Render,
-    url: str,
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class _GateRun:
+    """What every suite of one gate run reads: GX's datasource over the warehouse at `url`,
+    the experiment's values, and how a template becomes the engine's SQL."""
+
+    datasource: Datasource
+    values: ExperimentValues
+    fill: Fill
+    render: Render
+    url: str
+
+
+def _run_suite(run: _GateRun, template: dict[str, Any]) -> list[dict[str, Any]]:
     import great_expectations as gx
 
     _counted_expectation()  # the suites' expectation type must be registered before use
+    values = run.values
     applicable = [e for e in template["expectations"] if _applies(e, values)]
     skipped = [_skipped_check(e, values) for e in template["expectations"] if e not in applicable]
     if not applicable:
         return skipped
-    with _batch_query(datasource, template, values, fill, render, url) as query:
-        batch = dialect_for(url).gx_batch(datasource, template["name"], query, url)
+    with _batch_query(run, template) as query:
+        batch = dialect_for(run.url).gx_batch(run.datasource, template["name"], query, run.url)
         expectations = [
-            _with_bounded_query(
-                e, fill, values, render, _witnessed(datasource, e, values, fill, render, url)
-            )
+            _with_bounded_query(e, run.fill, values, run.render, _witnessed(run, e))
             for e in applicable
         ]
         suite = gx.ExpectationSuite(name=template["name"], expectations=expectations)
@@ -631,35 +636,29 @@ def _run_suite(
 
 
 @contextmanager
-def _batch_query(
-    datasource: Datasource,
-    template: dict[str, Any],
-    values: ExperimentValues,
-    fill: Fill,
-    render: Render,
-    url: str,
-) -> Iterator[str]:
+def _batch_query(run: _GateRun, template: dict[str, Any]) -> Iterator[str]:
     """The suite's batch query; with `meta.materialize`, a read of a scratch table holding the
     batch's rows, written by one query before the expectations run and dropped after them.
 
     Each expectation's query reads `{batch}` again: over a batch that filters the events table,
     one scan per expectation. A materialized batch is scanned once, and the expectations read
     its few rows (the suite's batch keeps only rows some expectation could flag)."""
+    render, url = run.render, run.url
     if template["name"] == "contract":
-        yield render(_contract_batch(url, template, values, fill))
+        yield render(_contract_batch(url, template, run.values, run.fill))
         return
-    query = fill(template["meta"]["batch_query"])
+    query = run.fill(template["meta"]["batch_query"])
     if not template["meta"].get("materialize"):
         yield render(query)
         return
-    table = quote_ident(scratch_table_name(values.units_table, f"ab_dq_{template['name']}"))
+    table = quote_ident(scratch_table_name(run.values.units_table, f"ab_dq_{template['name']}"))
     execute = dialect_for(url).gx_execute
     drop = render(f"DROP TABLE IF EXISTS {table}")
-    execute(datasource, [drop, render(f"CREATE TABLE {table} AS {query}")], url)
+    execute(run.datasource, [drop, render(f"CREATE TABLE {table} AS {query}")], url)
     try:
         yield render(f"SELECT * FROM {table}")
     finally:
-        execute(datasource, [drop], url)
+        execute(run.datasource, [drop], url)
 
 
 def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:
@@ -667,14 +666,7 @@ def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:
     return flags is None or any(values.values[flag] for flag in flags)
 
 
-def _witnessed(
-    datasource: Datasource,
-    expectation: dict[str, Any],
-    values: ExperimentValues,
-    fill: Fill,
-    render: Render,
-    url: str,
-) -> frozenset[str]:
+def _witnessed(run: _GateRun, expectation: dict[str, Any]) -> frozenset[str]:
     """The metric events for which a `for_each: metric_events` check's `meta.witness_query`
     returns a row: a row that proves the check's part for that event finds nothing.
 
@@ -685,18 +677,19 @@ def _witnessed(
     the check's query, so the check's outcome is the same either way. Not run where a sample
     costs a full read of its columns (`Dialect.samples_cheaply`)."""
     witness = expectation["meta"].get("witness_query")
-    engine = dialect_for(url)
+    engine = dialect_for(run.url)
     if (
         witness is None
         or expectation["meta"].get("for_each") != "metric_events"
         or not engine.samples_cheaply
     ):
         return frozenset()
-    query = engine.gx_query
     return frozenset(
         event
-        for event in values.event_metrics
-        if query(datasource, render(fill(witness, metric_event=event)), url)
+        for event in run.values.event_metrics
+        if engine.gx_query(
+            run.datasource, run.render(run.fill(witness, metric_event=event)), run.url
+        )
     )
 
 

@@ -764,7 +764,7 @@ def test_an_event_the_sample_does_not_settle_keeps_its_part_of_the_check(target:
 
 def test_no_witness_runs_where_a_sample_costs_a_full_read() -> None:
     """BigQuery bills the bytes of every column a query reads, LIMIT or not."""
-    from ab_pipeline.gates.data_quality import _witnessed
+    from ab_pipeline.gates.data_quality import _GateRun, _witnessed
 
     [expectation] = [
         e
@@ -777,8 +777,8 @@ def test_no_witness_runs_where_a_sample_costs_a_full_read() -> None:
     def unreachable(*args: Any, **kwargs: Any) -> str:
         raise AssertionError("no query is written for BigQuery")
 
-    found = _witnessed(None, expectation, None, unreachable, unreachable, "bigquery://p/d")  # type: ignore[arg-type]
-    assert found == frozenset()
+    run = _GateRun(None, None, unreachable, unreachable, "bigquery://p/d")  # type: ignore[arg-type]
+    assert _witnessed(run, expectation) == frozenset()
 
 
 def test_an_event_name_the_checks_cannot_quote_is_a_clear_error(target: Target) -> None:
