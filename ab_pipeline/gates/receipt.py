@@ -138,6 +138,16 @@ def distinct_values_sql(
 def evaluate_receipt(values_by_field: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
     """The gate's outcome; each arm's values are listed up to MAX_LISTED, then "and N more"
     (a field with thousands of values must not become a page-long reason or email)."""
+    if not any(values for per_arm in values_by_field.values() for values in per_arm.values()):
+        # No enrolled unit, so no exposure to read a field from: nothing differs, and
+        # nothing shows that the arms ran the same system either.
+        detail = "no enrolled unit's exposure to compare"
+        return {
+            "passed": False,
+            "fields": list(values_by_field),
+            "mismatches": [],
+            "detail": detail,
+        }
     mismatches: list[dict[str, Any]] = []
     for field, per_arm in values_by_field.items():
         distinct = {value for values in per_arm.values() for value in values}

@@ -124,6 +124,16 @@ def test_receipt_flags_a_missing_field(duckdb_warehouse: Warehouse) -> None:
     ]
 
 
+def test_receipt_fails_saying_there_is_nothing_to_compare_when_nobody_enrolled(
+    duckdb_warehouse: Warehouse,
+) -> None:
+    """Not "index differs: control none, treatment none": no arm has a value at all."""
+    outcome = run_receipt_gate(duckdb_warehouse, config(), load(duckdb_warehouse, []), RUN)
+    assert outcome is not None and not outcome["passed"]
+    assert outcome["mismatches"] == []
+    assert outcome["detail"] == "no enrolled unit's exposure to compare"
+
+
 def test_receipt_gate_does_not_run_without_receipt_fields(duckdb_warehouse: Warehouse) -> None:
     table = load(
         duckdb_warehouse,
