@@ -245,8 +245,8 @@ def run_data_quality(
         fill = _filler(values, _literal_writer(warehouse_url), dialect_for(warehouse_url))
         render = gx_renderer(warehouse_url)
         with _quiet_gx(), _datasource(warehouse_url) as datasource:
+            run = _GateRun(datasource, values, fill, render, warehouse_url)
             for template in templates:
-                run = _GateRun(datasource, values, fill, render, warehouse_url)
                 checks += _run_suite(run, template)
                 if template["name"] == "contract" and not all(c["passed"] for c in checks):
                     break  # the other suites compare columns of the types this found wrong
