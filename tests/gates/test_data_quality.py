@@ -28,12 +28,17 @@ from ab_pipeline.gates.data_quality import (
     run_data_quality,
 )
 from ab_pipeline.warehouse import Warehouse
+from ab_pipeline.warehouse.dialects import recording
 from tests.conftest import REPO_ROOT
 from tests.warehouse_fixtures import spark_values
 
 KEY = "refund-query-rewrite"  # start 2026-05-04, end 2026-05-31, arms control/treatment
 RUN_DATE = date(2026, 5, 31)
 OTHER = "other-experiment"
+# metric_events_after_exposure: one metric event's part of the check's query, and what marks
+# a witness query (its sample of the event's rows).
+MEAE_PART = "AS example WHERE NOT EXISTS (SELECT 1 FROM"
+WITNESS_SAMPLE = "LIMIT 10000"
 
 DDL = [
     """CREATE TABLE {p}exposures (experiment_key TEXT, unit_id TEXT, arm TEXT,
@@ -462,7 +467,7 @@ def test_one_query_per_check_returning_the_count_and_a_few_examples(target: Targ
         event.remove(Engine, "before_cursor_execute", record)
     scratch = [s for s in statements if "ab_dq_events_" in s and "unexpected" not in s]
     # metric_events_after_exposure's witness queries: one per metric event, one row at most.
-    witnesses = [s for s in statements if "LIMIT 10000" in s]
+    witnesses = [s for s in statements if WITNESS_SAMPLE in s]
     assert len(witnesses) == 4 and all(s.endswith("LIMIT 1") for s in witnesses)
     checks = [s for s in statements if s not in scratch and s not in witnesses]
     assert len(checks) == 16  # one per check that applies, not two (examples, then a COUNT)
@@ -709,22 +714,18 @@ def test_event_names_with_quotes_slashes_and_brackets_reach_the_checks(target: T
     assert check["examples"] == [name]
 
 
-MEAE_PART = "AS example WHERE NOT EXISTS (SELECT 1 FROM"  # one metric event's part
-
-
 def test_metric_events_a_sample_shows_after_exposure_leave_the_check_query(
     any_target: Target,
 ) -> None:
     """Every metric event has a qualifying row among its first rows: the witness queries
     (one per event) find them and the check's query keeps no per-event join."""
     from ab_pipeline.gates.data_quality import metric_events
-    from ab_pipeline.warehouse.dialects.base import recording
 
     config = any_target.config()
     with recording() as statements:
         outcome = gate_with(any_target, Dataset(), config)
     assert outcome["passed"], failed(outcome)
-    witnesses = [s for s in statements if "LIMIT 10000" in s]
+    witnesses = [s for s in statements if WITNESS_SAMPLE in s]
     assert len(witnesses) == len(metric_events(config)) >= 4
     assert not [s for s in statements if MEAE_PART in s]
     check = next(c for c in outcome["checks"] if c["name"] == "metric_events_after_exposure")
@@ -734,8 +735,6 @@ def test_metric_events_a_sample_shows_after_exposure_leave_the_check_query(
 def test_an_event_the_sample_does_not_settle_keeps_its_part_of_the_check(target: Target) -> None:
     """`escalated`'s only row after an exposure comes after 10,000 rows before it: the
     witness's sample misses it, so the full part for `escalated` runs, and finds it."""
-    from ab_pipeline.warehouse.dialects.base import recording
-
     data = Dataset()
     data.events = [e for e in data.events if e[1] != "escalated"]
     target.load(data)
