@@ -178,17 +178,26 @@ def test_an_sql_metric_with_several_rows_for_an_enrolled_unit_stops_the_extract_
 
 
 def test_the_p95_joins_its_rows_once_into_a_scratch_table_that_it_drops(
-    both: tuple[Any, ...], executed_statements: list[str]
+    both: tuple[Any, ...], executed_statements: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Spark has no MATERIALIZED CTE: the quantile's two narrow passes read one scratch table
-    of the joined rows instead of joining the events to the units table twice."""
+    of the joined rows instead of joining the events to the units table twice. The extract
+    stored no histogram (`quantiles_by_edge`): the rows from an edge guessed by one scan of
+    the event stand in for it, and no histogram pass runs."""
+    from ab_pipeline.metrics import quantile as quantile_kind
     from ab_pipeline.metrics.quantile import quantile_summaries
-    from ab_pipeline.warehouse.run_tables import units_table_name
+    from ab_pipeline.warehouse.run_tables import quantile_histogram_table_name, units_table_name
 
     duck, _, info = both
     config = load_config(REPO / "dags" / "experiments" / f"{DAG_RUN}.yaml")
     name = "p95_latency_ms"
     warehouse = Warehouse(info["url"])
+    assert not warehouse.table_exists(quantile_histogram_table_name(config, config.end))
+
+    def no_pass(*args: Any) -> Any:
+        raise AssertionError("a histogram pass ran: the guessed edge missed")
+
+    monkeypatch.setattr(quantile_kind, "histograms", no_pass)
     summaries = quantile_summaries(
         warehouse,
         config,

@@ -51,6 +51,12 @@ def quantile_count_column(name: str) -> str:
     return f"n_{name}"
 
 
+def quantile_extreme_column(name: str) -> str:
+    """A quantile metric's per-unit largest value (smallest for q < 0.5), where the extract
+    stores no histogram: it bounds where the quantile's side of the values begins."""
+    return f"x_{name}"
+
+
 def covariate_column(name: str) -> str:
     """A CUPED metric's pre-exposure covariate column."""
     return f"c_{name}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,14 +20,17 @@ from ab_pipeline.metrics.base import (
     SqlParams,
     before_window_end,
     quantile_count_column,
+    quantile_extreme_column,
 )
 from ab_pipeline.stats.quantiles import (
+    Bucket,
     Histogram,
     cont_ranks,
     disc_rank,
     histograms,
     order_statistics,
     stored_histograms,
+    value_histograms,
 )
 from ab_pipeline.stats.statistics import (
     Comparison,
@@ -157,6 +161,68 @@ def bracket_margin(n: int) -> int:
     return 4 * math.isqrt(n) + 16
 
 
+# How far past the pooled quantile a guessed edge lies, as a share of the values, beyond the
+# ranks read around the estimate: room for an arm's quantile to differ from the pooled one (a
+# treatment moving a p95 down to the pooled p93 is still read from the side).
+EDGE_SPREAD = 0.02
+
+
+def guessed_edge(
+    warehouse: Warehouse, config: ExperimentConfig, metric: QuantileMetric, run_date: date
+) -> float | None:
+    """Where the side of a quantile's values that its reading needs probably begins for every
+    arm (q >= 0.5: a value below each arm's estimate and the ranks read around it; q < 0.5:
+    above), from one scan of the metric event's values in the experiment's period (no join:
+    every unit's rows, exposed or not): the pooled values' quantile at q -/+ (`EDGE_SPREAD` +
+    the reading's margin as a share of the smallest arm). None when the event has no values."""
+    window = RunWindow.of(config, run_date)
+    pooled = value_histograms(
+        warehouse,
+        source_relation(config.source, "events", warehouse.dialect),
+        "event_name = :event AND occurred_at >= :start AND occurred_at < :run_end",
+        {"event": metric.event, "start": window.start, "run_end": window.run_end},
+    ).get(metric.event)
+    if pooled is None:
+        return None
+    per_arm = max(1, round(pooled.n * min(config.arms.values()) / sum(config.arms.values())))
+    spread = EDGE_SPREAD + bracket_margin(per_arm) / per_arm
+    if metric.quantile >= 0.5:
+        rank = max(1, math.floor((metric.quantile - spread) * pooled.n))
+        return pooled.span(rank, rank).low
+    rank = min(pooled.n, math.ceil((metric.quantile + spread) * pooled.n) + 1)
+    return pooled.span(rank, rank).high
+
+
+@dataclass(frozen=True)
+class _Analysed:
+    """One quantile metric of one readout: where its events are and how they are read."""
+
+    warehouse: Warehouse
+    config: ExperimentConfig
+    name: str
+    metric: QuantileMetric
+    units_table: str
+    run_date: date
+
+    def events(self, values: str | None = None) -> tuple[str, dict[str, Any]]:
+        return quantile_events_sql(
+            self.config,
+            self.metric,
+            self.units_table,
+            self.run_date,
+            values,
+            self.warehouse.dialect,
+        )
+
+    def narrowed(self, values: str) -> str:
+        return self.events(values)[0]
+
+    def full_histograms(self) -> dict[str, Histogram]:
+        """Per arm with two values or more, the histogram of its values, in a pass of its own."""
+        found = histograms(self.warehouse, *self.events())
+        return {arm: h for arm, h in found.items() if h.n >= 2}
+
+
 def quantile_summaries(
     warehouse: Warehouse,
     config: ExperimentConfig,
@@ -170,42 +236,140 @@ def quantile_summaries(
     Exact `percentile_cont` / `percentile_disc` values, read through a bucket histogram (stored
     by the extract's pass; `ab_pipeline.stats.quantiles`) so memory stays bounded: one narrow
     pass reads the estimate's order statistics and the clustered variance's sums together
-    (`quantile_reading`); a second one only for a bracket outside the ranks it read.
+    (`quantile_reading`); a second one only for a bracket outside the ranks it read. Where the
+    engine stores no histogram (`Dialect.quantiles_by_edge`), the side of the values the
+    reading needs stands in for it (`_from_the_side`), and a full histogram is read only when
+    a guess about that side missed.
     """
-    body, params = quantile_events_sql(
-        config, metric, units_table, run_date, dialect=warehouse.dialect
-    )
-
-    def narrowed(values: str) -> str:
-        return quantile_events_sql(
-            config, metric, units_table, run_date, values, warehouse.dialect
-        )[0]
-
+    analysed = _Analysed(warehouse, config, name, metric, units_table, run_date)
     stored = quantile_histogram_table_name(config, run_date)
     if warehouse.table_exists(stored):
         found = stored_histograms(warehouse, stored, name)
-    else:  # a units table built before the extract stored histograms: one pass instead
-        found = histograms(warehouse, body, params)
-    hists = {arm: h for arm, h in found.items() if h.n >= 2}
+        return _summaries(analysed, {arm: h for arm, h in found.items() if h.n >= 2})
+    if warehouse.sql_dialect.quantiles_by_edge:
+        summaries = _from_the_side(analysed)
+        if summaries is not None:
+            return summaries
+    # A units table built before histograms were stored, or a guessed edge that missed.
+    return _summaries(analysed, analysed.full_histograms())
+
+
+def _from_the_side(analysed: _Analysed) -> dict[str, QuantileSummary] | None:
+    """The summaries without a stored histogram. The metric's values from an edge outwards
+    (`_sure_edge`, else `guessed_edge`), joined once into a scratch table, give per arm a
+    histogram of those values; the arm's other values (its units' N_i summed, less those rows)
+    are one bucket of unknown range below them (q >= 0.5; above them for q < 0.5). The reading
+    then runs on that histogram and table as on a stored one. None when a guessed edge missed
+    an arm's estimate (the caller reads a full histogram)."""
+    warehouse, metric = analysed.warehouse, analysed.metric
+    count = quote_ident(quantile_count_column(analysed.name))
+    totals = {
+        str(row["arm"]): int(row["n"])
+        for row in warehouse.query(
+            f"SELECT arm, SUM({count}) AS n FROM {quote_ident(analysed.units_table)} "
+            f"WHERE {count} > 0 GROUP BY arm"
+        )
+    }
+    if all(n < 2 for n in totals.values()):
+        return {}
+    edge = _sure_edge(analysed, totals)
+    if edge is None:
+        edge = guessed_edge(warehouse, analysed.config, metric, analysed.run_date)
+    if edge is None:  # not reached: an arm with values has events in the period
+        return None
+    above = metric.quantile >= 0.5
+    digest = hashlib.sha1(count.encode()).hexdigest()[:6]
+    table = quote_ident(scratch_table_name(analysed.units_table, f"ab_qside_{digest}"))
+    side = analysed.narrowed("{v} >= :qedge" if above else "{v} <= :qedge")
+    create = (
+        f"CREATE TABLE {table} AS SELECT u.arm AS arm, u.unit_id AS unit_id, "
+        f"u.{count} AS n_i, e.value AS v {side}"
+    )
+    warehouse.execute(
+        [f"DROP TABLE IF EXISTS {table}", create], analysed.events()[1] | {"qedge": edge}
+    )
+    try:
+        read = value_histograms(warehouse, table, "TRUE", {}, group="arm", value="v")
+        hists = {}
+        for arm, n in totals.items():
+            buckets = read[arm].buckets if arm in read else ()
+            rest = (Bucket(n - sum(b.count for b in buckets), math.nan, math.nan),)
+            hists[arm] = Histogram(rest + buckets if above else buckets + rest)
+        hists = {arm: h for arm, h in hists.items() if h.n >= 2}
+        if not _estimates_known(hists, metric.quantile):
+            return None
+        return _summaries(analysed, hists, table)
+    finally:
+        warehouse.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _sure_edge(analysed: _Analysed, totals: Mapping[str, int]) -> float | None:
+    """An edge sure to leave every arm's estimate and the ranks read around it on the side,
+    from the units' extreme values (`quantile_extreme_column`, the extract's): a unit whose
+    largest value is at least t has an event at least t, so per arm, the largest t that as
+    many units reach as the arm needs ranks from the top (q >= 0.5; for q < 0.5 the smallest
+    values, from the bottom); the least extreme of the arms' edges. None when an arm needs
+    more ranks than it has units with a value (many events per unit, a quantile near the
+    middle): then the edge is guessed."""
+    above = analysed.metric.quantile >= 0.5
+    column = quote_ident(quantile_extreme_column(analysed.name))
+    extremes = value_histograms(
+        analysed.warehouse,
+        quote_ident(analysed.units_table),
+        "TRUE",
+        {},
+        group="arm",
+        value=column,
+    )
+    edges = []
+    for arm, n in totals.items():
+        if n < 2:
+            continue
+        below, beyond, _ = cont_ranks(analysed.metric.quantile, n)
+        margin = bracket_margin(n)
+        needed = n - max(1, below - margin) + 1 if above else min(n, beyond + margin)
+        buckets = extremes[arm].buckets if arm in extremes else ()
+        reached = 0
+        for bucket in reversed(buckets) if above else buckets:
+            reached += bucket.count
+            if reached >= needed:
+                edges.append(bucket.low if above else bucket.high)
+                break
+        else:
+            return None
+    return min(edges) if above else max(edges)
+
+
+def _summaries(
+    analysed: _Analysed, hists: dict[str, Histogram], side_table: str | None = None
+) -> dict[str, QuantileSummary]:
+    """The summaries from per-arm histograms (arms with two values or more): the reading, then
+    the interval's order statistics it did not read."""
+    warehouse, metric = analysed.warehouse, analysed.metric
+    params = analysed.events()[1]
     values, estimates, clusters = quantile_reading(
         warehouse,
-        narrowed,
+        analysed.narrowed,
         params,
         hists,
         metric.quantile,
-        units_table,
-        quantile_count_column(name),
+        analysed.units_table,
+        quantile_count_column(analysed.name),
+        side_table,
     )
+    alpha = analysed.config.decision.alpha
     brackets = {
-        arm: clustered_quantile_bracket(metric.quantile, clusters[arm], config.decision.alpha)
-        for arm in hists
+        arm: clustered_quantile_bracket(metric.quantile, clusters[arm], alpha) for arm in hists
     }
     ranks = {
         arm: (disc_rank(brackets[arm][0], h.n), disc_rank(brackets[arm][1], h.n))
         for arm, h in hists.items()
     }
     outside = {a: set(r) - set(values[a]) for a, r in ranks.items() if set(r) - set(values[a])}
+    if any(not hists[arm].known(rank) for arm, more in outside.items() for rank in more):
+        hists = analysed.full_histograms()  # an interval reaches past the side read
     if outside:
+        narrowed = analysed.narrowed
         for arm, more in order_statistics(warehouse, narrowed, params, hists, outside).items():
             values[arm].update(more)
     return {
@@ -220,6 +384,12 @@ def quantile_summaries(
     }
 
 
+def _estimates_known(hists: Mapping[str, Histogram], q: float) -> bool:
+    """Whether every arm's `percentile_cont` ranks lie where the histogram knows the values
+    (always, but where a guessed edge left them out of the side read: `_from_the_side`)."""
+    return all(h.known(rank) for h in hists.values() for rank in cont_ranks(q, h.n)[:2])
+
+
 def quantile_reading(
     warehouse: Warehouse,
     narrowed: Callable[[str], str],
@@ -228,6 +398,7 @@ def quantile_reading(
     q: float,
     units_table: str,
     count_column: str,
+    side_table: str | None = None,
 ) -> tuple[dict[str, dict[int, float]], dict[str, float], dict[str, QuantileClusterSums]]:
     """Per arm: the order statistics within `bracket_margin` ranks of the sample quantile x_q
     (the bracket's ranks usually lie there), x_q itself (`percentile_cont`), and the sums of
@@ -244,18 +415,19 @@ def quantile_reading(
     (Spark, BigQuery) gets the order statistics first and x_q as a bound value in a second
     pass. Where such an engine keeps step tables as tables of the schema (Spark), the rows
     are joined once, into a scratch table both passes read. A p95 reads ~5% of the events
-    past the scan.
+    past the scan. `side_table`: such a table written beforehand (its rows a superset of the
+    side), which both passes read and the caller drops.
     """
     if not hists:
         return {}, {}, {}
     reading = _QuantileReading(hists, q, params, count_column)
     dialect = warehouse.sql_dialect
-    if dialect.materialized:
+    if dialect.materialized and side_table is None:
         values, side_sums = reading.rows_read(warehouse.query(*reading.one_pass(narrowed)))
         estimates = reading.estimates(values)
     else:
-        table = None
-        if dialect.shared_step_tables:
+        table = side_table
+        if table is None and dialect.shared_step_tables:
             digest = hashlib.sha1(count_column.encode()).hexdigest()[:6]
             table = quote_ident(scratch_table_name(units_table, f"ab_qside_{digest}"))
             create = f"CREATE TABLE {table} AS {reading.side(narrowed)}"
@@ -267,7 +439,7 @@ def quantile_reading(
             sums_sql = reading.sums_pass(narrowed, estimates, table)
             _, side_sums = reading.rows_read(warehouse.query(*sums_sql))
         finally:
-            if table:
+            if table and side_table is None:
                 warehouse.execute(f"DROP TABLE IF EXISTS {table}")
     units = warehouse.query(
         f"""SELECT arm, COUNT(*) AS units, SUM({reading.column}) AS sn,
@@ -346,9 +518,11 @@ class _QuantileReading:
 
     _RANKED = """SELECT arm, v, ROW_NUMBER() OVER (PARTITION BY arm ORDER BY v) AS rn
               FROM side WHERE {in_span}"""
-    _PER_UNIT = """SELECT s.arm AS arm, s.unit_id AS unit_id, MAX(s.n_i) AS n_i,
-                     SUM(CASE WHEN s.v {side} {x_q} THEN 1 ELSE 0 END) AS j_i
+    # Only units with J_i > 0 add to the sums: the rows on x_q's far side are grouped, not
+    # every row read (a side read from a lower edge holds more).
+    _PER_UNIT = """SELECT s.arm AS arm, s.unit_id AS unit_id, MAX(s.n_i) AS n_i, COUNT(*) AS j_i
               FROM side s{join}
+              WHERE s.v {side} {x_q}
               GROUP BY s.arm, s.unit_id"""
     _SUMS = """SELECT arm, 0 AS rn, CAST(NULL AS DOUBLE PRECISION) AS v,
                    SUM(j_i) AS sj, SUM(j_i * j_i) AS sjj, SUM(j_i * n_i) AS sjn

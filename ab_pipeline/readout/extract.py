@@ -35,7 +35,7 @@ from ab_pipeline.metrics import KINDS, in_column_order, kind_of
 # re-exported for the extract's readers.
 from ab_pipeline.metrics.base import SqlParams as _Params
 from ab_pipeline.metrics.base import before_window_end as _before_window_end
-from ab_pipeline.metrics.base import conditional_aggregate
+from ab_pipeline.metrics.base import conditional_aggregate, quantile_extreme_column
 from ab_pipeline.metrics.base import covariate_column as covariate_column
 from ab_pipeline.metrics.base import interval as _interval
 from ab_pipeline.metrics.base import metric_column as metric_column
@@ -160,8 +160,10 @@ class ExtractPlan:
       (DuckDB's `rowid`: an integer, cheaper to group and join than a unit id string);
     - `dialect`: the engine's name, whose `hash_bucket` splits units into partitions;
     - `steps`: where the steps' tables live (session-local, or beside the units table where
-      the dialect asks for `shared_step_tables`).
-    All five come from the engine's dialect module (`Dialect`).
+      the dialect asks for `shared_step_tables`);
+    - `stores_histograms`: False where the dialect `quantiles_by_edge` (the analysis then
+      finds each quantile's order statistics without a histogram: `metrics.quantile`).
+    All six come from the engine's dialect module (`Dialect`).
     """
 
     histograms_in_pass: bool = True
@@ -169,6 +171,7 @@ class ExtractPlan:
     unit_key: str = "unit_id"
     dialect: str = "duckdb"
     steps: StepTables = StepTables()
+    stores_histograms: bool = True
 
     def partition_filter(self, part: int, *aliases: str) -> str:
         """` AND <hash bucket of alias.unit_id> = part` per alias, or nothing unpartitioned."""
@@ -191,6 +194,7 @@ class ExtractPlan:
             steps=StepTables(units_table_name(config, run_date))
             if dialect.shared_step_tables
             else StepTables(),
+            stores_histograms=not dialect.quantiles_by_edge,
         )
         if dialect.memory_limit_sql is None:
             return plan
@@ -290,10 +294,11 @@ def build_units_sql(
     join's and aggregate's memory to itself: at 10M units under DuckDB's 1 GB cap, faster than
     one statement with the same steps as CTEs (docs/benchmarks.md).
 
-    Quantile metrics' histograms are stored too: with `plan.histograms_in_pass`, as a second
-    grouping set of the metric pass (`_quantile_histograms`); otherwise by a pass of their own
-    over the events joined to the new units table (`_histogram_pass`). `plan` defaults to one
-    unpartitioned pass joined on `unit_id`, SQL that runs on any engine.
+    Quantile metrics' histograms are stored too (unless `plan.stores_histograms` is False):
+    with `plan.histograms_in_pass`, as a second grouping set of the metric pass
+    (`_quantile_histograms`); otherwise by a pass of their own over the events joined to the
+    new units table (`_histogram_pass`). `plan` defaults to one unpartitioned pass joined on
+    `unit_id`, SQL that runs on any engine.
     """
     plan = plan or ExtractPlan()
     window = RunWindow.of(config, run_date)
@@ -327,16 +332,21 @@ def build_units_sql(
     aliases = {name: step.alias for step in side_steps for name in step.metrics}
     plain = [(n, m, k) for n, m, k in ordered if n not in aliases]
     quantiles = {n: m for n, m, k in ordered if k.stores_histogram}
+    # Histograms stored, or (`quantiles_by_edge`) each unit's extreme value instead.
+    histogrammed, extremes = (quantiles, {}) if plan.stores_histograms else ({}, quantiles)
     wanted = sorted({event for _, m, k in plain for event in k.pass_events(m)})
     histogram = ""
     if wanted:
         aggregates = "".join(k.pass_aggregates(n, m, params) for n, m, k in plain)
+        aggregates += _quantile_extremes(extremes, params)
         if plan.histograms_in_pass:
-            grouping, histogram = _quantile_histograms(config, run_date, quantiles, params, tables)
+            grouping, histogram = _quantile_histograms(
+                config, run_date, histogrammed, params, tables
+            )
         else:
             grouping = "\nFROM ev GROUP BY ev.unit_key"
-            histogram = _histogram_pass(config, run_date, quantiles, table, params, plan.dialect)
-        with_arm = plan.histograms_in_pass and bool(quantiles)
+            histogram = _histogram_pass(config, run_date, histogrammed, table, params, plan.dialect)
+        with_arm = plan.histograms_in_pass and bool(histogrammed)
         for part in range(plan.partitions):
             into = "INSERT INTO" if part else tables.create
             step_events = _events_of_enrolled(events, wanted, params, plan, with_arm, part)
@@ -354,6 +364,9 @@ SELECT ev.unit_key{aggregates}{grouping}"""
             f"\nLEFT JOIN {step.table} {step.alias} ON {step.alias}.unit_key = u.{plan.unit_key}"
         )
     columns = "".join(k.unit_columns(n, m, aliases.get(n, "a")) for n, m, k in ordered)
+    columns += "".join(
+        f",\n  a.{c} AS {c}" for c in (quote_ident(quantile_extreme_column(n)) for n in extremes)
+    )
     pre_step, pre_columns = _pre_exposure_sql(config, events, params, plan)
     if pre_step:
         steps.append(pre_step)
@@ -422,6 +435,23 @@ FROM (SELECT ev.*{columns}
 GROUP BY GROUPING SETS ({", ".join(sets)})"""
     table = quote_ident(quantile_histogram_table_name(config, run_date))
     return grouping, f"CREATE TABLE {table} AS\n" + "\nUNION ALL\n".join(parts)
+
+
+def _quantile_extremes(quantiles: dict[str, QuantileMetric], params: _Params) -> str:
+    """Per quantile metric, one more conditional aggregate of the metric pass where the
+    extract stores no histogram: each unit's largest value (smallest for q < 0.5), NULL for a
+    unit without one. A unit whose extreme lies beyond a value has at least one event beyond
+    it, which is what the analysis bounds the quantile's side with (`metrics.quantile`)."""
+    aggregates = ""
+    for name, metric in quantiles.items():
+        match = (
+            f"ev.event_name = {params.bind(metric.event)} AND ev.value IS NOT NULL"
+            f"{_before_window_end(metric.window)}"
+        )
+        extreme = "MAX" if metric.quantile >= 0.5 else "MIN"
+        column = quote_ident(quantile_extreme_column(name))
+        aggregates += f",\n      {extreme}(CASE WHEN {match} THEN ev.value END) AS {column}"
+    return aggregates
 
 
 def _histogram_pass(

@@ -35,9 +35,16 @@ def bucket_sql(column: str) -> str:
 
 @dataclass(frozen=True)
 class Bucket:
+    """`count` values, the smallest `low` and the largest `high`; NaN bounds: values whose range
+    was not read (`metrics.quantile` counts the values beyond the side it read so)."""
+
     count: int
     low: float
     high: float
+
+    @property
+    def known(self) -> bool:
+        return not (math.isnan(self.low) or math.isnan(self.high))
 
 
 @dataclass(frozen=True)
@@ -75,9 +82,19 @@ class Histogram:
             before += bucket.count
         raise AssertionError("unreachable: rank checked against n")
 
+    def known(self, rank: int) -> bool:
+        """Whether the bucket holding `rank` has a recorded value range (its values can be read)."""
+        return self.buckets[self.locate(rank)[0]].known
+
     def span(self, first: int, last: int) -> RankSpan:
-        """The value range of the buckets holding ranks `first`..`last`, clipped to 1..n."""
-        first, last = max(1, first), min(self.n, last)
+        """The value range of the buckets holding ranks `first`..`last`, clipped to 1..n and to
+        the ranks of buckets with a known range (`first`, `last` themselves must be in one)."""
+        before, lowest, highest = 0, self.n + 1, 0
+        for bucket in self.buckets:
+            if bucket.known and bucket.count:
+                lowest, highest = min(lowest, before + 1), before + bucket.count
+            before += bucket.count
+        first, last = max(1, lowest, first), min(self.n, highest, last)
         (start, before), (end, _) = self.locate(first), self.locate(last)
         return RankSpan(first, last, self.buckets[start].low, self.buckets[end].high, before)
 
@@ -106,6 +123,27 @@ def histogram_sql(body: str) -> str:
 def histograms(warehouse: Warehouse, body: str, params: dict[str, Any]) -> dict[str, Histogram]:
     """Per arm, the bucket histogram of `e.value` over `body`, in one pass."""
     return _by_arm(warehouse.query(f"{histogram_sql(body)} ORDER BY 1, 2", params))
+
+
+def value_histograms(
+    warehouse: Warehouse,
+    relation: str,
+    where: str,
+    params: dict[str, Any],
+    group: str = "event_name",
+    value: str = "value",
+) -> dict[str, Histogram]:
+    """Per `group` (an event's name, an arm), the bucket histogram of the column `value` over
+    the rows of `relation` (aliased `s`) matching `where`: one scan, no join."""
+    bucket = bucket_sql(value)
+    rows = warehouse.query(
+        f"""SELECT {group} AS arm, {bucket} AS bucket, COUNT(*) AS n,
+                   MIN({value}) AS low, MAX({value}) AS high
+            FROM {relation} AS s WHERE {where} AND {value} IS NOT NULL
+            GROUP BY {group}, {bucket} ORDER BY 1, 2""",
+        params,
+    )
+    return _by_arm(rows)
 
 
 def stored_histograms(warehouse: Warehouse, table: str, metric: str) -> dict[str, Histogram]:
@@ -153,6 +191,8 @@ def order_statistics(
         for rank in sorted(wanted):
             index, _ = hist.locate(rank)
             bucket = hist.buckets[index]
+            if not bucket.known:
+                raise ValueError(f"rank {rank} of arm {arm} lies where no value range is known")
             if bucket.low == bucket.high:
                 found[arm][rank] = bucket.low
             else:

@@ -213,10 +213,13 @@ def clustered_config(quantile: float, prefix: str) -> Any:
     return parse_config(data | {"plan": {"baseline": 0.38, "mde": 0.02}})
 
 
-def load_clustered(warehouse: Warehouse, prefix: str) -> dict[str, dict[str, list[float]]]:
+def load_clustered(
+    warehouse: Warehouse, prefix: str, outliers: bool = True
+) -> dict[str, dict[str, list[float]]]:
     """Units with 0-6 latency events each in the metric's window; a unit-level effect makes
     events within a unit correlate (what the clustered variance is for); events before
-    exposure or after the window must be ignored. Returns {arm: {unit: values}}."""
+    exposure or after the window (huge values, unless `outliers` is False) must be ignored.
+    Returns {arm: {unit: values}}."""
     rng = np.random.default_rng(11)
     create_contract_tables(warehouse, prefix.rstrip("."))
     exposures, events = [], []
@@ -230,6 +233,8 @@ def load_clustered(warehouse: Warehouse, prefix: str) -> dict[str, dict[str, lis
         truth[arm][unit] = values
         for k, value in enumerate(values):
             events.append((unit, "served", first + timedelta(minutes=k + 1), value, None))
+        if not outliers:
+            continue
         events.append((unit, "served", first - timedelta(minutes=5), 1e6, None))  # before
         if i % 5 == 0:  # after the metric's 1-day window: neither counted nor ranked
             events.append((unit, "served", first + timedelta(days=2), 5e5, None))
@@ -293,12 +298,15 @@ def test_clustered_quantile_sums_and_summaries_match_a_brute_force_computation(
 
 
 def test_the_extract_stores_each_quantile_metrics_histogram_as_one_pass_computes_it(
-    warehouse_and_prefix: tuple[Warehouse, str],
+    warehouse_and_prefix: tuple[Warehouse, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two quantile metrics on the same event (with and without a window) get their own
-    histograms from the extract's grouping sets; the analysis without them (a units table built
-    before histograms were stored) computes the same summaries in a pass of its own."""
-    assert_stored_histograms_match_one_pass(*warehouse_and_prefix)
+    histograms from the extract's grouping sets (DuckDB) or pass (PostgreSQL, as a dialect that
+    stored histograms would); the analysis without them (a units table built before
+    histograms were stored) computes the same summaries in a pass of its own."""
+    warehouse, prefix = warehouse_and_prefix
+    monkeypatch.setattr(type(warehouse.sql_dialect), "quantiles_by_edge", False)
+    assert_stored_histograms_match_one_pass(warehouse, prefix)
 
 
 def test_a_metric_pass_split_in_hash_partitions_adds_its_histograms_up(
@@ -308,6 +316,121 @@ def test_a_metric_pass_split_in_hash_partitions_adds_its_histograms_up(
     are the histograms one pass computes."""
     split_metric_pass(monkeypatch, 3)
     assert_stored_histograms_match_one_pass(duckdb_warehouse, "")
+
+
+def histogram_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The bodies of the analysis's full histogram passes (`stats.quantiles.histograms`)."""
+    calls: list[str] = []
+
+    def recorded(warehouse: Warehouse, body: str, params: dict[str, Any]) -> Any:
+        calls.append(body)
+        return histograms(warehouse, body, params)
+
+    monkeypatch.setattr(quantile_kind, "histograms", recorded)
+    return calls
+
+
+def summaries_of(warehouse: Warehouse, config: Any, table: str) -> Any:
+    metric = config.metrics["latency"]
+    assert isinstance(metric, QuantileMetric)
+    return quantile_summaries(warehouse, config, "latency", metric, table, RUN)
+
+
+def stored_then_by_edge(
+    warehouse: Warehouse, config: Any, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """The summaries from a stored histogram; then the engine set to read beyond an edge."""
+    monkeypatch.setattr(type(warehouse.sql_dialect), "quantiles_by_edge", False)
+    expected = summaries_of(warehouse, config, build_units_table(warehouse, config, RUN))
+    assert warehouse.table_exists(quantile_histogram_table_name(config, RUN))
+    monkeypatch.setattr(type(warehouse.sql_dialect), "quantiles_by_edge", True)
+    return dict(expected)
+
+
+@pytest.mark.parametrize(
+    ("quantile", "guessed"), [(0.95, False), (0.05, False), (0.1, True), (0.5, True)], ids=str
+)
+def test_the_side_read_from_an_edge_gives_what_a_stored_histogram_gives(
+    warehouse_and_prefix: tuple[Warehouse, str],
+    quantile: float,
+    guessed: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    executed_statements: list[str],
+) -> None:
+    """Where the engine stores no quantile histogram (Spark), the analysis joins the values
+    from an edge outwards into a scratch table, and reads from it the same order statistics
+    and sums as from a stored histogram, with no pass of a histogram over the joined events;
+    the scratch table is dropped. The edge comes from the units' extreme values where as
+    many units reach it as the tail needs ranks (a p95 or a p5 over ~3 events per unit);
+    for a p10 or a median, which need more ranks than there are units, from one scan of the
+    event."""
+    warehouse, prefix = warehouse_and_prefix
+    load_clustered(warehouse, prefix, outliers=False)
+    config = clustered_config(quantile, prefix)
+    expected = stored_then_by_edge(warehouse, config, monkeypatch)
+    passes = histogram_passes(monkeypatch)
+    guesses: list[float | None] = []
+
+    def guessed_edge(*args: Any) -> float | None:
+        guesses.append(real_guess(*args))
+        return guesses[-1]
+
+    real_guess = quantile_kind.guessed_edge
+    monkeypatch.setattr(quantile_kind, "guessed_edge", guessed_edge)
+    table = build_units_table(warehouse, config, RUN)
+    assert not warehouse.table_exists(quantile_histogram_table_name(config, RUN))
+    executed_statements.clear()
+    assert summaries_of(warehouse, config, table) == expected
+    assert passes == []
+    assert len(guesses) == guessed
+    created = [s for s in executed_statements if s.startswith("CREATE TABLE")]
+    assert len(created) == 1 and "ab_qside_" in created[0], created
+    assert not [t for t in warehouse.table_names(prefix.rstrip(".") or None) if "qside" in t]
+
+
+@pytest.mark.parametrize(
+    ("quantile", "miss"),
+    [(0.95, "estimates"), (0.1, "estimates"), (0.95, "intervals"), (0.1, "intervals")],
+)
+def test_a_guessed_edge_that_misses_an_arms_ranks_costs_a_histogram_pass_not_a_wrong_number(
+    warehouse_and_prefix: tuple[Warehouse, str],
+    quantile: float,
+    miss: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A guessed edge past every value (`estimates`), or one that holds the estimates but not
+    an interval's ranks (`intervals`): the analysis reads a histogram once and gives the
+    stored histogram's numbers."""
+    warehouse, prefix = warehouse_and_prefix
+    truth = load_clustered(warehouse, prefix)
+    config = clustered_config(quantile, prefix)
+    expected = stored_then_by_edge(warehouse, config, monkeypatch)
+    above = quantile >= 0.5
+    edge = 1e9 if above else -1e9
+    if miss == "intervals":  # the estimates' values nearest the interval's far end
+        needed = []
+        for units in truth.values():
+            ordered = np.sort([v for vs in units.values() for v in vs])
+            below, beyond, _ = cont_ranks(quantile, len(ordered))
+            needed.append(float(ordered[below - 1] if above else ordered[beyond - 1]))
+        edge = min(needed) if above else max(needed)
+        assert any(s.lower < edge if above else s.upper > edge for s in expected.values())
+    monkeypatch.setattr(quantile_kind, "_sure_edge", lambda *args: None)  # many events per unit
+    monkeypatch.setattr(quantile_kind, "guessed_edge", lambda *args: edge)
+    passes = histogram_passes(monkeypatch)
+    read_with: list[bool] = []  # per reading: whether its histograms had a bucket not read
+    real_reading = quantile_kind.quantile_reading
+
+    def reading(*args: Any) -> Any:
+        read_with.append(any(not b.known for h in args[3].values() for b in h.buckets))
+        return real_reading(*args)
+
+    monkeypatch.setattr(quantile_kind, "quantile_reading", reading)
+    table = build_units_table(warehouse, config, RUN)
+    assert summaries_of(warehouse, config, table) == expected
+    assert len(passes) == 1
+    # The estimates were read from the side when it held them, else after the pass.
+    assert read_with == [miss == "intervals"]
 
 
 def assert_stored_histograms_match_one_pass(warehouse: Warehouse, prefix: str) -> None:

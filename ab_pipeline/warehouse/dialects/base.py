@@ -9,7 +9,8 @@ attribute here, overridden in that engine's module:
 - how a URL names the engine (`schemes`) and becomes a SQLAlchemy URL (`engine_url`);
 - SQL pieces sqlglot cannot know the intent of (`hash_bucket`, `json_keys_sql`,
   `materialized`);
-- how the extract runs (`unit_key`, `histograms_in_pass`, `prepare_build`);
+- how the extract runs (`unit_key`, `histograms_in_pass`, `quantiles_by_edge`,
+  `prepare_build`);
 - transactions and locks (`read_only_transactions`, `results_lock`).
 
 Text the user wrote (a `sql:` metric, a `{sql: ...}` source) is in the engine's own dialect,
@@ -121,6 +122,10 @@ class Dialect:
     unit_key: ClassVar[str] = "unit_id"
     # Quantile histograms as a grouping set of the metric pass (else a pass of their own).
     histograms_in_pass: ClassVar[bool] = True
+    # No quantile histogram stored by the extract, but each unit's extreme value: the analysis
+    # reads the values beyond an edge taken from them (`metrics.quantile`), where the
+    # histogram's grouping set or pass is dear (Spark).
+    quantiles_by_edge: ClassVar[bool] = False
     # `BEGIN TRANSACTION READ ONLY` around user SELECTs (else the parser's check alone).
     read_only_transactions: ClassVar[bool] = False
     # Reads may run while another process writes (False: DuckDB's single-writer file).

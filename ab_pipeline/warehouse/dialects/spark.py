@@ -345,6 +345,8 @@ class Spark(Dialect):
     read_only_transactions = False
     # Step tables written as tables (Parquet), not cached views: faster at 10 M units.
     shared_step_tables = True
+    # The histogram's grouping set is ~35% of the metric pass at 10 M units (docs/benchmarks.md).
+    quantiles_by_edge = True
 
     conn_types = ("spark_connect",)
 
