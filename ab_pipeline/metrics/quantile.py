@@ -1,6 +1,7 @@
 """Quantile: a quantile of `value` over all matching events of enrolled units (e.g. p95
 latency). The extract counts each unit's events with a value (N_i of the clustered variance)
-and stores a histogram of their values; the analysis reads exact order statistics through it
+and stores a histogram of their values (or, where the engine reads quantiles by an edge, each
+unit's extreme value); the analysis reads exact order statistics through it
 (`quantile_summaries`, below). Compared by the Deng-Knoblich-Lu clustered
 interval; said in the metric's own unit."""
 

@@ -4,7 +4,8 @@ A few statements build the run's units table (each step a temporary table, the l
 them): `unit_id`, `arm`, `first_exposed_at`, `exposures`, `several_arms` (1 when the unit was
 exposed to more than one arm), one `m_<metric>` column per unit-level metric (two for a
 ratio), `n_<metric>` per quantile metric (its events with a value: N_i of the clustered
-variance) and `c_<metric>` per CUPED covariate. Raw events never leave the warehouse; the SQL is
+variance; with `x_<metric>`, its largest or smallest value, where the engine reads quantiles
+by an edge) and `c_<metric>` per CUPED covariate. Raw events never leave the warehouse; the SQL is
 plain enough for DuckDB and PostgreSQL alike (bound parameters, `INTERVAL 'N seconds'`,
 window functions).
 
