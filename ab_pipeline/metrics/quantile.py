@@ -220,8 +220,31 @@ class _Analysed:
 
     def full_histograms(self) -> dict[str, Histogram]:
         """Per arm with two values or more, the histogram of its values, in a pass of its own."""
-        found = histograms(self.warehouse, *self.events())
-        return {arm: h for arm, h in found.items() if h.n >= 2}
+        return _with_two_values(histograms(self.warehouse, *self.events()))
+
+
+def _with_two_values(hists: Mapping[str, Histogram]) -> dict[str, Histogram]:
+    """The arms a quantile is analysed for: those with two values or more."""
+    return {arm: h for arm, h in hists.items() if h.n >= 2}
+
+
+def _side_table_name(units_table: str, count_column: str) -> str:
+    """The quoted scratch table a quantile's reading joins its rows into, beside the units
+    table (one per metric: named after the metric's count column)."""
+    digest = hashlib.sha1(count_column.encode()).hexdigest()[:6]
+    return quote_ident(scratch_table_name(units_table, f"ab_qside_{digest}"))
+
+
+def _unit_sums(
+    warehouse: Warehouse, units_table: str, count_column: str
+) -> dict[str, tuple[int, int, int]]:
+    """Per arm, over its units with a value: (units, sum N_i, sum N_i^2)."""
+    column = quote_ident(count_column)
+    rows = warehouse.query(
+        f"""SELECT arm, COUNT(*) AS units, SUM({column}) AS sn, SUM({column} * {column}) AS snn
+            FROM {quote_ident(units_table)} WHERE {column} > 0 GROUP BY arm"""
+    )
+    return {str(r["arm"]): (int(r["units"]), int(r["sn"]), int(r["snn"])) for r in rows}
 
 
 def quantile_summaries(
@@ -245,8 +268,7 @@ def quantile_summaries(
     analysed = _Analysed(warehouse, config, name, metric, units_table, run_date)
     stored = quantile_histogram_table_name(config, run_date)
     if warehouse.table_exists(stored):
-        found = stored_histograms(warehouse, stored, name)
-        return _summaries(analysed, {arm: h for arm, h in found.items() if h.n >= 2})
+        return _summaries(analysed, _with_two_values(stored_histograms(warehouse, stored, name)))
     if warehouse.sql_dialect.quantiles_by_edge:
         summaries = _from_the_side(analysed)
         if summaries is not None:
@@ -263,14 +285,9 @@ def _from_the_side(analysed: _Analysed) -> dict[str, QuantileSummary] | None:
     then runs on that histogram and table as on a stored one. None when a guessed edge missed
     an arm's estimate (the caller reads a full histogram)."""
     warehouse, metric = analysed.warehouse, analysed.metric
-    count = quote_ident(quantile_count_column(analysed.name))
-    totals = {
-        str(row["arm"]): int(row["n"])
-        for row in warehouse.query(
-            f"SELECT arm, SUM({count}) AS n FROM {quote_ident(analysed.units_table)} "
-            f"WHERE {count} > 0 GROUP BY arm"
-        )
-    }
+    count_column = quantile_count_column(analysed.name)
+    sums = _unit_sums(warehouse, analysed.units_table, count_column)
+    totals = {arm: sn for arm, (_, sn, _) in sums.items()}
     if all(n < 2 for n in totals.values()):
         return {}
     edge = _sure_edge(analysed, totals)
@@ -279,12 +296,11 @@ def _from_the_side(analysed: _Analysed) -> dict[str, QuantileSummary] | None:
     if edge is None:  # not reached: an arm with values has events in the period
         return None
     above = metric.quantile >= 0.5
-    digest = hashlib.sha1(count.encode()).hexdigest()[:6]
-    table = quote_ident(scratch_table_name(analysed.units_table, f"ab_qside_{digest}"))
+    table = _side_table_name(analysed.units_table, count_column)
     side = analysed.narrowed("{v} >= :qedge" if above else "{v} <= :qedge")
     create = (
         f"CREATE TABLE {table} AS SELECT u.arm AS arm, u.unit_id AS unit_id, "
-        f"u.{count} AS n_i, e.value AS v {side}"
+        f"u.{quote_ident(count_column)} AS n_i, e.value AS v {side}"
     )
     warehouse.execute(
         [f"DROP TABLE IF EXISTS {table}", create], analysed.events()[1] | {"qedge": edge}
@@ -296,10 +312,10 @@ def _from_the_side(analysed: _Analysed) -> dict[str, QuantileSummary] | None:
             buckets = read[arm].buckets if arm in read else ()
             rest = (Bucket(n - sum(b.count for b in buckets), math.nan, math.nan),)
             hists[arm] = Histogram(rest + buckets if above else buckets + rest)
-        hists = {arm: h for arm, h in hists.items() if h.n >= 2}
+        hists = _with_two_values(hists)
         if not _estimates_known(hists, metric.quantile):
             return None
-        return _summaries(analysed, hists, table)
+        return _summaries(analysed, hists, table, sums)
     finally:
         warehouse.execute(f"DROP TABLE IF EXISTS {table}")
 
@@ -342,10 +358,14 @@ def _sure_edge(analysed: _Analysed, totals: Mapping[str, int]) -> float | None:
 
 
 def _summaries(
-    analysed: _Analysed, hists: dict[str, Histogram], side_table: str | None = None
+    analysed: _Analysed,
+    hists: dict[str, Histogram],
+    side_table: str | None = None,
+    sums: dict[str, tuple[int, int, int]] | None = None,
 ) -> dict[str, QuantileSummary]:
     """The summaries from per-arm histograms (arms with two values or more): the reading, then
-    the interval's order statistics it did not read."""
+    the interval's order statistics it did not read. `side_table`, `sums`: the reading's
+    scratch table and `_unit_sums`, where the caller has them already."""
     warehouse, metric = analysed.warehouse, analysed.metric
     params = analysed.events()[1]
     values, estimates, clusters = quantile_reading(
@@ -357,6 +377,7 @@ def _summaries(
         analysed.units_table,
         quantile_count_column(analysed.name),
         side_table,
+        sums,
     )
     alpha = analysed.config.decision.alpha
     brackets = {
@@ -400,6 +421,7 @@ def quantile_reading(
     units_table: str,
     count_column: str,
     side_table: str | None = None,
+    per_arm: dict[str, tuple[int, int, int]] | None = None,
 ) -> tuple[dict[str, dict[int, float]], dict[str, float], dict[str, QuantileClusterSums]]:
     """Per arm: the order statistics within `bracket_margin` ranks of the sample quantile x_q
     (the bracket's ranks usually lie there), x_q itself (`percentile_cont`), and the sums of
@@ -417,7 +439,8 @@ def quantile_reading(
     pass. Where such an engine keeps step tables as tables of the schema (Spark), the rows
     are joined once, into a scratch table both passes read. A p95 reads ~5% of the events
     past the scan. `side_table`: such a table written beforehand (its rows a superset of the
-    side), which both passes read and the caller drops.
+    side), which both passes read and the caller drops; `per_arm`: the units table's
+    `_unit_sums`, when the caller read them already.
     """
     if not hists:
         return {}, {}, {}
@@ -429,8 +452,7 @@ def quantile_reading(
     else:
         table = side_table
         if table is None and dialect.shared_step_tables:
-            digest = hashlib.sha1(count_column.encode()).hexdigest()[:6]
-            table = quote_ident(scratch_table_name(units_table, f"ab_qside_{digest}"))
+            table = _side_table_name(units_table, count_column)
             create = f"CREATE TABLE {table} AS {reading.side(narrowed)}"
             warehouse.execute([f"DROP TABLE IF EXISTS {table}", create], reading.bound)
         try:
@@ -442,18 +464,13 @@ def quantile_reading(
         finally:
             if table and side_table is None:
                 warehouse.execute(f"DROP TABLE IF EXISTS {table}")
-    units = warehouse.query(
-        f"""SELECT arm, COUNT(*) AS units, SUM({reading.column}) AS sn,
-                   SUM({reading.column} * {reading.column}) AS snn
-            FROM {quote_ident(units_table)} WHERE {reading.column} > 0 GROUP BY arm"""
-    )
+    if per_arm is None:
+        per_arm = _unit_sums(warehouse, units_table, count_column)
     sums = {}
     above = reading.above
-    for row in units:
-        arm = str(row["arm"])
+    for arm, (n, sn, snn) in per_arm.items():
         if arm not in hists:
             continue
-        n, sn, snn = int(row["units"]), int(row["sn"]), int(row["snn"])
         sj, sjj, sjn = side_sums.get(arm, (0, 0, 0))
         si, sii, sin = (sn - sj, snn - 2 * sjn + sjj, snn - sjn) if above else (sj, sjj, sjn)
         sums[arm] = QuantileClusterSums(
