@@ -130,7 +130,7 @@ def test_the_built_wheel_renders_a_brief_and_loads_the_suites_without_the_checko
     assert all(Path(f).is_relative_to(install) for f in used["modules"]), used["modules"]
     assert Path(used["templates"]) == package / "templates"
     assert Path(used["suites_dir"]) == package / "expectations"
-    assert used["suites"] == ["contract", "exposures", "events", "units"]
+    assert used["suites"] == ["contract", "exposures", "arms", "events", "units"]
     # The same brief the checkout renders from its own templates.
     here = render_brief(json.loads(FIXTURE.read_text()))
     assert (used["subject"], used["text"], used["charts"]) == (

@@ -5,7 +5,8 @@ The suites are JSON files in `expectations/` (versioned with the code), one per 
 - `contract.json`: the column types of the exposures and events tables (information_schema),
   or of a source query's result (`source_query_columns()`: the query run with LIMIT 0); when it
   fails, the other suites are not run (their comparisons assume those types);
-- `exposures.json`: this experiment's exposures (nulls, arms, window, one arm per unit);
+- `exposures.json`: this experiment's exposures, row by row (nulls, configured arms, window);
+- `arms.json`: the same exposures, unit by unit (one arm per unit);
 - `events.json`: events of enrolled units, plus unattributable events (no unit_id) in the
   experiment's period (nulls, data from the future, experiment tags);
 - `units.json`: the run's units table (internal/bot traffic left after exclusion; every
@@ -80,7 +81,7 @@ if TYPE_CHECKING:
     from ab_pipeline.warehouse import Dialect as WarehouseDialect
 
 SUITES_DIR = data_dir("expectations")
-SUITE_FILES = ("contract.json", "exposures.json", "events.json", "units.json")
+SUITE_FILES = ("contract.json", "exposures.json", "arms.json", "events.json", "units.json")
 MAX_EXAMPLES = 5
 # The largest magnitude a metric value may have. No product measure (milliseconds, cents,
 # counts) comes near it, while sums of squares over a hundred million units stay far below
@@ -652,9 +653,11 @@ def _batch_query(run: _GateRun, template: dict[str, Any]) -> Iterator[str]:
         yield render(query)
         return
     table = quote_ident(scratch_table_name(run.values.units_table, f"ab_dq_{template['name']}"))
-    execute = dialect_for(url).gx_execute
+    dialect = dialect_for(url)
     drop = render(f"DROP TABLE IF EXISTS {table}")
-    execute(run.datasource, [drop, render(f"CREATE TABLE {table} AS {query}")], url)
+    create = render(f"{dialect.scratch_table} {table} AS {query}")
+    execute = dialect.gx_execute
+    execute(run.datasource, [drop, create], url)
     try:
         yield render(f"SELECT * FROM {table}")
     finally:

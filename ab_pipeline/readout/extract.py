@@ -228,16 +228,27 @@ def partitions_for(exposure_rows: int, memory_limit: str) -> int:
     return max(1, math.ceil(exposure_rows / capacity))
 
 
-def _enrolled_sql(exposures: str) -> str:
+def _enrolled_sql(exposures: str, arms: list[str], params: _Params) -> str:
     """Enrolled units from the experiment's exposures in one GROUP BY over them.
 
-    The arm is the first exposure's (ties on the timestamp: the smallest arm): `MIN(arm)` for
-    a unit seen in one arm. Units seen in several arms get their first exposure's arm in a
-    second step (`_first_arm_sql`), so this aggregate stays a cheap one (no arg_min over a
-    composite key, no join of every unit).
+    The arms are compared by their position among the configured arms (an integer: no string
+    kept per unit while the units are grouped, which PostgreSQL copies for every unit and Spark
+    cannot hold in a hash aggregate's buffer). A unit seen in one configured arm gets it here;
+    a unit seen in several arms, or in an arm not configured (or in none: a null arm), is
+    flagged `several_arms` and settled by a second, exact step (`_first_arm_sql`), so this
+    aggregate stays a cheap one (no arg_min over a composite key, no join of every unit).
     """
+    names = [params.bind(arm) for arm in arms]
+    # The arm's position; -1 for an arm not configured, NULL for a null arm (ignored, as MIN
+    # and MAX of the names would ignore it). Compared as text: an integer arm column still
+    # reaches the data-quality gate, whose contract check names it.
+    known = " ".join(f"WHEN CAST(arm AS TEXT) = {n} THEN {i}" for i, n in enumerate(names))
+    code = f"CASE {known} WHEN arm IS NOT NULL THEN -1 END"
+    first = f"MIN({code})"
+    named = " ".join(f"WHEN {i} THEN {n}" for i, n in enumerate(names))
     return f"""SELECT unit_id, MIN(exposed_at) AS first_exposed_at, COUNT(*) AS exposures,
-       MIN(arm) AS arm, CASE WHEN MIN(arm) = MAX(arm) THEN 0 ELSE 1 END AS several_arms
+       CASE {first} {named} END AS arm,
+       CASE WHEN {first} = MAX({code}) AND {first} >= 0 THEN 0 ELSE 1 END AS several_arms
 FROM {exposures} AS x
 WHERE experiment_key = :key
   AND exposed_at >= :start AND exposed_at < :end_exclusive AND exposed_at < :run_end
@@ -247,13 +258,17 @@ HAVING NOT (:exclude_internal AND MAX(CASE WHEN is_internal THEN 1 ELSE 0 END) =
 
 
 def _first_arm_sql(exposures: str, enrolled: str) -> str:
-    """Units seen in several arms: the arm of their first exposure (ties: the smallest arm)."""
-    return f"""UPDATE {enrolled} SET arm = f.arm
+    """The units the enrolled step flagged: the arm of their first exposure (ties: the smallest
+    arm) and whether they were seen in more than one arm, from their exposures in the period
+    (few units: those seen in several arms or in an arm not configured)."""
+    return f"""UPDATE {enrolled} SET arm = f.arm, several_arms = f.several_arms
 FROM (
-  SELECT p.unit_id, MIN(x.arm) AS arm
+  SELECT p.unit_id, MIN(CASE WHEN x.exposed_at = p.first_exposed_at THEN x.arm END) AS arm,
+         CASE WHEN MIN(x.arm) = MAX(x.arm) THEN 0 ELSE 1 END AS several_arms
   FROM {enrolled} p
-  JOIN {exposures} x ON x.unit_id = p.unit_id AND x.exposed_at = p.first_exposed_at
+  JOIN {exposures} x ON x.unit_id = p.unit_id
   WHERE p.several_arms = 1 AND x.experiment_key = :key
+    AND x.exposed_at >= :start AND x.exposed_at < :end_exclusive AND x.exposed_at < :run_end
   GROUP BY p.unit_id
 ) f
 WHERE f.unit_id = {enrolled}.unit_id"""
@@ -316,7 +331,8 @@ def build_units_sql(
     events = source_relation(config.source, "events", plan.dialect)
     tables = plan.steps
     steps = [
-        f"{tables.create} {tables.ref(ENROLLED)} AS {_enrolled_sql(exposures)}",
+        f"{tables.create} {tables.ref(ENROLLED)} AS "
+        + _enrolled_sql(exposures, list(config.arms), params),
         _first_arm_sql(exposures, tables.ref(ENROLLED)),
     ]
     joins = ""

@@ -56,12 +56,15 @@ def make_config(schema: str = "", **overrides: Any) -> ExperimentConfig:
 
 def random_data(seed: int, units: int = 300) -> tuple[list[Exposure], list[Event]]:
     rng = random.Random(seed)
+    unknown = random.Random(-seed)  # its own stream: the data of `rng` stays as it was
     base = datetime(2026, 5, 4)
     exposures: list[Exposure] = []
     events: list[Event] = []
     for i in range(units):
         unit = f"u{i:04d}"
         arm = rng.choice(["control", "treatment"])
+        if unknown.random() < 0.03:  # no configured arm: the enrolled step flags such units
+            arm = "holdout"
         first = base + timedelta(minutes=rng.randrange(0, 30 * 24 * 60))  # some after END
         internal, bot = rng.random() < 0.05, rng.random() < 0.05
         for k in range(rng.choice([1, 1, 2, 3])):
@@ -69,8 +72,10 @@ def random_data(seed: int, units: int = 300) -> tuple[list[Exposure], list[Event
                 (KEY, unit, arm, first + timedelta(hours=5 * k), internal and k == 1, bot, None)
             )
         crossed = rng.random()
-        if crossed < 0.1:  # also seen in the other arm: later, or at the very same instant
+        if crossed < 0.1:  # also seen in another arm: later, or at the very same instant
             other = "treatment" if arm == "control" else "control"
+            if unknown.random() < 0.3:
+                other = "holdout" if arm != "holdout" else "treatment"
             at = first if crossed < 0.05 else first + timedelta(minutes=30)
             exposures.append((KEY, unit, other, at, False, False, None))
         exposures.append(("other-exp", unit, "x", first, False, False, None))
@@ -205,7 +210,7 @@ def test_the_metric_pass_is_split_by_exposures_per_gib_of_the_memory_limit(
     assert partitions_for(rows, limit) == partitions
 
 
-def test_postgresql_plan_joins_on_unit_id_in_one_pass_and_stores_no_histogram(
+def test_postgresql_plan_joins_on_row_addresses_in_one_pass_and_stores_no_histogram(
     postgres_schema: tuple[Warehouse, str],
 ) -> None:
     warehouse, schema = postgres_schema
@@ -214,7 +219,7 @@ def test_postgresql_plan_joins_on_unit_id_in_one_pass_and_stores_no_histogram(
     assert plan == ExtractPlan(
         histograms_in_pass=False,
         partitions=1,
-        unit_key="unit_id",
+        unit_key="ctid",  # the enrolled row's address: the steps group and join on it
         dialect="postgresql",
         steps=StepTables(units_table_name(config, END)),  # beside the units table, UNLOGGED
         stores_histograms=False,  # quantiles read beyond an edge (`quantiles_by_edge`)

@@ -91,6 +91,34 @@ def test_postgresql_sessions_sort_in_memory_unless_the_url_sets_work_mem() -> No
     assert Warehouse(own).query("SHOW work_mem") == [{"work_mem": "8MB"}]
 
 
+def test_postgresql_data_quality_sessions_price_parallel_workers_at_no_cost() -> None:
+    """Great Expectations' sessions (the suites' scans of the raw tables) plan parallel
+    workers at no cost; the pipeline's own sessions keep PostgreSQL's costs. A URL's own
+    options (a search_path) are kept, and a cost the URL sets wins."""
+    from sqlalchemy import text
+
+    from ab_pipeline.gates.data_quality import _datasource
+
+    url = "postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3Dpg_catalog"
+    shown = "SELECT current_setting('parallel_tuple_cost') AS tuple_cost, " + (
+        "current_setting('parallel_setup_cost') AS setup_cost, "
+        "current_setting('work_mem') AS work_mem, current_setting('search_path') AS path"
+    )
+    with _datasource(url) as datasource:
+        engine = datasource.get_execution_engine().engine
+        with engine.connect() as connection:
+            row = dict(connection.execute(text(shown)).one()._mapping)
+    assert row == {"tuple_cost": "0", "setup_cost": "0", "work_mem": "256MB", "path": "pg_catalog"}
+    own = Warehouse(url).query(shown)[0]
+    assert (own["tuple_cost"], own["setup_cost"], own["work_mem"]) == ("0.1", "1000", "256MB")
+    costly = url + "%20-c%20parallel_tuple_cost%3D0.5"
+    with _datasource(costly) as datasource:
+        engine = datasource.get_execution_engine().engine
+        with engine.connect() as connection:
+            kept = dict(connection.execute(text(shown)).one()._mapping)
+    assert (kept["tuple_cost"], kept["setup_cost"]) == ("0.5", "0")
+
+
 def test_postgresql_analyses_each_filled_table_once_and_plans_the_units_join_in_parallel() -> None:
     postgresql = dialect_named("postgresql")
     build = ["CREATE UNLOGGED TABLE s AS x", 'CREATE TABLE "u" AS y', "CREATE TABLE h AS z"]

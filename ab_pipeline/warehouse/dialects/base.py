@@ -137,6 +137,13 @@ class Dialect:
     # A LIMIT stops a scan early, so a sample of a few thousand rows is cheap (False where
     # the engine bills every byte of the columns a query reads, LIMIT or not: BigQuery).
     samples_cheaply: ClassVar[bool] = True
+    # How a scratch table that one task writes, reads and drops is created (PostgreSQL: an
+    # UNLOGGED table, written without the write-ahead log; lost in a crash with the task).
+    scratch_table: ClassVar[str] = "CREATE TABLE"
+    # A quantile's few events (a value range) read through a `MATERIALIZED` CTE, so the join
+    # hashes them and streams the units past them (False: PostgreSQL scans such a CTE in the
+    # leader alone, and hashes the units in parallel workers faster).
+    narrows_in_cte: ClassVar[bool] = True
 
     # Airflow connection types that name this engine (`url_from_connection`).
     conn_types: ClassVar[tuple[str, ...]] = ()

@@ -26,6 +26,13 @@ class PostgreSQL(Dialect):
     read_only_transactions = True
     # A join to a temporary table runs serially; to an UNLOGGED table, in parallel workers.
     shared_step_tables = True
+    scratch_table = "CREATE UNLOGGED TABLE"
+    narrows_in_cte = False
+    # The step tables carry the enrolled row's address (a tid: six bytes, hashed as such since
+    # PostgreSQL 14) instead of the unit id: the metric passes group by it and the units
+    # table's join matches on it (docs/benchmarks.md, 2026-12-05). The build runs in one
+    # transaction, and no statement moves an enrolled row after the passes read it.
+    unit_key = "ctid"
     # Memory per sort or hash of the pipeline's sessions (PostgreSQL's default, 4MB, sends the
     # extract's joins and per-unit aggregates, and the data-quality queries' of a large
     # experiment, to disk in batches). A URL whose `options` set work_mem keeps its own.
@@ -62,16 +69,20 @@ class PostgreSQL(Dialect):
         return url
 
     def engine_url(self, url: str) -> str:
-        from urllib.parse import parse_qsl, urlencode
+        return _with_settings(url, {"work_mem": self.work_mem})
 
-        base, _, query = url.partition("?")
-        settings = dict(parse_qsl(query))
-        # A URL's own options (a search_path, say) replace libpq's whole `options`: the
-        # work_mem setting is added to them, unless they set work_mem themselves.
-        options = settings.get("options", "")
-        if "work_mem" not in options:
-            settings["options"] = f"{options} -c work_mem={self.work_mem}".strip()
-        return f"{base}?{urlencode(settings)}"
+    def gx_datasource(self, context: Any, name: str, url: str) -> Any:
+        """GX's SQL datasource, its sessions planning parallel plans at no cost of their own.
+
+        The data-quality suites scan the raw exposures and events whole, with filters whose
+        selectivity the planner cannot know (an OR of null checks, say) or a GROUP BY per unit;
+        at the default costs of starting workers and handing rows to the leader such a query
+        runs in one process. In two workers the events batch takes 0.9 s instead of 1.6 s at
+        1 M units (docs/benchmarks.md, 2026-12-05). Not for every session: the extract's
+        aggregates and the analysis's small ones were as fast or slower so."""
+        settings = {"work_mem": self.work_mem} | dict.fromkeys(PARALLEL_COSTS, "0")
+        url = _with_settings(self.normalize_url(url), settings)
+        return context.data_sources.add_sql(name=name, connection_string=url)
 
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"(abs(hashtext({column})) % {buckets})"
@@ -116,3 +127,16 @@ class PostgreSQL(Dialect):
 
 
 DIALECT = PostgreSQL()
+
+
+def _with_settings(url: str, wanted: Mapping[str, str]) -> str:
+    """`url` whose libpq `options` set each of `wanted` the URL does not set itself (a URL's
+    own options, a search_path say, replace libpq's whole `options`: they are kept)."""
+    from urllib.parse import parse_qsl, urlencode
+
+    base, _, query = url.partition("?")
+    settings = dict(parse_qsl(query))
+    options = settings.get("options", "")
+    added = [f"-c {name}={value}" for name, value in wanted.items() if name not in options]
+    settings["options"] = " ".join([options, *added]).strip()
+    return f"{base}?{urlencode(settings)}"
