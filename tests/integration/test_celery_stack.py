@@ -193,8 +193,17 @@ def test_runs_and_backfill_on_celery(
 
 
 def assert_the_worker_executed(running: Stack, ran: list[dict[str, Any]]) -> None:
-    """The Celery worker's own log names every successful task instance it executed."""
+    """The Celery worker's own log names every successful task instance it executed.
+
+    A task instance is marked success by its task process before the worker logs that the
+    Celery task returned: the last task's line may come a moment after the run's state, so the
+    log is read again until it has a line per task (or 60 s have passed)."""
+    succeeded = re.compile(r"Task execute_workload\[[0-9a-f-]+\] succeeded")
+    deadline = time.monotonic() + 60
     log = running.log("worker").read_text(errors="replace")
+    while len(succeeded.findall(log)) < len(ran) and time.monotonic() < deadline:
+        time.sleep(1)
+        log = running.log("worker").read_text(errors="replace")
     executed = set(
         re.findall(
             r"Executing workload in Celery: .*?task_id='([^']+)', dag_id='([^']+)', "
@@ -203,7 +212,7 @@ def assert_the_worker_executed(running: Stack, ran: list[dict[str, Any]]) -> Non
         )
     )
     assert {(t["task_id"], DAG_ID, t["run_id"]) for t in ran} <= executed
-    assert len(re.findall(r"Task execute_workload\[[0-9a-f-]+\] succeeded", log)) >= len(ran)
+    assert len(succeeded.findall(log)) >= len(ran)
 
 
 def assert_results_tables(
