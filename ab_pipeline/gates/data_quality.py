@@ -656,12 +656,11 @@ def _batch_query(run: _GateRun, template: dict[str, Any]) -> Iterator[str]:
     dialect = dialect_for(url)
     drop = render(f"DROP TABLE IF EXISTS {table}")
     create = render(f"{dialect.scratch_table} {table} AS {query}")
-    execute = dialect.gx_execute
-    execute(run.datasource, [drop, create], url)
+    dialect.gx_execute(run.datasource, [drop, create], url)
     try:
         yield render(f"SELECT * FROM {table}")
     finally:
-        execute(run.datasource, [drop], url)
+        dialect.gx_execute(run.datasource, [drop], url)
 
 
 def _applies(expectation: dict[str, Any], values: ExperimentValues) -> bool:

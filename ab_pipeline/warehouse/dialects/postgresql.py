@@ -80,9 +80,8 @@ class PostgreSQL(Dialect):
         runs in one process. In two workers the events batch takes 0.9 s instead of 1.6 s at
         1 M units (docs/benchmarks.md, 2026-12-05). Not for every session: the extract's
         aggregates and the analysis's small ones were as fast or slower so."""
-        settings = {"work_mem": self.work_mem} | dict.fromkeys(PARALLEL_COSTS, "0")
-        url = _with_settings(self.normalize_url(url), settings)
-        return context.data_sources.add_sql(name=name, connection_string=url)
+        free = _with_settings(url, dict.fromkeys(PARALLEL_COSTS, "0"))
+        return super().gx_datasource(context, name, free)
 
     def hash_bucket(self, column: str, buckets: int) -> str:
         return f"(abs(hashtext({column})) % {buckets})"
