@@ -14,6 +14,7 @@ from typing import Any
 from ab_pipeline.core.config import ExperimentConfig
 from ab_pipeline.stats.statistics import srm_test
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import EXPOSURE_DAY
 from ab_pipeline.warehouse.sources import source_relation
 
 MAX_PROPERTIES = 10  # property keys broken down
@@ -56,7 +57,7 @@ def by_day(
     warehouse: Warehouse, config: ExperimentConfig, units_table: str
 ) -> list[dict[str, Any]]:
     rows = warehouse.query(
-        f"""SELECT CAST(first_exposed_at AS DATE) AS day, arm, COUNT(*) AS units
+        f"""SELECT {EXPOSURE_DAY} AS day, arm, COUNT(*) AS units
             FROM {quote_ident(units_table)} GROUP BY 1, 2 ORDER BY 1, 2"""
     )
     return [

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from ab_pipeline.core.formatting import fmt_count, fmt_num
 from ab_pipeline.stats.statistics import MeanSummary
 from ab_pipeline.warehouse import Warehouse, quote_ident
-from ab_pipeline.warehouse.run_tables import StepTables
+from ab_pipeline.warehouse.run_tables import EXPOSURE_DAY, StepTables
 
 if TYPE_CHECKING:
     from ab_pipeline.core.config import Cuped, ExperimentConfig, Unless
@@ -105,14 +105,23 @@ def conditional_aggregate(how: str, match: str, value: str = "ev.value") -> str:
     return f"SUM(CASE WHEN {match} THEN COALESCE({value}, 0) ELSE 0 END)"
 
 
+# The metric pass's table (`StepTables`), which a side step that `settles` reads.
+METRIC_PASS_STEP = "metrics"
+
+
 class SideStep(NamedTuple):
     """A step of the extract of its own (a temporary table joined onto the units), for metrics
-    whose aggregate cannot be one more column of the shared metric pass."""
+    whose aggregate cannot be one more column of the shared metric pass.
+
+    With `settles`, the metrics stay in the pass, whose column is NULL for a unit its
+    aggregates cannot decide; the step computes them for those units only, and the kind's
+    `unit_columns` takes the step's value where the pass left NULL."""
 
     statement: str
     table: str
     alias: str
     metrics: tuple[str, ...]
+    settles: bool = False
 
 
 # Enrolled units' events with the given names (a SELECT giving unit_key, event_name,
@@ -167,9 +176,11 @@ class MetricKind(ABC, Generic[M]):
         params: SqlParams,
         events_of_enrolled: EventsOfEnrolled,
         tables: StepTables,
+        settle: bool = True,
     ) -> SideStep | None:
         """A step of its own for some of this kind's metrics (then left out of the pass), its
-        table created and named as `tables` says."""
+        table created and named as `tables` says; with `settle`, a step that `settles` them
+        where the pass can leave them undecided (the engine's choice: `ExtractPlan`)."""
         return None
 
     def unit_columns(self, name: str, metric: M, alias: str) -> str:
@@ -308,11 +319,11 @@ def unit_cohort_stats(warehouse: Warehouse, column: str, units_table: str) -> li
     column = quote_ident(column)
     rows = warehouse.query(
         f"""
-        SELECT CAST(first_exposed_at AS DATE) AS day, arm,
+        SELECT {EXPOSURE_DAY} AS day, arm,
                COUNT({column}) AS n, AVG({column}) AS mean, VAR_SAMP({column}) AS var
         FROM {quote_ident(units_table)}
         WHERE {column} IS NOT NULL
-        GROUP BY CAST(first_exposed_at AS DATE), arm
+        GROUP BY {EXPOSURE_DAY}, arm
         ORDER BY 1, 2
         """
     )

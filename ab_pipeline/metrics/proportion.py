@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from ab_pipeline.core.config import ProportionMetric, Unless
 from ab_pipeline.core.formatting import fmt_count, fmt_pct, fmt_pp
 from ab_pipeline.metrics.base import (
+    METRIC_PASS_STEP,
     EventsOfEnrolled,
     SideStep,
     SqlParams,
@@ -22,12 +23,15 @@ from ab_pipeline.metrics.base import (
     conditional_aggregate,
     interval,
     metric_column,
+    window_complete,
 )
 from ab_pipeline.stats.statistics import Comparison, MeanSummary, compare_proportions
 from ab_pipeline.warehouse import quote_ident
 
-# The `unless` step's table (`StepTables`; dropped when the units table is built).
+# The `unless` step's table (`StepTables`; dropped when the units table is built) and its alias
+# in the units table's join.
 UNLESS_STEP = "unless"
+UNLESS_ALIAS = "ua"
 
 
 class ProportionKind(UnitValueKind[ProportionMetric]):
@@ -48,6 +52,10 @@ class ProportionKind(UnitValueKind[ProportionMetric]):
     def per_unit_how(self, metric: ProportionMetric) -> str | None:
         return "any" if metric.event is not None else None
 
+    def pass_events(self, metric: ProportionMetric) -> list[str]:
+        unless = [metric.unless.event] if metric.unless is not None else []
+        return [*super().pass_events(metric), *unless]
+
     def aggregate(
         self, metric: ProportionMetric, params: SqlParams, unless_column: str | None
     ) -> str:
@@ -57,15 +65,44 @@ class ProportionKind(UnitValueKind[ProportionMetric]):
             match += f" AND NOT COALESCE({spoiled}, FALSE)"
         return conditional_aggregate("any", match)
 
+    def pass_aggregates(self, name: str, metric: ProportionMetric, params: SqlParams) -> str:
+        if metric.unless is None:
+            return super().pass_aggregates(name, metric, params)
+        return f",\n      {self._decided(metric, params)} AS {quote_ident(metric_column(name))}"
+
+    def _decided(self, metric: ProportionMetric, params: SqlParams) -> str:
+        """The metric with `unless` from four timestamps per unit, in the shared pass: its
+        first and last event in the window (s1, s2), its first and last `unless` event (t1,
+        t2). 0 without such an event; 1 with no `unless` event, or when the last event follows
+        every `unless` event (s2 > t2), or the first one precedes them all by more than `within`
+        (s1 + within < t1): that event is not spoiled. 0 when every `unless` event is at one
+        instant t (t1 = t2): then every event lies in [t - within, t], so each one is spoiled.
+        NULL otherwise (several `unless` events around the unit's events): `side_step` settles
+        such units from their ordered events."""
+        assert metric.unless is not None
+        event = f"ev.event_name = {params.bind(metric.event)}{before_window_end(metric.window)}"
+        spoiler = f"ev.event_name = {params.bind(metric.unless.event)}"
+        s1, s2 = (f"{f}(CASE WHEN {event} THEN ev.occurred_at END)" for f in ("MIN", "MAX"))
+        t1, t2 = (f"{f}(CASE WHEN {spoiler} THEN ev.occurred_at END)" for f in ("MIN", "MAX"))
+        within = interval(metric.unless.within)
+        return (
+            f"CASE WHEN {s2} IS NULL THEN 0 WHEN {t2} IS NULL THEN 1"
+            f" WHEN {s2} > {t2} OR {s1} + {within} < {t1} THEN 1"
+            f" WHEN {t1} = {t2} THEN 0 END"
+        )
+
     def side_step(
         self,
         metrics: Mapping[str, ProportionMetric],
         params: SqlParams,
         events_of_enrolled: EventsOfEnrolled,
         tables: StepTables,
+        settle: bool = True,
     ) -> SideStep | None:
-        """Proportions with an `unless` rule, apart from the other metrics: the window function
-        (next `unless` event after each event, per unit) sorts only these events."""
+        """Proportions with an `unless` rule: the window function (next `unless` event after
+        each event, per unit) over their events apart from the pass. With `settle`, only for
+        the units the pass left undecided (`_decided`; with none, the join finds no unit and
+        reads no event); else for every unit, the metrics then left out of the pass."""
         spoilable = {name: m for name, m in metrics.items() if m.unless}
         if not spoilable:
             return None
@@ -84,9 +121,19 @@ class ProportionKind(UnitValueKind[ProportionMetric]):
             for name, m in spoilable.items()
             if m.unless
         )
+        events = events_of_enrolled(names)
+        if settle:
+            undecided = " OR ".join(
+                f"p.{quote_ident(metric_column(name))} IS NULL" for name in spoilable
+            )
+            events = f"""SELECT ev.* FROM (
+  {events}
+  ) ev
+  JOIN (SELECT p.unit_key FROM {tables.ref(METRIC_PASS_STEP)} p WHERE {undecided}) f
+    ON f.unit_key = ev.unit_key"""
         statement = f"""{tables.create} {tables.ref(UNLESS_STEP)} AS
 WITH uev AS (
-  {events_of_enrolled(names)}
+  {events}
 ),
 useq AS (
   SELECT ev.*{next_unless}
@@ -94,7 +141,18 @@ useq AS (
 )
 SELECT ev.unit_key{aggregates}
 FROM useq ev GROUP BY ev.unit_key"""
-        return SideStep(statement, tables.ref(UNLESS_STEP), "ua", tuple(spoilable))
+        return SideStep(
+            statement, tables.ref(UNLESS_STEP), UNLESS_ALIAS, tuple(spoilable), settles=settle
+        )
+
+    def unit_columns(self, name: str, metric: ProportionMetric, alias: str) -> str:
+        if metric.unless is None or alias == UNLESS_ALIAS:  # the step computed it alone
+            return super().unit_columns(name, metric, alias)
+        column = quote_ident(metric_column(name))
+        return (
+            f",\n  CASE WHEN {window_complete(metric.window)} THEN "
+            f"COALESCE({alias}.{column}, {UNLESS_ALIAS}.{column}, 0) END AS {column}"
+        )
 
     # ---- analysis ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ab_pipeline.metrics.base import (
 )
 from ab_pipeline.stats.statistics import Comparison, RatioSummary, compare_ratios, ratio_variance
 from ab_pipeline.warehouse import Warehouse, quote_ident
+from ab_pipeline.warehouse.run_tables import EXPOSURE_DAY
 
 
 class RatioKind(MetricKind[RatioMetric]):
@@ -95,12 +96,12 @@ class RatioKind(MetricKind[RatioMetric]):
         num, den = map(quote_ident, ratio_columns(name))
         rows = warehouse.query(
             f"""
-        SELECT CAST(first_exposed_at AS DATE) AS day, arm, COUNT({num}) AS n,
+        SELECT {EXPOSURE_DAY} AS day, arm, COUNT({num}) AS n,
                SUM({num}) AS sx, SUM({den}) AS sy, VAR_SAMP({num}) AS vx,
                VAR_SAMP({den}) AS vy, COVAR_SAMP({num}, {den}) AS cxy
         FROM {quote_ident(units_table)}
         WHERE {num} IS NOT NULL AND {den} IS NOT NULL
-        GROUP BY CAST(first_exposed_at AS DATE), arm
+        GROUP BY {EXPOSURE_DAY}, arm
         ORDER BY 1, 2
         """
         )

@@ -34,9 +34,13 @@ from ab_pipeline.metrics import KINDS, in_column_order, kind_of
 
 # SQL pieces shared with the metric kinds; the units table's column names (`x as x`) are
 # re-exported for the extract's readers.
+from ab_pipeline.metrics.base import (
+    METRIC_PASS_STEP,
+    conditional_aggregate,
+    quantile_extreme_column,
+)
 from ab_pipeline.metrics.base import SqlParams as _Params
 from ab_pipeline.metrics.base import before_window_end as _before_window_end
-from ab_pipeline.metrics.base import conditional_aggregate, quantile_extreme_column
 from ab_pipeline.metrics.base import covariate_column as covariate_column
 from ab_pipeline.metrics.base import interval as _interval
 from ab_pipeline.metrics.base import metric_column as metric_column
@@ -47,8 +51,8 @@ from ab_pipeline.metrics.quantile import quantile_events_sql as quantile_events_
 from ab_pipeline.stats.quantiles import bucket_sql, histogram_sql
 from ab_pipeline.warehouse import Warehouse, embedded, quote_ident
 from ab_pipeline.warehouse.dialects import dialect_named
+from ab_pipeline.warehouse.run_tables import EXPOSURE_DAY, StepTables, _run_table_stem
 from ab_pipeline.warehouse.run_tables import RunWindow as RunWindow
-from ab_pipeline.warehouse.run_tables import StepTables, _run_table_stem
 from ab_pipeline.warehouse.run_tables import (
     quantile_histogram_table_name as quantile_histogram_table_name,
 )
@@ -140,7 +144,7 @@ def _covariate_aggregate(name: str, target: Any, metric: Any, params: _Params) -
 
 # The extract's steps, each a table (`StepTables`) dropped when the units table is built.
 # (The `unless` step is the proportion kind's: metrics.proportion.UNLESS_STEP.)
-ENROLLED, METRIC_AGGREGATES, COVARIATES = ("enrolled", "metrics", "covariates")
+ENROLLED, METRIC_AGGREGATES, COVARIATES = ("enrolled", METRIC_PASS_STEP, "covariates")
 
 
 # Rows of the experiment's exposures (about 1.45 per unit) one hash partition of the metric pass
@@ -163,8 +167,10 @@ class ExtractPlan:
     - `steps`: where the steps' tables live (session-local, or beside the units table where
       the dialect asks for `shared_step_tables`);
     - `stores_histograms`: False where the dialect `quantiles_by_edge` (the analysis then
-      finds each quantile's order statistics without a histogram: `metrics.quantile`).
-    All six come from the engine's dialect module (`Dialect`).
+      finds each quantile's order statistics without a histogram: `metrics.quantile`);
+    - `unless_in_pass`: a proportion with `unless` decided by the metric pass where it can
+      be, its ordered pass only for the units left undecided (`metrics.proportion`).
+    All seven come from the engine's dialect module (`Dialect`).
     """
 
     histograms_in_pass: bool = True
@@ -173,6 +179,7 @@ class ExtractPlan:
     dialect: str = "duckdb"
     steps: StepTables = StepTables()
     stores_histograms: bool = True
+    unless_in_pass: bool = True
 
     def partition_filter(self, part: int, *aliases: str) -> str:
         """` AND <hash bucket of alias.unit_id> = part` per alias, or nothing unpartitioned."""
@@ -196,6 +203,7 @@ class ExtractPlan:
             if dialect.shared_step_tables
             else StepTables(),
             stores_histograms=not dialect.quantiles_by_edge,
+            unless_in_pass=dialect.unless_in_pass,
         )
         if dialect.memory_limit_sql is None:
             return plan
@@ -302,9 +310,12 @@ def build_units_sql(
     Reads: the experiment's exposures once (one GROUP BY per unit); the metric events once
     (one join to the enrolled units, one GROUP BY per unit: every metric, ratio part and
     quantile event count is a conditional aggregate of that pass), or once per hash partition
-    of the units when `plan.partitions` > 1; the events of `unless` rules in a second, narrow
-    pass; pre-exposure events once when a metric uses CUPED. `sql:` metrics' values are read
-    before the build into SQL_METRIC_VALUES (`_sql_metric_reads`); the units table joins them.
+    of the units when `plan.partitions` > 1 (with `plan.unless_in_pass`, a proportion with
+    `unless` too, decided from each unit's first and last events and `unless` events where that
+    settles it); the events of `unless` rules in a second, narrow pass that orders them (only
+    the undecided units' then, none read when no unit is left); pre-exposure events once when a
+    metric uses CUPED. `sql:` metrics' values are read before the build into SQL_METRIC_VALUES
+    (`_sql_metric_reads`); the units table joins them.
 
     Each step writes a temporary table and the last joins them: one plan per step keeps each
     join's and aggregate's memory to itself: at 10M units under DuckDB's 1 GB cap, faster than
@@ -344,9 +355,13 @@ def build_units_sql(
     side_steps = []
     for kind in KINDS:
         of_kind = {n: m for n, m, k in ordered if k is kind}
-        if of_kind and (step := kind.side_step(of_kind, params, events_of_enrolled, tables)):
+        if not of_kind:
+            continue
+        step = kind.side_step(of_kind, params, events_of_enrolled, tables, plan.unless_in_pass)
+        if step is not None:
             side_steps.append(step)
-    aliases = {name: step.alias for step in side_steps for name in step.metrics}
+    # Metrics a side step computes instead of the pass (not those it settles: they stay in it).
+    aliases = {name: step.alias for step in side_steps if not step.settles for name in step.metrics}
     plain = [(n, m, k) for n, m, k in ordered if n not in aliases]
     quantiles = {n: m for n, m, k in ordered if k.stores_histogram}
     # Histograms stored, or (`quantiles_by_edge`) each unit's extreme value instead.
@@ -726,6 +741,20 @@ def analysed_tables(statements: list[str], steps: StepTables, table: str) -> dic
     return analysed
 
 
+def grouped_expressions(config: ExperimentConfig, plan: ExtractPlan) -> list[str]:
+    """Expressions later queries group the units table by: the exposure day (per-day cohorts,
+    the SRM's diagnosis) and, where quantiles are read by an edge, each quantile metric's
+    bucket of its units' extreme values (`metrics.quantile`)."""
+    extremes = (
+        []
+        if plan.stores_histograms
+        else [name for name, metric in config.metrics.items() if kind_of(metric).stores_histogram]
+    )
+    return [EXPOSURE_DAY] + [
+        bucket_sql(quote_ident(quantile_extreme_column(name))) for name in extremes
+    ]
+
+
 def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: date) -> str:
     """Build (or rebuild) the run's units table in one transaction; returns its name."""
     table = units_table_name(config, run_date)
@@ -734,7 +763,8 @@ def build_units_table(warehouse: Warehouse, config: ExperimentConfig, run_date: 
     # Where the engine needs it (PostgreSQL: planner statistics), steps around the build.
     steps = plan.steps
     analysed = analysed_tables(statements, steps, table)
-    statements = warehouse.sql_dialect.prepare_build(statements, analysed, table)
+    grouped = grouped_expressions(config, plan)
+    statements = warehouse.sql_dialect.prepare_build(statements, analysed, table, grouped)
     if _sql_metrics(config):
         _execute_with_sql_metrics(warehouse, config, statements, params, table, steps)
     else:

@@ -31,6 +31,11 @@ class RunWindow:
         )
 
 
+# A unit's exposure day, as the per-day queries group the units table by it (PostgreSQL keeps
+# planner statistics of the expression: `Dialect.prepare_build`).
+EXPOSURE_DAY = "CAST(first_exposed_at AS DATE)"
+
+
 def units_table_name(config: ExperimentConfig, run_date: date) -> str:
     """`[schema.]ab_units__<key>__<yyyymmdd>`, shortened with a hash to fit PostgreSQL's 63
     characters; the schema is `source.work_schema`, else the exposures table's schema."""

@@ -17,12 +17,14 @@ from ab_pipeline.readout.extract import (
     analysed_tables,
     build_units_sql,
     build_units_table,
+    grouped_expressions,
     partitions_for,
     several_rows_sql,
     units_table_name,
 )
+from ab_pipeline.stats.quantiles import bucket_sql
 from ab_pipeline.warehouse import Warehouse, quote_ident
-from ab_pipeline.warehouse.run_tables import StepTables
+from ab_pipeline.warehouse.run_tables import EXPOSURE_DAY, StepTables
 from tests.warehouse_fixtures import (
     Event,
     Exposure,
@@ -177,6 +179,62 @@ def test_units_table_matches_independent_computation_on_duckdb(
     assert_units_match(duckdb_warehouse, table, expected_units(exposures, events, run_date))
 
 
+# The `unless` rule's cases (solved within 1d, unless a ticket follows within 10m, both ends
+# included), as minutes after the unit's first exposure: (solves, tickets, resolved). The
+# metric pass decides most from each unit's first and last solve and ticket; the ones it
+# cannot decide (several tickets around the solves) are settled by the `unless` step.
+UNLESS_CASES = [
+    ([60], [], 1),
+    ([60], [60], 0),  # a ticket at the same instant spoils
+    ([60], [70], 0),  # ... and one exactly `within` later
+    ([60], [70.5], 1),
+    ([60], [59], 1),  # a ticket before the solve does not spoil it
+    ([60], [-30, 65], 0),  # nor one before the first exposure (not read)
+    ([60, 65], [70], 0),  # one ticket spoiling both solves
+    ([60], [65, 65], 0),  # two tickets at one instant
+    ([60, 180], [120], 1),  # the last solve follows every ticket
+    ([60, 120], [65, 125], 0),  # undecided by the pass: each solve spoiled by its own ticket
+    ([60, 120], [65, 180], 1),  # undecided: the second solve is not spoiled
+    ([60], [30, 60], 0),  # undecided: the last ticket, at the solve's instant, spoils it
+    ([60], [65, 300], 0),  # undecided: the first ticket spoils the only solve
+    ([1500], [], 0),  # solved after the 1d window
+    ([], [60], 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("engine", "in_pass"), [("duckdb", True), ("postgresql", True), ("duckdb", False)]
+)
+def test_the_unless_rule_is_decided_by_the_pass_or_settled_by_its_step_in_every_case(
+    engine: str, in_pass: bool, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the pass where the engine decides it there (`unless_in_pass`), else (Spark's way)
+    by the ordered pass over every unit's events."""
+    if engine == "duckdb":
+        warehouse, schema = request.getfixturevalue("duckdb_warehouse"), ""
+    else:
+        warehouse, schema = request.getfixturevalue("postgres_schema")
+    monkeypatch.setattr(type(warehouse.sql_dialect), "unless_in_pass", in_pass)
+    first = datetime(2026, 5, 5, 8)
+    exposures: list[Exposure] = []
+    events: list[Event] = []
+    for i, (solves, tickets, _) in enumerate(UNLESS_CASES):
+        unit = f"case{i:02d}"
+        exposures.append((KEY, unit, "control", first, False, False, None))
+        for name, minutes in [("solved", m) for m in solves] + [("ticket", m) for m in tickets]:
+            events.append((unit, name, first + timedelta(minutes=minutes), None, KEY))
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    config = make_config(schema)
+    table = build_units_table(warehouse, config, END)
+    got = rows_by_unit(warehouse.query(f"SELECT unit_id, m_solved FROM {quote_ident(table)}"))
+    want = expected_units(exposures, events, END)
+    for i, (solves, tickets, resolved) in enumerate(UNLESS_CASES):
+        unit = f"case{i:02d}"
+        assert want[unit]["m_solved"] == resolved, (solves, tickets)  # the cases' own check
+        assert got[unit]["m_solved"] == resolved, (engine, solves, tickets)
+
+
 def test_a_metric_pass_split_in_hash_partitions_gives_the_same_units_table(
     duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,6 +281,7 @@ def test_postgresql_plan_joins_on_row_addresses_in_one_pass_and_stores_no_histog
         dialect="postgresql",
         steps=StepTables(units_table_name(config, END)),  # beside the units table, UNLOGGED
         stores_histograms=False,  # quantiles read beyond an edge (`quantiles_by_edge`)
+        unless_in_pass=True,  # `unless` decided by the pass where first and last events settle it
     )
 
 
@@ -235,6 +294,37 @@ def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse
     table = build_units_table(warehouse, config, END)
     assert_units_match(warehouse, table, expected_units(exposures, events, END))
     warehouse.execute(f"DROP TABLE {quote_ident(table)}")
+
+
+def test_postgresql_plans_the_units_tables_per_day_and_per_bucket_groups_from_statistics(
+    postgres_schema: tuple[Warehouse, str],
+) -> None:
+    """Each unit has its own first exposure time: without statistics of the day expression
+    PostgreSQL would count about one group per unit (and aggregate in one process)."""
+    warehouse, schema = postgres_schema
+    exposures, events = random_data(seed=5, units=400)
+    create_contract_tables(warehouse, schema)
+    insert_rows(warehouse, exposures, events, schema)
+    config = make_config(schema)
+    table = build_units_table(warehouse, config, END)
+    assert grouped_expressions(config, ExtractPlan.for_warehouse(warehouse, config, END)) == [
+        EXPOSURE_DAY,
+        bucket_sql('"x_latency"'),
+    ]
+    kept = warehouse.query(
+        "SELECT COUNT(*) AS n FROM pg_statistic_ext x JOIN pg_class c ON c.oid = x.stxrelid "
+        "JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = :schema "
+        "AND c.relname = :table",
+        {"schema": schema, "table": table.split(".")[-1]},
+    )
+    assert kept[0]["n"] == 2
+    days = warehouse.query(f"SELECT COUNT(DISTINCT {EXPOSURE_DAY}) AS n FROM {quote_ident(table)}")
+    plan = warehouse.query(
+        f"EXPLAIN SELECT {EXPOSURE_DAY}, arm, COUNT(*) FROM {quote_ident(table)} "
+        f"GROUP BY {EXPOSURE_DAY}, arm"
+    )
+    estimate = int(re.findall(r"rows=(\d+)", next(iter(plan[0].values())))[0])
+    assert estimate <= 2 * int(days[0]["n"])  # the days times the arms, not one per unit
 
 
 @pytest.mark.slow

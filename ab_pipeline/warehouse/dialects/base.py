@@ -10,7 +10,7 @@ attribute here, overridden in that engine's module:
 - SQL pieces sqlglot cannot know the intent of (`hash_bucket`, `json_keys_sql`,
   `materialized`);
 - how the extract runs (`unit_key`, `histograms_in_pass`, `quantiles_by_edge`,
-  `prepare_build`);
+  `unless_in_pass`, `prepare_build`);
 - transactions and locks (`read_only_transactions`, `results_lock`).
 
 Text the user wrote (a `sql:` metric, a `{sql: ...}` source) is in the engine's own dialect,
@@ -126,6 +126,11 @@ class Dialect:
     # reads the values beyond an edge taken from them (`metrics.quantile`), where the
     # histogram's grouping set or pass is dear (Spark).
     quantiles_by_edge: ClassVar[bool] = False
+    # A proportion with `unless` decided by the metric pass where each unit's first and last
+    # events settle it, its ordered pass left to the few units they do not (False: every
+    # unit's events ordered in a pass of their own; Spark, where the pass's four more
+    # aggregates cost what the ordered pass saves).
+    unless_in_pass: ClassVar[bool] = True
     # `BEGIN TRANSACTION READ ONLY` around user SELECTs (else the parser's check alone).
     read_only_transactions: ClassVar[bool] = False
     # Reads may run while another process writes (False: DuckDB's single-writer file).
@@ -259,11 +264,16 @@ class Dialect:
     # --- extract and transactions ----------------------------------------------------------
 
     def prepare_build(
-        self, statements: Sequence[str], analysed: Mapping[str, str], table: str
+        self,
+        statements: Sequence[str],
+        analysed: Mapping[str, str],
+        table: str,
+        grouped: Sequence[str] = (),
     ) -> list[str]:
         """The extract's statements (building the units `table`) as this engine should run
         them; `analysed` maps a statement's prefix to the table it fills (PostgreSQL gathers
-        statistics there)."""
+        statistics there), `grouped` lists expressions later queries group the units table by
+        (PostgreSQL keeps statistics of each)."""
         return list(statements)
 
     # --- Great Expectations (the data-quality gate; GX objects come from the caller) ----------

@@ -90,7 +90,11 @@ class PostgreSQL(Dialect):
         return f"jsonb_object_keys(CAST({doc} AS JSONB))"
 
     def prepare_build(
-        self, statements: Sequence[str], analysed: Mapping[str, str], table: str
+        self,
+        statements: Sequence[str],
+        analysed: Mapping[str, str],
+        table: str,
+        grouped: Sequence[str] = (),
     ) -> list[str]:
         """Freshly loaded source tables may have no planner statistics yet; PostgreSQL then
         estimates one row per CTE and nests loops (minutes instead of milliseconds). This is
@@ -100,7 +104,12 @@ class PostgreSQL(Dialect):
         The units table's statement joins the steps' tables, one row per unit each. Priced
         at the default cost of handing rows from parallel workers to the leader, that join
         is planned in one process; planned without that cost it runs in the workers, about
-        twice as fast at 1 M units (docs/benchmarks.md, 2026-12-04 night)."""
+        twice as fast at 1 M units (docs/benchmarks.md, 2026-12-04 night).
+
+        Before the units table's ANALYZE, statistics of each `grouped` expression: without
+        them PostgreSQL counts the groups of `CAST(first_exposed_at AS DATE)` as the distinct
+        timestamps (about one per unit) and aggregates in one process; with them, in parallel
+        workers (docs/benchmarks.md, 2026-12-05)."""
         from ab_pipeline.warehouse.quoting import quote_ident
 
         prepared = ["SET LOCAL enable_nestloop = off"]
@@ -112,6 +121,7 @@ class PostgreSQL(Dialect):
             prepared.append(statement)
             if joins_steps:
                 prepared += [f"SET LOCAL {cost} TO DEFAULT" for cost in PARALLEL_COSTS]
+                prepared += _expression_statistics(table, grouped)
             prepared += [
                 f"ANALYZE {quote_ident(table)}"
                 for prefix, table in analysed.items()
@@ -126,6 +136,22 @@ class PostgreSQL(Dialect):
 
 
 DIALECT = PostgreSQL()
+
+
+def _expression_statistics(table: str, expressions: Sequence[str]) -> list[str]:
+    """`CREATE STATISTICS` of each expression over `table` (`[schema.]name`), each object
+    named after the table (PostgreSQL 15 wants a name) in its schema; dropped with it."""
+    import hashlib
+
+    from ab_pipeline.warehouse.quoting import quote_ident
+
+    schema, _, name = table.rpartition(".")
+    stem = f"ab_stx_{hashlib.sha1(name.encode()).hexdigest()[:16]}"
+    return [
+        f"CREATE STATISTICS {quote_ident('.'.join(filter(None, [schema, f'{stem}_{i}'])))}"
+        f" ON ({expression}) FROM {quote_ident(table)}"
+        for i, expression in enumerate(expressions)
+    ]
 
 
 def _with_settings(url: str, wanted: Mapping[str, str]) -> str:

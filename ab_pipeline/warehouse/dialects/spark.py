@@ -347,6 +347,9 @@ class Spark(Dialect):
     shared_step_tables = True
     # The histogram's grouping set is ~35% of the metric pass at 10 M units (docs/benchmarks.md).
     quantiles_by_edge = True
+    # At 10 M units the readout was no faster with `unless` decided in the pass (extract
+    # 114.6 and 130.2 s against 113.0 s; docs/benchmarks.md, 2026-12-05).
+    unless_in_pass = False
 
     conn_types = ("spark_connect",)
 
