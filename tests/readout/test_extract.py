@@ -285,13 +285,20 @@ def test_postgresql_plan_joins_on_row_addresses_in_one_pass_and_stores_no_histog
     )
 
 
-def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> None:
-    warehouse, schema = postgres_schema
-    exposures, events = random_data(seed=11, units=150)
+def built_from_random_data(
+    warehouse: Warehouse, schema: str, seed: int, units: int
+) -> tuple[ExperimentConfig, str, list[Exposure], list[Event]]:
+    """The config, the units table built for END, and the random rows loaded to build it."""
+    exposures, events = random_data(seed=seed, units=units)
     create_contract_tables(warehouse, schema)
     insert_rows(warehouse, exposures, events, schema)
     config = make_config(schema)
-    table = build_units_table(warehouse, config, END)
+    return config, build_units_table(warehouse, config, END), exposures, events
+
+
+def test_units_table_is_identical_on_postgresql(postgres_schema: tuple[Warehouse, str]) -> None:
+    warehouse, schema = postgres_schema
+    _, table, exposures, events = built_from_random_data(warehouse, schema, seed=11, units=150)
     assert_units_match(warehouse, table, expected_units(exposures, events, END))
     warehouse.execute(f"DROP TABLE {quote_ident(table)}")
 
@@ -302,11 +309,7 @@ def test_postgresql_plans_the_units_tables_per_day_and_per_bucket_groups_from_st
     """Each unit has its own first exposure time: without statistics of the day expression
     PostgreSQL would count about one group per unit (and aggregate in one process)."""
     warehouse, schema = postgres_schema
-    exposures, events = random_data(seed=5, units=400)
-    create_contract_tables(warehouse, schema)
-    insert_rows(warehouse, exposures, events, schema)
-    config = make_config(schema)
-    table = build_units_table(warehouse, config, END)
+    config, table, _, _ = built_from_random_data(warehouse, schema, seed=5, units=400)
     assert grouped_expressions(config, ExtractPlan.for_warehouse(warehouse, config, END)) == [
         EXPOSURE_DAY,
         bucket_sql('"x_latency"'),
