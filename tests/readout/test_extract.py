@@ -235,6 +235,32 @@ def test_the_unless_rule_is_decided_by_the_pass_or_settled_by_its_step_in_every_
         assert got[unit]["m_solved"] == resolved, (engine, solves, tickets)
 
 
+@pytest.mark.parametrize("in_pass", [True, False])
+def test_an_unless_rule_on_the_metrics_own_event_spoils_every_event(
+    in_pass: bool, duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each event is followed, at its own instant, by an `unless` event: itself."""
+    monkeypatch.setattr(type(duckdb_warehouse.sql_dialect), "unless_in_pass", in_pass)
+    metric = {"type": "proportion", "event": "solved", "window": "1d"}
+    metrics = {"solved": metric | {"unless": {"event": "solved", "within": "10m"}}}
+    config = parse_config(experiment_data(KEY, metrics, "solved", start=START, end=END))
+    first = datetime(2026, 5, 5, 8)
+    solves = {"one": [60], "two": [60, 600], "close": [60, 65], "none": []}
+    exposures: list[Exposure] = [(KEY, u, "control", first, False, False, None) for u in solves]
+    events: list[Event] = [
+        (u, "solved", first + timedelta(minutes=m), None, KEY)
+        for u, ms in solves.items()
+        for m in ms
+    ]
+    create_contract_tables(duckdb_warehouse)
+    insert_rows(duckdb_warehouse, exposures, events)
+    table = build_units_table(duckdb_warehouse, config, END)
+    got = rows_by_unit(
+        duckdb_warehouse.query(f"SELECT unit_id, m_solved FROM {quote_ident(table)}")
+    )
+    assert {unit: row["m_solved"] for unit, row in got.items()} == dict.fromkeys(solves, 0)
+
+
 def test_a_metric_pass_split_in_hash_partitions_gives_the_same_units_table(
     duckdb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
