@@ -96,6 +96,12 @@ def window_complete(window: timedelta | None) -> str:
     return f"u.first_exposed_at + {interval(window)} <= :run_end"
 
 
+def windowed_column(window: timedelta | None, value: str, column: str) -> str:
+    """`,\n  <value> AS <column>` for a unit whose window has fully elapsed by the run date,
+    NULL before it has (`window_complete`)."""
+    return f",\n  CASE WHEN {window_complete(window)} THEN {value} END AS {column}"
+
+
 def conditional_aggregate(how: str, match: str, value: str = "ev.value") -> str:
     """Per unit, over rows matching `match`: any (0/1), count, or sum of `value` (0 when none)."""
     if how == "any":
@@ -367,10 +373,7 @@ class UnitValueKind(MetricKind[M]):
         if metric.event is None:  # a `sql:` metric's column: the extract's join of its values
             return ""
         column = quote_ident(metric_column(name))
-        return (
-            f",\n  CASE WHEN {window_complete(metric.window)} THEN "
-            f"COALESCE({alias}.{column}, 0) END AS {column}"
-        )
+        return windowed_column(metric.window, f"COALESCE({alias}.{column}, 0)", column)
 
     def sql_text(self, metric: Any) -> str | None:
         return metric.sql  # type: ignore[no-any-return]

@@ -23,7 +23,7 @@ from ab_pipeline.metrics.base import (
     conditional_aggregate,
     interval,
     metric_column,
-    window_complete,
+    windowed_column,
 )
 from ab_pipeline.stats.statistics import Comparison, MeanSummary, compare_proportions
 from ab_pipeline.warehouse import quote_ident
@@ -149,10 +149,8 @@ FROM useq ev GROUP BY ev.unit_key"""
         if metric.unless is None or alias == UNLESS_ALIAS:  # the step computed it alone
             return super().unit_columns(name, metric, alias)
         column = quote_ident(metric_column(name))
-        return (
-            f",\n  CASE WHEN {window_complete(metric.window)} THEN "
-            f"COALESCE({alias}.{column}, {UNLESS_ALIAS}.{column}, 0) END AS {column}"
-        )
+        value = f"COALESCE({alias}.{column}, {UNLESS_ALIAS}.{column}, 0)"
+        return windowed_column(metric.window, value, column)
 
     # ---- analysis ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from ab_pipeline.metrics.base import (
     conditional_aggregate,
     day_of,
     ratio_columns,
-    window_complete,
+    windowed_column,
 )
 from ab_pipeline.stats.statistics import Comparison, RatioSummary, compare_ratios, ratio_variance
 from ab_pipeline.warehouse import Warehouse, quote_ident
@@ -54,8 +54,7 @@ class RatioKind(MetricKind[RatioMetric]):
 
     def unit_columns(self, name: str, metric: RatioMetric, alias: str) -> str:
         return "".join(
-            f",\n  CASE WHEN {window_complete(metric.window)} THEN COALESCE({alias}.{column}, 0)"
-            f" END AS {column}"
+            windowed_column(metric.window, f"COALESCE({alias}.{column}, 0)", column)
             for column in map(quote_ident, ratio_columns(name))
         )
 
